@@ -1,0 +1,53 @@
+# Clearline: the commands a newcomer and CI run. `make test` builds everything it needs from a
+# fresh clone (virtual environment, pinned packages, generated protobuf code), then runs pytest.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/clearline/v1/*.proto)
+GEN    := proto/clearline/v1/.generated
+PYTEST_ARGS ?=
+
+.PHONY: all install proto test test-all lint fmt run sim bench bench-ledger chaos clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Generated code of the wire contract; rebuilt when any .proto changes.
+$(GEN): $(STAMP) $(PROTOS) proto/generate.py
+	$(PY) proto/generate.py
+	touch $@
+
+proto: $(GEN)
+
+# The CI subset: everything but tests marked slow.
+test: $(GEN)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(GEN)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(GEN)
+	$(PY) -m ruff check node cluster tests proto/generate.py
+	$(PY) -m ruff format --check node cluster tests proto/generate.py
+	$(PY) -m mypy
+
+fmt: $(STAMP)
+	$(PY) -m ruff check --fix node cluster tests proto/generate.py
+	$(PY) -m ruff format node cluster tests proto/generate.py
+
+# The main job: a 4-validator network and a demo (filled in by the cluster issue).
+run: $(GEN)
+	@echo "make run: the cluster launcher is not built yet (see the cluster issue); nothing to run." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) proto/clearline/v1/*_pb2*.py proto/clearline/v1/*_pb2*.pyi $(GEN) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Clearline cluster tooling: init keys/CA/genesis, launch, status, faults, load and checks."""

@@ -1,0 +1,1 @@
+"""Clearline wire contract: generated protobuf and gRPC modules (see proto/generate.py)."""
