@@ -49,5 +49,14 @@ run: $(GEN)
 	@echo "make run: the cluster launcher is not built yet (see the cluster issue); nothing to run." >&2
 	@exit 1
 
+# Deterministic consensus simulation: make sim ARGS="--validators 4 --byzantine 1 --seeds 1000 --seed-start 0"
+ARGS ?=
+sim: $(GEN)
+	$(PY) -m cluster.sim $(ARGS)
+
+# Ledger throughput and state-root cost; prints one JSON object.
+bench-ledger: $(GEN)
+	$(PY) -m cluster.bench_ledger $(ARGS)
+
 clean:
 	rm -rf $(VENV) proto/clearline/v1/*_pb2*.py proto/clearline/v1/*_pb2*.pyi $(GEN) .pytest_cache .mypy_cache .ruff_cache
