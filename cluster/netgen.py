@@ -1,0 +1,272 @@
+"""Lay out a Clearline network on disk: keys, CA and certificates, genesis, one config per node.
+
+    <home>/network.json            what was generated: chain id, nodes, ports, fault testing flag
+    <home>/genesis.json            the genesis (protobuf JSON of clearline.v1.Genesis)
+    <home>/ca/ca.pem, ca.key       the network's certificate authority
+    <home>/accounts/<name>.json    keys of the genesis accounts (admin, compliance, banks, demo clients)
+    <home>/nodes/<node>/           one home per validator: config.toml, genesis.json, keys/, tls/, data/
+
+Used by `clearline init` and by the tests that start real clusters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from clearline.v1 import state_pb2, tx_pb2
+from cluster import pki
+from node import crypto
+from node.config import (
+    ApiConfig,
+    ConsensusConfig,
+    MetricsConfig,
+    NodeConfig,
+    P2PConfig,
+    Peer,
+    TlsConfig,
+    render_config,
+)
+from node.crypto import SigningKey
+
+DEFAULT_CHAIN_ID = "clearline-local"
+DEFAULT_BASE_PORT = 26600
+VALIDATOR_POWER = 10
+
+
+class NetworkExistsError(Exception):
+    """The target directory already holds a network and --force was not given."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    index: int
+    home: str
+    address: str  # validator address, hex
+    host: str
+    p2p_port: int
+    api_port: int
+    metrics_port: int
+
+    @property
+    def api_target(self) -> str:
+        return f"{self.host}:{self.api_port}"
+
+    @property
+    def p2p_target(self) -> str:
+        return f"{self.host}:{self.p2p_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    home: str
+    chain_id: str
+    nodes: tuple[NodeInfo, ...]
+    faults: bool = False
+    accounts: dict[str, str] = field(default_factory=dict)  # name -> key file
+
+    def node(self, name_or_index: str | int) -> NodeInfo:
+        for n in self.nodes:
+            if n.name == name_or_index or n.index == name_or_index or str(n.index) == str(name_or_index):
+                return n
+        raise KeyError(
+            f"no node {name_or_index!r} in this network (nodes: {', '.join(n.name for n in self.nodes)})"
+        )
+
+    def save(self) -> None:
+        doc = {
+            "chain_id": self.chain_id,
+            "faults": self.faults,
+            "accounts": self.accounts,
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+        (Path(self.home) / "network.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, home: str | Path) -> Network:
+        path = Path(home) / "network.json"
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no network here (run `clearline init --home {home}`)") from None
+        nodes = tuple(NodeInfo(**n) for n in doc["nodes"])
+        return cls(
+            home=str(Path(home).resolve()),
+            chain_id=doc["chain_id"],
+            nodes=nodes,
+            faults=bool(doc.get("faults", False)),
+            accounts=dict(doc.get("accounts", {})),
+        )
+
+
+def instrument(issuer: bytes, symbol: str) -> tx_pb2.InstrumentId:
+    return tx_pb2.InstrumentId(issuer=issuer, symbol=symbol)
+
+
+def _genesis_account(key: SigningKey, name: str, roles: list[int], kyc: bool) -> state_pb2.GenesisAccount:
+    acct = state_pb2.GenesisAccount(public_key=key.public_key, name=name)
+    acct.roles.extend(roles)
+    if kyc:
+        acct.kyc_status = tx_pb2.KYC_STATUS_APPROVED
+    return acct
+
+
+def build_genesis(
+    chain_id: str,
+    validator_keys: list[SigningKey],
+    account_keys: dict[str, SigningKey],
+    *,
+    genesis_time: int = 1_767_225_600,
+    funded: dict[str, list[tuple[str, str, int]]] | None = None,
+) -> state_pb2.Genesis:
+    """The standard genesis: admin, compliance, two banks issuing USD deposit tokens, a bond.
+
+    funded maps an account name to (issuer name, symbol, amount) balances granted at genesis.
+    """
+    genesis = state_pb2.Genesis(chain_id=chain_id, genesis_time=genesis_time)
+    for i, key in enumerate(validator_keys):
+        genesis.validators.add(public_key=key.public_key, power=VALIDATOR_POWER, name=f"node{i}")
+    roles = {
+        "admin": [tx_pb2.ROLE_ADMIN],
+        "compliance": [tx_pb2.ROLE_COMPLIANCE],
+        "bank-a": [tx_pb2.ROLE_ISSUER],
+        "bank-b": [tx_pb2.ROLE_ISSUER],
+    }
+    for name, key in account_keys.items():
+        acct = _genesis_account(key, name, roles.get(name, [tx_pb2.ROLE_PARTICIPANT]), kyc=name in roles)
+        for issuer_name, symbol, amount in (funded or {}).get(name, []):
+            acct.kyc_status = tx_pb2.KYC_STATUS_APPROVED
+            acct.balances.add(
+                instrument=instrument(account_keys[issuer_name].address, symbol),
+                amount=amount,
+            )
+        genesis.accounts.append(acct)
+    bank_a, bank_b = account_keys["bank-a"].address, account_keys["bank-b"].address
+    genesis.instruments.add(
+        id=instrument(bank_a, "USD"),
+        name="Bank A tokenized USD deposits",
+        currency="USD",
+        decimals=2,
+        kind=tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN,
+    )
+    genesis.instruments.add(
+        id=instrument(bank_b, "USD"),
+        name="Bank B tokenized USD deposits",
+        currency="USD",
+        decimals=2,
+        kind=tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN,
+    )
+    genesis.instruments.add(
+        id=instrument(bank_a, "BOND-2030"),
+        name="Tokenized 4% bond 2030",
+        currency="USD",
+        decimals=0,
+        kind=tx_pb2.INSTRUMENT_KIND_ASSET,
+    )
+    return genesis
+
+
+def init_network(
+    home: str | Path,
+    *,
+    validators: int = 4,
+    hosts: list[str] | None = None,
+    chain_id: str = DEFAULT_CHAIN_ID,
+    base_port: int = DEFAULT_BASE_PORT,
+    demo_accounts: tuple[str, ...] = ("alice", "bob", "carol", "dave"),
+    funded: dict[str, list[tuple[str, str, int]]] | None = None,
+    faults: bool = False,
+    force: bool = False,
+    consensus: ConsensusConfig | None = None,
+    tls: bool = True,
+) -> Network:
+    """Create a network directory; refuses to overwrite an existing one unless force."""
+    root = Path(home).resolve()
+    if (root / "network.json").exists() or (root / "nodes").exists():
+        if not force:
+            raise NetworkExistsError(f"{root} already holds a network; use --force to replace it")
+        shutil.rmtree(root / "nodes", ignore_errors=True)
+        for sub in ("ca", "accounts"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    if validators < 1:
+        raise ValueError("a network needs at least one validator")
+    if hosts and len(hosts) not in (1, validators):
+        raise ValueError(f"--hosts lists {len(hosts)} hosts for {validators} validators")
+    root.mkdir(parents=True, exist_ok=True)
+
+    ca = pki.new_ca(chain_id)
+    (root / "ca").mkdir(exist_ok=True)
+    (root / "ca" / "ca.pem").write_bytes(ca.cert_pem())
+    pki.write_private(
+        root / "ca" / "ca.key",
+        ca.key.private_bytes(
+            pki.serialization.Encoding.PEM,
+            pki.serialization.PrivateFormat.PKCS8,
+            pki.serialization.NoEncryption(),
+        ),
+    )
+
+    account_keys = {
+        name: SigningKey.generate() for name in ("admin", "compliance", "bank-a", "bank-b", *demo_accounts)
+    }
+    accounts: dict[str, str] = {}
+    for name, key in account_keys.items():
+        path = root / "accounts" / f"{name}.json"
+        crypto.save_key_file(path, key)
+        accounts[name] = str(path)
+
+    validator_keys = [SigningKey.generate() for _ in range(validators)]
+    genesis = build_genesis(chain_id, validator_keys, account_keys, funded=funded)
+    genesis_json = json_format.MessageToJson(genesis, indent=2) + "\n"
+    (root / "genesis.json").write_text(genesis_json)
+
+    infos: list[NodeInfo] = []
+    for i in range(validators):
+        host = hosts[i] if hosts and len(hosts) == validators else (hosts[0] if hosts else "127.0.0.1")
+        port = base_port if hosts and len(hosts) == validators else base_port + 10 * i
+        infos.append(
+            NodeInfo(
+                name=f"node{i}",
+                index=i,
+                home=str(root / "nodes" / f"node{i}"),
+                address=validator_keys[i].address.hex(),
+                host=host,
+                p2p_port=port,
+                api_port=port + 1,
+                metrics_port=port + 2,
+            )
+        )
+    for info, key in zip(infos, validator_keys, strict=True):
+        node_home = Path(info.home)
+        crypto.save_key_file(node_home / "keys" / "validator.json", key)
+        cert_pem, key_pem = pki.issue_node_cert(ca, info.name, key.address, [info.host])
+        (node_home / "tls").mkdir(parents=True, exist_ok=True)
+        (node_home / "tls" / "ca.pem").write_bytes(ca.cert_pem())
+        (node_home / "tls" / "node.pem").write_bytes(cert_pem)
+        pki.write_private(node_home / "tls" / "node.key", key_pem)
+        (node_home / "genesis.json").write_text(genesis_json)
+        bind = "0.0.0.0" if hosts else info.host
+        peers = tuple(Peer(name=o.name, host=o.host, port=o.p2p_port) for o in infos if o.name != info.name)
+        cfg = NodeConfig(
+            home=node_home,
+            chain_id=chain_id,
+            moniker=info.name,
+            p2p=P2PConfig(listen=f"{bind}:{info.p2p_port}", peers=peers),
+            api=ApiConfig(listen=f"{bind}:{info.api_port}"),
+            metrics=MetricsConfig(listen=f"{bind}:{info.metrics_port}"),
+            consensus=consensus or ConsensusConfig(),
+        )
+        if not tls:
+            cfg = dataclasses.replace(cfg, tls=TlsConfig(enabled=False))
+        (node_home / "config.toml").write_text(render_config(cfg))
+        (node_home / "data").mkdir(exist_ok=True)
+
+    network = Network(home=str(root), chain_id=chain_id, nodes=tuple(infos), faults=faults, accounts=accounts)
+    network.save()
+    return network

@@ -1,0 +1,335 @@
+"""The node's configuration: `config.toml` in the node's home directory.
+
+Every setting is declared once below with its type and a check; an unknown or invalid setting stops
+the node at start with a `ConfigError` that names the setting (`[mempool] max_txs: must be > 0`).
+Relative paths are resolved against the home directory.
+
+Example (what `clearline init` writes):
+
+    chain_id = "clearline-local"
+    moniker = "node0"
+    genesis = "genesis.json"
+
+    [keys]
+    validator_key = "keys/validator.json"
+
+    [tls]
+    enabled = true
+    ca_cert = "tls/ca.pem"
+    cert = "tls/node.pem"
+    key = "tls/node.key"
+
+    [p2p]
+    listen = "127.0.0.1:26600"
+    peers = ["node1@127.0.0.1:26610"]
+
+    [api]
+    listen = "127.0.0.1:26601"
+
+    [metrics]
+    listen = "127.0.0.1:26602"
+
+    [consensus]
+    timeout_propose_ms = 1000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeysConfig:
+    validator_key: Path = Path("keys/validator.json")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    enabled: bool = True
+    ca_cert: Path = Path("tls/ca.pem")
+    cert: Path = Path("tls/node.pem")
+    key: Path = Path("tls/node.key")
+    # The client API accepts plaintext (127.0.0.1 development) unless this is true.
+    api_tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class P2PConfig:
+    listen: str = "127.0.0.1:26600"
+    peers: tuple[Peer, ...] = ()
+    max_message_bytes: int = 16 * 1024 * 1024
+    reconnect_min_ms: int = 100
+    reconnect_max_ms: int = 5000
+    # Validators other than this one whose messages outside the height window are dropped.
+    height_window: int = 2
+    tx_gossip_batch: int = 500
+    tx_gossip_interval_ms: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:26601"
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch_txs: int = 5000
+    default_commit_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = ""  # empty = no metrics endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    timeout_propose_ms: int = 1000
+    timeout_propose_delta_ms: int = 500
+    timeout_prevote_ms: int = 500
+    timeout_prevote_delta_ms: int = 500
+    timeout_precommit_ms: int = 500
+    timeout_precommit_delta_ms: int = 500
+    # Pause after a commit before the next height starts, so blocks collect transactions.
+    timeout_commit_ms: int = 50
+    # Empty blocks are produced at most this often when there is nothing to do.
+    create_empty_blocks_interval_ms: int = 1000
+    max_block_txs: int = 5000
+    max_block_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolConfig:
+    max_txs: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_per_sender: int = 10_000
+    max_tx_bytes: int = 64 * 1024
+    verify_threads: int = 2
+    cache_size: int = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: Path = Path("data")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    file: Path = Path("node.log")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    home: Path
+    chain_id: str
+    moniker: str = "node"
+    genesis: Path = Path("genesis.json")
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    mempool: MempoolConfig = field(default_factory=MempoolConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    # Test-only behaviour (fault injection); refused unless the genesis allows fault testing.
+    byzantine: str = ""
+
+    def path(self, relative: Path) -> Path:
+        """A configured path resolved against the home directory."""
+        return relative if relative.is_absolute() else self.home / relative
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "keys": KeysConfig,
+    "tls": TlsConfig,
+    "p2p": P2PConfig,
+    "api": ApiConfig,
+    "metrics": MetricsConfig,
+    "consensus": ConsensusConfig,
+    "mempool": MempoolConfig,
+    "storage": StorageConfig,
+    "log": LogConfig,
+}
+_TOP_LEVEL = {"chain_id": str, "moniker": str, "genesis": Path, "byzantine": str}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+BYZANTINE_MODES = {"", "equivocate", "double-vote", "bad-state-root", "forged-tx", "garbage", "silent"}
+
+
+def _parse_address(name: str, value: str) -> None:
+    if not value:
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: {value!r} is not host:port")
+
+
+def _parse_peer(name: str, value: Any) -> Peer:
+    if not isinstance(value, str) or "@" not in value:
+        raise ConfigError(f"{name}: {value!r} is not name@host:port")
+    peer_name, _, target = value.partition("@")
+    _parse_address(name, target)
+    host, _, port = target.rpartition(":")
+    return Peer(name=peer_name, host=host, port=int(port))
+
+
+def _coerce(name: str, expected: Any, value: Any) -> Any:
+    if expected is Path or expected == "Path":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name}: must be a non-empty path string")
+        return Path(value)
+    if expected is bool or expected == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: must be true or false")
+        return value
+    if expected is int or expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: must be an integer")
+        if value < 0:
+            raise ConfigError(f"{name}: must be >= 0")
+        return value
+    if expected is float or expected == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: must be a number")
+        if value <= 0:
+            raise ConfigError(f"{name}: must be > 0")
+        return float(value)
+    if expected is str or expected == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: must be a string")
+        return value
+    if name.endswith(".peers") or name.endswith("] peers"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: must be a list of name@host:port")
+        return tuple(_parse_peer(name, item) for item in value)
+    raise ConfigError(f"{name}: unsupported setting type")
+
+
+def _section(section: str, cls: type[Any], table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}]: must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"[{section}] {key}: unknown setting (known: {', '.join(sorted(fields))})")
+        values[key] = _coerce(f"[{section}] {key}", fields[key].type, value)
+    return cls(**values)
+
+
+def _check(cfg: NodeConfig) -> None:
+    if not cfg.chain_id:
+        raise ConfigError("chain_id: must be set")
+    for name, value in (("[p2p] listen", cfg.p2p.listen), ("[api] listen", cfg.api.listen)):
+        if not value:
+            raise ConfigError(f"{name}: must be set")
+        _parse_address(name, value)
+    _parse_address("[metrics] listen", cfg.metrics.listen)
+    positive = {
+        "[mempool] max_txs": cfg.mempool.max_txs,
+        "[mempool] max_bytes": cfg.mempool.max_bytes,
+        "[mempool] max_per_sender": cfg.mempool.max_per_sender,
+        "[mempool] max_tx_bytes": cfg.mempool.max_tx_bytes,
+        "[mempool] verify_threads": cfg.mempool.verify_threads,
+        "[consensus] timeout_propose_ms": cfg.consensus.timeout_propose_ms,
+        "[consensus] timeout_prevote_ms": cfg.consensus.timeout_prevote_ms,
+        "[consensus] timeout_precommit_ms": cfg.consensus.timeout_precommit_ms,
+        "[consensus] max_block_txs": cfg.consensus.max_block_txs,
+        "[consensus] max_block_bytes": cfg.consensus.max_block_bytes,
+        "[p2p] max_message_bytes": cfg.p2p.max_message_bytes,
+        "[api] max_message_bytes": cfg.api.max_message_bytes,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name}: must be > 0")
+    if cfg.log.level not in _LOG_LEVELS:
+        raise ConfigError(f"[log] level: {cfg.log.level!r} is not one of {sorted(_LOG_LEVELS)}")
+    if cfg.byzantine not in BYZANTINE_MODES:
+        raise ConfigError(f"byzantine: {cfg.byzantine!r} is not one of {sorted(BYZANTINE_MODES - {''})}")
+
+
+def parse_config(text: str, home: Path, source: str = "config.toml") -> NodeConfig:
+    """Parse config text; raises ConfigError naming the setting at fault."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    values: dict[str, Any] = {"home": home}
+    for key, value in doc.items():
+        if key in _SECTIONS:
+            values[key] = _section(key, _SECTIONS[key], value)
+        elif key in _TOP_LEVEL:
+            values[key] = _coerce(key, _TOP_LEVEL[key], value)
+        else:
+            known = sorted([*_TOP_LEVEL, *(f"[{s}]" for s in _SECTIONS)])
+            raise ConfigError(f"{key}: unknown setting (known: {', '.join(known)})")
+    if "chain_id" not in values:
+        raise ConfigError("chain_id: must be set")
+    cfg = NodeConfig(**values)
+    _check(cfg)
+    return cfg
+
+
+def load_config(home: str | Path) -> NodeConfig:
+    """Read <home>/config.toml; raises ConfigError with a clear message."""
+    home_path = Path(home).resolve()
+    path = home_path / "config.toml"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: does not exist (is --home a node directory made by `clearline init`?)"
+        ) from None
+    try:
+        return parse_config(text, home_path, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def render_config(cfg: NodeConfig) -> str:
+    """TOML text for cfg (what `clearline init` writes); parse_config(render_config(c)) == c."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, Path):
+            return _quote(str(v))
+        if isinstance(v, tuple):
+            return "[" + ", ".join(_quote(f"{p.name}@{p.host}:{p.port}") for p in v) + "]"
+        return _quote(str(v))
+
+    lines = [f"chain_id = {_quote(cfg.chain_id)}", f"moniker = {_quote(cfg.moniker)}"]
+    lines.append(f"genesis = {_quote(str(cfg.genesis))}")
+    if cfg.byzantine:
+        lines.append(f"byzantine = {_quote(cfg.byzantine)}")
+    for section in _SECTIONS:
+        lines.append("")
+        lines.append(f"[{section}]")
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            lines.append(f"{f.name} = {value(getattr(obj, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,330 @@
+"""The mempool: admission, deduplication, per-sender ordering, gossip batches and reaping.
+
+Admission of a batch: decode and size-check each transaction, verify the signatures of the new ones
+in a thread pool (libsodium releases the GIL; a verified tx hash is cached so nothing is verified
+twice), check the nonce and client reference against committed state and what is already pending,
+then run the ledger's dry-run. Accepted transactions are queued for gossip to peers in batches.
+
+Per sender, pending transactions are kept by nonce; a proposer reaps them in arrival order, taking
+a sender's transaction only when all its lower nonces are taken (a short gap waits for the missing
+nonce instead of being rejected). After each commit the committed transactions are removed and the
+senders they touched are re-checked, so the mempool never proposes stale transactions.
+
+Limits: total count and bytes and count per sender; when full, admission fails with
+`MempoolFull` (the API maps it to RESOURCE_EXHAUSTED with a reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from clearline.v1 import receipt_pb2
+from node import crypto, txs
+from node.config import MempoolConfig
+from node.txs import DecodedTx, TxRejected, VerifiedTx
+
+log = logging.getLogger("clearline.mempool")
+
+# How far ahead of a sender's committed nonce a transaction may be admitted.
+NONCE_WINDOW = 1024
+
+CheckFn = Callable[[VerifiedTx, int], receipt_pb2.Receipt]
+NonceFn = Callable[[bytes], int]
+RefSeenFn = Callable[[bytes, str], bool]
+
+
+class MempoolFull(Exception):
+    """The mempool (or one sender's share of it) is full; retry later."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The outcome of admitting one transaction."""
+
+    tx_hash: bytes
+    accepted: bool
+    status: int = receipt_pb2.TX_STATUS_OK
+    message: str = ""
+    receipt: receipt_pb2.Receipt | None = None
+    duplicate: bool = False  # already pending (accepted before)
+
+    @property
+    def reason(self) -> str:
+        return receipt_pb2.TxStatus.Name(receipt_pb2.TxStatus.ValueType(self.status)).removeprefix(
+            "TX_STATUS_"
+        )
+
+
+@dataclass(slots=True)
+class _Entry:
+    tx: VerifiedTx
+    sender: bytes
+    nonce: int
+
+
+class _LRU:
+    """A bounded set of tx hashes whose signatures verified."""
+
+    __slots__ = ("_data", "_max")
+
+    def __init__(self, max_size: int) -> None:
+        self._data: OrderedDict[bytes, VerifiedTx] = OrderedDict()
+        self._max = max_size
+
+    def get(self, key: bytes) -> VerifiedTx | None:
+        return self._data.get(key)
+
+    def put(self, key: bytes, value: VerifiedTx) -> None:
+        self._data[key] = value
+        if len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+
+class Mempool:
+    def __init__(
+        self,
+        config: MempoolConfig,
+        chain_id: str,
+        *,
+        check: CheckFn,
+        committed_nonce: NonceFn,
+        ref_committed: RefSeenFn,
+        executor: Executor | None,
+    ) -> None:
+        self._cfg = config
+        self._chain_id = chain_id
+        self._check = check
+        self._committed_nonce = committed_nonce
+        self._ref_committed = ref_committed
+        self._executor = executor
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # arrival order
+        self._by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> tx hash
+        self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx hash
+        self._bytes = 0
+        self._verified = _LRU(config.cache_size)
+        self._gossip: list[bytes] = []
+        self.rejections: dict[str, int] = {}
+        self.new_tx_event = asyncio.Event()
+
+    # --- introspection ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._entries
+
+    def get(self, tx_hash: bytes) -> VerifiedTx | None:
+        entry = self._entries.get(tx_hash)
+        return entry.tx if entry else None
+
+    def verified(self, tx_hash: bytes) -> VerifiedTx | None:
+        """A transaction whose signatures this node already verified (pending or recently seen)."""
+        entry = self._entries.get(tx_hash)
+        return entry.tx if entry else self._verified.get(tx_hash)
+
+    # --- admission --------------------------------------------------------------------------------
+
+    async def verify_many(self, raws: Sequence[bytes]) -> list[VerifiedTx | TxRejected]:
+        """Decode and verify (in the thread pool, using the cache); no admission."""
+        out: list[VerifiedTx | TxRejected | None] = [None] * len(raws)
+        pending: list[tuple[int, DecodedTx]] = []
+        for i, raw in enumerate(raws):
+            try:
+                decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes)
+            except TxRejected as exc:
+                out[i] = exc
+                continue
+            cached = self.verified(decoded.tx_hash)
+            if cached is not None:
+                out[i] = cached
+            else:
+                pending.append((i, decoded))
+        if pending:
+            items: list[tuple[bytes, bytes, bytes]] = []
+            for _, decoded in pending:
+                items.extend(decoded.sign_items())
+            if self._executor is not None and len(items) >= 64:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(None, crypto.verify_batch, items, self._executor)
+            else:
+                results = crypto.verify_batch(items)
+            pos = 0
+            for i, decoded in pending:
+                n = len(decoded.public_keys)
+                try:
+                    vtx = txs.accept_verified(decoded, results[pos : pos + n])
+                    self._verified.put(vtx.tx_hash, vtx)
+                    out[i] = vtx
+                except TxRejected as exc:
+                    out[i] = exc
+                pos += n
+        return [o for o in out if o is not None]
+
+    async def admit(self, raws: Sequence[bytes], *, gossip: bool = True) -> list[Admitted]:
+        """Admit a batch of raw transactions; one result per input, in order.
+
+        Raises MempoolFull only for a single-transaction batch; in a larger batch a full mempool
+        rejects the individual transactions with reason MEMPOOL_FULL.
+        """
+        verified = await self.verify_many(raws)
+        results: list[Admitted] = []
+        for raw, item in zip(raws, verified, strict=True):
+            if isinstance(item, TxRejected):
+                self._count(item.status)
+                results.append(Admitted(txs.tx_hash(raw), False, item.status, item.message))
+                continue
+            try:
+                results.append(self._admit_one(item, gossip))
+            except MempoolFull:
+                if len(raws) == 1:
+                    raise
+                results.append(Admitted(item.tx_hash, False, receipt_pb2.TX_STATUS_INTERNAL, "mempool full"))
+        if any(r.accepted and not r.duplicate for r in results):
+            self.new_tx_event.set()
+        return results
+
+    def _count(self, status: int) -> None:
+        name = receipt_pb2.TxStatus.Name(receipt_pb2.TxStatus.ValueType(status)).removeprefix("TX_STATUS_")
+        self.rejections[name] = self.rejections.get(name, 0) + 1
+
+    def _reject(self, vtx: VerifiedTx, status: int, message: str) -> Admitted:
+        self._count(status)
+        return Admitted(vtx.tx_hash, False, status, message)
+
+    def _admit_one(self, vtx: VerifiedTx, gossip: bool) -> Admitted:
+        if vtx.tx_hash in self._entries:
+            return Admitted(vtx.tx_hash, True, duplicate=True)
+        body = vtx.body
+        sender = bytes(body.signer)
+        committed = self._committed_nonce(sender)
+        if body.nonce < committed:
+            return self._reject(
+                vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {body.nonce} already used (next is {committed})"
+            )
+        if body.nonce >= committed + NONCE_WINDOW:
+            return self._reject(
+                vtx,
+                receipt_pb2.TX_STATUS_BAD_NONCE,
+                f"nonce {body.nonce} too far ahead (next is {committed})",
+            )
+        pending = self._by_sender.get(sender, {})
+        if body.nonce in pending:
+            return self._reject(
+                vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {body.nonce} is already pending"
+            )
+        if body.client_ref:
+            key = (sender, body.client_ref)
+            if key in self._refs or self._ref_committed(sender, body.client_ref):
+                return self._reject(
+                    vtx,
+                    receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF,
+                    f"client reference {body.client_ref!r} was already used",
+                )
+        if len(self._entries) >= self._cfg.max_txs:
+            self._count(receipt_pb2.TX_STATUS_INTERNAL)
+            raise MempoolFull("MEMPOOL_FULL", f"mempool holds {len(self._entries)} transactions (limit)")
+        if self._bytes + vtx.size > self._cfg.max_bytes:
+            raise MempoolFull("MEMPOOL_FULL", f"mempool holds {self._bytes} bytes (limit)")
+        if len(pending) >= self._cfg.max_per_sender:
+            raise MempoolFull("SENDER_LIMIT", f"sender has {len(pending)} pending transactions (limit)")
+        receipt = self._check(vtx, body.nonce)
+        if receipt.status != receipt_pb2.TX_STATUS_OK:
+            self._count(receipt.status)
+            return Admitted(vtx.tx_hash, False, receipt.status, receipt.message, receipt)
+        self._insert(vtx, sender, body.nonce)
+        if gossip:
+            self._gossip.append(vtx.raw)
+        return Admitted(vtx.tx_hash, True, receipt=receipt)
+
+    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int) -> None:
+        self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce)
+        self._by_sender.setdefault(sender, {})[nonce] = vtx.tx_hash
+        if vtx.body.client_ref:
+            self._refs[(sender, vtx.body.client_ref)] = vtx.tx_hash
+        self._bytes += vtx.size
+
+    def _remove(self, tx_hash: bytes) -> None:
+        entry = self._entries.pop(tx_hash, None)
+        if entry is None:
+            return
+        by_nonce = self._by_sender.get(entry.sender)
+        if by_nonce is not None:
+            by_nonce.pop(entry.nonce, None)
+            if not by_nonce:
+                del self._by_sender[entry.sender]
+        if entry.tx.body.client_ref:
+            self._refs.pop((entry.sender, entry.tx.body.client_ref), None)
+        self._bytes -= entry.tx.size
+
+    # --- gossip -----------------------------------------------------------------------------------
+
+    def take_gossip(self, max_count: int) -> list[bytes]:
+        """Transactions accepted since the last call, up to max_count, to send to peers."""
+        batch, self._gossip = self._gossip[:max_count], self._gossip[max_count:]
+        return batch
+
+    # --- proposals and commits --------------------------------------------------------------------
+
+    def reap(self, max_bytes: int, max_count: int) -> list[VerifiedTx]:
+        """Transactions for a proposal: arrival order, each sender's nonces contiguous."""
+        out: list[VerifiedTx] = []
+        size = 0
+        seen: set[bytes] = set()
+        for entry in self._entries.values():
+            if len(out) >= max_count:
+                break
+            sender = entry.sender
+            if sender in seen:
+                continue
+            seen.add(sender)
+            run = self._by_sender[sender]
+            expected = self._committed_nonce(sender)
+            while expected in run and len(out) < max_count:
+                tx = self._entries[run[expected]].tx
+                if size + tx.size > max_bytes:
+                    return out
+                out.append(tx)
+                size += tx.size
+                expected += 1
+        return out
+
+    def update(self, committed: Iterable[bytes], touched_senders: Iterable[bytes]) -> int:
+        """Remove committed transactions and re-check the senders they touched; returns evictions."""
+        for tx_hash in committed:
+            self._remove(tx_hash)
+        evicted = 0
+        for sender in set(touched_senders):
+            by_nonce = self._by_sender.get(sender)
+            if not by_nonce:
+                continue
+            floor = self._committed_nonce(sender)
+            for nonce in sorted(by_nonce):
+                tx_hash = by_nonce[nonce]
+                if nonce < floor:
+                    self._remove(tx_hash)
+                    evicted += 1
+                    continue
+                receipt = self._check(self._entries[tx_hash].tx, nonce)
+                if receipt.status != receipt_pb2.TX_STATUS_OK:
+                    self._count(receipt.status)
+                    self._remove(tx_hash)
+                    evicted += 1
+        return evicted
+
+    def senders_of(self, tx_hashes: Iterable[bytes]) -> set[bytes]:
+        return {self._entries[h].sender for h in tx_hashes if h in self._entries}
