@@ -1,0 +1,51 @@
+"""Node storage: the LevelDB store (blocks, indexes, receipts, state, history), the consensus WAL and
+the last-signed state file. The only package that imports plyvel.
+
+    NodeStore / BlockCommit / StateView   node/storage/store.py   one synced batch per committed block
+    WAL / WalReplay                       node/storage/wal.py     checksummed append-only consensus log
+    SignStateFile / SignState             node/storage/signstate.py   atomic last-signed state
+    crash_point                           node/storage/crash.py   CLEARLINE_CRASH_POINT test hooks
+    errors                                node/storage/errors.py  StorageError and its subclasses
+"""
+
+from node.storage.crash import crash_point
+from node.storage.errors import (
+    SignStateCorruptError,
+    SignStateRegressionError,
+    StorageError,
+    StoreCorruptError,
+    WalCorruptError,
+)
+from node.storage.signstate import SignState, SignStateFile
+from node.storage.store import (
+    BlockCommit,
+    InvalidCommitError,
+    NodeStore,
+    StateView,
+    StoreSnapshot,
+    account_touches_of,
+    compute_block_hash,
+    compute_tx_hash,
+)
+from node.storage.wal import WAL, WalReplay
+
+__all__ = [
+    "WAL",
+    "BlockCommit",
+    "InvalidCommitError",
+    "NodeStore",
+    "SignState",
+    "SignStateCorruptError",
+    "SignStateFile",
+    "SignStateRegressionError",
+    "StateView",
+    "StorageError",
+    "StoreCorruptError",
+    "StoreSnapshot",
+    "WalCorruptError",
+    "WalReplay",
+    "account_touches_of",
+    "compute_block_hash",
+    "compute_tx_hash",
+    "crash_point",
+]
