@@ -1,0 +1,362 @@
+"""The asynchronous Clearline client (grpc.aio): submit, wait, query, follow, verify.
+
+    async with await Client.connect("127.0.0.1:7100") as client:
+        result = await client.send(key, transfer(usd, bob, 100))      # nonce, build, sign, submit
+        result.raise_for_status()
+        verified = await client.get_account_verified(bob, trusted_validators)
+
+Every unary call has a deadline (the client's timeout_s unless the call passes its own); streams run
+until closed unless given one. gRPC errors are mapped at this edge to ClientError(code, reason,
+message), the reason read from the trailing metadata key "clearline-reason".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from clearline.v1 import block_pb2, ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, tx_pb2
+from cluster.client import builders
+from cluster.client.errors import BadResponseError, ClientError, from_rpc_error
+from cluster.client.proofs import latest_agreeing, verify_account_proof
+from cluster.client.tls import TlsConfig
+from cluster.client.values import SubmitResult, VerifiedAccount, WaitFor
+from node import txs
+from node.crypto import Hash, SigningKey
+
+DEFAULT_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_R = TypeVar("_R")
+
+
+class Client:
+    """A connection to one node's client API. Create with `await Client.connect(...)`."""
+
+    def __init__(self, channel: grpc.aio.Channel, target: str, chain_id: str, timeout_s: float) -> None:
+        self._channel = channel
+        self._stub = ledger_api_pb2_grpc.LedgerStub(channel)
+        self._target = target
+        self._chain_id = chain_id
+        self._timeout_s = timeout_s
+        self._closed = False
+        self._nonce_locks: dict[bytes, asyncio.Lock] = {}
+        self._next_nonces: dict[bytes, int] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        chain_id: str | None = None,
+        tls: TlsConfig | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> Client:
+        """Open a channel to target ("host:port"); without chain_id, ask the node (GetStatus)."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls is None:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(
+                target, tls.credentials(), options=options + tls.channel_options()
+            )
+        client = cls(channel, target, chain_id or "", timeout_s)
+        if chain_id is None:
+            try:
+                client._chain_id = (await client.status()).chain_id
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    @property
+    def chain_id(self) -> str:
+        return self._chain_id
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_R]], request: object, timeout_s: float | None = None
+    ) -> _R:
+        if self._closed:
+            raise ClientError(
+                grpc.StatusCode.CANCELLED, "CLIENT_CLOSED", "the client is closed", target=self._target
+            )
+        try:
+            return await method(request, timeout=timeout_s if timeout_s is not None else self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self._target) from exc
+
+    async def _stream(
+        self, method: Callable[..., Any], request: object, timeout_s: float | None
+    ) -> AsyncIterator[Any]:
+        if self._closed:
+            raise ClientError(
+                grpc.StatusCode.CANCELLED, "CLIENT_CLOSED", "the client is closed", target=self._target
+            )
+        call = method(request, timeout=timeout_s)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self._target) from exc
+        finally:
+            call.cancel()
+
+    # --- transactions -------------------------------------------------------------------------
+
+    async def submit(
+        self, raw_tx: bytes, wait: WaitFor = WaitFor.COMMITTED, timeout_s: float | None = None
+    ) -> SubmitResult:
+        """Submit one serialized SignedTx and wait as asked; a rejection raises ClientError."""
+        request = ledger_api_pb2.SubmitTxRequest(tx=raw_tx, wait=wait.value)
+        resp: ledger_api_pb2.SubmitTxResponse = await self._call(self._stub.SubmitTx, request, timeout_s)
+        return self._result(raw_tx, resp)
+
+    async def check(self, raw_tx: bytes, timeout_s: float | None = None) -> SubmitResult:
+        """Dry-run one transaction against the node's current state (CheckTx); nothing is kept."""
+        request = ledger_api_pb2.SubmitTxRequest(tx=raw_tx, wait=ledger_api_pb2.WAIT_FOR_CHECKED)
+        resp: ledger_api_pb2.SubmitTxResponse = await self._call(self._stub.CheckTx, request, timeout_s)
+        return self._result(raw_tx, resp)
+
+    def _result(self, raw_tx: bytes, resp: ledger_api_pb2.SubmitTxResponse) -> SubmitResult:
+        expected = txs.tx_hash(raw_tx)
+        if resp.tx_hash != expected:
+            raise BadResponseError(
+                f"node answered for tx {resp.tx_hash.hex()}, submitted {expected.hex()}", target=self._target
+            )
+        receipt = _copy(resp.receipt) if resp.HasField("receipt") else None
+        status = receipt.status if receipt is not None else receipt_pb2.TX_STATUS_OK
+        return SubmitResult(
+            tx_hash=expected,
+            accepted=resp.accepted,
+            status=status if resp.accepted else (status or receipt_pb2.TX_STATUS_UNSPECIFIED),
+            message=receipt.message if receipt is not None else "",
+            receipt=receipt,
+            height=resp.height,
+            state_root=resp.state_root,
+        )
+
+    async def submit_many(
+        self, raws: Sequence[bytes], wait: WaitFor = WaitFor.COMMITTED, timeout_s: float | None = None
+    ) -> list[SubmitResult]:
+        """Submit a batch in one call; one result per transaction, in order (rejections included)."""
+        request = ledger_api_pb2.SubmitTxsRequest(txs=list(raws), wait=wait.value)
+        resp: ledger_api_pb2.SubmitTxsResponse = await self._call(self._stub.SubmitTxs, request, timeout_s)
+        if len(resp.results) != len(raws):
+            raise BadResponseError(
+                f"{len(resp.results)} results for {len(raws)} transactions", target=self._target
+            )
+        out: list[SubmitResult] = []
+        for raw, item in zip(raws, resp.results, strict=True):
+            expected = txs.tx_hash(raw)
+            if item.tx_hash and item.tx_hash != expected:
+                raise BadResponseError(
+                    f"result for tx {item.tx_hash.hex()} in the place of {expected.hex()}",
+                    target=self._target,
+                )
+            receipt = _copy(item.receipt) if item.HasField("receipt") else None
+            if item.accepted:
+                status = receipt.status if receipt is not None else receipt_pb2.TX_STATUS_OK
+            else:
+                status = item.status or (
+                    receipt.status if receipt is not None else receipt_pb2.TX_STATUS_UNSPECIFIED
+                )
+            out.append(
+                SubmitResult(
+                    tx_hash=expected,
+                    accepted=item.accepted,
+                    status=status,
+                    message=item.message or (receipt.message if receipt is not None else ""),
+                    receipt=receipt,
+                    height=item.height,
+                    state_root=b"",
+                )
+            )
+        return out
+
+    async def next_nonce(self, address: bytes, timeout_s: float | None = None) -> int:
+        """The next nonce the ledger expects from address (0 for an account not yet created)."""
+        resp = await self.get_account(address, timeout_s=timeout_s)
+        return resp.account.nonce if resp.exists else 0
+
+    async def send(
+        self,
+        key: SigningKey,
+        op: builders.Op,
+        *,
+        client_ref: str | None = None,
+        memo: str = "",
+        cosigners: Sequence[SigningKey] = (),
+        wait: WaitFor = WaitFor.COMMITTED,
+        timeout_s: float | None = None,
+    ) -> SubmitResult:
+        """Fetch key's nonce, build, sign (key first, then cosigners) and submit op.
+
+        Nonces of transactions sent through this client and accepted but not yet committed are
+        remembered, so several sends with wait=NONE do not reuse a nonce. A rejection forgets them.
+        """
+        address = key.address
+        lock = self._nonce_locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            nonce = max(await self.next_nonce(address, timeout_s), self._next_nonces.get(address, 0))
+            self._next_nonces[address] = nonce + 1
+        body = builders.make_body(
+            self._chain_id, address, nonce, client_ref or uuid.uuid4().hex, op, memo=memo
+        )
+        raw = builders.sign(body, key, *cosigners)
+        try:
+            return await self.submit(raw, wait, timeout_s)
+        except ClientError:
+            self._next_nonces.pop(address, None)
+            raise
+
+    # --- queries ------------------------------------------------------------------------------
+
+    async def get_tx(self, tx_hash: bytes, timeout_s: float | None = None) -> ledger_api_pb2.GetTxResponse:
+        """State (unknown, pending, committed), receipt, height and index of a transaction."""
+        resp: ledger_api_pb2.GetTxResponse = await self._call(
+            self._stub.GetTx, ledger_api_pb2.GetTxRequest(tx_hash=tx_hash), timeout_s
+        )
+        return resp
+
+    async def get_account(
+        self, address: bytes, prove: bool = False, timeout_s: float | None = None
+    ) -> ledger_api_pb2.GetAccountResponse:
+        """Balances, holds, KYC and nonce of address; with prove, the proof, header and commit."""
+        resp: ledger_api_pb2.GetAccountResponse = await self._call(
+            self._stub.GetAccount, ledger_api_pb2.GetAccountRequest(address=address, prove=prove), timeout_s
+        )
+        return resp
+
+    async def get_instrument(
+        self, instrument: tx_pb2.InstrumentId, timeout_s: float | None = None
+    ) -> ledger_api_pb2.GetInstrumentResponse:
+        resp: ledger_api_pb2.GetInstrumentResponse = await self._call(
+            self._stub.GetInstrument, ledger_api_pb2.GetInstrumentRequest(instrument=instrument), timeout_s
+        )
+        return resp
+
+    async def get_hold(self, hold_id: str, timeout_s: float | None = None) -> ledger_api_pb2.GetHoldResponse:
+        resp: ledger_api_pb2.GetHoldResponse = await self._call(
+            self._stub.GetHold, ledger_api_pb2.GetHoldRequest(hold_id=hold_id), timeout_s
+        )
+        return resp
+
+    async def get_block(
+        self, ref: int | bytes | None = None, timeout_s: float | None = None
+    ) -> ledger_api_pb2.GetBlockResponse:
+        """A block with its commit and receipts, by height (int; None or 0 = latest) or hash (bytes)."""
+        if isinstance(ref, bytes):
+            request = ledger_api_pb2.GetBlockRequest(hash=ref)
+        else:
+            request = ledger_api_pb2.GetBlockRequest(height=ref or 0)
+        resp: ledger_api_pb2.GetBlockResponse = await self._call(self._stub.GetBlock, request, timeout_s)
+        return resp
+
+    async def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
+        resp: ledger_api_pb2.GetStatusResponse = await self._call(
+            self._stub.GetStatus, ledger_api_pb2.GetStatusRequest(), timeout_s
+        )
+        return resp
+
+    async def validators(self, height: int = 0, timeout_s: float | None = None) -> block_pb2.ValidatorSet:
+        """The validator set at height (0 = current), as the node reports it (not verified)."""
+        resp: ledger_api_pb2.GetValidatorsResponse = await self._call(
+            self._stub.GetValidators, ledger_api_pb2.GetValidatorsRequest(height=height), timeout_s
+        )
+        return _copy(resp.validators)
+
+    # --- streams ------------------------------------------------------------------------------
+
+    def stream_blocks(
+        self, from_height: int = 1, *, timeout_s: float | None = None
+    ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        """Blocks from from_height on, then live ones as they commit; timeout_s bounds the whole
+        stream (None: until closed)."""
+        request = ledger_api_pb2.StreamBlocksRequest(from_height=from_height)
+        return self._stream(self._stub.StreamBlocks, request, timeout_s)
+
+    def subscribe_events(
+        self,
+        from_height: int = 1,
+        account: bytes | None = None,
+        instrument: tx_pb2.InstrumentId | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]:
+        """Events from from_height on, then live; optionally only those of account and/or instrument."""
+        request = ledger_api_pb2.SubscribeEventsRequest(from_height=from_height, account=account or b"")
+        if instrument is not None:
+            request.instrument.CopyFrom(instrument)
+        return self._stream(self._stub.SubscribeEvents, request, timeout_s)
+
+    # --- verified reads -----------------------------------------------------------------------
+
+    async def get_account_verified(
+        self,
+        address: bytes,
+        trusted_validators: block_pb2.ValidatorSet,
+        quorum_nodes: Sequence[Client] | None = None,
+        timeout_s: float | None = None,
+    ) -> VerifiedAccount:
+        """The account of address proved against trusted_validators, from this node and every node
+        in quorum_nodes; all must answer with valid proofs that agree. The newest one is returned.
+        Raises ClientError (a node failed) or ProofError (an answer does not verify)."""
+        nodes = [self, *(quorum_nodes or ())]
+        answers = await asyncio.gather(
+            *(n.get_account(address, prove=True, timeout_s=timeout_s) for n in nodes), return_exceptions=True
+        )
+        verified: list[tuple[str, VerifiedAccount]] = []
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, BaseException):
+                raise answer
+            proved = verify_account_proof(
+                answer,
+                chain_id=self._chain_id,
+                trusted_validators=trusted_validators,
+                address=address,
+                target=node.target,
+            )
+            verified.append((node.target, proved))
+        return latest_agreeing(verified)
+
+
+def _copy(message: _R) -> _R:
+    out = type(message)()
+    out.CopyFrom(message)  # type: ignore[attr-defined]
+    return out
+
+
+def tx_hash_of(raw_tx: bytes) -> Hash:
+    """The hash a node reports for raw_tx."""
+    return txs.tx_hash(raw_tx)
