@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from pathlib import Path
+
+from node.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clearline-node", description="Run one Clearline validator.")
     parser.add_argument("--home", required=True, help="the node's home directory (config.toml, keys, data)")
+    parser.add_argument(
+        "--byzantine",
+        default="",
+        help="test-only misbehaviour (refused unless the network was created with `clearline init --faults`)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    print("clearline-node: the validator runtime is not built yet (see the node issue).", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(Path(args.home))
+    except ConfigError as exc:
+        print(f"clearline-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from node.crypto import KeyFileError
+    from node.runtime import FatalError, Node
+    from node.storage import StorageError
+
+    if args.byzantine:
+        print("clearline-node: --byzantine is only for networks created for fault testing", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(Node(cfg).run())
+    except (FatalError, KeyFileError, StorageError) as exc:
+        print(f"clearline-node: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one node, served on the configured metrics address.
+
+Height, round, block interval, transactions per block, mempool size and rejections by reason, peers,
+sync state and commit latency. Each node process has its own registry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class NodeMetrics:
+    def __init__(self, listen: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.height = Gauge("clearline_height", "Last committed height", registry=r)
+        self.round = Gauge("clearline_round", "Round of the height in progress", registry=r)
+        self.peers = Gauge("clearline_peers", "Connected peers", registry=r)
+        self.mempool = Gauge("clearline_mempool_size", "Transactions in the mempool", registry=r)
+        self.syncing = Gauge("clearline_syncing", "1 while block sync runs", registry=r)
+        self.txs = Counter("clearline_committed_txs", "Committed transactions", registry=r)
+        self.block_txs = Histogram(
+            "clearline_block_txs",
+            "Transactions per block",
+            buckets=(0, 1, 10, 100, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.block_interval = Histogram(
+            "clearline_block_interval_seconds", "Time between committed blocks", registry=r
+        )
+        self.commit_latency = Histogram(
+            "clearline_commit_write_seconds", "Time to write one block's batch (synced)", registry=r
+        )
+        self.rejections = Gauge(
+            "clearline_mempool_rejections", "Mempool rejections by reason", ["reason"], registry=r
+        )
+        self._last_commit = time.monotonic()
+        self._server: Any = None
+        if listen:
+            host, _, port = listen.rpartition(":")
+            self._server = start_http_server(int(port), addr=host, registry=r)
+
+    def on_commit(self, height: int, ntx: int, write_s: float, mempool: int) -> None:
+        now = time.monotonic()
+        self.height.set(height)
+        self.txs.inc(ntx)
+        self.block_txs.observe(ntx)
+        self.block_interval.observe(now - self._last_commit)
+        self.commit_latency.observe(write_s)
+        self.mempool.set(mempool)
+        self._last_commit = now
+
+    def on_status(self, node: Any) -> None:
+        self.round.set(node.core.round if node.core is not None else 0)
+        self.peers.set(len(node.network.connected))
+        self.mempool.set(len(node.mempool))
+        self.syncing.set(1 if node._syncing else 0)
+        for reason, count in node.mempool.rejections.items():
+            self.rejections.labels(reason=reason).set(count)
+
+    def close(self) -> None:
+        if self._server is not None:
+            server, thread = self._server if isinstance(self._server, tuple) else (self._server, None)
+            server.shutdown()
+            if thread is not None:
+                thread.join(timeout=2)

@@ -1,0 +1,224 @@
+"""The client API: the `Ledger` gRPC service, health checking and reflection.
+
+Servicers only decode, validate and hand over to the node (`NodeApi`, implemented by the runtime);
+they never touch consensus state. A failure is a gRPC status with a machine-readable reason in the
+trailing metadata key `clearline-reason`, so `grpcurl` users and the Python client see both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from node.errors import ApiError
+
+log = logging.getLogger("clearline.api")
+
+REASON_KEY = "clearline-reason"
+
+
+class NodeApi(Protocol):
+    async def submit(
+        self, raws: list[bytes], wait: int, timeout_s: float | None
+    ) -> list[ledger_api_pb2.SubmitTxResult]: ...
+
+    async def check_tx(self, raw: bytes) -> ledger_api_pb2.SubmitTxResponse: ...
+
+    def get_tx(self, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse: ...
+
+    def get_account(self, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse: ...
+
+    def get_instrument(
+        self, req: ledger_api_pb2.GetInstrumentRequest
+    ) -> ledger_api_pb2.GetInstrumentResponse: ...
+
+    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse: ...
+
+    def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse: ...
+
+    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse: ...
+
+    def status(self) -> ledger_api_pb2.GetStatusResponse: ...
+
+    def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
+
+    def subscribe_events(
+        self, req: ledger_api_pb2.SubscribeEventsRequest
+    ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]: ...
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> Any:
+    code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
+    await context.abort(code, f"{err.reason}: {err.message}", trailing_metadata=((REASON_KEY, err.reason),))
+
+
+def _address(value: bytes, what: str = "address") -> bytes:
+    if len(value) != 20:
+        raise ApiError("INVALID_ARGUMENT", "INVALID_ADDRESS", f"{what} must be 20 bytes, got {len(value)}")
+    return value
+
+
+class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
+    def __init__(self, node: NodeApi, max_batch: int) -> None:
+        self._node = node
+        self._max_batch = max_batch
+
+    async def SubmitTx(
+        self, request: ledger_api_pb2.SubmitTxRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            if not request.tx:
+                raise ApiError("INVALID_ARGUMENT", "MALFORMED", "empty transaction")
+            (result,) = await self._node.submit([request.tx], request.wait, context.time_remaining())
+            if not result.accepted:
+                raise ApiError.for_status(result.status, result.message)
+            return ledger_api_pb2.SubmitTxResponse(
+                tx_hash=result.tx_hash,
+                accepted=True,
+                receipt=result.receipt if result.HasField("receipt") else None,
+                height=result.height,
+            )
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def SubmitTxs(
+        self, request: ledger_api_pb2.SubmitTxsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            if len(request.txs) > self._max_batch:
+                raise ApiError(
+                    "RESOURCE_EXHAUSTED",
+                    "BATCH_TOO_LARGE",
+                    f"{len(request.txs)} txs in one batch, limit {self._max_batch}",
+                )
+            results = await self._node.submit(list(request.txs), request.wait, context.time_remaining())
+            return ledger_api_pb2.SubmitTxsResponse(results=results)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def CheckTx(
+        self, request: ledger_api_pb2.SubmitTxRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return await self._node.check_tx(request.tx)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetTx(self, request: ledger_api_pb2.GetTxRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if len(request.tx_hash) != 32:
+                raise ApiError("INVALID_ARGUMENT", "INVALID_HASH", "tx_hash must be 32 bytes")
+            return self._node.get_tx(request.tx_hash)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetAccount(
+        self, request: ledger_api_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return self._node.get_account(_address(request.address), request.prove)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetInstrument(
+        self, request: ledger_api_pb2.GetInstrumentRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            _address(request.instrument.issuer, "instrument issuer")
+            return self._node.get_instrument(request)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetHold(self, request: ledger_api_pb2.GetHoldRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return self._node.get_hold(request.hold_id)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetValidators(
+        self, request: ledger_api_pb2.GetValidatorsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return self._node.get_validators(request.height)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetBlock(
+        self, request: ledger_api_pb2.GetBlockRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return self._node.get_block(request)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetStatus(
+        self, request: ledger_api_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return self._node.status()
+
+    async def StreamBlocks(
+        self, request: ledger_api_pb2.StreamBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            async for block in self._node.stream_blocks(request.from_height):
+                yield block
+        except ApiError as err:
+            await _abort(context, err)
+
+    async def SubscribeEvents(
+        self, request: ledger_api_pb2.SubscribeEventsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            if request.account:
+                _address(request.account, "account filter")
+            async for event in self._node.subscribe_events(request):
+                yield event
+        except ApiError as err:
+            await _abort(context, err)
+
+
+class ApiServer:
+    """The client-facing gRPC server: Ledger + health + reflection."""
+
+    def __init__(self, node: NodeApi, listen: str, *, max_message_bytes: int, max_batch: int) -> None:
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ]
+        )
+        ledger_api_pb2_grpc.add_LedgerServicer_to_server(LedgerService(node, max_batch), self._server)
+        self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = (
+            ledger_api_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self._server)
+        self.port = self._server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen} for the client API")
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        result = self._health.set("", status)
+        if result is not None:
+            await result
+        result = self._health.set("clearline.v1.Ledger", status)
+        if result is not None:
+            await result
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self._server.stop(grace)

@@ -1,0 +1,325 @@
+"""Peer transport: one long-lived bidirectional gRPC stream per peer pair, over mutual TLS.
+
+Of each pair, the node whose name sorts first dials; the other accepts. The first message in each
+direction is a signed `Hello`: the receiver checks the chain id, the signature, that the validator
+is a member, and (on the accepting side) that the TLS client certificate binds that validator's
+address. Then both sides send `PeerMessage`s (consensus messages, transaction batches, status) until
+the stream breaks; the dialer reconnects with exponential backoff (capped).
+
+What arrives is handed to a `PeerHandler` (the runtime), which validates it before the consensus
+core sees it. Outgoing messages go through a bounded queue per peer so a slow or paused peer never
+blocks the node; when a queue overflows the oldest message is dropped (consensus re-gossips).
+
+This module and node/network/api.py are the only code that imports grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from cryptography import x509
+
+from clearline.v1 import peer_pb2, peer_pb2_grpc
+from node.config import NodeConfig, Peer
+
+log = logging.getLogger("clearline.peers")
+
+VALIDATOR_URI_PREFIX = "clearline:validator:"
+SEND_QUEUE_MAX = 20_000
+
+
+class PeerHandler(Protocol):
+    """What the peer transport needs from the node."""
+
+    def make_hello(self) -> peer_pb2.Hello: ...
+
+    def check_hello(
+        self, hello: peer_pb2.Hello, expected_name: str | None, cert_address: bytes | None
+    ) -> str | None:
+        """None if the hello is acceptable, else the reason to refuse."""
+        ...
+
+    async def on_peer_message(self, peer: str, msg: peer_pb2.PeerMessage) -> None: ...
+
+    def on_peer_connected(self, peer: str) -> None: ...
+
+    def on_peer_disconnected(self, peer: str) -> None: ...
+
+    def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]: ...
+
+    def sync_status(self) -> peer_pb2.SyncStatusResponse: ...
+
+
+def validator_address_of_cert(cert_pem: bytes) -> bytes | None:
+    """The validator address that the network CA bound into a node certificate, or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(VALIDATOR_URI_PREFIX):
+            try:
+                return bytes.fromhex(uri.removeprefix(VALIDATOR_URI_PREFIX))
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass
+class _Conn:
+    name: str
+    queue: asyncio.Queue[peer_pb2.PeerMessage] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_MAX))
+    dropped: int = 0
+
+    def send(self, msg: peer_pb2.PeerMessage) -> None:
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.dropped += 1
+            self.queue.put_nowait(msg)
+
+
+def _grpc_options(cfg: NodeConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.p2p.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.p2p.max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class _PeerServicer(peer_pb2_grpc.PeerServicer):
+    def __init__(self, net: PeerNetwork) -> None:
+        self._net = net
+
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        net = self._net
+        cert_address: bytes | None = None
+        if net.tls:
+            auth = context.auth_context()
+            pems = auth.get("x509_pem_cert") or []
+            cert_address = validator_address_of_cert(pems[0]) if pems else None
+            if cert_address is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "peer certificate binds no validator")
+        try:
+            first = await asyncio.wait_for(context.read(), timeout=10)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within 10 s")
+        if (
+            first is grpc.aio.EOF
+            or not isinstance(first, peer_pb2.PeerMessage)
+            or not first.HasField("hello")
+        ):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello")
+        hello = first.hello
+        problem = net.handler.check_hello(hello, None, cert_address)
+        if problem is not None:
+            log.warning("refused peer connection: %s", problem)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+        name = net.name_of(hello.validator)
+        if name is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown validator")
+        await context.write(peer_pb2.PeerMessage(hello=net.handler.make_hello()))
+
+        async def reads() -> AsyncIterator[peer_pb2.PeerMessage]:
+            while True:
+                msg = await context.read()
+                if msg is grpc.aio.EOF:
+                    return
+                yield msg
+
+        await net.run_stream(name, reads(), context.write)
+
+    async def GetBlocks(self, request: peer_pb2.GetBlocksRequest, context: grpc.aio.ServicerContext) -> Any:
+        async for block in self._net.handler.serve_blocks(request):
+            yield block
+
+    async def GetSyncStatus(
+        self, request: peer_pb2.SyncStatusRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.SyncStatusResponse:
+        return self._net.handler.sync_status()
+
+
+class PeerNetwork:
+    """Listens for peers, dials the peers it should, and moves PeerMessages both ways."""
+
+    def __init__(self, cfg: NodeConfig, handler: PeerHandler, names_by_address: dict[bytes, str]) -> None:
+        self.cfg = cfg
+        self.handler = handler
+        self.tls = cfg.tls.enabled
+        self._names_by_address = names_by_address
+        self._conns: dict[str, _Conn] = {}
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stopping = False
+        self.port: int = 0
+        if self.tls:
+            self._ca = cfg.path(cfg.tls.ca_cert).read_bytes()
+            self._cert = cfg.path(cfg.tls.cert).read_bytes()
+            self._key = cfg.path(cfg.tls.key).read_bytes()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=_grpc_options(self.cfg))
+        peer_pb2_grpc.add_PeerServicer_to_server(_PeerServicer(self), server)
+        if self.tls:
+            creds = grpc.ssl_server_credentials([(self._key, self._cert)], self._ca, require_client_auth=True)
+            self.port = server.add_secure_port(self.cfg.p2p.listen, creds)
+        else:
+            self.port = server.add_insecure_port(self.cfg.p2p.listen)
+        await server.start()
+        self._server = server
+        for peer in self.cfg.p2p.peers:
+            if self.cfg.moniker < peer.name:
+                self._tasks.append(asyncio.create_task(self._dial_forever(peer), name=f"dial-{peer.name}"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for channel in list(self._channels.values()):
+            await channel.close()
+        if self._server is not None:
+            await self._server.stop(grace=0.5)
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> list[str]:
+        return sorted(self._conns)
+
+    def name_of(self, validator: bytes) -> str | None:
+        return self._names_by_address.get(validator)
+
+    def broadcast(self, msg: peer_pb2.PeerMessage) -> None:
+        for conn in self._conns.values():
+            conn.send(msg)
+
+    def send(self, peer: str, msg: peer_pb2.PeerMessage) -> bool:
+        conn = self._conns.get(peer)
+        if conn is None:
+            return False
+        conn.send(msg)
+        return True
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    async def run_stream(self, name: str, incoming: AsyncIterator[peer_pb2.PeerMessage], write: Any) -> None:
+        """Move messages on one established stream until either side ends it."""
+        old = self._conns.get(name)
+        conn = _Conn(name)
+        self._conns[name] = conn
+        if old is not None:
+            old.send(peer_pb2.PeerMessage())  # wake its writer so it notices it was replaced
+        self.handler.on_peer_connected(name)
+        log.info("peer %s connected", name)
+
+        async def writer() -> None:
+            while self._conns.get(name) is conn:
+                msg = await conn.queue.get()
+                if self._conns.get(name) is not conn:
+                    return
+                await write(msg)
+
+        write_task = asyncio.create_task(writer(), name=f"peer-write-{name}")
+        try:
+            async for msg in incoming:
+                if write_task.done():
+                    break
+                try:
+                    await self.handler.on_peer_message(name, msg)
+                except Exception:  # a bad message must never stop the node
+                    log.exception("error handling a message from %s", name)
+        finally:
+            write_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await write_task
+            if self._conns.get(name) is conn:
+                del self._conns[name]
+                self.handler.on_peer_disconnected(name)
+                log.info("peer %s disconnected", name)
+
+    def _channel(self, peer: Peer) -> grpc.aio.Channel:
+        channel = self._channels.get(peer.name)
+        if channel is None:
+            options = _grpc_options(self.cfg)
+            if self.tls:
+                creds = grpc.ssl_channel_credentials(self._ca, self._key, self._cert)
+                options.append(("grpc.ssl_target_name_override", peer.name))
+                channel = grpc.aio.secure_channel(peer.target, creds, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(peer.target, options=options)
+            self._channels[peer.name] = channel
+        return channel
+
+    async def _dial_forever(self, peer: Peer) -> None:
+        backoff = self.cfg.p2p.reconnect_min_ms / 1000
+        while not self._stopping:
+            started = asyncio.get_running_loop().time()
+            try:
+                await self._dial_once(peer)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.debug("peer %s: %s %s", peer.name, exc.code().name, exc.details())
+            except Exception:
+                log.exception("peer %s: stream failed", peer.name)
+            if asyncio.get_running_loop().time() - started > 5:
+                backoff = self.cfg.p2p.reconnect_min_ms / 1000
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.cfg.p2p.reconnect_max_ms / 1000)
+
+    async def _dial_once(self, peer: Peer) -> None:
+        stub = peer_pb2_grpc.PeerStub(self._channel(peer))
+        call = stub.Connect()
+        try:
+            await call.write(peer_pb2.PeerMessage(hello=self.handler.make_hello()))
+            first = await asyncio.wait_for(call.read(), timeout=10)
+            if first is grpc.aio.EOF or not first.HasField("hello"):
+                raise ConnectionError(f"peer {peer.name} did not answer with a hello")
+            problem = self.handler.check_hello(first.hello, peer.name, None)
+            if problem is not None:
+                log.warning("refusing peer %s: %s", peer.name, problem)
+                return
+
+            async def reads() -> AsyncIterator[peer_pb2.PeerMessage]:
+                while True:
+                    msg = await call.read()
+                    if msg is grpc.aio.EOF:
+                        return
+                    yield msg
+
+            await self.run_stream(peer.name, reads(), call.write)
+        finally:
+            call.cancel()
+
+    # --- block sync client ------------------------------------------------------------------------
+
+    async def fetch_blocks(
+        self, peer_name: str, from_height: int, to_height: int, timeout_s: float = 30
+    ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        peer = next((p for p in self.cfg.p2p.peers if p.name == peer_name), None)
+        if peer is None:
+            return
+        stub = peer_pb2_grpc.PeerStub(self._channel(peer))
+        call = stub.GetBlocks(
+            peer_pb2.GetBlocksRequest(from_height=from_height, to_height=to_height), timeout=timeout_s
+        )
+        async for block in call:
+            yield block

@@ -1,0 +1,1222 @@
+"""The validator runtime: the one asyncio driver that wires consensus, ledger, storage and network.
+
+One task (`_consensus_loop`) owns the consensus core and reads one queue; everything that changes
+consensus state goes through it, in order. The core returns actions that are carried out in list
+order: `Persist` (sign state, fsync) always completes before the `Broadcast` of the message it
+protects. Peer messages are validated (signature, membership, height window) before they are
+queued; a proposal's transactions are verified in the thread pool and the block executed before the
+core is asked about it, so `validate_block` is a cache lookup on the hot path.
+
+Commit path (crash-safe, one batch): block, certificate, receipts, indexes, state entries and Merkle
+nodes go to LevelDB in one synced write batch; then the ledger makes the result its committed state,
+the WAL ends the height, the mempool drops what was committed, and waiters and subscribers hear of
+it. After kill -9 a node is at height H or H+1, never between; on restart it opens the store in
+O(1), restores its last-signed state (so it never signs a conflicting message) and replays the WAL
+of the height in progress.
+
+A node that is behind (peers report a higher committed height) fetches blocks with their commit
+certificates (block sync), verifies each certificate against the validator set it knows, executes
+the block, checks the state root, commits, and joins consensus when caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from clearline.v1 import (
+    block_pb2,
+    ledger_api_pb2,
+    peer_pb2,
+    receipt_pb2,
+    wal_pb2,
+)
+from node import blocks, crypto, txs, wire
+from node.config import NodeConfig
+from node.consensus import (
+    Broadcast,
+    CommitCertificate,
+    Decide,
+    DuplicateVoteEvidence,
+    Persist,
+    Proposal,
+    ProposalReceived,
+    RecordEvidence,
+    ScheduleTimeout,
+    SignState,
+    StartHeight,
+    Step,
+    Tendermint,
+    TimeoutConfig,
+    TimeoutFired,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteReceived,
+)
+from node.errors import ApiError
+from node.ledger import BlockResult, Ledger, parse_genesis
+from node.mempool import Mempool, MempoolFull
+from node.network.api import ApiServer
+from node.network.peers import PeerNetwork
+from node.storage import WAL, BlockCommit, NodeStore, SignStateFile
+from node.storage.crash import crash_point
+from node.txs import TxRejected, VerifiedTx
+
+log = logging.getLogger("clearline.node")
+
+VERSION = "0.1.0"
+MAX_CLOCK_DRIFT_MS = 10_000
+MAX_EVIDENCE_PER_BLOCK = 64
+SYNC_BATCH = 200
+
+
+class FatalError(Exception):
+    """A broken invariant: the node stops rather than continue from a wrong state."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NodeSigner:
+    """The consensus Signer: Ed25519 over the domain-separated canonical sign bytes."""
+
+    def __init__(self, key: crypto.SigningKey, chain_id: str) -> None:
+        self._key = key
+        self._chain_id = chain_id
+        self.address = key.address
+
+    def sign_vote(self, vote: Vote) -> bytes:
+        msg = blocks.vote_sign_bytes(
+            self._chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
+        )
+        return self._key.sign_raw(msg)
+
+    def sign_proposal(self, proposal: Proposal) -> bytes:
+        msg = blocks.proposal_sign_bytes(
+            self._chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
+        )
+        return self._key.sign_raw(msg)
+
+
+def to_core_set(vs: block_pb2.ValidatorSet) -> ValidatorSet:
+    return ValidatorSet(
+        [Validator(address=v.address, public_key=v.public_key, power=v.power) for v in vs.validators]
+    )
+
+
+def apply_validator_updates(
+    vs: block_pb2.ValidatorSet, updates: Sequence[tuple[bytes, int]]
+) -> block_pb2.ValidatorSet:
+    """The set after ChangeValidator updates (power 0 removes), sorted by address."""
+    by_key = {v.public_key: (v.power, v.name) for v in vs.validators}
+    for public_key, power in updates:
+        if power == 0:
+            by_key.pop(public_key, None)
+        else:
+            by_key[public_key] = (power, by_key.get(public_key, (0, ""))[1])
+    out = block_pb2.ValidatorSet()
+    for public_key, (power, name) in sorted(by_key.items(), key=lambda kv: crypto.address_of(kv[0])):
+        out.validators.add(
+            address=crypto.address_of(public_key), public_key=public_key, power=power, name=name
+        )
+    return out
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, with the node's height and round."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self._node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "node": self._node.cfg.moniker,
+            "height": self._node.height + 1,
+            "round": self._node.core.round if self._node.core is not None else 0,
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class Node:
+    """One validator. `await Node(cfg).run()` until SIGTERM/SIGINT or `stop()`."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.chain_id = cfg.chain_id
+        self.core: Tendermint | None = None
+        self.height = 0  # last committed height
+        self._stop = asyncio.Event()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(
+            max_workers=cfg.mempool.verify_threads, thread_name_prefix="verify"
+        )
+        self._executed: dict[bytes, BlockResult | None] = {}  # block id -> result (None = invalid)
+        self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
+        self._own_messages: list[peer_pb2.PeerMessage] = []
+        self._pending_evidence: OrderedDict[tuple[bytes, int, int, int], DuplicateVoteEvidence] = (
+            OrderedDict()
+        )
+        self._committed_evidence: set[tuple[bytes, int, int, int]] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[tuple[receipt_pb2.Receipt, int]]]] = {}
+        self._block_listeners: set[asyncio.Queue[int]] = set()
+        self._peer_heights: dict[str, int] = {}
+        self._behind_since: float | None = None
+        self._syncing = False
+        self._sync_requested = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._round_started = time.monotonic()
+        self._last_block_time = 0.0
+        self.started = False
+        self.metrics: Any = None
+
+    # --- startup ----------------------------------------------------------------------------------
+
+    def _setup_logging(self) -> None:
+        handler = logging.FileHandler(self.cfg.path(self.cfg.log.file))
+        handler.setFormatter(JsonLogFormatter(self))
+        root = logging.getLogger("clearline")
+        root.handlers = [handler]
+        root.setLevel(self.cfg.log.level.upper())
+        root.propagate = False
+
+    def _open_state(self) -> None:
+        cfg = self.cfg
+        self.key = crypto.load_key_file(cfg.path(cfg.keys.validator_key))
+        genesis_path = cfg.path(cfg.genesis)
+        try:
+            genesis_text = genesis_path.read_text()
+        except FileNotFoundError:
+            raise FatalError(f"genesis file {genesis_path} does not exist") from None
+        self.genesis = parse_genesis(genesis_text)
+        if self.genesis.chain_id != cfg.chain_id:
+            raise FatalError(
+                f"genesis chain id {self.genesis.chain_id!r} differs from config {cfg.chain_id!r}"
+            )
+        data_dir = cfg.path(cfg.storage.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = NodeStore.open(data_dir / "blockstore", chain_id=cfg.chain_id)
+        if not self.store.is_initialized():
+            writes, _root = Ledger.genesis_writes(self.genesis)
+            vs = block_pb2.ValidatorSet()
+            for v in sorted(self.genesis.validators, key=lambda g: crypto.address_of(g.public_key)):
+                vs.validators.add(
+                    address=crypto.address_of(v.public_key),
+                    public_key=v.public_key,
+                    power=v.power,
+                    name=v.name,
+                )
+            self.store.save_genesis(genesis_text.encode(), writes, vs, cfg.chain_id)
+        self.ledger = Ledger.open(self.store.state)
+        self.height = self.store.latest_height()
+        if self.ledger.height != self.height:
+            raise FatalError(f"ledger is at height {self.ledger.height} but the block store at {self.height}")
+        self.names_by_address: dict[bytes, str] = {}
+        for v in self.genesis.validators:
+            self.names_by_address[crypto.address_of(v.public_key)] = v.name
+        self._load_tip()
+        for _h, ev in self.store.load_evidence(0, 100_000):
+            with contextlib.suppress(wire.WireError):
+                self._committed_evidence.add(wire.evidence_key(wire.evidence_from_pb(ev)))
+        self.sign_state = SignStateFile.open(data_dir / "sign_state.bin")
+        self.wal, self._wal_replay = WAL.open(data_dir / "consensus.wal")
+        if self._wal_replay.repaired:
+            log.warning("WAL repaired: %s", self._wal_replay.repaired)
+
+    def _load_tip(self) -> None:
+        if self.height == 0:
+            self.last_header: block_pb2.Header | None = None
+            self.last_block_hash = b""
+            self.last_commit_pb = block_pb2.CommitCertificate()
+        else:
+            block = self.store.load_block(self.height)
+            commit = self.store.load_commit(self.height)
+            if block is None or commit is None:
+                raise FatalError(f"block store lacks block or commit of its latest height {self.height}")
+            self.last_header = block.header
+            self.last_block_hash = blocks.block_hash(block.header)
+            self.last_commit_pb = commit
+
+    def validator_set(self, height: int) -> block_pb2.ValidatorSet:
+        vs = self.store.load_validator_set(height)
+        if vs is None:
+            raise FatalError(f"no validator set known for height {height}")
+        return vs
+
+    def _new_core(self, height: int) -> Tendermint:
+        vs = to_core_set(self.validator_set(height))
+        restored: SignState | None = None
+        locked_block = valid_block = None
+        stored = self.sign_state.load_state()
+        if stored is not None and stored.last_signed.height == height:
+            restored = wire.sign_state_from_pb(stored.last_signed)
+            if stored.locked_block:
+                locked_block = block_pb2.Block.FromString(stored.locked_block)
+            if stored.valid_block:
+                valid_block = block_pb2.Block.FromString(stored.valid_block)
+        elif stored is not None and stored.last_signed.height > height:
+            log.warning(
+                "sign state is at height %d, ahead of the chain (%d): block sync will catch up",
+                stored.last_signed.height,
+                height,
+            )
+        c = self.cfg.consensus
+        timeouts = TimeoutConfig(
+            propose_ms=c.timeout_propose_ms,
+            propose_delta_ms=c.timeout_propose_delta_ms,
+            prevote_ms=c.timeout_prevote_ms,
+            prevote_delta_ms=c.timeout_prevote_delta_ms,
+            precommit_ms=c.timeout_precommit_ms,
+            precommit_delta_ms=c.timeout_precommit_delta_ms,
+        )
+        self._executed.clear()
+        self._blocks_by_id.clear()
+        self._own_messages.clear()
+        for b in (locked_block, valid_block):
+            if b is not None:
+                self._blocks_by_id[blocks.block_hash(b.header)] = b
+        return Tendermint(
+            validators=vs,
+            signer=NodeSigner(self.key, self.chain_id),
+            app=self,
+            timeouts=timeouts,
+            height=height,
+            restored=restored,
+            locked_block=locked_block,
+            valid_block=valid_block,
+        )
+
+    async def run(self) -> None:
+        """Start everything, run until stopped, then shut down gracefully."""
+        self._setup_logging()
+        self._open_state()
+        self.mempool = Mempool(
+            self.cfg.mempool,
+            self.chain_id,
+            check=self._check_tx,
+            committed_nonce=self._committed_nonce,
+            ref_committed=lambda _s, _r: False,
+            executor=self._executor,
+        )
+        from node import metrics  # imported late: prometheus registry per process
+
+        self.metrics = metrics.NodeMetrics(self.cfg.metrics.listen)
+        self.network = PeerNetwork(self.cfg, self, self.names_by_address)
+        self.api = ApiServer(
+            self,
+            self.cfg.api.listen,
+            max_message_bytes=self.cfg.api.max_message_bytes,
+            max_batch=self.cfg.api.max_batch_txs,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self.network.start()
+        await self.api.start()
+        self.core = self._new_core(self.height + 1)
+        log.info("node %s starting at height %d (chain %s)", self.cfg.moniker, self.height + 1, self.chain_id)
+        self._tasks = [
+            asyncio.create_task(self._consensus_loop(), name="consensus"),
+            asyncio.create_task(self._gossip_loop(), name="gossip"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+        await self._queue.put(("start", None))
+        await self.api.set_serving(True)
+        self.started = True
+        stop_wait = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        failure: BaseException | None = None
+        for task in done:
+            if task is not stop_wait and not task.cancelled() and task.exception() is not None:
+                failure = task.exception()
+        await self._shutdown()
+        if failure is not None:
+            raise failure
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down")
+        with contextlib.suppress(Exception):
+            await self.api.set_serving(False)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.api.stop(0.5)
+        await self.network.stop()
+        self.wal.close()
+        self.store.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # --- the consensus task -------------------------------------------------------------------------
+
+    async def _consensus_loop(self) -> None:
+        while True:
+            kind, payload = await self._queue.get()
+            assert self.core is not None
+            if kind == "start":
+                await self._execute(self.core.start())
+                await self._replay_wal()
+            elif kind == "event":
+                if isinstance(payload, TimeoutFired) and payload.height != self.core.height:
+                    continue
+                await self._execute(self.core.step(payload))
+            elif kind == "start_height":
+                height = payload
+                if height != self.height + 1 or self.core.height == height:
+                    continue
+                self._new_height_bookkeeping()
+                await self._execute(
+                    self.core.step(StartHeight(height, to_core_set(self.validator_set(height))))
+                )
+            elif kind == "sync":
+                await self._sync()
+
+    def _new_height_bookkeeping(self) -> None:
+        self._executed.clear()
+        self._blocks_by_id.clear()
+        self._own_messages.clear()
+        self._round_started = time.monotonic()
+
+    async def _replay_wal(self) -> None:
+        """Feed the WAL of the height in progress back into the core (after a restart)."""
+        assert self.core is not None
+        replayed = 0
+        for record in self._wal_replay.records:
+            if record.WhichOneof("record") != "message":
+                continue
+            msg = record.message
+            try:
+                if msg.HasField("vote"):
+                    vote = wire.vote_from_pb(msg.vote)
+                    if vote.height == self.core.height:
+                        await self._execute(self.core.step(VoteReceived(vote)))
+                        replayed += 1
+                elif msg.HasField("proposal"):
+                    proposal = wire.proposal_from_pb(msg.proposal)
+                    if proposal.height == self.core.height:
+                        self._blocks_by_id[proposal.block_id] = msg.proposal.block
+                        await self._execute(self.core.step(ProposalReceived(proposal)))
+                        replayed += 1
+            except wire.WireError as exc:
+                log.warning("skipping a bad WAL record: %s", exc)
+        self._wal_replay.records.clear()
+        if replayed:
+            log.info("replayed %d consensus messages from the WAL", replayed)
+
+    def _enqueue(self, event: Any) -> None:
+        self._queue.put_nowait(("event", event))
+
+    async def _execute(self, actions: Sequence[Any]) -> None:
+        for action in actions:
+            match action:
+                case Persist(sign_state=state, block=block):
+                    await self._persist(state, block)
+                case Broadcast(message=message):
+                    self._broadcast(message)
+                case ScheduleTimeout(height=h, round=r, step=step, delay_ms=delay):
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(delay / 1000, self._enqueue, TimeoutFired(h, r, step))
+                case Decide(height=h, block_id=block_id, block=block, certificate=cert):
+                    await self._commit(h, block_id, block, cert)
+                case RecordEvidence(evidence=evidence):
+                    self._add_evidence(evidence, gossip=True)
+                case _:
+                    log.debug("ignoring action %r", action)
+
+    async def _persist(self, state: SignState, block: object | None) -> None:
+        if isinstance(block, block_pb2.Block):
+            self._blocks_by_id[blocks.block_hash(block.header)] = block
+        locked = self._blocks_by_id.get(state.locked_block_id) if state.locked_block_id else None
+        valid = self._blocks_by_id.get(state.valid_block_id) if state.valid_block_id else None
+        pb = wire.sign_state_to_pb(state)
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            self.sign_state.save,
+            pb,
+            locked.SerializeToString() if locked is not None else None,
+            valid.SerializeToString() if valid is not None else None,
+        )
+
+    def _broadcast(self, message: Proposal | Vote | DuplicateVoteEvidence) -> None:
+        if isinstance(message, Vote):
+            pm = peer_pb2.PeerMessage(vote=wire.vote_to_pb(message))
+            self._own_messages.append(pm)
+        elif isinstance(message, Proposal):
+            pm = peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(message))
+            self._own_messages.append(pm)
+            self._blocks_by_id[message.block_id] = pm.proposal.block
+        else:
+            pm = peer_pb2.PeerMessage(evidence=wire.evidence_to_pb(message))
+        self.network.broadcast(pm)
+
+    # --- the Application the core calls -------------------------------------------------------------
+
+    def propose_block(self, height: int, round: int) -> tuple[bytes, object]:
+        c = self.cfg.consensus
+        vtxs = self.mempool.reap(c.max_block_bytes, c.max_block_txs)
+        prev_time = (
+            self.last_header.time_ms if self.last_header is not None else self.genesis.genesis_time * 1000
+        )
+        time_ms = max(now_ms(), prev_time + 1)
+        result = self.ledger.execute_block(vtxs, height, time_ms)
+        evidence = [
+            wire.evidence_to_pb(e) for e in list(self._pending_evidence.values())[:MAX_EVIDENCE_PER_BLOCK]
+        ]
+        header = block_pb2.Header(
+            chain_id=self.chain_id,
+            height=height,
+            time_ms=time_ms,
+            prev_block_hash=self.last_block_hash,
+            tx_root=blocks.tx_root([t.tx_hash for t in vtxs]),
+            state_root=result.state_root,
+            validator_set_hash=blocks.validator_set_hash(self.validator_set(height)),
+            next_validator_set_hash=blocks.validator_set_hash(self.validator_set(height + 1)),
+            proposer=self.key.address,
+            last_commit_hash=blocks.commit_hash(self.last_commit_pb if height > 1 else None),
+            receipts_root=blocks.receipts_root(result.receipts),
+            evidence_root=blocks.merkle_root([e.SerializeToString(deterministic=True) for e in evidence]),
+        )
+        block = block_pb2.Block(
+            header=header, body=block_pb2.BlockBody(txs=[t.raw for t in vtxs], evidence=evidence)
+        )
+        if height > 1:
+            block.last_commit.CopyFrom(self.last_commit_pb)
+        block_id = blocks.block_hash(header)
+        self._executed[block_id] = result
+        self._blocks_by_id[block_id] = block
+        log.debug("proposing block %d with %d txs", height, len(vtxs))
+        return block_id, block
+
+    def validate_block(self, height: int, block_id: bytes, block: object) -> bool:
+        if block_id in self._executed:
+            return self._executed[block_id] is not None
+        if not isinstance(block, block_pb2.Block):
+            return False
+        vtxs: list[VerifiedTx] = []
+        for raw in block.body.txs:
+            h = txs.tx_hash(raw)
+            vtx = self.mempool.verified(h)
+            if vtx is None:
+                try:
+                    vtx = txs.verify_tx(raw, self.chain_id, self.cfg.mempool.max_tx_bytes)
+                except TxRejected as exc:
+                    log.warning("block %d: invalid transaction %s: %s", height, h.hex()[:16], exc)
+                    self._executed[block_id] = None
+                    return False
+            vtxs.append(vtx)
+        return self._check_block(height, block_id, block, vtxs)
+
+    def _check_block(
+        self, height: int, block_id: bytes, block: block_pb2.Block, vtxs: list[VerifiedTx]
+    ) -> bool:
+        problem = self._block_problem(height, block, vtxs)
+        if problem is None:
+            result = self.ledger.execute_block(vtxs, height, block.header.time_ms)
+            if result.state_root != block.header.state_root:
+                problem = "state root differs from re-execution"
+            elif blocks.receipts_root(result.receipts) != block.header.receipts_root:
+                problem = "receipts root differs from re-execution"
+            else:
+                self._executed[block_id] = result
+                self._blocks_by_id[block_id] = block
+                return True
+        log.warning("block %d (%s) is invalid: %s", height, block_id.hex()[:16], problem)
+        self._executed[block_id] = None
+        return False
+
+    def _block_problem(self, height: int, block: block_pb2.Block, vtxs: list[VerifiedTx]) -> str | None:
+        h = block.header
+        c = self.cfg.consensus
+        if h.chain_id != self.chain_id or h.height != height:
+            return "wrong chain id or height"
+        if height != self.height + 1:
+            return f"not the next height (at {self.height})"
+        if h.prev_block_hash != self.last_block_hash:
+            return "previous block hash does not match"
+        prev_time = (
+            self.last_header.time_ms if self.last_header is not None else self.genesis.genesis_time * 1000
+        )
+        if h.time_ms <= prev_time:
+            return "time does not increase"
+        if h.time_ms > now_ms() + MAX_CLOCK_DRIFT_MS:
+            return "time is too far in the future"
+        if h.validator_set_hash != blocks.validator_set_hash(self.validator_set(height)):
+            return "validator set hash does not match"
+        if h.next_validator_set_hash != blocks.validator_set_hash(self.validator_set(height + 1)):
+            return "next validator set hash does not match"
+        if self.validator_set(height) and not any(
+            v.address == h.proposer for v in self.validator_set(height).validators
+        ):
+            return "proposer is not a validator"
+        if len(block.body.txs) > c.max_block_txs or block.ByteSize() > c.max_block_bytes + 64 * 1024:
+            return "block too large"
+        if height > 1:
+            if h.last_commit_hash != blocks.commit_hash(block.last_commit):
+                return "last commit hash does not match"
+            try:
+                blocks.verify_commit(
+                    self.chain_id,
+                    self.validator_set(height - 1),
+                    block.last_commit,
+                    height=height - 1,
+                    block_hash=self.last_block_hash,
+                )
+            except blocks.CommitError as exc:
+                return f"last commit invalid: {exc}"
+        if h.tx_root != blocks.tx_root([t.tx_hash for t in vtxs]):
+            return "tx root does not match"
+        seen: set[bytes] = set()
+        for t in vtxs:
+            if t.tx_hash in seen:
+                return "duplicate transaction in block"
+            seen.add(t.tx_hash)
+        if len(block.body.evidence) > MAX_EVIDENCE_PER_BLOCK:
+            return "too much evidence"
+        ev_bytes = [e.SerializeToString(deterministic=True) for e in block.body.evidence]
+        if h.evidence_root != blocks.merkle_root(ev_bytes):
+            return "evidence root does not match"
+        for ev in block.body.evidence:
+            problem = self._evidence_problem(ev)
+            if problem is not None:
+                return f"invalid evidence: {problem}"
+        return None
+
+    def _evidence_problem(self, pb: block_pb2.Evidence) -> str | None:
+        try:
+            ev = wire.evidence_from_pb(pb)
+        except wire.WireError as exc:
+            return str(exc)
+        if wire.evidence_key(ev) in self._committed_evidence:
+            return "already committed"
+        vs = self.store.load_validator_set(ev.vote_a.height)
+        if vs is None:
+            return "unknown height"
+        member = next((v for v in vs.validators if v.address == ev.validator), None)
+        if member is None:
+            return "not a validator"
+        for vote in (ev.vote_a, ev.vote_b):
+            msg = blocks.vote_sign_bytes(
+                self.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
+            )
+            if not crypto.verify_raw(member.public_key, vote.signature, msg):
+                return "bad vote signature"
+        return None
+
+    def _add_evidence(self, evidence: DuplicateVoteEvidence, *, gossip: bool) -> None:
+        key = wire.evidence_key(evidence)
+        if key in self._committed_evidence or key in self._pending_evidence:
+            return
+        self._pending_evidence[key] = evidence
+        log.warning("equivocation by %s at height %d round %d", evidence.validator.hex()[:16], key[1], key[2])
+        if gossip:
+            self.network.broadcast(peer_pb2.PeerMessage(evidence=wire.evidence_to_pb(evidence)))
+
+    # --- commit -----------------------------------------------------------------------------------
+
+    async def _commit(self, height: int, block_id: bytes, block: object, cert: CommitCertificate) -> None:
+        if not isinstance(block, block_pb2.Block):
+            raise FatalError(f"decided value at height {height} is not a block")
+        await self._apply_block(height, block_id, block, wire.cert_to_pb(cert), trusted=True)
+        self._schedule_next_height()
+
+    def _schedule_next_height(self) -> None:
+        delay = self.cfg.consensus.timeout_commit_ms / 1000
+        asyncio.get_running_loop().call_later(
+            delay, self._queue.put_nowait, ("start_height", self.height + 1)
+        )
+
+    async def _apply_block(
+        self,
+        height: int,
+        block_id: bytes,
+        block: block_pb2.Block,
+        cert: block_pb2.CommitCertificate,
+        *,
+        trusted: bool,
+    ) -> None:
+        """Execute (or take the cached execution of) a decided block and commit it durably."""
+        if height != self.height + 1:
+            raise FatalError(f"asked to commit height {height} at height {self.height}")
+        result = self._executed.get(block_id)
+        if result is None or result.base_root != self.ledger.state_root or result.height != height:
+            vtxs: list[VerifiedTx] = []
+            for raw in block.body.txs:
+                # A verified commit certificate stands for the signatures of the transactions inside.
+                vtx = self.mempool.verified(txs.tx_hash(raw))
+                if vtx is None:
+                    decoded = txs.decode_tx(raw, self.chain_id, max_bytes=len(raw) + 1)
+                    vtx = txs.accept_verified(decoded, [True] * len(decoded.public_keys))
+                vtxs.append(vtx)
+            result = self.ledger.execute_block(vtxs, height, block.header.time_ms)
+        if result.state_root != block.header.state_root:
+            raise FatalError(
+                f"state root mismatch at height {height}: block says {block.header.state_root.hex()}, "
+                f"execution gives {result.state_root.hex()} (non-determinism or a corrupt state)"
+            )
+        current_next = self.validator_set(height + 1)
+        next_sets = {height + 2: apply_validator_updates(current_next, result.validator_updates)}
+        commit = BlockCommit(
+            height=height,
+            block=block,
+            block_hash=block_id,
+            commit=cert,
+            receipts=result.receipts,
+            state_writes=result.writes,
+            account_touches=_account_touches(result.receipts),
+            next_validator_sets=next_sets,
+            evidence=list(block.body.evidence),
+        )
+        crash_point("runtime:before-commit")
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, self.store.commit_block, commit)
+        crash_point("runtime:after-commit")
+        self.ledger.commit(result)
+        self.wal.end_height(height)
+        crash_point("runtime:after-end-height")
+        self.height = height
+        self.last_header = block.header
+        self.last_block_hash = block_id
+        self.last_commit_pb = cert
+        for ev in block.body.evidence:
+            with contextlib.suppress(wire.WireError):
+                key = wire.evidence_key(wire.evidence_from_pb(ev))
+                self._committed_evidence.add(key)
+                self._pending_evidence.pop(key, None)
+        tx_hashes = [r.tx_hash for r in result.receipts]
+        senders = {r.signer for r in result.receipts} | self.mempool.senders_of(tx_hashes)
+        self.mempool.update(tx_hashes, senders)
+        for receipt in result.receipts:
+            for fut in self._waiters.pop(receipt.tx_hash, []):
+                if not fut.done():
+                    fut.set_result((receipt, height))
+        for q in list(self._block_listeners):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(height)
+        self._last_block_time = time.time()
+        if self.metrics is not None:
+            self.metrics.on_commit(height, len(tx_hashes), time.perf_counter() - started, len(self.mempool))
+        if height % 100 == 0 or tx_hashes:
+            log.info("committed block %d with %d txs", height, len(tx_hashes))
+        self._broadcast_status()
+
+    # --- peers ------------------------------------------------------------------------------------
+
+    def make_hello(self) -> peer_pb2.Hello:
+        payload = self.key.address + self.key.public_key
+        return peer_pb2.Hello(
+            chain_id=self.chain_id,
+            validator=self.key.address,
+            public_key=self.key.public_key,
+            signature=self.key.sign(crypto.Domain.PEER_HELLO, self.chain_id, payload),
+            height=self.height,
+            version=VERSION,
+        )
+
+    def check_hello(
+        self, hello: peer_pb2.Hello, expected_name: str | None, cert_address: bytes | None
+    ) -> str | None:
+        if hello.chain_id != self.chain_id:
+            return f"peer is on chain {hello.chain_id!r}"
+        if len(hello.public_key) != 32 or crypto.address_of(hello.public_key) != hello.validator:
+            return "hello validator does not match its public key"
+        if not crypto.verify(
+            hello.public_key,
+            hello.signature,
+            crypto.Domain.PEER_HELLO,
+            self.chain_id,
+            hello.validator + hello.public_key,
+        ):
+            return "hello signature does not verify"
+        name = self.names_by_address.get(hello.validator)
+        if name is None:
+            return "peer is not a validator of this network"
+        if expected_name is not None and name != expected_name:
+            return f"expected {expected_name}, peer is {name}"
+        if cert_address is not None and cert_address != hello.validator:
+            return "TLS certificate is bound to another validator"
+        if hello.validator == self.key.address:
+            return "connected to myself"
+        return None
+
+    def on_peer_connected(self, peer: str) -> None:
+        self.network.send(peer, self._status_message())
+        for msg in self._own_messages[-8:]:
+            self.network.send(peer, msg)
+
+    def on_peer_disconnected(self, peer: str) -> None:
+        self._peer_heights.pop(peer, None)
+
+    async def on_peer_message(self, peer: str, msg: peer_pb2.PeerMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "vote":
+            self._on_vote(peer, msg.vote)
+        elif kind == "proposal":
+            await self._on_proposal(peer, msg.proposal)
+        elif kind == "txs":
+            if len(msg.txs.txs) > 10 * self.cfg.p2p.tx_gossip_batch:
+                log.warning("peer %s sent an oversized tx batch (%d); dropped", peer, len(msg.txs.txs))
+                return
+            with contextlib.suppress(MempoolFull):
+                await self.mempool.admit(list(msg.txs.txs), gossip=False)
+        elif kind == "evidence":
+            problem = self._evidence_problem(msg.evidence)
+            if problem is None:
+                self._add_evidence(wire.evidence_from_pb(msg.evidence), gossip=False)
+            elif problem != "already committed":
+                log.warning("peer %s sent invalid evidence: %s", peer, problem)
+        elif kind == "status":
+            self._on_status(peer, msg.status)
+        elif kind is None:
+            return
+        else:
+            log.debug("peer %s sent unexpected %s", peer, kind)
+
+    def _in_window(self, height: int) -> bool:
+        return self.height < height <= self.height + 2
+
+    def _on_vote(self, peer: str, pb: block_pb2.Vote) -> None:
+        try:
+            vote = wire.vote_from_pb(pb)
+        except wire.WireError as exc:
+            log.warning("peer %s sent a malformed vote: %s", peer, exc)
+            return
+        if not self._in_window(vote.height):
+            return
+        vs = self.store.load_validator_set(vote.height)
+        member = next((v for v in vs.validators if v.address == vote.validator), None) if vs else None
+        if member is None:
+            log.warning("peer %s relayed a vote of a non-validator", peer)
+            return
+        msg = blocks.vote_sign_bytes(
+            self.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
+        )
+        if not crypto.verify_raw(member.public_key, vote.signature, msg):
+            log.warning("peer %s sent a vote with a bad signature", peer)
+            return
+        self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(vote=pb)))
+        self._enqueue(VoteReceived(vote))
+
+    async def _on_proposal(self, peer: str, pb: block_pb2.Proposal) -> None:
+        try:
+            proposal = wire.proposal_from_pb(pb)
+        except wire.WireError as exc:
+            log.warning("peer %s sent a malformed proposal: %s", peer, exc)
+            return
+        if not self._in_window(proposal.height):
+            return
+        vs = self.store.load_validator_set(proposal.height)
+        member = next((v for v in vs.validators if v.address == proposal.proposer), None) if vs else None
+        if member is None:
+            log.warning("peer %s sent a proposal from a non-validator", peer)
+            return
+        msg = blocks.proposal_sign_bytes(
+            self.chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
+        )
+        if not crypto.verify_raw(member.public_key, proposal.signature, msg):
+            log.warning("peer %s sent a proposal with a bad signature", peer)
+            return
+        if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
+            # Verify the block's transactions in the thread pool and execute it before the core asks.
+            verified = await self.mempool.verify_many(list(pb.block.body.txs))
+            if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
+                bad = next((v for v in verified if isinstance(v, TxRejected)), None)
+                if bad is not None:
+                    log.warning(
+                        "proposal %d/%d carries an invalid transaction: %s",
+                        proposal.height,
+                        proposal.round,
+                        bad,
+                    )
+                    self._executed[proposal.block_id] = None
+                else:
+                    vtxs = [v for v in verified if isinstance(v, VerifiedTx)]
+                    self._check_block(proposal.height, proposal.block_id, pb.block, vtxs)
+        self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
+        self._enqueue(ProposalReceived(proposal))
+
+    def _status_message(self) -> peer_pb2.PeerMessage:
+        core = self.core
+        return peer_pb2.PeerMessage(
+            status=peer_pb2.PeerStatus(
+                height=self.height + 1, round=core.round if core else 0, last_committed=self.height
+            )
+        )
+
+    def _broadcast_status(self) -> None:
+        self.network.broadcast(self._status_message())
+
+    def _on_status(self, peer: str, status: peer_pb2.PeerStatus) -> None:
+        self._peer_heights[peer] = status.last_committed
+        self._maybe_sync()
+
+    def _maybe_sync(self) -> None:
+        best = max(self._peer_heights.values(), default=0)
+        if best <= self.height:
+            self._behind_since = None
+            return
+        now = time.monotonic()
+        if self._behind_since is None:
+            self._behind_since = now
+        if (best >= self.height + 2 or now - self._behind_since > 1.0) and not self._sync_requested:
+            self._sync_requested = True
+            self._queue.put_nowait(("sync", None))
+
+    # --- block sync -------------------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        """Fetch and apply blocks from the most advanced peers until caught up."""
+        self._sync_requested = False
+        self._syncing = True
+        started_height = self.height
+        t0 = time.monotonic()
+        try:
+            while True:
+                candidates = sorted(self._peer_heights.items(), key=lambda kv: -kv[1])
+                candidates = [(p, h) for p, h in candidates if h > self.height]
+                if not candidates:
+                    break
+                progressed = False
+                for peer, target in candidates:
+                    try:
+                        progressed = await self._sync_from(peer, min(target, self.height + SYNC_BATCH))
+                    except FatalError:
+                        raise
+                    except Exception as exc:
+                        log.warning("block sync from %s failed: %s", peer, exc)
+                        continue
+                    if progressed:
+                        break
+                if not progressed:
+                    break
+        finally:
+            self._syncing = False
+            self._behind_since = None
+        if self.height > started_height:
+            log.info(
+                "block sync: %d blocks in %.2fs, now at %d",
+                self.height - started_height,
+                time.monotonic() - t0,
+                self.height,
+            )
+            self.core = self._new_core(self.height + 1)
+            self._new_height_bookkeeping()
+            await self._execute(self.core.start())
+
+    async def _sync_from(self, peer: str, target: int) -> bool:
+        progressed = False
+        async for sb in self.network.fetch_blocks(peer, self.height + 1, target):
+            block = sb.block
+            height = block.header.height
+            if height != self.height + 1:
+                raise ValueError(f"peer sent height {height}, expected {self.height + 1}")
+            block_id = blocks.block_hash(block.header)
+            blocks.verify_commit(
+                self.chain_id, self.validator_set(height), sb.commit, height=height, block_hash=block_id
+            )
+            if self.last_header is not None:
+                blocks.verify_header_chain(self.last_header, block.header)
+            await self._apply_block(height, block_id, block, sb.commit, trusted=True)
+            progressed = True
+        return progressed
+
+    async def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        last = self.height if request.to_height == 0 else min(request.to_height, self.height)
+        last = min(last, request.from_height + SYNC_BATCH - 1)
+        for height in range(max(1, request.from_height), last + 1):
+            block = self.store.load_block(height)
+            commit = self.store.load_commit(height)
+            if block is None or commit is None:
+                return
+            yield peer_pb2.SyncBlock(block=block, commit=commit)
+
+    def sync_status(self) -> peer_pb2.SyncStatusResponse:
+        return peer_pb2.SyncStatusResponse(base_height=1 if self.height else 0, height=self.height)
+
+    # --- background loops -------------------------------------------------------------------------
+
+    async def _gossip_loop(self) -> None:
+        interval = self.cfg.p2p.tx_gossip_interval_ms / 1000
+        batch = self.cfg.p2p.tx_gossip_batch
+        while True:
+            await self.mempool.new_tx_event.wait()
+            self.mempool.new_tx_event.clear()
+            await asyncio.sleep(interval)
+            while True:
+                raws = self.mempool.take_gossip(batch)
+                if not raws:
+                    break
+                self.network.broadcast(peer_pb2.PeerMessage(txs=peer_pb2.TxBatch(txs=raws)))
+
+    async def _status_loop(self) -> None:
+        last_height = -1
+        while True:
+            await asyncio.sleep(1.0)
+            self._broadcast_status()
+            if self.height == last_height:
+                # No progress for a second: re-send our own messages of this height (peers may have missed them).
+                for msg in self._own_messages[-8:]:
+                    self.network.broadcast(msg)
+            last_height = self.height
+            self._maybe_sync()
+            if self.metrics is not None:
+                self.metrics.on_status(self)
+
+    # --- the client API (NodeApi) -----------------------------------------------------------------
+
+    def _check_tx(self, vtx: VerifiedTx, nonce: int) -> receipt_pb2.Receipt:
+        return self.ledger.check_tx(vtx, expected_nonce=nonce, time_ms=now_ms())
+
+    def _committed_nonce(self, sender: bytes) -> int:
+        account = self.ledger.get_account(sender)
+        return account.nonce if account is not None else 0
+
+    def _committed_result(self, tx_hash: bytes) -> ledger_api_pb2.SubmitTxResult | None:
+        loc = self.store.tx_location(tx_hash)
+        if loc is None:
+            return None
+        receipt = self.store.load_receipt(tx_hash)
+        return ledger_api_pb2.SubmitTxResult(tx_hash=tx_hash, accepted=True, receipt=receipt, height=loc[0])
+
+    async def submit(
+        self, raws: list[bytes], wait: int, timeout_s: float | None
+    ) -> list[ledger_api_pb2.SubmitTxResult]:
+        if not self.started:
+            raise ApiError("UNAVAILABLE", "STARTING", "the node is starting")
+        try:
+            admitted = await self.mempool.admit(raws)
+        except MempoolFull as exc:
+            raise ApiError("RESOURCE_EXHAUSTED", exc.reason, exc.message) from None
+        results: list[ledger_api_pb2.SubmitTxResult] = []
+        waits: list[tuple[int, asyncio.Future[tuple[receipt_pb2.Receipt, int]]]] = []
+        loop = asyncio.get_running_loop()
+        for i, a in enumerate(admitted):
+            if not a.accepted:
+                committed = self._committed_result(a.tx_hash)
+                if committed is not None:  # a resubmission of a committed transaction: idempotent
+                    results.append(committed)
+                    continue
+                results.append(
+                    ledger_api_pb2.SubmitTxResult(
+                        tx_hash=a.tx_hash,
+                        accepted=False,
+                        status=a.status,
+                        message=a.message,
+                        receipt=a.receipt,
+                    )
+                )
+                continue
+            result = ledger_api_pb2.SubmitTxResult(
+                tx_hash=a.tx_hash, accepted=True, status=receipt_pb2.TX_STATUS_OK
+            )
+            if wait == ledger_api_pb2.WAIT_FOR_CHECKED and a.receipt is not None:
+                result.receipt.CopyFrom(a.receipt)
+            if wait == ledger_api_pb2.WAIT_FOR_COMMITTED:
+                fut: asyncio.Future[tuple[receipt_pb2.Receipt, int]] = loop.create_future()
+                self._waiters.setdefault(a.tx_hash, []).append(fut)
+                waits.append((i, fut))
+            results.append(result)
+        if waits:
+            timeout = timeout_s if timeout_s is not None else self.cfg.api.default_commit_timeout_s
+            done, _pending = await asyncio.wait([f for _, f in waits], timeout=max(0.0, timeout - 0.05))
+            timed_out = False
+            for i, fut in waits:
+                if fut in done:
+                    receipt, height = fut.result()
+                    results[i].receipt.CopyFrom(receipt)
+                    results[i].height = height
+                    results[i].status = receipt.status
+                else:
+                    timed_out = True
+                    fut.cancel()
+                    waiters = self._waiters.get(results[i].tx_hash, [])
+                    if fut in waiters:
+                        waiters.remove(fut)
+                    if not waiters:
+                        self._waiters.pop(results[i].tx_hash, None)
+            if timed_out and len(raws) == 1:
+                raise ApiError(
+                    "DEADLINE_EXCEEDED",
+                    "COMMIT_TIMEOUT",
+                    "accepted but not committed before the deadline; query GetTx",
+                )
+        return results
+
+    async def check_tx(self, raw: bytes) -> ledger_api_pb2.SubmitTxResponse:
+        verified = await self.mempool.verify_many([raw])
+        item = verified[0]
+        if isinstance(item, TxRejected):
+            raise ApiError.for_status(item.status, item.message)
+        receipt = self.ledger.check_tx(item, time_ms=now_ms())
+        return ledger_api_pb2.SubmitTxResponse(
+            tx_hash=item.tx_hash, accepted=receipt.status == receipt_pb2.TX_STATUS_OK, receipt=receipt
+        )
+
+    def get_tx(self, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse:
+        loc = self.store.tx_location(tx_hash)
+        if loc is not None:
+            return ledger_api_pb2.GetTxResponse(
+                state=ledger_api_pb2.TX_STATE_COMMITTED,
+                receipt=self.store.load_receipt(tx_hash),
+                height=loc[0],
+                index=loc[1],
+                tx=self.store.load_tx(tx_hash) or b"",
+            )
+        pending = self.mempool.get(tx_hash)
+        if pending is not None:
+            return ledger_api_pb2.GetTxResponse(state=ledger_api_pb2.TX_STATE_PENDING, tx=pending.raw)
+        raise ApiError(
+            "NOT_FOUND", "UNKNOWN_TX", f"transaction {tx_hash.hex()} is neither committed nor pending here"
+        )
+
+    def get_account(self, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
+        account = self.ledger.get_account(address)
+        resp = ledger_api_pb2.GetAccountResponse(exists=account is not None, height=self.height)
+        if account is not None:
+            resp.account.CopyFrom(account)
+            resp.holds.extend(self.ledger.list_holds(address))
+        elif not prove:
+            raise ApiError("NOT_FOUND", "UNKNOWN_ACCOUNT", f"no account {address.hex()}")
+        if prove:
+            if self.height == 0:
+                raise ApiError("UNAVAILABLE", "NO_BLOCKS", "no block committed yet to prove against")
+            resp.proof.CopyFrom(self.ledger.prove_account(address))
+            assert self.last_header is not None
+            resp.header.CopyFrom(self.last_header)
+            resp.commit.CopyFrom(self.last_commit_pb)
+            resp.validators.CopyFrom(self.validator_set(self.height))
+        return resp
+
+    def get_instrument(
+        self, req: ledger_api_pb2.GetInstrumentRequest
+    ) -> ledger_api_pb2.GetInstrumentResponse:
+        inst = self.ledger.get_instrument(req.instrument)
+        if inst is None:
+            raise ApiError(
+                "NOT_FOUND",
+                "UNKNOWN_INSTRUMENT",
+                f"no instrument {req.instrument.symbol} of issuer {req.instrument.issuer.hex()}",
+            )
+        return ledger_api_pb2.GetInstrumentResponse(exists=True, instrument=inst, height=self.height)
+
+    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
+        hold = self.ledger.get_hold(hold_id)
+        if hold is None:
+            raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {hold_id!r}")
+        return ledger_api_pb2.GetHoldResponse(exists=True, hold=hold, height=self.height)
+
+    def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse:
+        h = height or self.height + 1
+        vs = self.store.load_validator_set(h)
+        if vs is None:
+            raise ApiError("NOT_FOUND", "UNKNOWN_HEIGHT", f"no validator set for height {h}")
+        return ledger_api_pb2.GetValidatorsResponse(height=h, validators=vs)
+
+    def _block_response(self, height: int) -> ledger_api_pb2.GetBlockResponse | None:
+        block = self.store.load_block(height)
+        if block is None:
+            return None
+        return ledger_api_pb2.GetBlockResponse(
+            block=block,
+            commit=self.store.load_commit(height),
+            block_hash=self.store.load_block_hash(height) or blocks.block_hash(block.header),
+            receipts=self.store.load_block_receipts(height),
+        )
+
+    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse:
+        if req.WhichOneof("by") == "hash":
+            height = self.store.height_of_hash(req.hash)
+            if height is None:
+                raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {req.hash.hex()}")
+        else:
+            height = req.height or self.height
+        resp = self._block_response(height) if height else None
+        if resp is None:
+            raise ApiError(
+                "NOT_FOUND", "UNKNOWN_BLOCK", f"no block at height {height} (latest {self.height})"
+            )
+        return resp
+
+    def status(self) -> ledger_api_pb2.GetStatusResponse:
+        core = self.core
+        return ledger_api_pb2.GetStatusResponse(
+            chain_id=self.chain_id,
+            height=self.height,
+            round=core.round if core else 0,
+            step=Step(core.step).name.lower() if core else "",
+            latest_block_hash=self.last_block_hash,
+            latest_block_time_ms=self.last_header.time_ms if self.last_header else 0,
+            state_root=self.ledger.state_root,
+            validators=self.validator_set(self.height + 1),
+            peers=len(self.network.connected),
+            mempool_size=len(self.mempool),
+            syncing=self._syncing,
+            node_address=self.key.address,
+            version=VERSION,
+            name=self.cfg.moniker,
+        )
+
+    async def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        q: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
+        self._block_listeners.add(q)
+        try:
+            next_height = max(1, from_height or self.height)
+            while True:
+                while next_height <= self.height:
+                    resp = self._block_response(next_height)
+                    if resp is None:
+                        break
+                    yield resp
+                    next_height += 1
+                await q.get()
+        finally:
+            self._block_listeners.discard(q)
+
+    async def subscribe_events(
+        self, req: ledger_api_pb2.SubscribeEventsRequest
+    ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]:
+        has_instrument = req.HasField("instrument") and bool(req.instrument.symbol)
+        async for block in self.stream_blocks(req.from_height):
+            height = block.block.header.height
+            for index, receipt in enumerate(block.receipts):
+                for event in receipt.events:
+                    if req.account and req.account not in event.accounts:
+                        continue
+                    if has_instrument and event.instrument != req.instrument:
+                        continue
+                    yield ledger_api_pb2.EventEnvelope(
+                        height=height, tx_hash=receipt.tx_hash, tx_index=index, event=event
+                    )
+
+
+def _account_touches(receipts: Sequence[receipt_pb2.Receipt]) -> list[tuple[bytes, int]]:
+    out: list[tuple[bytes, int]] = []
+    for index, receipt in enumerate(receipts):
+        seen: set[bytes] = set()
+        for address in (receipt.signer, *(a for e in receipt.events for a in e.accounts)):
+            if address and address not in seen:
+                seen.add(address)
+                out.append((address, index))
+    return out
