@@ -24,8 +24,6 @@ from node.storage.store import (
     StateView,
     StoreSnapshot,
     account_touches_of,
-    compute_block_hash,
-    compute_tx_hash,
 )
 from node.storage.wal import WAL, WalReplay
 
@@ -45,7 +43,5 @@ __all__ = [
     "WalCorruptError",
     "WalReplay",
     "account_touches_of",
-    "compute_block_hash",
-    "compute_tx_hash",
     "crash_point",
 ]

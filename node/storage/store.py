@@ -14,7 +14,6 @@ its `Writes` arrive in `BlockCommit.state_writes` (or `save_genesis`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +24,12 @@ import plyvel
 from google.protobuf.message import DecodeError, Message
 
 from clearline.v1 import block_pb2, receipt_pb2
+from node.blocks import block_hash as compute_block_hash
 from node.ledger.kv import Writes
 from node.storage import keys
 from node.storage.crash import crash_point
 from node.storage.errors import StorageError, StoreCorruptError
+from node.txs import tx_hash as compute_tx_hash
 
 _M = TypeVar("_M", bound=Message)
 
@@ -41,16 +42,6 @@ class InvalidCommitError(StorageError):
     def __init__(self, path: str | os.PathLike[str], height: int, detail: str) -> None:
         super().__init__(path, f"refusing to write height {height}: {detail}")
         self.height = height
-
-
-def compute_block_hash(header: block_pb2.Header) -> bytes:
-    """SHA-256 of the deterministically serialized header (block.proto)."""
-    return hashlib.sha256(header.SerializeToString(deterministic=True)).digest()
-
-
-def compute_tx_hash(raw_tx: bytes) -> bytes:
-    """SHA-256 of the serialized SignedTx, as node.txs.tx_hash."""
-    return hashlib.sha256(raw_tx).digest()
 
 
 def account_touches_of(receipts: Sequence[receipt_pb2.Receipt]) -> list[tuple[bytes, int]]:
@@ -569,6 +560,16 @@ class NodeStore:
         if found is None:
             return None
         return _parse(block_pb2.ValidatorSet, found[1], str(self._path), f"validator set from {found[0]}")
+
+    def iter_raw(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every raw (key, value) under prefix, in key order, from a snapshot: for inspection tools and
+        tests (keys.py documents the layout)."""
+        snapshot = self._live().snapshot()
+        try:
+            with snapshot.iterator(prefix=prefix) as it:
+                yield from it
+        finally:
+            snapshot.close()
 
     def validator_set_changes(self) -> list[int]:
         """Heights at which a new validator set takes effect (1 = genesis), ascending."""

@@ -152,6 +152,9 @@ class WAL:
 
     @classmethod
     def _open_locked(cls, path: Path, lock_fd: int) -> tuple[WAL, WalReplay]:
+        stale = path.with_name(path.name + ".tmp")  # a rotation interrupted before its rename
+        if stale.exists():
+            stale.unlink()
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
