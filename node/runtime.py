@@ -1165,7 +1165,7 @@ class Node:
             chain_id=self.chain_id,
             height=self.height,
             round=core.round if core else 0,
-            step=Step(core.step).name.lower() if core else "",
+            step=Step(core.current_step).name.lower() if core else "",
             latest_block_hash=self.last_block_hash,
             latest_block_time_ms=self.last_header.time_ms if self.last_header else 0,
             state_root=self.ledger.state_root,

@@ -1,0 +1,215 @@
+"""Start, stop and signal the nodes of a local network as real OS processes.
+
+Each node runs `python -m node --home <node home>` with its output in `<node home>/stdout.log` and its
+pid in `<node home>/node.pid`. `stop` sends SIGTERM, waits, then SIGKILL; `kill` is SIGKILL at once;
+`pause`/`resume` are SIGSTOP/SIGCONT. Only processes this network started (by recorded pid, checked
+against the command line) are ever signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.netgen import Network, NodeInfo
+
+
+class LaunchError(Exception):
+    """A node did not start or become healthy; the message names it and quotes its log."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProcess:
+    name: str
+    pid: int | None
+    alive: bool
+    paused: bool
+
+
+def _pid_file(node: NodeInfo) -> Path:
+    return Path(node.home) / "node.pid"
+
+
+def _log_file(node: NodeInfo) -> Path:
+    return Path(node.home) / "stdout.log"
+
+
+def _is_our_process(pid: int, node: NodeInfo) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.decode(errors="replace") == node.home for arg in cmdline) and b"node" in b" ".join(cmdline)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def read_pid(node: NodeInfo) -> int | None:
+    try:
+        pid = int(_pid_file(node).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _is_our_process(pid, node) or _state(pid) in ("Z", "X", ""):
+        return None
+    return pid
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        data = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(data[-lines:])
+
+
+class Launcher:
+    def __init__(
+        self, network: Network, *, python: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.network = network
+        self.python = python or sys.executable
+        self.extra_env = dict(extra_env or {})
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- one node ---------------------------------------------------------------------------------
+
+    def start(self, name: str, *, env: dict[str, str] | None = None, args: Iterable[str] = ()) -> int:
+        node = self.network.node(name)
+        if read_pid(node) is not None:
+            raise LaunchError(f"{node.name} is already running (pid {read_pid(node)})")
+        log = open(_log_file(node), "ab")  # noqa: SIM115 - handed to the child
+        full_env = {**os.environ, **self.extra_env, **(env or {})}
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [self.python, "-m", "node", "--home", node.home, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+        log.close()
+        self._children[node.name] = proc
+        _pid_file(node).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def _signal(self, name: str, sig: signal.Signals) -> int | None:
+        node = self.network.node(name)
+        pid = read_pid(node)
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return pid
+
+    def _reap(self, name: str, timeout: float) -> bool:
+        node = self.network.node(name)
+        child = self._children.get(node.name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child is not None and child.poll() is not None:
+                return True
+            if read_pid(node) is None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def kill(self, name: str) -> int | None:
+        """SIGKILL (after SIGCONT, so a paused node dies too)."""
+        pid = self._signal(name, signal.SIGKILL)
+        if pid is not None:
+            self._reap(name, 5)
+        return pid
+
+    def stop(self, name: str, timeout: float = 10) -> int | None:
+        """SIGTERM, wait for a graceful exit, then SIGKILL."""
+        self._signal(name, signal.SIGCONT)
+        pid = self._signal(name, signal.SIGTERM)
+        if pid is None:
+            return None
+        if not self._reap(name, timeout):
+            self._signal(name, signal.SIGKILL)
+            self._reap(name, 5)
+        return pid
+
+    def pause(self, name: str) -> int | None:
+        return self._signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> int | None:
+        return self._signal(name, signal.SIGCONT)
+
+    def restart(self, name: str, **kwargs: object) -> int:
+        self.stop(name)
+        return self.start(name, **kwargs)  # type: ignore[arg-type]
+
+    def status(self, name: str) -> NodeProcess:
+        node = self.network.node(name)
+        pid = read_pid(node)
+        return NodeProcess(node.name, pid, pid is not None, pid is not None and _state(pid) == "T")
+
+    # --- the whole network ------------------------------------------------------------------------
+
+    def start_all(self, env: dict[str, str] | None = None) -> None:
+        for node in self.network.nodes:
+            if read_pid(node) is None:
+                self.start(node.name, env=env)
+
+    def stop_all(self, timeout: float = 10) -> None:
+        for node in self.network.nodes:
+            self._signal(node.name, signal.SIGCONT)
+            self._signal(node.name, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node in self.network.nodes:
+            self._reap(node.name, max(0.1, deadline - time.monotonic()))
+        for node in self.network.nodes:
+            if read_pid(node) is not None:
+                self.kill(node.name)
+        for child in self._children.values():
+            with contextlib.suppress(Exception):
+                child.wait(timeout=1)
+        self._children.clear()
+
+    def wait_until(
+        self,
+        check: Callable[[NodeInfo], bool],
+        names: Iterable[str] | None = None,
+        *,
+        timeout: float = 60,
+        what: str = "healthy",
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """Wait until check(node) holds for every named node; LaunchError names the one that did not."""
+        pending = [self.network.node(n) for n in (names or [n.name for n in self.network.nodes])]
+        deadline = time.monotonic() + timeout
+        while pending:
+            for node in list(pending):
+                if read_pid(node) is None:
+                    raise LaunchError(f"{node.name} exited; last lines of its log:\n{tail(_log_file(node))}")
+                try:
+                    ok = check(node)
+                except Exception:
+                    ok = False
+                if ok:
+                    pending.remove(node)
+                    if progress is not None:
+                        progress(f"{node.name} {what}")
+            if pending and time.monotonic() > deadline:
+                node = pending[0]
+                raise LaunchError(
+                    f"{node.name} not {what} after {timeout:.0f}s; last lines of its log:\n{tail(_log_file(node))}"
+                )
+            if pending:
+                time.sleep(0.2)

@@ -1,0 +1,170 @@
+"""node.mempool: admission, per-sender ordering, limits, reaping and recheck after commit."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from clearline.v1 import receipt_pb2, tx_pb2
+from node import txs
+from node.config import MempoolConfig
+from node.crypto import SigningKey
+from node.mempool import Mempool, MempoolFull
+from node.txs import VerifiedTx
+
+CHAIN = "mempool-test"
+
+
+class FakeLedger:
+    """Committed nonces and a dry-run that rejects amounts above a balance."""
+
+    def __init__(self) -> None:
+        self.nonces: dict[bytes, int] = {}
+        self.balance = 1_000
+        self.checked = 0
+
+    def check(self, vtx: VerifiedTx, nonce: int) -> receipt_pb2.Receipt:
+        self.checked += 1
+        status = receipt_pb2.TX_STATUS_OK
+        if vtx.body.transfer.amount > self.balance:
+            status = receipt_pb2.TX_STATUS_INSUFFICIENT_FUNDS
+        return receipt_pb2.Receipt(
+            tx_hash=vtx.tx_hash, status=status, message="" if status == 1 else "too much"
+        )
+
+    def nonce(self, sender: bytes) -> int:
+        return self.nonces.get(sender, 0)
+
+
+def tx(key: SigningKey, nonce: int, amount: int = 1, ref: str = "", chain: str = CHAIN) -> bytes:
+    body = tx_pb2.TxBody(chain_id=chain, signer=key.address, nonce=nonce, client_ref=ref or f"r{nonce}")
+    body.transfer.instrument.issuer = b"\x01" * 20
+    body.transfer.instrument.symbol = "USD"
+    body.transfer.to = b"\x02" * 20
+    body.transfer.amount = amount
+    return txs.sign_tx(body, [key])
+
+
+def make(ledger: FakeLedger, **limits: int) -> Mempool:
+    cfg = MempoolConfig(**limits) if limits else MempoolConfig()
+    return Mempool(
+        cfg,
+        CHAIN,
+        check=ledger.check,
+        committed_nonce=ledger.nonce,
+        ref_committed=lambda s, r: False,
+        executor=None,
+    )
+
+
+async def test_admits_valid_and_rejects_each_invalid_kind_with_its_reason() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    good = tx(key, 0)
+    tampered = bytearray(tx(key, 1))
+    tampered[-1] ^= 1
+    results = await pool.admit(
+        [good, bytes(tampered), b"garbage", tx(key, 1, chain="other"), tx(key, 1, amount=5000)]
+    )
+    assert [r.accepted for r in results] == [True, False, False, False, False]
+    assert [r.reason for r in results[1:]] == [
+        "BAD_SIGNATURE",
+        "MALFORMED",
+        "WRONG_CHAIN",
+        "INSUFFICIENT_FUNDS",
+    ]
+    assert len(pool) == 1 and good in [t.raw for t in pool.reap(10**6, 100)]
+
+
+async def test_replayed_nonce_and_reference_are_rejected_and_leave_the_pool_unchanged() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    (first,) = await pool.admit([tx(key, 0, ref="pay-1")])
+    assert first.accepted
+    ledger.nonces[key.address] = 5
+    (old,) = await pool.admit([tx(key, 3, ref="x")])
+    assert not old.accepted and old.reason == "BAD_NONCE"
+    (dup_ref,) = await pool.admit([tx(key, 6, ref="pay-1")])
+    assert not dup_ref.accepted and dup_ref.reason == "DUPLICATE_CLIENT_REF"
+    assert len(pool) == 1
+
+
+async def test_same_tx_twice_is_idempotent_and_verified_once() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    raw = tx(key, 0)
+    (a,) = await pool.admit([raw])
+    checks = ledger.checked
+    (b,) = await pool.admit([raw])
+    assert a.accepted and b.accepted and b.duplicate
+    assert ledger.checked == checks  # no second dry run
+    assert len(pool) == 1
+
+
+async def test_reap_keeps_each_senders_nonces_contiguous() -> None:
+    ledger, a, b = FakeLedger(), SigningKey.generate(), SigningKey.generate()
+    pool = make(ledger)
+    # a's nonce 1 arrives before nonce 0; b has a gap at 1.
+    await pool.admit([tx(a, 1), tx(b, 0), tx(a, 0), tx(b, 2)])
+    reaped = pool.reap(10**6, 100)
+    order = [(t.body.signer, t.body.nonce) for t in reaped]
+    assert order.index((a.address, 0)) < order.index((a.address, 1))
+    assert (b.address, 0) in order and (b.address, 2) not in order
+    assert len(pool.reap(10**6, 2)) == 2
+
+
+async def test_limits_raise_mempool_full_with_a_reason() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger, max_per_sender=2)
+    await pool.admit([tx(key, 0), tx(key, 1)])
+    with pytest.raises(MempoolFull) as info:
+        await pool.admit([tx(key, 2)])
+    assert info.value.reason == "SENDER_LIMIT"
+    pool2 = make(FakeLedger(), max_txs=1)
+    await pool2.admit([tx(SigningKey.generate(), 0)])
+    with pytest.raises(MempoolFull) as info2:
+        await pool2.admit([tx(SigningKey.generate(), 0)])
+    assert info2.value.reason == "MEMPOOL_FULL"
+    assert len(pool2) == 1
+
+
+async def test_update_removes_committed_and_rechecks_touched_senders() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    results = await pool.admit([tx(key, 0, amount=10), tx(key, 1, amount=600), tx(key, 2, amount=10)])
+    hashes = [r.tx_hash for r in results]
+    ledger.nonces[key.address] = 1
+    ledger.balance = 500  # the pending 600 no longer passes the dry run
+    evicted = pool.update([hashes[0]], [key.address])
+    assert evicted == 1
+    assert hashes[0] not in pool and hashes[1] not in pool and hashes[2] in pool
+    assert pool.rejections.get("INSUFFICIENT_FUNDS") == 1
+
+
+async def test_gossip_batches_only_new_local_transactions() -> None:
+    ledger = FakeLedger()
+    pool = make(ledger)
+    keys = [SigningKey.generate() for _ in range(5)]
+    await pool.admit([tx(k, 0) for k in keys[:3]])
+    await pool.admit([tx(k, 0) for k in keys[3:]], gossip=False)
+    assert len(pool.take_gossip(2)) == 2
+    assert len(pool.take_gossip(10)) == 1
+    assert pool.take_gossip(10) == []
+
+
+async def test_verification_in_a_thread_pool_matches() -> None:
+    ledger = FakeLedger()
+    with ThreadPoolExecutor(2) as pool_exec:
+        pool = Mempool(
+            MempoolConfig(), CHAIN, check=ledger.check, committed_nonce=ledger.nonce,
+            ref_committed=lambda s, r: False, executor=pool_exec,
+        )  # fmt: skip
+        keys = [SigningKey.generate() for _ in range(100)]
+        raws = [tx(k, 0) for k in keys]
+        bad = bytearray(raws[7])
+        bad[-2] ^= 1
+        raws[7] = bytes(bad)
+        results = await pool.admit(raws)
+    assert [r.accepted for r in results].count(True) == 99
+    assert results[7].reason == "BAD_SIGNATURE"
