@@ -43,7 +43,7 @@ def test_invalid_settings_are_named(text: str, message: str) -> None:
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config.toml: does not exist"):
+    with pytest.raises(ConfigError, match=r"config\.toml: does not exist"):
         load_config(tmp_path)
 
 
