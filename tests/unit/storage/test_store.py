@@ -82,7 +82,10 @@ def test_second_genesis_is_refused_and_changes_nothing(store: NodeStore) -> None
 
 @pytest.mark.parametrize(
     ("chain_id", "vs", "match"),
-    [("", make_validator_set(1), "empty chain id"), ("c", block_pb2.ValidatorSet(), "empty genesis validator set")],
+    [
+        ("", make_validator_set(1), "empty chain id"),
+        ("c", block_pb2.ValidatorSet(), "empty genesis validator set"),
+    ],
 )
 def test_bad_genesis_is_refused_and_changes_nothing(
     db_path: Path, chain_id: str, vs: block_pb2.ValidatorSet, match: str
@@ -192,7 +195,13 @@ def test_validator_set_written_only_on_change(store: NodeStore) -> None:
     # two changes in one batch, the second back to the set the DB already has in effect there
     commit_chain(store, 1, next_validator_sets={4: new_vs, 6: genesis_vs})
     assert store.validator_set_changes() == [1, 4, 6]
-    assert [store.load_validator_set(h) for h in (3, 4, 5, 6, 7)] == [genesis_vs, new_vs, new_vs, genesis_vs, genesis_vs]
+    assert [store.load_validator_set(h) for h in (3, 4, 5, 6, 7)] == [
+        genesis_vs,
+        new_vs,
+        new_vs,
+        genesis_vs,
+        genesis_vs,
+    ]
 
 
 def test_save_validator_set_refuses_committed_heights(store: NodeStore) -> None:
@@ -248,10 +257,15 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     "gap": (lambda c, s: dataclasses.replace(c, height=c.height + 1), "the next height is"),
     "header height": (_set_header("height", 99), "header says height 99"),
     "chain id": (_set_header("chain_id", "other-chain"), "for chain 'other-chain'"),
-    "block hash": (lambda c, s: dataclasses.replace(c, block_hash=b"\x11" * 32), "not the hash of the block's header"),
+    "block hash": (
+        lambda c, s: dataclasses.replace(c, block_hash=b"\x11" * 32),
+        "not the hash of the block's header",
+    ),
     "prev hash": (_set_header("prev_block_hash", b"\x22" * 32), "does not match block"),
     "certificate": (
-        lambda c, s: dataclasses.replace(c, commit=block_pb2.CommitCertificate(height=c.height, block_id=b"x")),
+        lambda c, s: dataclasses.replace(
+            c, commit=block_pb2.CommitCertificate(height=c.height, block_id=b"x")
+        ),
         "commit certificate is for",
     ),
     "receipt count": (lambda c, s: dataclasses.replace(c, receipts=c.receipts[:-1]), "2 receipts for 3 txs"),
@@ -313,7 +327,9 @@ def test_reopen_keeps_height_state_and_indexes(db_path: Path) -> None:
 
 def test_wrong_chain_id_on_open(store: NodeStore, db_path: Path) -> None:
     store.close()
-    with pytest.raises(StoreCorruptError, match="belongs to chain 'clearline-bench', this node is configured for 'x'"):
+    with pytest.raises(
+        StoreCorruptError, match="belongs to chain 'clearline-bench', this node is configured for 'x'"
+    ):
         NodeStore.open(db_path, chain_id="x")
     with NodeStore.open(db_path, chain_id=BENCH_CHAIN_ID) as s:  # the failed open released the lock
         assert s.chain_id() == BENCH_CHAIN_ID
@@ -451,8 +467,12 @@ def test_open_reads_a_constant_number_of_keys(tmp_path: Path, monkeypatch: pytes
             init_store(s)
             rng = random.Random(0)
             for h in range(1, blocks + 1):
-                s.commit_block(synthetic_commit(s, h, 1, rng=rng, merkle_nodes_per_tx=1, state_entries_per_tx=1))
-            s.commit_block(synthetic_commit(s, blocks + 1, 1, next_validator_sets={blocks + 3: make_validator_set(2)}))
+                s.commit_block(
+                    synthetic_commit(s, h, 1, rng=rng, merkle_nodes_per_tx=1, state_entries_per_tx=1)
+                )
+            s.commit_block(
+                synthetic_commit(s, blocks + 1, 1, next_validator_sets={blocks + 3: make_validator_set(2)})
+            )
         s, counts = _open_counting(path, monkeypatch)
         assert s.latest_height() == blocks + 1
         s.close()

@@ -1,0 +1,194 @@
+"""Crash points: a subprocess dies (os._exit, like kill -9) at a named point inside a storage write;
+the reopened store, WAL or sign-state file is exactly the state before or exactly the state after."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clearline.v1 import block_pb2, wal_pb2
+from node.storage import WAL, BlockCommit, NodeStore, SignStateFile, crash
+from node.storage.bench import BENCH_CHAIN_ID, init_store, make_validator_set, synthetic_commit
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE_HEIGHT = 3
+
+COMMIT_SCRIPT = """
+import random, sys
+from node.storage import NodeStore
+from node.storage.bench import make_validator_set, synthetic_commit
+store = NodeStore.open(sys.argv[1])
+c = synthetic_commit(store, 4, 50, rng=random.Random(4), evidence=1,
+                     next_validator_sets={6: make_validator_set(3, seed=6)},
+                     extra_writes={b"genesis/param": None})
+store.commit_block(c)
+store.close()
+print("committed")
+"""
+
+WAL_SCRIPT = """
+import sys
+from clearline.v1 import wal_pb2
+from node.storage import WAL
+wal, _ = WAL.open(sys.argv[1])
+wal.append(wal_pb2.WalRecord(timeout=wal_pb2.WalTimeout(height=5, round=0)))
+wal.append(wal_pb2.WalRecord(timeout=wal_pb2.WalTimeout(height=5, round=1)), sync=True)
+wal.end_height(5)
+wal.close()
+print("done")
+"""
+
+SIGN_SCRIPT = """
+import sys
+from clearline.v1 import wal_pb2
+from node.storage import SignStateFile
+SignStateFile.open(sys.argv[1]).save(wal_pb2.LastSigned(height=2, round=0, step=1), locked_block=b"new")
+print("saved")
+"""
+
+
+def run_script(script: str, arg: Path, point: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != crash.ENV_VAR}
+    if point is not None:
+        env[crash.ENV_VAR] = point
+    return subprocess.run(
+        [sys.executable, "-c", script, str(arg)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def the_block(store: NodeStore) -> BlockCommit:
+    return synthetic_commit(
+        store, 4, 50, rng=random.Random(4), evidence=1,
+        next_validator_sets={6: make_validator_set(3, seed=6)}, extra_writes={b"genesis/param": None},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[bytes, bytes], dict[bytes, bytes]]:
+    """A store at height 3, its raw contents, and the raw contents after block 4 (committed by the
+    script without a crash point: the reference for "after")."""
+    root = tmp_path_factory.mktemp("crash")
+    base = root / "base"
+    with NodeStore.open(base) as s:
+        init_store(s)
+        for h in range(1, BASE_HEIGHT + 1):
+            s.commit_block(synthetic_commit(s, h, 5))
+        before = dict(s.iter_raw())
+    reference = root / "reference"
+    shutil.copytree(base, reference)
+    result = run_script(COMMIT_SCRIPT, reference, None)
+    assert (result.returncode, result.stdout.strip()) == (0, "committed"), result.stderr
+    with NodeStore.open(reference) as s:
+        after = dict(s.iter_raw())
+    assert before != after
+    return base, before, after
+
+
+@pytest.mark.parametrize(
+    ("point", "committed"), [("commit:before-batch", False), ("commit:after-batch", True)]
+)
+def test_commit_crash_leaves_height_h_or_h_plus_1_exactly(
+    tmp_path: Path,
+    base_store: tuple[Path, dict[bytes, bytes], dict[bytes, bytes]],
+    point: str,
+    committed: bool,
+) -> None:
+    base, before, after = base_store
+    path = tmp_path / "db"
+    shutil.copytree(base, path)
+    result = run_script(COMMIT_SCRIPT, path, point)
+    assert result.returncode == crash.EXIT_CODE, result.stderr
+    assert result.stdout == ""  # died before printing
+    with NodeStore.open(path, chain_id=BENCH_CHAIN_ID) as s:
+        contents = dict(s.iter_raw())
+        assert contents == (after if committed else before)  # every table at H or H+1, nothing between
+        if committed:
+            assert s.latest_height() == BASE_HEIGHT + 1
+            block = s.load_block(4)
+            assert block is not None
+            for raw in block.body.txs:
+                assert s.load_tx(hashlib.sha256(raw).digest()) == raw
+            assert s.state.get(b"genesis/param") is None
+            assert s.load_validator_set(6) == make_validator_set(3, seed=6)
+            assert len(s.load_evidence(from_height=4)) == 1
+        else:
+            assert s.latest_height() == BASE_HEIGHT
+            assert s.load_block(4) is None
+            assert s.state.get(b"genesis/param") == b"1"
+            s.commit_block(the_block(s))  # the node re-commits the block and goes on
+            assert dict(s.iter_raw()) == after
+
+
+def test_wal_crash_before_fsync_keeps_what_reached_the_os(tmp_path: Path) -> None:
+    path = tmp_path / "cs.wal"
+    result = run_script(WAL_SCRIPT, path, "wal:before-fsync")
+    assert result.returncode == crash.EXIT_CODE, result.stderr
+    wal, replay = WAL.open(path)
+    assert [r.timeout.round for r in replay.records] == [0, 1]
+    assert replay.repaired is None and replay.last_end_height is None
+    wal.close()
+
+
+def test_wal_crash_before_rotation_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "cs.wal"
+    result = run_script(WAL_SCRIPT, path, "wal:before-rotate")
+    assert result.returncode == crash.EXIT_CODE, result.stderr
+    assert path.with_name("cs.wal.tmp").exists()
+    wal, replay = WAL.open(path)
+    assert [r.timeout.round for r in replay.records] == [0, 1]
+    assert replay.last_end_height is None
+    assert not path.with_name("cs.wal.tmp").exists()
+    wal.end_height(5)  # the restarted node finishes the rotation
+    wal.close()
+    wal, replay = WAL.open(path)
+    assert (replay.records, replay.last_end_height) == ([], 5)
+    wal.close()
+
+
+def test_wal_script_without_crash_point_completes(tmp_path: Path) -> None:
+    path = tmp_path / "cs.wal"
+    result = run_script(WAL_SCRIPT, path, None)
+    assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr
+    wal, replay = WAL.open(path)
+    assert (replay.records, replay.last_end_height) == ([], 5)
+    wal.close()
+
+
+def test_signstate_crash_before_rename_keeps_the_old_state(tmp_path: Path) -> None:
+    path = tmp_path / "sign_state"
+    old = wal_pb2.LastSigned(height=1, round=3, step=block_pb2.STEP_PRECOMMIT, block_id=b"b" * 32)
+    SignStateFile.open(path).save(old, locked_block=b"old")
+    result = run_script(SIGN_SCRIPT, path, "signstate:before-rename")
+    assert result.returncode == crash.EXIT_CODE, result.stderr
+    state = SignStateFile.open(path).load_state()
+    assert state is not None and (state.last_signed, state.locked_block) == (old, b"old")
+    result = run_script(SIGN_SCRIPT, path, None)
+    assert (result.returncode, result.stdout.strip()) == (0, "saved"), result.stderr
+    state = SignStateFile.open(path).load_state()
+    assert state is not None and (state.last_signed.height, state.locked_block) == (2, b"new")
+
+
+def test_crash_points_are_documented_and_used() -> None:
+    assert crash.ARMED is None  # the test run itself is not armed
+    assert crash.crash_point("commit:before-batch") is None
+    sources = "".join(p.read_text() for p in (ROOT / "node" / "storage").glob("*.py"))
+    used = set(re.findall(r'crash_point\("([^"]+)"\)', sources))
+    assert used == set(crash.POINTS)
+    assert crash.__doc__ is not None
+    for name in crash.POINTS:
+        assert name in crash.__doc__

@@ -1,0 +1,153 @@
+"""SignStateFile: atomic save/load with lock and valid blocks, corruption is an error (never "empty"),
+and the stored position never moves back or changes its block at the same (height, round, step)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from clearline.v1 import block_pb2, wal_pb2
+from node.storage import (
+    SignState,
+    SignStateCorruptError,
+    SignStateFile,
+    SignStateRegressionError,
+    StorageError,
+)
+from node.storage.signstate import MAGIC, encode_sign_state
+
+
+def signed(height: int, round_: int, step: int, block_id: bytes = b"\xbb" * 32) -> wal_pb2.LastSigned:
+    return wal_pb2.LastSigned(
+        height=height, round=round_, step=step, block_id=block_id, signature=b"\x05" * 64,
+        locked_round=round_, locked_block_id=block_id, valid_round=-1,
+    )  # fmt: skip
+
+
+PREVOTE, PRECOMMIT = block_pb2.STEP_PREVOTE, block_pb2.STEP_PRECOMMIT
+
+
+def test_missing_file_loads_as_none(tmp_path: Path) -> None:
+    f = SignStateFile.open(tmp_path / "priv" / "sign_state")
+    assert f.load() is None
+    assert f.load_state() is None
+
+
+def test_save_and_load_with_blocks_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "sign_state"
+    f = SignStateFile.open(path)
+    f.save(signed(5, 1, PRECOMMIT), locked_block=b"locked-block-bytes", valid_block=b"")
+    again = SignStateFile.open(path)
+    assert again.load() == signed(5, 1, PRECOMMIT)
+    assert again.load_state() == SignState(signed(5, 1, PRECOMMIT), b"locked-block-bytes", b"")
+    f.save(signed(6, 0, PREVOTE))
+    assert SignStateFile.open(path).load_state() == SignState(signed(6, 0, PREVOTE), None, None)
+    assert not path.with_name("sign_state.tmp").exists()
+
+
+def test_load_returns_a_copy(tmp_path: Path) -> None:
+    f = SignStateFile.open(tmp_path / "s")
+    f.save(signed(1, 0, PREVOTE))
+    got = f.load()
+    assert got is not None
+    got.height = 99
+    assert f.load() == signed(1, 0, PREVOTE)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "match"),
+    [
+        (signed(5, 2, PREVOTE), signed(4, 9, PRECOMMIT), "move last-signed"),
+        (signed(5, 2, PREVOTE), signed(5, 1, PRECOMMIT), "move last-signed"),
+        (signed(5, 2, PRECOMMIT), signed(5, 2, PREVOTE), "move last-signed"),
+        (signed(5, 2, PREVOTE), signed(5, 2, PREVOTE, block_id=b""), "second block id"),
+        (signed(5, 2, PREVOTE, block_id=b""), signed(5, 2, PREVOTE), "double sign"),
+    ],
+)
+def test_regressions_and_conflicts_are_refused_and_change_nothing(
+    tmp_path: Path, first: wal_pb2.LastSigned, second: wal_pb2.LastSigned, match: str
+) -> None:
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    f.save(first, locked_block=b"L")
+    before = path.read_bytes()
+    with pytest.raises(SignStateRegressionError, match=match):
+        f.save(second)
+    assert path.read_bytes() == before
+    assert SignStateFile.open(path).load_state() == SignState(first, b"L", None)
+
+
+def test_same_position_same_block_may_be_saved_again(tmp_path: Path) -> None:
+    f = SignStateFile.open(tmp_path / "s")
+    unsigned = signed(3, 0, PREVOTE)
+    unsigned.signature = b""
+    f.save(unsigned)
+    f.save(signed(3, 0, PREVOTE), valid_block=b"V")
+    assert f.load_state() == SignState(signed(3, 0, PREVOTE), None, b"V")
+
+
+def _valid_bytes() -> bytes:
+    return encode_sign_state(SignState(signed(2, 0, PREVOTE), b"lock", None))
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "not a Clearline sign-state file"),
+        (b"garbage garbage garbage", "not a Clearline sign-state file"),
+        (MAGIC + b"\x00", "truncated header"),
+        (_valid_bytes()[:-2], "checksum mismatch"),
+        (_valid_bytes()[:20] + bytes([_valid_bytes()[20] ^ 1]) + _valid_bytes()[21:], "checksum mismatch"),
+    ],
+)
+def test_corrupt_file_is_an_error_not_empty(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(content)
+    with pytest.raises(SignStateCorruptError, match=match) as exc:
+        SignStateFile.open(path)
+    assert exc.value.path == str(path)
+    assert isinstance(exc.value, StorageError)
+    assert path.read_bytes() == content
+
+
+def test_corruption_after_open_is_seen_by_load(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    f.save(signed(2, 0, PREVOTE))
+    path.write_bytes(b"\x00" * 10)
+    with pytest.raises(SignStateCorruptError):
+        f.load()
+
+
+def test_leftover_temp_file_is_removed_and_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    SignStateFile.open(path).save(signed(1, 0, PREVOTE))
+    path.with_name("s.tmp").write_bytes(b"half-written")
+    f = SignStateFile.open(path)
+    assert f.load() == signed(1, 0, PREVOTE)
+    assert not path.with_name("s.tmp").exists()
+
+
+def _with_body(body: bytes) -> bytes:
+    return MAGIC + struct.pack(">I", zlib.crc32(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"", "field last_signed is missing"),
+        (b"\x00\x00\x00\x00\x00" * 3, "no last-signed record"),
+        (b"\x02\x00\x00\x00\x00" * 3, "field last_signed is malformed"),
+        (b"\x01\x00\x00\x00\x09ab", "field last_signed is malformed"),
+        (b"\x01\x00\x00\x00\x02\xff\xff" + b"\x00\x00\x00\x00\x00" * 2, "does not decode"),
+        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 2 + b"x", "1 trailing bytes"),
+    ],
+)
+def test_malformed_body_with_good_checksum_is_corrupt(tmp_path: Path, body: bytes, match: str) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(_with_body(body))
+    with pytest.raises(SignStateCorruptError, match=match):
+        SignStateFile.open(path)
