@@ -27,6 +27,7 @@ from node.crypto import SigningKey
 
 _T = TypeVar("_T")
 _END = object()
+_STOP_WAIT_S = 10.0
 
 
 class _LoopThread:
@@ -50,16 +51,23 @@ class _LoopThread:
             raise TimeoutError(f"no answer within {wait_s} s") from None
 
     def stop(self) -> None:
+        """Cancel what is left on the loop, stop it, join the thread and close the loop."""
         if self.loop.is_closed():
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        pending = asyncio.all_tasks(self.loop)
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(_wind_down(), self.loop).result(_STOP_WAIT_S)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(_STOP_WAIT_S)
         self.loop.close()
+
+
+async def _wind_down() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class SyncClient:
