@@ -1,0 +1,938 @@
+"""The ledger's operations: one `process_*` function per transaction kind, plus hold expiry.
+
+Spec style: each function first runs every check of its rule (`check_*` helpers raise `TxInvalid`
+with the receipt status), then changes state through the StateView's transaction layer. The
+transaction layer is dropped if anything raises, so an operation is all-or-nothing even when it has
+several steps (a settlement's legs). Each returns the events of its receipt.
+
+Authority (who may sign what):
+    admin       create instrument, grant/revoke role, change validator
+    issuer      mint of its own instruments, set KYC, set limits on its own instruments
+    compliance  set KYC, freeze/unfreeze (account or amount), pause/unpause, forced transfer,
+                recovery, set limits, holds on behalf of a payer
+    payer       transfer, redeem, create hold, every paying leg of a settlement (must be a tx signer)
+    notary      execute a hold; the notary or the payee releases it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
+from node import crypto
+from node.ledger.errors import TxInvalid
+from node.ledger.state import (
+    MS_PER_DAY,
+    U64_MAX,
+    AccountRec,
+    InstrumentKey,
+    StateView,
+    client_ref_key,
+    deposit_ref_key,
+    expiry_height_key,
+    expiry_time_key,
+    hold_key,
+    ik_of,
+    instrument_key,
+    new_account,
+    payer_holds_key,
+    redemption_ref_key,
+    settlement_ref_key,
+)
+from node.txs import VerifiedTx
+
+S = receipt_pb2
+ADMIN: Final = tx_pb2.ROLE_ADMIN
+ISSUER: Final = tx_pb2.ROLE_ISSUER
+COMPLIANCE: Final = tx_pb2.ROLE_COMPLIANCE
+VALID_ROLES: Final = frozenset(
+    (
+        tx_pb2.ROLE_ADMIN,
+        tx_pb2.ROLE_ISSUER,
+        tx_pb2.ROLE_COMPLIANCE,
+        tx_pb2.ROLE_AUDITOR,
+        tx_pb2.ROLE_PARTICIPANT,
+    )
+)
+VALID_KYC: Final = frozenset(
+    (
+        tx_pb2.KYC_STATUS_PENDING,
+        tx_pb2.KYC_STATUS_APPROVED,
+        tx_pb2.KYC_STATUS_REJECTED,
+        tx_pb2.KYC_STATUS_REVOKED,
+    )
+)
+MAX_REF_LEN: Final = 128
+MAX_SYMBOL_LEN: Final = 32
+MAX_DECIMALS: Final = 18
+MAX_LEGS: Final = 64
+MAX_ACTIVE_HOLDS_PER_PAYER: Final = 256
+MAX_VALIDATORS: Final = 150
+MAX_TOTAL_POWER: Final = 2**60
+
+Events = list[receipt_pb2.Event]
+
+
+@dataclass(frozen=True, slots=True)
+class TxContext:
+    """A transaction being applied and the block it is applied in."""
+
+    tx: VerifiedTx
+    height: int
+    time_ms: int
+
+    @property
+    def time_s(self) -> int:
+        return self.time_ms // 1000
+
+    @property
+    def day(self) -> int:
+        return self.time_ms // MS_PER_DAY
+
+
+def fail(status: receipt_pb2.TxStatus.ValueType, message: str) -> TxInvalid:
+    return TxInvalid(status, message)
+
+
+# --- checks (raise TxInvalid, change nothing) ---------------------------------------------------
+
+
+def get_account_checked(st: StateView, address: bytes, who: str) -> AccountRec:
+    acct = st.account(address)
+    if acct is None:
+        raise fail(S.TX_STATUS_UNKNOWN_ACCOUNT, f"{who} {address.hex()} does not exist")
+    return acct
+
+
+def check_role(acct: AccountRec, *roles: int) -> None:
+    if acct.roles.isdisjoint(roles):
+        names = " or ".join(tx_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles)  # type: ignore[arg-type]
+        raise fail(S.TX_STATUS_UNAUTHORIZED, f"account {acct.address.hex()} is not {names}")
+
+
+def check_active(acct: AccountRec, ctx: TxContext, who: str) -> None:
+    """Only open, KYC-approved, unexpired, unfrozen accounts send or receive."""
+    if acct.closed:
+        raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"{who} {acct.address.hex()} is closed")
+    if acct.kyc_status != tx_pb2.KYC_STATUS_APPROVED:
+        raise fail(S.TX_STATUS_KYC_NOT_APPROVED, f"{who} {acct.address.hex()} is not KYC-approved")
+    if acct.kyc_expires_at and ctx.time_ms // 1000 >= acct.kyc_expires_at:
+        raise fail(S.TX_STATUS_KYC_EXPIRED, f"KYC of {who} {acct.address.hex()} expired")
+    if acct.frozen:
+        raise fail(S.TX_STATUS_ACCOUNT_FROZEN, f"{who} {acct.address.hex()} is frozen")
+
+
+def check_not_closed(acct: AccountRec, who: str) -> None:
+    if acct.closed:
+        raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"{who} {acct.address.hex()} is closed")
+
+
+def check_amount(amount: int) -> None:
+    if amount <= 0 or amount > U64_MAX:
+        raise fail(S.TX_STATUS_INVALID_AMOUNT, f"amount must be in 1..2^64-1, got {amount}")
+
+
+def check_ref(ref: str, what: str) -> None:
+    if not ref or len(ref) > MAX_REF_LEN:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"{what} must be 1..{MAX_REF_LEN} characters")
+
+
+def get_instrument_checked(
+    st: StateView, instrument: tx_pb2.InstrumentId, *, allow_paused: bool = False
+) -> tuple[InstrumentKey, state_pb2.Instrument]:
+    ik = (instrument.issuer, instrument.symbol)
+    inst = st.instrument(ik)
+    if inst is None:
+        raise fail(S.TX_STATUS_UNKNOWN_INSTRUMENT, f"instrument {ik[1]!r} of {ik[0].hex()} does not exist")
+    if inst.paused and not allow_paused:
+        raise fail(S.TX_STATUS_INSTRUMENT_PAUSED, f"instrument {ik[1]!r} is paused")
+    return ik, inst
+
+
+def get_available(acct: AccountRec, ik: InstrumentKey) -> int:
+    """available = balance - frozen - held."""
+    amount, frozen, held = acct.balances.get(ik, (0, 0, 0))
+    return amount - frozen - held
+
+
+def check_available(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
+    available = get_available(acct, ik)
+    if available < amount:
+        raise fail(
+            S.TX_STATUS_INSUFFICIENT_FUNDS,
+            f"account {acct.address.hex()} has {available} available of {ik[1]}, needs {amount}",
+        )
+
+
+def check_can_credit(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
+    if acct.balances.get(ik, (0, 0, 0))[0] + amount > U64_MAX:
+        raise fail(S.TX_STATUS_INVALID_AMOUNT, f"balance of {acct.address.hex()} would exceed 2^64-1")
+
+
+def check_limits(acct: AccountRec, ik: InstrumentKey, amount: int, day: int) -> None:
+    limit = acct.limits.get(ik)
+    if limit is None:
+        return
+    max_tx, max_day = limit
+    if max_tx and amount > max_tx:
+        raise fail(S.TX_STATUS_LIMIT_PER_TX_EXCEEDED, f"{amount} exceeds the per-transaction limit {max_tx}")
+    if max_day:
+        used = get_used_today(acct, ik, day)
+        if used + amount > max_day:
+            raise fail(
+                S.TX_STATUS_LIMIT_PER_DAY_EXCEEDED,
+                f"{used} sent today plus {amount} exceeds the daily limit {max_day}",
+            )
+
+
+def get_used_today(acct: AccountRec, ik: InstrumentKey, day: int) -> int:
+    usage = acct.usage.get(ik)
+    return usage[1] if usage is not None and usage[0] == day else 0
+
+
+# --- mutations (only after every check passed) ---------------------------------------------------
+
+
+def increase_balance(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
+    bal = acct.balances.get(ik)
+    if bal is None:
+        acct.balances[ik] = (amount, 0, 0)
+    else:
+        acct.balances[ik] = (bal[0] + amount, bal[1], bal[2])
+
+
+def decrease_balance(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
+    bal = acct.balances[ik]
+    new = (bal[0] - amount, bal[1], bal[2])
+    assert new[0] >= new[1] + new[2], "decrease below frozen + held"
+    if new == (0, 0, 0):
+        del acct.balances[ik]
+    else:
+        acct.balances[ik] = new
+
+
+def record_usage(acct: AccountRec, ik: InstrumentKey, amount: int, day: int) -> None:
+    limit = acct.limits.get(ik)
+    if limit is not None and limit[1]:
+        acct.usage[ik] = (day, get_used_today(acct, ik, day) + amount)
+
+
+def event(
+    kind: str,
+    accounts: Sequence[bytes],
+    instrument: tx_pb2.InstrumentId | None = None,
+    amount: int = 0,
+    *,
+    flagged: bool = False,
+    reason: str = "",
+    **attributes: str,
+) -> receipt_pb2.Event:
+    ev = receipt_pb2.Event(kind=kind, accounts=accounts, amount=amount, flagged=flagged, reason=reason)
+    if instrument is not None:
+        ev.instrument.CopyFrom(instrument)
+    for key in sorted(attributes):
+        ev.attributes.add(key=key, value=attributes[key])
+    return ev
+
+
+def move(st: StateView, ik: InstrumentKey, payer: bytes, payee: bytes, amount: int, day: int | None) -> None:
+    """Debit payer and credit payee (checks done by the caller); day set = count toward limits."""
+    src = st.account_mut(payer)
+    decrease_balance(src, ik, amount)
+    if day is not None:
+        record_usage(src, ik, amount, day)
+    increase_balance(st.account_mut(payee), ik, amount)
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.create_instrument
+    check_role(signer, ADMIN)
+    ik = ik_of(op.instrument)
+    if len(ik[0]) != crypto.ADDRESS_LEN:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "instrument issuer must be a 20-byte address")
+    if not ik[1] or len(ik[1]) > MAX_SYMBOL_LEN:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"symbol must be 1..{MAX_SYMBOL_LEN} characters")
+    if op.decimals > MAX_DECIMALS:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"decimals must be at most {MAX_DECIMALS}")
+    if op.kind == tx_pb2.INSTRUMENT_KIND_UNSPECIFIED:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "instrument kind is required")
+    issuer = get_account_checked(st, ik[0], "issuer")
+    check_role(issuer, ISSUER)
+    if st.instrument(ik) is not None:
+        raise fail(S.TX_STATUS_INSTRUMENT_EXISTS, f"instrument {ik[1]!r} of {ik[0].hex()} exists")
+    st.put(
+        instrument_key(ik),
+        state_pb2.Instrument(
+            id=op.instrument,
+            name=op.name,
+            currency=op.currency,
+            decimals=op.decimals,
+            supply_cap=op.supply_cap,
+            kind=op.kind,
+        ),
+    )
+    return [event("instrument_created", [ik[0]], op.instrument)]
+
+
+def _check_new_account_key(address: bytes, public_key: bytes) -> None:
+    if len(public_key) != crypto.PUBLIC_KEY_LEN or crypto.address_of(public_key) != address:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a new account needs the public key of its address")
+
+
+def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.set_kyc
+    check_role(signer, ISSUER, COMPLIANCE)
+    if op.status not in VALID_KYC:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "KYC status is required")
+    acct = st.account(op.account)
+    if acct is None:
+        _check_new_account_key(op.account, op.public_key)
+        acct = new_account(op.account, op.public_key)
+        st.put_account(acct)
+    else:
+        check_not_closed(acct, "account")
+        acct = st.account_mut(op.account)
+    acct.kyc_status = op.status
+    acct.kyc_expires_at = op.expires_at
+    return [
+        event("kyc_set", [op.account], status=tx_pb2.KycStatus.Name(op.status), expires_at=str(op.expires_at))
+    ]
+
+
+def process_mint(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.mint
+    check_role(signer, ISSUER)
+    ik, inst = get_instrument_checked(st, op.instrument)
+    if ik[0] != signer.address:
+        raise fail(S.TX_STATUS_UNAUTHORIZED, "only an instrument's issuer mints it")
+    check_amount(op.amount)
+    check_ref(op.deposit_ref, "deposit reference")
+    ref_key = deposit_ref_key(ik, op.deposit_ref)
+    first = st.ref(ref_key)
+    if first is not None:
+        raise fail(
+            S.TX_STATUS_DUPLICATE_DEPOSIT_REF,
+            f"deposit {op.deposit_ref!r} was minted by {first.tx_hash.hex()}",
+        )
+    to = get_account_checked(st, op.to, "recipient")
+    check_active(to, ctx, "recipient")
+    if inst.supply_cap and inst.supply + op.amount > inst.supply_cap:
+        raise fail(
+            S.TX_STATUS_SUPPLY_CAP_EXCEEDED,
+            f"supply {inst.supply} + {op.amount} exceeds cap {inst.supply_cap}",
+        )
+    if inst.supply + op.amount > U64_MAX or inst.minted + op.amount > U64_MAX:
+        raise fail(S.TX_STATUS_INVALID_AMOUNT, "supply would exceed 2^64-1")
+    check_can_credit(to, ik, op.amount)
+    inst_mut = st.instrument_mut(ik)
+    inst_mut.supply += op.amount
+    inst_mut.minted += op.amount
+    increase_balance(st.account_mut(op.to), ik, op.amount)
+    st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
+    return [event("mint", [op.to], op.instrument, op.amount, deposit_ref=op.deposit_ref)]
+
+
+def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.redeem
+    ik, _ = get_instrument_checked(st, op.instrument)
+    check_amount(op.amount)
+    check_ref(op.redemption_ref, "redemption reference")
+    ref_key = redemption_ref_key(ik, op.redemption_ref)
+    first = st.ref(ref_key)
+    if first is not None:
+        raise fail(
+            S.TX_STATUS_DUPLICATE_REDEMPTION_REF,
+            f"redemption {op.redemption_ref!r} was recorded by {first.tx_hash.hex()}",
+        )
+    check_active(signer, ctx, "holder")
+    check_available(signer, ik, op.amount)
+    inst_mut = st.instrument_mut(ik)
+    inst_mut.supply -= op.amount
+    inst_mut.redeemed += op.amount
+    decrease_balance(st.account_mut(signer.address), ik, op.amount)
+    st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
+    return [event("redeem", [signer.address], op.instrument, op.amount, redemption_ref=op.redemption_ref)]
+
+
+def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.transfer
+    ik, _ = get_instrument_checked(st, op.instrument)
+    amount = op.amount
+    check_amount(amount)
+    payer = signer
+    if op.to == payer.address:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "transfer to self")
+    check_active(payer, ctx, "payer")
+    payee = get_account_checked(st, op.to, "payee")
+    check_active(payee, ctx, "payee")
+    check_available(payer, ik, amount)
+    day = ctx.time_ms // MS_PER_DAY
+    check_limits(payer, ik, amount, day)
+    check_can_credit(payee, ik, amount)
+    move(st, ik, payer.address, op.to, amount, day)
+    return [event("transfer", [payer.address, op.to], op.instrument, amount)]
+
+
+def process_freeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.freeze_account
+    check_role(signer, COMPLIANCE)
+    acct = get_account_checked(st, op.account, "account")
+    check_not_closed(acct, "account")
+    st.account_mut(op.account).frozen = True
+    return [event("account_frozen", [op.account], flagged=True, reason=op.reason)]
+
+
+def process_unfreeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.unfreeze_account
+    check_role(signer, COMPLIANCE)
+    acct = get_account_checked(st, op.account, "account")
+    check_not_closed(acct, "account")
+    st.account_mut(op.account).frozen = False
+    return [event("account_unfrozen", [op.account], reason=op.reason)]
+
+
+def process_freeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.freeze_amount
+    check_role(signer, COMPLIANCE)
+    ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
+    check_amount(op.amount)
+    acct = get_account_checked(st, op.account, "account")
+    check_not_closed(acct, "account")
+    check_available(acct, ik, op.amount)
+    mut = st.account_mut(op.account)
+    amount, frozen, held = mut.balances[ik]
+    mut.balances[ik] = (amount, frozen + op.amount, held)
+    return [event("amount_frozen", [op.account], op.instrument, op.amount, flagged=True, reason=op.reason)]
+
+
+def process_unfreeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.unfreeze_amount
+    check_role(signer, COMPLIANCE)
+    ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
+    check_amount(op.amount)
+    acct = get_account_checked(st, op.account, "account")
+    frozen = acct.balances.get(ik, (0, 0, 0))[1]
+    if frozen < op.amount:
+        raise fail(S.TX_STATUS_INSUFFICIENT_FROZEN, f"{frozen} frozen, cannot unfreeze {op.amount}")
+    mut = st.account_mut(op.account)
+    amount, frozen, held = mut.balances[ik]
+    mut.balances[ik] = (amount, frozen - op.amount, held)
+    return [event("amount_unfrozen", [op.account], op.instrument, op.amount, reason=op.reason)]
+
+
+def _process_pause(
+    st: StateView,
+    ctx: TxContext,
+    signer: AccountRec,
+    op_instrument: tx_pb2.InstrumentId,
+    paused: bool,
+    reason: str,
+) -> Events:
+    check_role(signer, COMPLIANCE)
+    ik, _ = get_instrument_checked(st, op_instrument, allow_paused=True)
+    st.instrument_mut(ik).paused = paused
+    return [event("instrument_paused" if paused else "instrument_unpaused", [], op_instrument, reason=reason)]
+
+
+def process_pause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.pause_instrument
+    return _process_pause(st, ctx, signer, op.instrument, True, op.reason)
+
+
+def process_unpause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.unpause_instrument
+    return _process_pause(st, ctx, signer, op.instrument, False, op.reason)
+
+
+def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.create_hold
+    on_behalf = bool(op.payer) and op.payer != signer.address
+    if on_behalf:
+        check_role(signer, COMPLIANCE)
+    payer_addr = op.payer if on_behalf else signer.address
+    check_ref(op.hold_id, "hold id")
+    ik, _ = get_instrument_checked(st, op.instrument)
+    check_amount(op.amount)
+    if st.hold(op.hold_id) is not None:
+        raise fail(S.TX_STATUS_HOLD_EXISTS, f"hold {op.hold_id!r} exists")
+    if not op.expires_at_height and not op.expires_at_time:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a hold needs an expiry height or time")
+    if op.expires_at_height and op.expires_at_height <= ctx.height:
+        raise fail(
+            S.TX_STATUS_HOLD_EXPIRED, f"expiry height {op.expires_at_height} is not after {ctx.height}"
+        )
+    if op.expires_at_time and op.expires_at_time <= ctx.time_s:
+        raise fail(S.TX_STATUS_HOLD_EXPIRED, f"expiry time {op.expires_at_time} is not after {ctx.time_s}")
+    payer = get_account_checked(st, payer_addr, "payer")
+    if on_behalf:
+        check_not_closed(payer, "payer")
+    else:
+        check_active(payer, ctx, "payer")
+    if payer_addr == op.payee:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "payee is the payer")
+    payee = get_account_checked(st, op.payee, "payee")
+    check_active(payee, ctx, "payee")
+    notary = get_account_checked(st, op.notary, "notary")
+    check_not_closed(notary, "notary")
+    check_available(payer, ik, op.amount)
+    day = ctx.day
+    if not on_behalf:
+        check_limits(payer, ik, op.amount, day)
+    active = st.hold_list(payer_holds_key(payer_addr))
+    if len(active) >= MAX_ACTIVE_HOLDS_PER_PAYER:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"payer has {len(active)} active holds, the maximum")
+    # Effects.
+    mut = st.account_mut(payer_addr)
+    amount, frozen, held = mut.balances[ik]
+    mut.balances[ik] = (amount, frozen, held + op.amount)
+    if not on_behalf:
+        record_usage(mut, ik, op.amount, day)
+    st.put(
+        hold_key(op.hold_id),
+        state_pb2.Hold(
+            hold_id=op.hold_id,
+            instrument=op.instrument,
+            payer=payer_addr,
+            payee=op.payee,
+            notary=op.notary,
+            amount=op.amount,
+            expires_at_height=op.expires_at_height,
+            expires_at_time=op.expires_at_time,
+            state=state_pb2.HOLD_STATE_ACTIVE,
+            created_height=ctx.height,
+        ),
+    )
+    st.put_hold_list(payer_holds_key(payer_addr), sorted([*active, op.hold_id]))
+    if op.expires_at_height:
+        key = expiry_height_key(op.expires_at_height)
+        st.put_hold_list(key, sorted([*st.hold_list(key), op.hold_id]))
+    if op.expires_at_time:
+        key = expiry_time_key(op.expires_at_time // 60)
+        st.put_hold_list(key, sorted([*st.hold_list(key), op.hold_id]))
+    return [
+        event(
+            "hold_created",
+            [payer_addr, op.payee, op.notary],
+            op.instrument,
+            op.amount,
+            flagged=on_behalf,
+            hold_id=op.hold_id,
+        )
+    ]
+
+
+def _get_active_hold(st: StateView, hold_id: str) -> state_pb2.Hold:
+    hold = st.hold(hold_id)
+    if hold is None:
+        raise fail(S.TX_STATUS_UNKNOWN_HOLD, f"hold {hold_id!r} does not exist")
+    if hold.state == state_pb2.HOLD_STATE_EXPIRED:
+        raise fail(S.TX_STATUS_HOLD_EXPIRED, f"hold {hold_id!r} expired")
+    if hold.state != state_pb2.HOLD_STATE_ACTIVE:
+        raise fail(
+            S.TX_STATUS_INVALID_ARGUMENT,
+            f"hold {hold_id!r} is {state_pb2.HoldState.Name(hold.state).removeprefix('HOLD_STATE_').lower()}",
+        )
+    return hold
+
+
+def close_hold(st: StateView, hold: state_pb2.Hold, state: state_pb2.HoldState.ValueType) -> None:
+    """Return what a hold still holds to its payer and retire it (release or expiry)."""
+    ik = ik_of(hold.instrument)
+    payer = st.account_mut(hold.payer)
+    amount, frozen, held = payer.balances[ik]
+    payer.balances[ik] = (amount, frozen, held - hold.amount)
+    mut = st.hold_mut(hold.hold_id)
+    mut.amount = 0
+    mut.state = state
+    key = payer_holds_key(hold.payer)
+    st.put_hold_list(key, [h for h in st.hold_list(key) if h != hold.hold_id])
+
+
+def process_execute_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.execute_hold
+    hold = _get_active_hold(st, op.hold_id)
+    if signer.address != hold.notary:
+        raise fail(S.TX_STATUS_UNAUTHORIZED, "only the hold's notary executes it")
+    amount = op.amount or hold.amount
+    if amount > hold.amount:
+        raise fail(S.TX_STATUS_INSUFFICIENT_FUNDS, f"hold has {hold.amount}, cannot execute {amount}")
+    ik, _ = get_instrument_checked(st, hold.instrument)
+    payee = get_account_checked(st, hold.payee, "payee")
+    check_active(payee, ctx, "payee")
+    check_can_credit(payee, ik, amount)
+    # Effects: the held part leaves the payer's balance and reaches the payee.
+    payer = st.account_mut(hold.payer)
+    bal, frozen, held = payer.balances[ik]
+    payer.balances[ik] = (bal, frozen, held - amount)
+    decrease_balance(payer, ik, amount)
+    increase_balance(st.account_mut(hold.payee), ik, amount)
+    mut = st.hold_mut(op.hold_id)
+    mut.amount -= amount
+    mut.executed += amount
+    if mut.amount == 0:
+        mut.state = state_pb2.HOLD_STATE_EXECUTED
+        key = payer_holds_key(hold.payer)
+        st.put_hold_list(key, [h for h in st.hold_list(key) if h != op.hold_id])
+    return [event("hold_executed", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)]
+
+
+def process_release_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.release_hold
+    hold = _get_active_hold(st, op.hold_id)
+    if signer.address not in (hold.notary, hold.payee):
+        raise fail(S.TX_STATUS_UNAUTHORIZED, "only the hold's notary or payee releases it")
+    amount = hold.amount
+    close_hold(st, hold, state_pb2.HOLD_STATE_RELEASED)
+    return [event("hold_released", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)]
+
+
+def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.settle
+    check_ref(op.settlement_ref, "settlement reference")
+    if not op.legs or len(op.legs) > MAX_LEGS:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"a settlement has 1..{MAX_LEGS} legs")
+    ref_key = settlement_ref_key(op.settlement_ref)
+    first = st.ref(ref_key)
+    if first is not None:
+        raise fail(
+            S.TX_STATUS_DUPLICATE_SETTLEMENT_REF,
+            f"settlement {op.settlement_ref!r} was recorded by {first.tx_hash.hex()}",
+        )
+    signers = ctx.tx.signers
+    for n, leg in enumerate(op.legs):
+        if getattr(leg, "from") not in signers:
+            raise fail(
+                S.TX_STATUS_MISSING_SIGNATURE,
+                f"leg {n}: paying party {getattr(leg, 'from').hex()} did not sign",
+            )
+    day = ctx.day
+    events: Events = []
+    # Legs apply in order inside the transaction layer: any failing check drops them all.
+    for n, leg in enumerate(op.legs):
+        src: bytes = getattr(leg, "from")
+        try:
+            ik, _ = get_instrument_checked(st, leg.instrument)
+            check_amount(leg.amount)
+            if src == leg.to:
+                raise fail(S.TX_STATUS_INVALID_ARGUMENT, "payer and payee are the same")
+            payer = get_account_checked(st, src, "payer")
+            check_active(payer, ctx, "payer")
+            payee = get_account_checked(st, leg.to, "payee")
+            check_active(payee, ctx, "payee")
+            check_available(payer, ik, leg.amount)
+            check_limits(payer, ik, leg.amount, day)
+            check_can_credit(payee, ik, leg.amount)
+        except TxInvalid as exc:
+            raise fail(exc.status, f"leg {n}: {exc.message}") from None
+        move(st, ik, src, leg.to, leg.amount, day)
+        events.append(event("settlement_leg", [src, leg.to], leg.instrument, leg.amount, leg=str(n)))
+    st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
+    events.append(
+        event(
+            "settled",
+            sorted({p for leg in op.legs for p in (getattr(leg, "from"), leg.to)}),
+            settlement_ref=op.settlement_ref,
+            legs=str(len(op.legs)),
+        )
+    )
+    return events
+
+
+def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.forced_transfer
+    src: bytes = getattr(op, "from")
+    check_role(signer, COMPLIANCE)
+    if not op.reason:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a forced transfer needs a reason")
+    ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
+    check_amount(op.amount)
+    if src == op.to:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "from and to are the same")
+    payer = get_account_checked(st, src, "from")
+    payee = get_account_checked(st, op.to, "to")
+    check_not_closed(payee, "to")
+    amount, frozen, held = payer.balances.get(ik, (0, 0, 0))
+    if amount - held < op.amount:
+        raise fail(S.TX_STATUS_INSUFFICIENT_FUNDS, f"{amount - held} not held, cannot move {op.amount}")
+    check_can_credit(payee, ik, op.amount)
+    # Effects: frozen funds may be taken (a court order); frozen shrinks to what remains.
+    mut = st.account_mut(src)
+    new_amount = amount - op.amount
+    new = (new_amount, min(frozen, new_amount - held), held)
+    if new == (0, 0, 0):
+        del mut.balances[ik]
+    else:
+        mut.balances[ik] = new
+    increase_balance(st.account_mut(op.to), ik, op.amount)
+    return [event("forced_transfer", [src, op.to], op.instrument, op.amount, flagged=True, reason=op.reason)]
+
+
+def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.recover_account
+    check_role(signer, COMPLIANCE)
+    if not op.reason:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a recovery needs a reason")
+    lost = get_account_checked(st, op.lost_account, "lost account")
+    check_not_closed(lost, "lost account")
+    if st.account(op.new_account) is not None:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"new account {op.new_account.hex()} already exists")
+    _check_new_account_key(op.new_account, op.new_public_key)
+    if st.hold_list(payer_holds_key(op.lost_account)):
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "the lost account has active holds; release them first")
+    new = lost.copy()
+    new.address = op.new_account
+    new.public_key = op.new_public_key
+    new.nonce = 0
+    new.closed = False
+    new.recovered_to = b""
+    st.put_account(new)
+    old = st.account_mut(op.lost_account)
+    old.balances = {}
+    old.usage = {}
+    old.closed = True
+    old.recovered_to = op.new_account
+    old.roles = frozenset()
+    return [event("account_recovered", [op.lost_account, op.new_account], flagged=True, reason=op.reason)]
+
+
+def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.set_limits
+    ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
+    if COMPLIANCE not in signer.roles and not (ISSUER in signer.roles and ik[0] == signer.address):
+        raise fail(S.TX_STATUS_UNAUTHORIZED, "only compliance or the instrument's issuer sets limits")
+    acct = get_account_checked(st, op.account, "account")
+    check_not_closed(acct, "account")
+    mut = st.account_mut(op.account)
+    if op.max_per_tx or op.max_per_day:
+        mut.limits[ik] = (op.max_per_tx, op.max_per_day)
+    else:
+        mut.limits.pop(ik, None)
+    if not op.max_per_day:
+        mut.usage.pop(ik, None)
+    return [
+        event(
+            "limits_set",
+            [op.account],
+            op.instrument,
+            max_per_tx=str(op.max_per_tx),
+            max_per_day=str(op.max_per_day),
+        )
+    ]
+
+
+def process_grant_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.grant_role
+    check_role(signer, ADMIN)
+    if op.role not in VALID_ROLES:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"unknown role {op.role}")
+    acct = st.account(op.account)
+    if acct is None:
+        _check_new_account_key(op.account, op.public_key)
+        acct = new_account(op.account, op.public_key)
+        st.put_account(acct)
+    else:
+        check_not_closed(acct, "account")
+        acct = st.account_mut(op.account)
+    acct.roles = acct.roles | {op.role}
+    return [event("role_granted", [op.account], role=tx_pb2.Role.Name(op.role))]
+
+
+def process_revoke_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.revoke_role
+    check_role(signer, ADMIN)
+    acct = get_account_checked(st, op.account, "account")
+    if op.role not in acct.roles:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"account does not have role {op.role}")
+    if op.role == ADMIN and op.account == signer.address:
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, "an admin cannot revoke its own admin role")
+    mut = st.account_mut(op.account)
+    mut.roles = mut.roles - {op.role}
+    return [event("role_revoked", [op.account], role=tx_pb2.Role.Name(op.role))]
+
+
+def process_change_validator(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+    op = ctx.tx.body.change_validator
+    check_role(signer, ADMIN)
+    if len(op.public_key) != crypto.PUBLIC_KEY_LEN:
+        raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, "validator public key must be 32 bytes")
+    current = {v.public_key: v.power for v in st.validator_set().validators}
+    if op.power == 0:
+        if op.public_key not in current:
+            raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, "cannot remove an unknown validator")
+        del current[op.public_key]
+        if not current:
+            raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, "cannot remove the last validator")
+    else:
+        current[op.public_key] = op.power
+    if len(current) > MAX_VALIDATORS:
+        raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, f"at most {MAX_VALIDATORS} validators")
+    if sum(current.values()) > MAX_TOTAL_POWER:
+        raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, "total voting power too large")
+    st.put(
+        b"\x02v",
+        state_pb2.ValidatorSetState(
+            validators=[state_pb2.ValidatorEntry(public_key=k, power=current[k]) for k in sorted(current)]
+        ),
+    )
+    return [
+        event(
+            "validator_changed",
+            [crypto.address_of(op.public_key)],
+            public_key=op.public_key.hex(),
+            power=str(op.power),
+        )
+    ]
+
+
+Processor = Callable[[StateView, TxContext, AccountRec], Events]
+
+PROCESSORS: Final[dict[str, Processor]] = {
+    "create_instrument": process_create_instrument,
+    "set_kyc": process_set_kyc,
+    "mint": process_mint,
+    "redeem": process_redeem,
+    "transfer": process_transfer,
+    "freeze_account": process_freeze_account,
+    "unfreeze_account": process_unfreeze_account,
+    "freeze_amount": process_freeze_amount,
+    "unfreeze_amount": process_unfreeze_amount,
+    "pause_instrument": process_pause_instrument,
+    "unpause_instrument": process_unpause_instrument,
+    "create_hold": process_create_hold,
+    "execute_hold": process_execute_hold,
+    "release_hold": process_release_hold,
+    "settle": process_settle,
+    "forced_transfer": process_forced_transfer,
+    "recover_account": process_recover_account,
+    "set_limits": process_set_limits,
+    "grant_role": process_grant_role,
+    "revoke_role": process_revoke_role,
+    "change_validator": process_change_validator,
+}
+
+
+def apply_tx(
+    st: StateView, tx: VerifiedTx, height: int, time_ms: int, expected_nonce: int | None = None
+) -> receipt_pb2.Receipt:
+    """Apply one transaction to st (block layer): a receipt whatever happens, never an exception.
+
+    Order: signer account exists; nonce is the next one (else nothing changes); the client
+    reference is new (else nothing changes and the receipt names the first tx); then the operation.
+    On success its changes and the reference are kept; on failure they are dropped. Either way the
+    signer's nonce advances.
+    """
+    body = tx.body
+    signer_addr = body.signer
+    receipt = receipt_pb2.Receipt(
+        tx_hash=tx.tx_hash, height=height, signer=signer_addr, nonce=body.nonce, client_ref=body.client_ref
+    )
+    signer = st.account(signer_addr)
+    if signer is None:
+        receipt.status = S.TX_STATUS_UNKNOWN_ACCOUNT
+        receipt.message = f"signer {signer_addr.hex()} does not exist"
+        return receipt
+    if signer_addr not in tx.signers:
+        receipt.status = S.TX_STATUS_MISSING_SIGNATURE
+        receipt.message = "the signer account did not sign"
+        return receipt
+    want = signer.nonce if expected_nonce is None else expected_nonce
+    if body.nonce != want:
+        receipt.status = S.TX_STATUS_BAD_NONCE
+        receipt.message = f"nonce {body.nonce}, expected {want}"
+        return receipt
+    ref_key = b""
+    if body.client_ref:
+        ref_key = client_ref_key(signer_addr, body.client_ref)
+        first = st.ref(ref_key)
+        if first is not None:
+            receipt.status = S.TX_STATUS_DUPLICATE_CLIENT_REF
+            receipt.message = f"client reference {body.client_ref!r} was used by {first.tx_hash.hex()}"
+            receipt.events.append(
+                event(
+                    "duplicate_client_ref",
+                    [signer_addr],
+                    first_tx_hash=first.tx_hash.hex(),
+                    first_height=str(first.height),
+                )
+            )
+            return receipt
+    op = body.WhichOneof("op")
+    processor = PROCESSORS.get(op) if op is not None else None
+    try:
+        if processor is None:
+            raise fail(S.TX_STATUS_MALFORMED, "transaction has no known operation")
+        if signer.closed:
+            raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"signer {signer_addr.hex()} is closed")
+        events = processor(st, TxContext(tx, height, time_ms), signer)
+    except TxInvalid as exc:
+        st.rollback_tx()
+        receipt.status = exc.status
+        receipt.message = exc.message
+    else:
+        receipt.status = S.TX_STATUS_OK
+        receipt.events.extend(events)
+        if ref_key:
+            st.put(ref_key, state_pb2.RefRecord(tx_hash=tx.tx_hash, height=height))
+    st.account_mut(signer_addr).nonce = body.nonce + 1
+    st.commit_tx()
+    return receipt
+
+
+def process_hold_expiry(st: StateView, height: int, time_ms: int) -> Events:
+    """Release every hold whose expiry height or time has come, at the start of a block.
+
+    Holds are indexed by expiry height and by expiry minute; a block visits the bucket of its
+    height and the minute buckets since the last block, so the cost follows the holds that expire.
+    """
+    events: Events = []
+    meta = st.meta()
+    now_s = time_ms // 1000
+    due: list[str] = []
+    key = expiry_height_key(height)
+    ids = st.hold_list(key)
+    if ids:
+        due.extend(ids)
+        st.put(key, None)
+    now_minute = now_s // 60
+    # 0 = no block yet: holds exist only from the first block on, so earlier buckets are empty.
+    start = meta.expiry_minute or now_minute
+    for minute in range(start, now_minute + 1):
+        key = expiry_time_key(minute)
+        ids = st.hold_list(key)
+        if not ids:
+            continue
+        expired = []
+        keep = []
+        for hold_id in ids:
+            hold = st.hold(hold_id)
+            if (
+                hold is not None
+                and hold.state == state_pb2.HOLD_STATE_ACTIVE
+                and hold.expires_at_time > now_s
+            ):
+                keep.append(hold_id)
+            else:
+                expired.append(hold_id)
+        due.extend(expired)
+        st.put_hold_list(key, keep)
+    for hold_id in sorted(set(due)):
+        hold = st.hold(hold_id)
+        if hold is None or hold.state != state_pb2.HOLD_STATE_ACTIVE:
+            continue
+        amount = hold.amount
+        close_hold(st, hold, state_pb2.HOLD_STATE_EXPIRED)
+        events.append(
+            event("hold_expired", [hold.payer, hold.payee], hold.instrument, amount, hold_id=hold_id)
+        )
+    if now_minute != meta.expiry_minute and now_minute >= start:
+        new_meta = state_pb2.LedgerMeta()
+        new_meta.CopyFrom(meta)
+        new_meta.expiry_minute = now_minute
+        st.put(b"\x02m", new_meta)
+    st.commit_tx()
+    return events

@@ -1,0 +1,380 @@
+"""Ledger state: the keys of state entries, their records and codecs, and the layered state view.
+
+Every state entry is a (key, protobuf bytes) pair in the kv store and a leaf of the Merkle tree.
+Keys are a one-byte namespace, a kind tag and the record's identity:
+
+    ACCOUNT  + address(20)                       state_pb2.Account    (what GetAccount proves)
+    INSTR    + issuer(20) + symbol(utf-8)        state_pb2.Instrument
+    HOLD     + hold id(utf-8)                    state_pb2.Hold
+    PAYER_HOLDS + address(20)                    state_pb2.HoldList   (a payer's active holds)
+    EXP_TIME + minute(8, big-endian)             state_pb2.HoldList   (holds expiring in that minute)
+    EXP_HEIGHT + height(8, big-endian)           state_pb2.HoldList   (holds expiring at that height)
+    CLIENT_REF + signer(20) + sha256(ref)        state_pb2.RefRecord
+    DEPOSIT_REF / REDEEM_REF + sha256(issuer | 0 | symbol | 0 | ref)   state_pb2.RefRecord
+    SETTLE_REF + sha256(ref)                     state_pb2.RefRecord
+    VALIDATORS                                   state_pb2.ValidatorSetState
+    META                                         state_pb2.LedgerMeta
+
+Accounts are decoded into a mutable `AccountRec` (balances as a dict, so a transfer is two dict
+updates); every other record stays a protobuf message. `StateView` layers a transaction's changes
+over a block's changes over the committed state (a shared cache of decoded committed records, then
+the kv). Committed records are never mutated: the first write in a transaction copies the record
+into the transaction layer, which is merged into the block layer on success and dropped on failure,
+so a failed transaction cannot leave a partial change behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Final, NewType, TypeAlias
+
+from google.protobuf.message import DecodeError, Message
+
+from clearline.v1 import state_pb2, tx_pb2
+from node.ledger.errors import StateCorrupted
+from node.ledger.kv import KVReader
+
+Amount = NewType("Amount", int)
+Height = NewType("Height", int)
+TimeMs = NewType("TimeMs", int)
+InstrumentKey: TypeAlias = tuple[bytes, str]  # (issuer address, symbol)
+
+U64_MAX: Final = 2**64 - 1
+MS_PER_DAY: Final = 86_400_000
+
+ACCOUNT: Final = b"\x02a/"
+INSTR: Final = b"\x02i/"
+HOLD: Final = b"\x02h/"
+PAYER_HOLDS: Final = b"\x02p/"
+EXP_TIME: Final = b"\x02e/t"
+EXP_HEIGHT: Final = b"\x02e/h"
+CLIENT_REF: Final = b"\x02c/"
+DEPOSIT_REF: Final = b"\x02d/"
+REDEEM_REF: Final = b"\x02r/"
+SETTLE_REF: Final = b"\x02s/"
+VALIDATORS: Final = b"\x02v"
+META: Final = b"\x02m"
+
+_BE64: Final = struct.Struct(">Q")
+
+
+def account_key(address: bytes) -> bytes:
+    """The state key of an account entry (what Ledger.prove_account proves)."""
+    return ACCOUNT + address
+
+
+def instrument_key(ik: InstrumentKey) -> bytes:
+    return INSTR + ik[0] + ik[1].encode()
+
+
+def hold_key(hold_id: str) -> bytes:
+    return HOLD + hold_id.encode()
+
+
+def payer_holds_key(address: bytes) -> bytes:
+    return PAYER_HOLDS + address
+
+
+def expiry_time_key(minute: int) -> bytes:
+    return EXP_TIME + _BE64.pack(minute)
+
+
+def expiry_height_key(height: int) -> bytes:
+    return EXP_HEIGHT + _BE64.pack(height)
+
+
+def client_ref_key(signer: bytes, ref: str) -> bytes:
+    return CLIENT_REF + signer + hashlib.sha256(ref.encode()).digest()
+
+
+def _instrument_ref_digest(ik: InstrumentKey, ref: str) -> bytes:
+    return hashlib.sha256(ik[0] + b"\x00" + ik[1].encode() + b"\x00" + ref.encode()).digest()
+
+
+def deposit_ref_key(ik: InstrumentKey, ref: str) -> bytes:
+    return DEPOSIT_REF + _instrument_ref_digest(ik, ref)
+
+
+def redemption_ref_key(ik: InstrumentKey, ref: str) -> bytes:
+    return REDEEM_REF + _instrument_ref_digest(ik, ref)
+
+
+def settlement_ref_key(ref: str) -> bytes:
+    return SETTLE_REF + hashlib.sha256(ref.encode()).digest()
+
+
+def ik_of(instrument: tx_pb2.InstrumentId) -> InstrumentKey:
+    return (instrument.issuer, instrument.symbol)
+
+
+def instrument_id(ik: InstrumentKey) -> tx_pb2.InstrumentId:
+    return tx_pb2.InstrumentId(issuer=ik[0], symbol=ik[1])
+
+
+@dataclass(slots=True)
+class AccountRec:
+    """An account as the ledger works on it (a mutable record inside a StateView layer).
+
+    balances maps an instrument to (amount, frozen, held): amount is the total, frozen and held are
+    the parts that cannot move. limits maps an instrument to (max per tx, max per day), 0 = none;
+    usage maps an instrument to (UTC day, amount sent that day), kept only where a daily limit is.
+    """
+
+    address: bytes
+    public_key: bytes
+    roles: frozenset[int]
+    kyc_status: int
+    kyc_expires_at: int
+    frozen: bool
+    nonce: int
+    balances: dict[InstrumentKey, tuple[int, int, int]]
+    limits: dict[InstrumentKey, tuple[int, int]]
+    usage: dict[InstrumentKey, tuple[int, int]]
+    closed: bool
+    recovered_to: bytes
+
+    def copy(self) -> AccountRec:
+        return AccountRec(
+            self.address,
+            self.public_key,
+            self.roles,
+            self.kyc_status,
+            self.kyc_expires_at,
+            self.frozen,
+            self.nonce,
+            dict(self.balances),
+            dict(self.limits),
+            dict(self.usage),
+            self.closed,
+            self.recovered_to,
+        )
+
+
+def new_account(address: bytes, public_key: bytes) -> AccountRec:
+    return AccountRec(address, public_key, frozenset(), 0, 0, False, 0, {}, {}, {}, False, b"")
+
+
+def encode_account(rec: AccountRec) -> bytes:
+    """Deterministic state_pb2.Account bytes: repeated fields sorted, zero balances omitted."""
+    msg = state_pb2.Account(
+        address=rec.address,
+        public_key=rec.public_key,
+        roles=sorted(rec.roles),  # type: ignore[arg-type]
+        kyc_status=rec.kyc_status,  # type: ignore[arg-type]
+        kyc_expires_at=rec.kyc_expires_at,
+        frozen=rec.frozen,
+        nonce=rec.nonce,
+        closed=rec.closed,
+        recovered_to=rec.recovered_to,
+    )
+    for ik in sorted(rec.balances):
+        amount, frozen, held = rec.balances[ik]
+        if amount or frozen or held:
+            msg.balances.add(
+                instrument=tx_pb2.InstrumentId(issuer=ik[0], symbol=ik[1]),
+                amount=amount,
+                frozen=frozen,
+                held=held,
+            )
+    for ik in sorted(rec.limits):
+        max_tx, max_day = rec.limits[ik]
+        msg.limits.add(instrument=instrument_id(ik), max_per_tx=max_tx, max_per_day=max_day)
+    for ik in sorted(rec.usage):
+        day, used = rec.usage[ik]
+        msg.usage.add(instrument=instrument_id(ik), day=day, used=used)
+    return msg.SerializeToString(deterministic=True)
+
+
+def account_rec_of(msg: state_pb2.Account) -> AccountRec:
+    return AccountRec(
+        address=msg.address,
+        public_key=msg.public_key,
+        roles=frozenset(msg.roles),
+        kyc_status=msg.kyc_status,
+        kyc_expires_at=msg.kyc_expires_at,
+        frozen=msg.frozen,
+        nonce=msg.nonce,
+        balances={ik_of(b.instrument): (b.amount, b.frozen, b.held) for b in msg.balances},
+        limits={ik_of(m.instrument): (m.max_per_tx, m.max_per_day) for m in msg.limits},
+        usage={ik_of(u.instrument): (u.day, u.used) for u in msg.usage},
+        closed=msg.closed,
+        recovered_to=msg.recovered_to,
+    )
+
+
+def decode_account(raw: bytes) -> AccountRec:
+    msg = state_pb2.Account()
+    msg.ParseFromString(raw)
+    return account_rec_of(msg)
+
+
+def account_message(rec: AccountRec) -> state_pb2.Account:
+    msg = state_pb2.Account()
+    msg.ParseFromString(encode_account(rec))
+    return msg
+
+
+Record: TypeAlias = AccountRec | Message
+
+_MESSAGE_OF_PREFIX: Final[tuple[tuple[bytes, type[Message]], ...]] = (
+    (INSTR, state_pb2.Instrument),
+    (HOLD, state_pb2.Hold),
+    (PAYER_HOLDS, state_pb2.HoldList),
+    (EXP_TIME, state_pb2.HoldList),
+    (EXP_HEIGHT, state_pb2.HoldList),
+    (CLIENT_REF, state_pb2.RefRecord),
+    (DEPOSIT_REF, state_pb2.RefRecord),
+    (REDEEM_REF, state_pb2.RefRecord),
+    (SETTLE_REF, state_pb2.RefRecord),
+    (VALIDATORS, state_pb2.ValidatorSetState),
+    (META, state_pb2.LedgerMeta),
+)
+
+
+def decode_record(key: bytes, raw: bytes) -> Record:
+    """Decode a committed state entry by its key's kind; StateCorrupted if it does not parse."""
+    try:
+        if key.startswith(ACCOUNT):
+            return decode_account(raw)
+        for prefix, cls in _MESSAGE_OF_PREFIX:
+            if key.startswith(prefix):
+                msg = cls()
+                msg.ParseFromString(raw)
+                return msg
+    except DecodeError as exc:
+        raise StateCorrupted(f"state entry {key!r} does not decode: {exc}") from exc
+    raise StateCorrupted(f"unknown state key {key!r}")
+
+
+def encode_record(record: Record) -> bytes:
+    if isinstance(record, AccountRec):
+        return encode_account(record)
+    return record.SerializeToString(deterministic=True)
+
+
+_MISSING: Final = object()
+
+
+class StateView:
+    """Committed state (cache, then kv) <- the block's changes <- the current transaction's changes.
+
+    get() returns a record that must not be mutated; *_mut() return a copy in the transaction layer
+    that may be. commit_tx() merges the transaction layer into the block layer; rollback_tx() drops it.
+    """
+
+    __slots__ = ("block", "cache", "kv", "tx")
+
+    def __init__(self, kv: KVReader, cache: dict[bytes, Record | None]) -> None:
+        self.kv = kv
+        self.cache = cache
+        self.block: dict[bytes, Record | None] = {}
+        self.tx: dict[bytes, Record | None] = {}
+
+    def get(self, key: bytes) -> Record | None:
+        rec = self.tx.get(key, _MISSING)
+        if rec is _MISSING:
+            rec = self.block.get(key, _MISSING)
+            if rec is _MISSING:
+                rec = self.cache.get(key, _MISSING)
+                if rec is _MISSING:
+                    raw = self.kv.get(key)
+                    rec = None if raw is None else decode_record(key, raw)
+                    self.cache[key] = rec
+        return rec  # type: ignore[return-value]
+
+    def put(self, key: bytes, record: Record | None) -> None:
+        self.tx[key] = record
+
+    def commit_tx(self) -> None:
+        if self.tx:
+            self.block.update(self.tx)
+            self.tx.clear()
+
+    def rollback_tx(self) -> None:
+        self.tx.clear()
+
+    # Typed accessors.
+
+    def account(self, address: bytes) -> AccountRec | None:
+        rec = self.get(ACCOUNT + address)
+        assert rec is None or isinstance(rec, AccountRec)
+        return rec
+
+    def account_mut(self, address: bytes) -> AccountRec:
+        """A writable copy of an existing account in the transaction layer."""
+        key = ACCOUNT + address
+        rec = self.tx.get(key)
+        if rec is None:
+            base = self.get(key)
+            if not isinstance(base, AccountRec):
+                raise StateCorrupted(f"account {address.hex()} is not in state")
+            rec = base.copy()
+            self.tx[key] = rec
+        assert isinstance(rec, AccountRec)
+        return rec
+
+    def put_account(self, rec: AccountRec) -> None:
+        self.tx[ACCOUNT + rec.address] = rec
+
+    def instrument(self, ik: InstrumentKey) -> state_pb2.Instrument | None:
+        rec = self.get(INSTR + ik[0] + ik[1].encode())
+        assert rec is None or isinstance(rec, state_pb2.Instrument)
+        return rec
+
+    def instrument_mut(self, ik: InstrumentKey) -> state_pb2.Instrument:
+        key = instrument_key(ik)
+        rec = self.tx.get(key)
+        if rec is None:
+            base = self.get(key)
+            if not isinstance(base, state_pb2.Instrument):
+                raise StateCorrupted(f"instrument {ik} is not in state")
+            rec = state_pb2.Instrument()
+            rec.CopyFrom(base)
+            self.tx[key] = rec
+        assert isinstance(rec, state_pb2.Instrument)
+        return rec
+
+    def hold(self, hold_id: str) -> state_pb2.Hold | None:
+        rec = self.get(hold_key(hold_id))
+        assert rec is None or isinstance(rec, state_pb2.Hold)
+        return rec
+
+    def hold_mut(self, hold_id: str) -> state_pb2.Hold:
+        key = hold_key(hold_id)
+        rec = self.tx.get(key)
+        if rec is None:
+            base = self.get(key)
+            if not isinstance(base, state_pb2.Hold):
+                raise StateCorrupted(f"hold {hold_id!r} is not in state")
+            rec = state_pb2.Hold()
+            rec.CopyFrom(base)
+            self.tx[key] = rec
+        assert isinstance(rec, state_pb2.Hold)
+        return rec
+
+    def hold_list(self, key: bytes) -> list[str]:
+        rec = self.get(key)
+        assert rec is None or isinstance(rec, state_pb2.HoldList)
+        return [] if rec is None else list(rec.hold_ids)
+
+    def put_hold_list(self, key: bytes, hold_ids: list[str]) -> None:
+        self.tx[key] = state_pb2.HoldList(hold_ids=hold_ids) if hold_ids else None
+
+    def ref(self, key: bytes) -> state_pb2.RefRecord | None:
+        rec = self.get(key)
+        assert rec is None or isinstance(rec, state_pb2.RefRecord)
+        return rec
+
+    def meta(self) -> state_pb2.LedgerMeta:
+        rec = self.get(META)
+        if not isinstance(rec, state_pb2.LedgerMeta):
+            raise StateCorrupted("ledger metadata is missing")
+        return rec
+
+    def validator_set(self) -> state_pb2.ValidatorSetState:
+        rec = self.get(VALIDATORS)
+        if not isinstance(rec, state_pb2.ValidatorSetState):
+            raise StateCorrupted("validator set is missing")
+        return rec
