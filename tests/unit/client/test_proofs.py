@@ -183,3 +183,61 @@ def test_real_ledger_merkle_check_rejects_a_proof_against_another_root() -> None
     _real_ledger_proofs()
     resp = proved_account(ALICE)  # its proof has no steps: it cannot lead to the header's root
     reject(resp, ProofFailure.PROOF_INVALID, address=ALICE)
+
+
+def _real_ledger_state() -> tuple[object, bytes, object]:
+    """A genesis state built by the real node.ledger (skipped until node.ledger provides it)."""
+    _real_ledger_proofs()
+    import node.ledger as ledger
+
+    if not all(hasattr(ledger, n) for n in ("Ledger", "MemoryKV")) or not hasattr(
+        ledger.Ledger, "prove_account"
+    ):
+        pytest.skip("node.ledger has no Ledger.prove_account yet (un-skips when it does)")
+    from clearline.v1 import state_pb2
+
+    genesis = state_pb2.Genesis(chain_id=CHAIN)
+    genesis.validators.add(public_key=VALIDATOR_KEYS[0].public_key, power=1)
+    genesis.accounts.add(public_key=OUTSIDERS[0].public_key, kyc_status=2)
+    writes, root = ledger.Ledger.genesis_writes(genesis)
+    kv = ledger.MemoryKV()
+    kv.apply(writes)
+    return ledger.Ledger.open(kv), root, OUTSIDERS[0].address
+
+
+def _answer_from(state: object, root: bytes, address: bytes) -> ledger_api_pb2.GetAccountResponse:
+    account = state.get_account(address)  # type: ignore[attr-defined]
+    hdr = header(12, state_root=root)
+    resp = ledger_api_pb2.GetAccountResponse(
+        exists=account is not None,
+        height=12,
+        header=hdr,
+        commit=commit_for(hdr),
+        proof=state.prove_account(address),  # type: ignore[attr-defined]
+    )
+    if account is not None:
+        resp.account.CopyFrom(account)
+    return resp
+
+
+def test_real_ledger_proofs_of_presence_and_absence_verify_end_to_end() -> None:
+    """node.ledger's real Merkle proofs, under a real commit certificate (skips until available)."""
+    state, root, holder = _real_ledger_state()
+    got = verify(_answer_from(state, root, holder), address=holder)
+    assert got.exists and got.account is not None and got.account.address == holder
+    assert got.state_root == root
+    nobody = b"\x0e" * 20
+    absent = verify(_answer_from(state, root, nobody), address=nobody)
+    assert not absent.exists and absent.account is None
+
+
+def test_real_ledger_proof_rejects_a_doctored_account() -> None:
+    state, root, holder = _real_ledger_state()
+    resp = _answer_from(state, root, holder)
+    resp.account.nonce += 1  # the node lies about the entry; the proof still commits the truth
+    reject(resp, ProofFailure.PROOF_INVALID, address=holder)
+    absent = _answer_from(state, root, b"\x0e" * 20)
+    absent.exists = True  # claims an account the proof shows absent
+    absent.account.address = b"\x0e" * 20
+    absent.proof.present = True  # and doctors the flag, so the real Merkle check must catch it
+    reject(absent, ProofFailure.PROOF_INVALID, address=b"\x0e" * 20)
