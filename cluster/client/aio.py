@@ -155,11 +155,14 @@ class Client:
                 f"node answered for tx {resp.tx_hash.hex()}, submitted {expected.hex()}", target=self._target
             )
         receipt = _copy(resp.receipt) if resp.HasField("receipt") else None
-        status = receipt.status if receipt is not None else receipt_pb2.TX_STATUS_OK
+        if receipt is not None:
+            status = receipt.status
+        else:
+            status = receipt_pb2.TX_STATUS_OK if resp.accepted else receipt_pb2.TX_STATUS_UNSPECIFIED
         return SubmitResult(
             tx_hash=expected,
             accepted=resp.accepted,
-            status=status if resp.accepted else (status or receipt_pb2.TX_STATUS_UNSPECIFIED),
+            status=status,
             message=receipt.message if receipt is not None else "",
             receipt=receipt,
             height=resp.height,
@@ -239,6 +242,31 @@ class Client:
         except ClientError:
             self._next_nonces.pop(address, None)
             raise
+
+    async def wait_committed(
+        self, tx_hash: bytes, *, timeout_s: float | None = None, poll_s: float = 0.1
+    ) -> ledger_api_pb2.GetTxResponse:
+        """Poll GetTx until tx_hash is committed; its answer (receipt, height, index).
+
+        Raises ClientError(DEADLINE_EXCEEDED, "NOT_COMMITTED") if it is not committed within
+        timeout_s (default: the client's timeout)."""
+        budget = timeout_s if timeout_s is not None else self._timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            resp = await self.get_tx(tx_hash, timeout_s=left)
+            if resp.state == ledger_api_pb2.TX_STATE_COMMITTED:
+                return resp
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
+        raise ClientError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "NOT_COMMITTED",
+            f"tx {tx_hash.hex()} not committed within {budget} s",
+            target=self._target,
+        )
 
     # --- queries ------------------------------------------------------------------------------
 

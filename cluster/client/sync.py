@@ -160,6 +160,11 @@ class SyncClient:
             )
         )
 
+    def wait_committed(
+        self, tx_hash: bytes, *, timeout_s: float | None = None, poll_s: float = 0.1
+    ) -> ledger_api_pb2.GetTxResponse:
+        return self._run(self._client.wait_committed(tx_hash, timeout_s=timeout_s, poll_s=poll_s))
+
     def get_tx(self, tx_hash: bytes, timeout_s: float | None = None) -> ledger_api_pb2.GetTxResponse:
         return self._run(self._client.get_tx(tx_hash, timeout_s))
 

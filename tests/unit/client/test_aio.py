@@ -229,6 +229,24 @@ async def test_invalid_op_is_refused_before_anything_is_sent(
     assert fake[0].submitted == []
 
 
+async def test_wait_committed_polls_until_committed_or_deadline(
+    client: Client, fake: tuple[FakeLedger, str]
+) -> None:
+    raw = transfer_tx()
+    with pytest.raises(ClientError) as info:
+        await client.wait_committed(txs.tx_hash(raw), timeout_s=0.3, poll_s=0.05)
+    assert (info.value.code, info.value.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "NOT_COMMITTED")
+
+    async def submit_later() -> None:
+        await asyncio.sleep(0.15)
+        await client.submit(raw, wait=WaitFor.NONE)
+
+    task = asyncio.create_task(submit_later())
+    got = await client.wait_committed(txs.tx_hash(raw), timeout_s=3, poll_s=0.05)
+    await task
+    assert got.state == ledger_api_pb2.TX_STATE_COMMITTED and got.tx == raw
+
+
 async def test_queries_return_the_node_answers(client: Client, fake: tuple[FakeLedger, str]) -> None:
     ledger, _ = fake
     ledger.validator_set.CopyFrom(validator_set())
