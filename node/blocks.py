@@ -248,12 +248,14 @@ def _index_validators(vs: block_pb2.ValidatorSet) -> dict[bytes, block_pb2.Valid
 
 
 class HeaderFailure(enum.StrEnum):
-    """Why a header does not follow its predecessor."""
+    """Why a header does not follow its predecessor, or does not match its block's contents."""
 
     CHAIN_ID = "CHAIN_ID"
     HEIGHT = "HEIGHT"
     PREV_HASH = "PREV_HASH"
     TIME = "TIME"
+    TX_ROOT = "TX_ROOT"
+    LAST_COMMIT_HASH = "LAST_COMMIT_HASH"
 
 
 class HeaderChainError(ValueError):
@@ -285,4 +287,26 @@ def verify_header_chain(prev: block_pb2.Header, header: block_pb2.Header) -> Non
     if header.time_ms < prev.time_ms:
         raise HeaderChainError(
             HeaderFailure.TIME, f"time {header.time_ms} ms is before the previous block's {prev.time_ms} ms"
+        )
+
+
+def verify_block_contents(block: block_pb2.Block) -> None:
+    """Check that block's header commits to its body and carried certificate: tx_root over the
+    transaction hashes (SHA-256 of each serialized SignedTx, in order) and last_commit_hash over
+    block.last_commit. Raises HeaderChainError (receipts and state need execution; evidence is
+    not checked here)."""
+    header = block.header
+    expected_txs = tx_root([crypto.sha256(raw) for raw in block.body.txs])
+    if header.tx_root != expected_txs:
+        raise HeaderChainError(
+            HeaderFailure.TX_ROOT,
+            f"header tx_root {header.tx_root.hex()} is not the root {expected_txs.hex()} "
+            f"of the block's {len(block.body.txs)} transactions",
+        )
+    last = block.last_commit if block.HasField("last_commit") else None
+    expected_commit = commit_hash(last)
+    if header.last_commit_hash != expected_commit:
+        raise HeaderChainError(
+            HeaderFailure.LAST_COMMIT_HASH,
+            f"header last_commit_hash {header.last_commit_hash.hex()} is not {expected_commit.hex()}",
         )

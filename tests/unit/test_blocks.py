@@ -332,3 +332,39 @@ def test_header_chain_rejects_broken_links(field: str, value: object, reason: He
         blocks.verify_header_chain(prev, header)
     assert info.value.reason is reason
     assert isinstance(info.value, ValueError)
+
+
+def full_block(tx_count: int = 3) -> block_pb2.Block:
+    block = block_pb2.Block()
+    block.body.txs.extend(bytes([i]) * 50 for i in range(tx_count))
+    block.last_commit.CopyFrom(certificate([precommit(k) for k in KEYS[:3]]))
+    block.header.CopyFrom(make_header())
+    block.header.tx_root = blocks.tx_root([h(raw) for raw in block.body.txs])
+    block.header.last_commit_hash = h(block.last_commit.SerializeToString(deterministic=True))
+    return block
+
+
+def test_block_contents_match_their_header() -> None:
+    blocks.verify_block_contents(full_block())
+    first = block_pb2.Block()
+    first.header.tx_root = h(b"")
+    first.header.last_commit_hash = h(b"")  # height 1: no transactions, no previous commit
+    blocks.verify_block_contents(first)
+
+
+def test_block_with_changed_transactions_or_commit_is_rejected() -> None:
+    dropped = full_block()
+    del dropped.body.txs[1]
+    with pytest.raises(HeaderChainError) as info:
+        blocks.verify_block_contents(dropped)
+    assert info.value.reason is HeaderFailure.TX_ROOT
+    reordered = full_block()
+    reordered.body.txs[0], reordered.body.txs[1] = reordered.body.txs[1], reordered.body.txs[0]
+    with pytest.raises(HeaderChainError) as info:
+        blocks.verify_block_contents(reordered)
+    assert info.value.reason is HeaderFailure.TX_ROOT
+    swapped = full_block()
+    swapped.last_commit.round += 1
+    with pytest.raises(HeaderChainError) as info:
+        blocks.verify_block_contents(swapped)
+    assert info.value.reason is HeaderFailure.LAST_COMMIT_HASH
