@@ -53,14 +53,11 @@ class RunningNetwork:
         )
 
 
-@pytest.fixture
-def make_network(tmp_path: Path) -> Iterator[Callable[..., RunningNetwork]]:
-    launchers: list[Launcher] = []
-
+def _factory(root: Path, launchers: list[Launcher]) -> Callable[..., RunningNetwork]:
     def factory(validators: int = 4, start: bool = True, **kwargs: object) -> RunningNetwork:
         base = free_base_port(validators)
         network = init_network(
-            tmp_path / f"net{len(launchers)}",
+            root / f"net{len(launchers)}",
             validators=validators,
             base_port=base,
             consensus=kwargs.pop("consensus", FAST),  # type: ignore[arg-type]
@@ -74,6 +71,22 @@ def make_network(tmp_path: Path) -> Iterator[Callable[..., RunningNetwork]]:
             running.wait_height(1, timeout=60)
         return running
 
-    yield factory
+    return factory
+
+
+@pytest.fixture
+def make_network(tmp_path: Path) -> Iterator[Callable[..., RunningNetwork]]:
+    """Start networks for one test; every node is stopped (by pid) at teardown."""
+    launchers: list[Launcher] = []
+    yield _factory(tmp_path, launchers)
+    for launcher in launchers:
+        launcher.stop_all(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shared_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
+    """One 4-validator network shared by the tests of a module."""
+    launchers: list[Launcher] = []
+    yield _factory(tmp_path_factory.mktemp("shared"), launchers)()
     for launcher in launchers:
         launcher.stop_all(timeout=10)
