@@ -1,4 +1,5 @@
-"""Storage benchmark and synthetic chains: commit N blocks of K txs of realistic sizes, print JSON.
+"""Storage benchmark and synthetic chains: commit N blocks of K txs of realistic sizes, time the small
+synced writes of the signing path (sign-state save, WAL append, WAL rotation), print JSON.
 
     .venv/bin/python -m node.storage.bench --blocks 200 --txs 500
 
@@ -11,18 +12,22 @@ accounts writes), two account-history entries; a 4-signature commit certificate 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from clearline.v1 import block_pb2, receipt_pb2
+from clearline.v1 import block_pb2, receipt_pb2, wal_pb2
 from node.blocks import block_hash
 from node.ledger.kv import Writes
+from node.storage.signstate import SignStateFile
 from node.storage.store import BlockCommit, NodeStore, account_touches_of
+from node.storage.wal import WAL
 from node.txs import tx_hash
 
 BENCH_CHAIN_ID = "clearline-bench"
@@ -55,6 +60,7 @@ def synthetic_commit(
     tx_size: int = 250,
     state_entries_per_tx: int = 2,
     merkle_nodes_per_tx: int = 16,
+    ledger_accounts: int | None = None,
     evidence: int = 0,
     next_validator_sets: dict[int, block_pb2.ValidatorSet] | None = None,
     extra_writes: Writes | None = None,
@@ -95,10 +101,13 @@ def synthetic_commit(
         )
         receipt.events.add(kind="transfer", accounts=[sender, receiver], amount=rng.randrange(1, 10**9))
         receipts.append(receipt)
-        for _ in range(state_entries_per_tx):
-            writes[b"acct/" + rng.randbytes(20)] = rng.randbytes(120)
-        for _ in range(merkle_nodes_per_tx):
-            writes[b"smt/" + rng.randbytes(32)] = rng.randbytes(68)
+        if ledger_accounts is None:
+            for _ in range(state_entries_per_tx):
+                writes[b"acct/" + rng.randbytes(20)] = rng.randbytes(120)
+            for _ in range(merkle_nodes_per_tx):
+                writes[b"smt/" + rng.randbytes(32)] = rng.randbytes(68)
+        else:
+            _ledger_writes(writes, rng, ledger_accounts, state_entries_per_tx)
     if extra_writes:
         writes.update(extra_writes)
     return BlockCommit(
@@ -114,7 +123,24 @@ def synthetic_commit(
     )
 
 
-def run(blocks: int, txs: int, directory: Path) -> dict[str, float | int]:
+def _ledger_writes(writes: Writes, rng: random.Random, accounts: int, entries: int) -> None:
+    """What node.ledger's 256-ary sparse Merkle tree writes for `entries` changed keys in a state of
+    `accounts` keys: the entries, the root node, and each key's level-1 and level-2 nodes (66 bytes
+    per present child; the root and level-1 nodes are full, ~16.9 KB, once accounts >= 65536)."""
+    level1 = min(256, max(1, accounts // 256)) * 66
+    level2 = min(256, max(1, accounts // 65536)) * 66
+    writes[b"\x01m/"] = rng.randbytes(256 * 66)
+    for _ in range(entries):
+        key = b"acct/" + rng.randrange(accounts).to_bytes(8, "big")
+        kh = hashlib.sha256(key).digest()
+        writes[key] = rng.randbytes(120)
+        writes[b"\x01m/" + kh[:1]] = rng.randbytes(level1)
+        writes[b"\x01m/" + kh[:2]] = rng.randbytes(level2)
+
+
+def run(
+    blocks: int, txs: int, directory: Path, ledger_accounts: int | None = None
+) -> dict[str, float | int | str]:
     """Commit `blocks` blocks of `txs` txs into a fresh store under directory; timings of commit_block
     only (building the synthetic blocks is excluded)."""
     store = NodeStore.open(directory / "db")
@@ -124,7 +150,7 @@ def run(blocks: int, txs: int, directory: Path) -> dict[str, float | int]:
         total = 0.0
         worst = 0.0
         for height in range(1, blocks + 1):
-            c = synthetic_commit(store, height, txs, rng=rng)
+            c = synthetic_commit(store, height, txs, rng=rng, ledger_accounts=ledger_accounts)
             start = time.perf_counter()
             store.commit_block(c)
             elapsed = time.perf_counter() - start
@@ -139,6 +165,9 @@ def run(blocks: int, txs: int, directory: Path) -> dict[str, float | int]:
     return {
         "blocks": blocks,
         "txs_per_block": txs,
+        "state_model": "random-small-nodes"
+        if ledger_accounts is None
+        else f"ledger-256ary-{ledger_accounts}-accounts",
         "blocks_per_s": round(blocks / total, 1),
         "txs_per_s": round(blocks * txs / total),
         "ms_per_synced_batch": round(1000 * total / blocks, 3),
@@ -147,17 +176,70 @@ def run(blocks: int, txs: int, directory: Path) -> dict[str, float | int]:
     }
 
 
+def run_small_writes(directory: Path, count: int = 200) -> dict[str, float]:
+    """Median milliseconds of the small durable writes on the signing path: SignStateFile.save (temp,
+    fsync, rename, fsync dir), WAL.append(sync=True) of a vote, and WAL.end_height (rotation)."""
+    signstate = SignStateFile.open(directory / "sign_state")
+    wal, _ = WAL.open(directory / "cs.wal")
+    vote = wal_pb2.WalRecord(
+        message=wal_pb2.WalMessage(
+            vote=block_pb2.Vote(
+                type=block_pb2.VOTE_TYPE_PREVOTE,
+                height=1,
+                block_id=b"\x01" * 32,
+                validator=b"\x02" * 20,
+                signature=b"\x03" * 64,
+            )
+        )
+    )
+    locked = bytes(30_000)  # a locked block of ~100 txs
+    save_ms: list[float] = []
+    append_ms: list[float] = []
+    rotate_ms: list[float] = []
+    try:
+        for i in range(1, count + 1):
+            state = wal_pb2.LastSigned(
+                height=i, step=block_pb2.STEP_PREVOTE, block_id=b"\x01" * 32, signature=b"s" * 64
+            )
+            start = time.perf_counter()
+            signstate.save(state, locked_block=locked)
+            save_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            wal.append(vote, sync=True)
+            append_ms.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            wal.end_height(i)
+            rotate_ms.append(1000 * (time.perf_counter() - start))
+    finally:
+        wal.close()
+    return {
+        "ms_signstate_save_median": round(statistics.median(save_ms), 3),
+        "ms_signstate_save_p99": round(sorted(save_ms)[int(0.99 * (len(save_ms) - 1))], 3),
+        "ms_wal_append_synced_median": round(statistics.median(append_ms), 3),
+        "ms_wal_end_height_median": round(statistics.median(rotate_ms), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--txs", type=int, default=500, help="txs per block")
+    parser.add_argument(
+        "--ledger-accounts",
+        type=int,
+        default=None,
+        help="model node.ledger's 256-ary Merkle tree over this many accounts (default: 16 small random nodes per tx)",
+    )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to create the store (default: a temp dir)"
     )
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="clearline-bench-", dir=args.dir))
     try:
-        result = run(args.blocks, args.txs, directory)
+        result: dict[str, float | int | str] = {
+            **run(args.blocks, args.txs, directory, args.ledger_accounts),
+            **run_small_writes(directory),
+        }
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     json.dump(result, sys.stdout)
