@@ -169,11 +169,20 @@ class NodeStore:
         any mismatch and StorageError if the database cannot be opened (e.g. locked by another process)."""
         path = Path(path)
         try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(path, f"cannot create the store directory: {exc}") from exc
+        try:
             db = plyvel.DB(os.fspath(path), create_if_missing=True, **LEVELDB_OPTIONS)
         except plyvel.CorruptionError as exc:
             raise StoreCorruptError(path, f"LevelDB reports corruption: {exc}") from exc
         except (plyvel.IOError, plyvel.Error) as exc:
-            raise StorageError(path, f"cannot open LevelDB (is another node using it?): {exc}") from exc
+            hint = (
+                " (another process holds its lock: is a node already running on it?)"
+                if "lock" in str(exc).lower()
+                else ""
+            )
+            raise StorageError(path, f"cannot open LevelDB{hint}: {exc}") from exc
         try:
             stored_chain, latest = cls._validate(db, path, chain_id)
         except BaseException:

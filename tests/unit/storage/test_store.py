@@ -385,10 +385,21 @@ def test_undecodable_record_is_store_corruption(store: NodeStore) -> None:
 
 
 def test_second_open_of_a_live_store_is_refused(store: NodeStore, db_path: Path) -> None:
-    with pytest.raises(StorageError, match="cannot open LevelDB") as exc:
+    with pytest.raises(StorageError, match="another process holds its lock") as exc:
         NodeStore.open(db_path)
     assert not isinstance(exc.value, StoreCorruptError)
     assert store.latest_height() == 0 and store.is_initialized()
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    with NodeStore.open(tmp_path / "a" / "b" / "db") as s:
+        assert s.latest_height() == 0
+
+
+def test_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError, match="cannot create the store directory"):
+        NodeStore.open(tmp_path / "file" / "db")
 
 
 def test_closed_store_refuses_use(store: NodeStore) -> None:
