@@ -3,6 +3,8 @@ the last-signed state file. The only package that imports plyvel.
 
     NodeStore / BlockCommit / StateView   node/storage/store.py   one synced batch per committed block
     WAL / WalReplay                       node/storage/wal.py     checksummed append-only consensus log
+    walcheck                              python -m node.storage.walcheck: operator check/truncate of a WAL
+    bench                                 python -m node.storage.bench: storage throughput, fsync costs
     SignStateFile / SignState             node/storage/signstate.py   atomic last-signed state
     crash_point                           node/storage/crash.py   CLEARLINE_CRASH_POINT test hooks
     errors                                node/storage/errors.py  StorageError and its subclasses
@@ -22,6 +24,7 @@ from node.storage.store import (
     InvalidCommitError,
     NodeStore,
     StateView,
+    StateWrites,
     StoreSnapshot,
     account_touches_of,
 )
@@ -37,6 +40,7 @@ __all__ = [
     "SignStateFile",
     "SignStateRegressionError",
     "StateView",
+    "StateWrites",
     "StorageError",
     "StoreCorruptError",
     "StoreSnapshot",

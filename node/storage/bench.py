@@ -24,7 +24,6 @@ from pathlib import Path
 
 from clearline.v1 import block_pb2, receipt_pb2, wal_pb2
 from node.blocks import block_hash
-from node.ledger.kv import Writes
 from node.storage.signstate import SignStateFile
 from node.storage.store import BlockCommit, NodeStore, account_touches_of
 from node.storage.wal import WAL
@@ -63,7 +62,7 @@ def synthetic_commit(
     ledger_accounts: int | None = None,
     evidence: int = 0,
     next_validator_sets: dict[int, block_pb2.ValidatorSet] | None = None,
-    extra_writes: Writes | None = None,
+    extra_writes: dict[bytes, bytes | None] | None = None,
 ) -> BlockCommit:
     """A valid BlockCommit for the next height of store (chained to its latest block)."""
     rng = rng or random.Random(height)
@@ -93,7 +92,7 @@ def synthetic_commit(
     for _ in range(4):
         commit.signatures.add(validator=rng.randbytes(20), signature=rng.randbytes(64))
     receipts: list[receipt_pb2.Receipt] = []
-    writes: Writes = {}
+    writes: dict[bytes, bytes | None] = {}
     for index, raw in enumerate(txs):
         sender, receiver = rng.randbytes(20), rng.randbytes(20)
         receipt = receipt_pb2.Receipt(
@@ -123,7 +122,9 @@ def synthetic_commit(
     )
 
 
-def _ledger_writes(writes: Writes, rng: random.Random, accounts: int, entries: int) -> None:
+def _ledger_writes(
+    writes: dict[bytes, bytes | None], rng: random.Random, accounts: int, entries: int
+) -> None:
     """What node.ledger's 256-ary sparse Merkle tree writes for `entries` changed keys in a state of
     `accounts` keys: the entries, the root node, and each key's level-1 and level-2 nodes (66 bytes
     per present child; the root and level-1 nodes are full, ~16.9 KB, once accounts >= 65536)."""

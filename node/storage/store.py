@@ -15,7 +15,7 @@ its `Writes` arrive in `BlockCommit.state_writes` (or `save_genesis`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,13 +25,16 @@ from google.protobuf.message import DecodeError, Message
 
 from clearline.v1 import block_pb2, receipt_pb2
 from node.blocks import block_hash as compute_block_hash
-from node.ledger.kv import Writes
 from node.storage import keys
 from node.storage.crash import crash_point
 from node.storage.errors import StorageError, StoreCorruptError
 from node.txs import tx_hash as compute_tx_hash
 
 _M = TypeVar("_M", bound=Message)
+
+StateWrites = Mapping[bytes, bytes | None]
+"""What the ledger hands over (node.ledger.kv.Writes is a dict of this shape): key -> value, None =
+delete. Declared here rather than imported so that opening the store never loads the ledger package."""
 
 # LevelDB tuning, measured with node/storage/bench.py (500-tx blocks): a 16 MiB write buffer (default 4)
 # cut the worst synced batch from ~1.7 s (level-0 write stalls) to ~0.16 s; opening replays at most one
@@ -86,7 +89,7 @@ class BlockCommit:
     block_hash: bytes
     commit: block_pb2.CommitCertificate
     receipts: Sequence[receipt_pb2.Receipt]
-    state_writes: Writes
+    state_writes: StateWrites
     account_touches: Sequence[tuple[bytes, int]] = ()
     next_validator_sets: Mapping[int, block_pb2.ValidatorSet] = field(default_factory=dict)
     evidence: Sequence[block_pb2.Evidence] = ()
@@ -292,7 +295,7 @@ class NodeStore:
     def save_genesis(
         self,
         genesis_json: bytes,
-        state_writes: Writes,
+        state_writes: StateWrites,
         validator_set: block_pb2.ValidatorSet,
         chain_id: str,
     ) -> None:
@@ -607,9 +610,8 @@ def _find_valset(reader: Any, height: int) -> tuple[int, bytes] | None:
     return keys.decode_height(key[1:]), value
 
 
-def _put_state(batch: Any, writes: Iterable[tuple[bytes, bytes | None]] | Writes) -> None:
-    items = writes.items() if isinstance(writes, Mapping) else writes
-    for key, value in items:
+def _put_state(batch: Any, writes: StateWrites) -> None:
+    for key, value in writes.items():
         if value is None:
             batch.delete(keys.P_STATE + key)
         else:

@@ -21,6 +21,11 @@ Opening replays the file:
   bad magic number raises WalCorruptError naming the file and the frame's offset. The node must stop:
   it may not sign from a state it cannot reconstruct.
 
+Operators: `python -m node.storage.walcheck PATH` checks a WAL (record count, last end height, the first
+damage and its offset) without changing it; `--truncate-at OFFSET` discards everything from OFFSET on
+after copying the file to `PATH.corrupt-OFFSET`. Only do that knowing that the records lost are
+consensus messages of the height in progress; the last-signed guard lives in the sign-state file.
+
 Appends go straight to the OS (one write() per frame, no user-space buffer), so a killed process loses
 nothing it appended; `sync=True` (or `sync()`) also survives power loss.
 """

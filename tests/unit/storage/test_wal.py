@@ -12,6 +12,7 @@ import pytest
 from clearline.v1 import block_pb2, wal_pb2
 from node.storage import WAL, StorageError, WalCorruptError
 from node.storage.wal import HEADER, MAGIC, MAX_RECORD_BYTES, encode_frame
+from node.storage.walcheck import main as wal_main
 
 
 def vote_record(height: int, round_: int = 0) -> wal_pb2.WalRecord:
@@ -233,3 +234,29 @@ def test_frame_layout_is_length_crc_payload() -> None:
     assert frame[:4] == struct.pack(">I", len(payload))
     assert frame[4:8] == struct.pack(">I", zlib.crc32(payload))
     assert frame[8:] == payload
+
+
+def test_operator_check_and_truncate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cs.wal"
+    offsets = write_records(path, RECORDS)
+    assert wal_main([str(path)]) == 0
+    assert "4 records, last end height None" in capsys.readouterr().out
+    _flip(path, offsets[2] + HEADER.size)
+    damaged = path.read_bytes()
+    assert wal_main([str(path)]) == 1
+    assert f"CORRUPT: {path} at offset {offsets[2]}: checksum mismatch" in capsys.readouterr().err
+    assert path.read_bytes() == damaged
+    assert wal_main([str(path), "--truncate-at", "3"]) == 2
+    assert path.read_bytes() == damaged
+    assert wal_main([str(path), "--truncate-at", str(offsets[2])]) == 0
+    assert path.with_name(f"cs.wal.corrupt-{offsets[2]}").read_bytes() == damaged
+    wal, replay = WAL.open(path)
+    assert replay.records == RECORDS[:2] and replay.repaired is None
+    wal.close()
+
+
+def test_operator_check_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert wal_main([str(tmp_path / "none.wal")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert wal_main([str(tmp_path / "none.wal"), "--truncate-at", "8"]) == 2
+    assert not (tmp_path / "none.wal").exists()
