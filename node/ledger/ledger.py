@@ -179,7 +179,8 @@ class Ledger:
         if height != self._meta.height + 1:
             raise BlockRejected(height, self._meta.height)
         st = self._view()
-        block_events = process_hold_expiry(st, height, time_ms)
+        sink = receipt_pb2.Receipt()
+        process_hold_expiry(st, height, time_ms, sink.events)
         receipts: list[receipt_pb2.Receipt] = []
         updates: list[tuple[bytes, int]] = []
         ok = receipt_pb2.TX_STATUS_OK
@@ -207,7 +208,7 @@ class Ledger:
             receipts=tuple(receipts),
             writes=update.writes,
             validator_updates=tuple(updates),
-            events=tuple(block_events),
+            events=tuple(sink.events),
             records=dict(st.block),
         )
 

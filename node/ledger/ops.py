@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
 from node import crypto
@@ -72,7 +74,7 @@ MAX_ACTIVE_HOLDS_PER_PAYER: Final = 256
 MAX_VALIDATORS: Final = 150
 MAX_TOTAL_POWER: Final = 2**60
 
-Events = list[receipt_pb2.Event]
+EventSink: TypeAlias = RepeatedCompositeFieldContainer[receipt_pb2.Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,8 @@ class TxContext:
     tx: VerifiedTx
     height: int
     time_ms: int
+    events: EventSink
+    """Where the operation's events go (the receipt's events)."""
 
     @property
     def time_s(self) -> int:
@@ -219,7 +223,8 @@ def record_usage(acct: AccountRec, ik: InstrumentKey, amount: int, day: int) -> 
         acct.usage[ik] = (day, get_used_today(acct, ik, day) + amount)
 
 
-def event(
+def emit(
+    sink: EventSink,
     kind: str,
     accounts: Sequence[bytes],
     instrument: tx_pb2.InstrumentId | None = None,
@@ -228,13 +233,13 @@ def event(
     flagged: bool = False,
     reason: str = "",
     **attributes: str,
-) -> receipt_pb2.Event:
-    ev = receipt_pb2.Event(kind=kind, accounts=accounts, amount=amount, flagged=flagged, reason=reason)
+) -> None:
+    """Add an event to a receipt (or a block's events)."""
+    ev = sink.add(kind=kind, accounts=accounts, amount=amount, flagged=flagged, reason=reason)
     if instrument is not None:
         ev.instrument.CopyFrom(instrument)
     for key in sorted(attributes):
         ev.attributes.add(key=key, value=attributes[key])
-    return ev
 
 
 def move(st: StateView, ik: InstrumentKey, payer: bytes, payee: bytes, amount: int, day: int | None) -> None:
@@ -249,7 +254,7 @@ def move(st: StateView, ik: InstrumentKey, payer: bytes, payee: bytes, amount: i
 # --- operations ----------------------------------------------------------------------------------
 
 
-def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.create_instrument
     check_role(signer, ADMIN)
     ik = ik_of(op.instrument)
@@ -276,7 +281,7 @@ def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec)
             kind=op.kind,
         ),
     )
-    return [event("instrument_created", [ik[0]], op.instrument)]
+    emit(ctx.events, "instrument_created", [ik[0]], op.instrument)
 
 
 def _check_new_account_key(address: bytes, public_key: bytes) -> None:
@@ -284,7 +289,7 @@ def _check_new_account_key(address: bytes, public_key: bytes) -> None:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a new account needs the public key of its address")
 
 
-def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.set_kyc
     check_role(signer, ISSUER, COMPLIANCE)
     if op.status not in VALID_KYC:
@@ -299,12 +304,16 @@ def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> Events
         acct = st.account_mut(op.account)
     acct.kyc_status = op.status
     acct.kyc_expires_at = op.expires_at
-    return [
-        event("kyc_set", [op.account], status=tx_pb2.KycStatus.Name(op.status), expires_at=str(op.expires_at))
-    ]
+    emit(
+        ctx.events,
+        "kyc_set",
+        [op.account],
+        status=tx_pb2.KycStatus.Name(op.status),
+        expires_at=str(op.expires_at),
+    )
 
 
-def process_mint(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_mint(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.mint
     check_role(signer, ISSUER)
     ik, inst = get_instrument_checked(st, op.instrument)
@@ -334,10 +343,10 @@ def process_mint(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
     inst_mut.minted += op.amount
     increase_balance(st.account_mut(op.to), ik, op.amount)
     st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
-    return [event("mint", [op.to], op.instrument, op.amount, deposit_ref=op.deposit_ref)]
+    emit(ctx.events, "mint", [op.to], op.instrument, op.amount, deposit_ref=op.deposit_ref)
 
 
-def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.redeem
     ik, _ = get_instrument_checked(st, op.instrument)
     check_amount(op.amount)
@@ -356,47 +365,55 @@ def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
     inst_mut.redeemed += op.amount
     decrease_balance(st.account_mut(signer.address), ik, op.amount)
     st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
-    return [event("redeem", [signer.address], op.instrument, op.amount, redemption_ref=op.redemption_ref)]
+    emit(ctx.events, "redeem", [signer.address], op.instrument, op.amount, redemption_ref=op.redemption_ref)
 
 
-def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.transfer
-    ik, _ = get_instrument_checked(st, op.instrument)
+    instrument = op.instrument
+    ik, _ = get_instrument_checked(st, instrument)
     amount = op.amount
     check_amount(amount)
     payer = signer
-    if op.to == payer.address:
+    to = op.to
+    if to == payer.address:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "transfer to self")
     check_active(payer, ctx, "payer")
-    payee = get_account_checked(st, op.to, "payee")
+    payee = get_account_checked(st, to, "payee")
     check_active(payee, ctx, "payee")
     check_available(payer, ik, amount)
     day = ctx.time_ms // MS_PER_DAY
-    check_limits(payer, ik, amount, day)
+    if payer.limits:
+        check_limits(payer, ik, amount, day)
     check_can_credit(payee, ik, amount)
-    move(st, ik, payer.address, op.to, amount, day)
-    return [event("transfer", [payer.address, op.to], op.instrument, amount)]
+    # Every check passed and nothing below can fail: change the block's records directly.
+    src = st.account_direct(payer.address)
+    decrease_balance(src, ik, amount)
+    if src.limits:
+        record_usage(src, ik, amount, day)
+    increase_balance(st.account_direct(to), ik, amount)
+    ctx.events.add(kind="transfer", accounts=[payer.address, to], instrument=instrument, amount=amount)
 
 
-def process_freeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_freeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.freeze_account
     check_role(signer, COMPLIANCE)
     acct = get_account_checked(st, op.account, "account")
     check_not_closed(acct, "account")
     st.account_mut(op.account).frozen = True
-    return [event("account_frozen", [op.account], flagged=True, reason=op.reason)]
+    emit(ctx.events, "account_frozen", [op.account], flagged=True, reason=op.reason)
 
 
-def process_unfreeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_unfreeze_account(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.unfreeze_account
     check_role(signer, COMPLIANCE)
     acct = get_account_checked(st, op.account, "account")
     check_not_closed(acct, "account")
     st.account_mut(op.account).frozen = False
-    return [event("account_unfrozen", [op.account], reason=op.reason)]
+    emit(ctx.events, "account_unfrozen", [op.account], reason=op.reason)
 
 
-def process_freeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_freeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.freeze_amount
     check_role(signer, COMPLIANCE)
     ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
@@ -407,10 +424,10 @@ def process_freeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> 
     mut = st.account_mut(op.account)
     amount, frozen, held = mut.balances[ik]
     mut.balances[ik] = (amount, frozen + op.amount, held)
-    return [event("amount_frozen", [op.account], op.instrument, op.amount, flagged=True, reason=op.reason)]
+    emit(ctx.events, "amount_frozen", [op.account], op.instrument, op.amount, flagged=True, reason=op.reason)
 
 
-def process_unfreeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_unfreeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.unfreeze_amount
     check_role(signer, COMPLIANCE)
     ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
@@ -422,7 +439,7 @@ def process_unfreeze_amount(st: StateView, ctx: TxContext, signer: AccountRec) -
     mut = st.account_mut(op.account)
     amount, frozen, held = mut.balances[ik]
     mut.balances[ik] = (amount, frozen - op.amount, held)
-    return [event("amount_unfrozen", [op.account], op.instrument, op.amount, reason=op.reason)]
+    emit(ctx.events, "amount_unfrozen", [op.account], op.instrument, op.amount, reason=op.reason)
 
 
 def _process_pause(
@@ -432,24 +449,26 @@ def _process_pause(
     op_instrument: tx_pb2.InstrumentId,
     paused: bool,
     reason: str,
-) -> Events:
+) -> None:
     check_role(signer, COMPLIANCE)
     ik, _ = get_instrument_checked(st, op_instrument, allow_paused=True)
     st.instrument_mut(ik).paused = paused
-    return [event("instrument_paused" if paused else "instrument_unpaused", [], op_instrument, reason=reason)]
+    emit(
+        ctx.events, "instrument_paused" if paused else "instrument_unpaused", [], op_instrument, reason=reason
+    )
 
 
-def process_pause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_pause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.pause_instrument
     return _process_pause(st, ctx, signer, op.instrument, True, op.reason)
 
 
-def process_unpause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_unpause_instrument(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.unpause_instrument
     return _process_pause(st, ctx, signer, op.instrument, False, op.reason)
 
 
-def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.create_hold
     on_behalf = bool(op.payer) and op.payer != signer.address
     if on_behalf:
@@ -514,16 +533,15 @@ def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Ev
     if op.expires_at_time:
         key = expiry_time_key(op.expires_at_time // 60)
         st.put_hold_list(key, sorted([*st.hold_list(key), op.hold_id]))
-    return [
-        event(
-            "hold_created",
-            [payer_addr, op.payee, op.notary],
-            op.instrument,
-            op.amount,
-            flagged=on_behalf,
-            hold_id=op.hold_id,
-        )
-    ]
+    emit(
+        ctx.events,
+        "hold_created",
+        [payer_addr, op.payee, op.notary],
+        op.instrument,
+        op.amount,
+        flagged=on_behalf,
+        hold_id=op.hold_id,
+    )
 
 
 def _get_active_hold(st: StateView, hold_id: str) -> state_pb2.Hold:
@@ -553,7 +571,7 @@ def close_hold(st: StateView, hold: state_pb2.Hold, state: state_pb2.HoldState.V
     st.put_hold_list(key, [h for h in st.hold_list(key) if h != hold.hold_id])
 
 
-def process_execute_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_execute_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.execute_hold
     hold = _get_active_hold(st, op.hold_id)
     if signer.address != hold.notary:
@@ -578,20 +596,20 @@ def process_execute_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> E
         mut.state = state_pb2.HOLD_STATE_EXECUTED
         key = payer_holds_key(hold.payer)
         st.put_hold_list(key, [h for h in st.hold_list(key) if h != op.hold_id])
-    return [event("hold_executed", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)]
+    emit(ctx.events, "hold_executed", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)
 
 
-def process_release_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_release_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.release_hold
     hold = _get_active_hold(st, op.hold_id)
     if signer.address not in (hold.notary, hold.payee):
         raise fail(S.TX_STATUS_UNAUTHORIZED, "only the hold's notary or payee releases it")
     amount = hold.amount
     close_hold(st, hold, state_pb2.HOLD_STATE_RELEASED)
-    return [event("hold_released", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)]
+    emit(ctx.events, "hold_released", [hold.payer, hold.payee], hold.instrument, amount, hold_id=op.hold_id)
 
 
-def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.settle
     check_ref(op.settlement_ref, "settlement reference")
     if not op.legs or len(op.legs) > MAX_LEGS:
@@ -611,7 +629,6 @@ def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
                 f"leg {n}: paying party {getattr(leg, 'from').hex()} did not sign",
             )
     day = ctx.day
-    events: Events = []
     # Legs apply in order inside the transaction layer: any failing check drops them all.
     for n, leg in enumerate(op.legs):
         src: bytes = getattr(leg, "from")
@@ -630,20 +647,18 @@ def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
         except TxInvalid as exc:
             raise fail(exc.status, f"leg {n}: {exc.message}") from None
         move(st, ik, src, leg.to, leg.amount, day)
-        events.append(event("settlement_leg", [src, leg.to], leg.instrument, leg.amount, leg=str(n)))
+        emit(ctx.events, "settlement_leg", [src, leg.to], leg.instrument, leg.amount, leg=str(n))
     st.put(ref_key, state_pb2.RefRecord(tx_hash=ctx.tx.tx_hash, height=ctx.height))
-    events.append(
-        event(
-            "settled",
-            sorted({p for leg in op.legs for p in (getattr(leg, "from"), leg.to)}),
-            settlement_ref=op.settlement_ref,
-            legs=str(len(op.legs)),
-        )
+    emit(
+        ctx.events,
+        "settled",
+        sorted({p for leg in op.legs for p in (getattr(leg, "from"), leg.to)}),
+        settlement_ref=op.settlement_ref,
+        legs=str(len(op.legs)),
     )
-    return events
 
 
-def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.forced_transfer
     src: bytes = getattr(op, "from")
     check_role(signer, COMPLIANCE)
@@ -669,10 +684,12 @@ def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -
     else:
         mut.balances[ik] = new
     increase_balance(st.account_mut(op.to), ik, op.amount)
-    return [event("forced_transfer", [src, op.to], op.instrument, op.amount, flagged=True, reason=op.reason)]
+    emit(
+        ctx.events, "forced_transfer", [src, op.to], op.instrument, op.amount, flagged=True, reason=op.reason
+    )
 
 
-def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.recover_account
     check_role(signer, COMPLIANCE)
     if not op.reason:
@@ -697,10 +714,10 @@ def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -
     old.closed = True
     old.recovered_to = op.new_account
     old.roles = frozenset()
-    return [event("account_recovered", [op.lost_account, op.new_account], flagged=True, reason=op.reason)]
+    emit(ctx.events, "account_recovered", [op.lost_account, op.new_account], flagged=True, reason=op.reason)
 
 
-def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.set_limits
     ik, _ = get_instrument_checked(st, op.instrument, allow_paused=True)
     if COMPLIANCE not in signer.roles and not (ISSUER in signer.roles and ik[0] == signer.address):
@@ -714,18 +731,17 @@ def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> Eve
         mut.limits.pop(ik, None)
     if not op.max_per_day:
         mut.usage.pop(ik, None)
-    return [
-        event(
-            "limits_set",
-            [op.account],
-            op.instrument,
-            max_per_tx=str(op.max_per_tx),
-            max_per_day=str(op.max_per_day),
-        )
-    ]
+    emit(
+        ctx.events,
+        "limits_set",
+        [op.account],
+        op.instrument,
+        max_per_tx=str(op.max_per_tx),
+        max_per_day=str(op.max_per_day),
+    )
 
 
-def process_grant_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_grant_role(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.grant_role
     check_role(signer, ADMIN)
     if op.role not in VALID_ROLES:
@@ -739,10 +755,10 @@ def process_grant_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Eve
         check_not_closed(acct, "account")
         acct = st.account_mut(op.account)
     acct.roles = acct.roles | {op.role}
-    return [event("role_granted", [op.account], role=tx_pb2.Role.Name(op.role))]
+    emit(ctx.events, "role_granted", [op.account], role=tx_pb2.Role.Name(op.role))
 
 
-def process_revoke_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_revoke_role(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.revoke_role
     check_role(signer, ADMIN)
     acct = get_account_checked(st, op.account, "account")
@@ -752,10 +768,10 @@ def process_revoke_role(st: StateView, ctx: TxContext, signer: AccountRec) -> Ev
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "an admin cannot revoke its own admin role")
     mut = st.account_mut(op.account)
     mut.roles = mut.roles - {op.role}
-    return [event("role_revoked", [op.account], role=tx_pb2.Role.Name(op.role))]
+    emit(ctx.events, "role_revoked", [op.account], role=tx_pb2.Role.Name(op.role))
 
 
-def process_change_validator(st: StateView, ctx: TxContext, signer: AccountRec) -> Events:
+def process_change_validator(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.change_validator
     check_role(signer, ADMIN)
     if len(op.public_key) != crypto.PUBLIC_KEY_LEN:
@@ -779,17 +795,16 @@ def process_change_validator(st: StateView, ctx: TxContext, signer: AccountRec) 
             validators=[state_pb2.ValidatorEntry(public_key=k, power=current[k]) for k in sorted(current)]
         ),
     )
-    return [
-        event(
-            "validator_changed",
-            [crypto.address_of(op.public_key)],
-            public_key=op.public_key.hex(),
-            power=str(op.power),
-        )
-    ]
+    emit(
+        ctx.events,
+        "validator_changed",
+        [crypto.address_of(op.public_key)],
+        public_key=op.public_key.hex(),
+        power=str(op.power),
+    )
 
 
-Processor = Callable[[StateView, TxContext, AccountRec], Events]
+Processor = Callable[[StateView, TxContext, AccountRec], None]
 
 PROCESSORS: Final[dict[str, Processor]] = {
     "create_instrument": process_create_instrument,
@@ -852,13 +867,12 @@ def apply_tx(
         if first is not None:
             receipt.status = S.TX_STATUS_DUPLICATE_CLIENT_REF
             receipt.message = f"client reference {body.client_ref!r} was used by {first.tx_hash.hex()}"
-            receipt.events.append(
-                event(
-                    "duplicate_client_ref",
-                    [signer_addr],
-                    first_tx_hash=first.tx_hash.hex(),
-                    first_height=str(first.height),
-                )
+            emit(
+                receipt.events,
+                "duplicate_client_ref",
+                [signer_addr],
+                first_tx_hash=first.tx_hash.hex(),
+                first_height=str(first.height),
             )
             return receipt
     op = body.WhichOneof("op")
@@ -868,28 +882,27 @@ def apply_tx(
             raise fail(S.TX_STATUS_MALFORMED, "transaction has no known operation")
         if signer.closed:
             raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"signer {signer_addr.hex()} is closed")
-        events = processor(st, TxContext(tx, height, time_ms), signer)
+        processor(st, TxContext(tx, height, time_ms, receipt.events), signer)
     except TxInvalid as exc:
         st.rollback_tx()
+        del receipt.events[:]
         receipt.status = exc.status
         receipt.message = exc.message
     else:
         receipt.status = S.TX_STATUS_OK
-        receipt.events.extend(events)
         if ref_key:
             st.put(ref_key, state_pb2.RefRecord(tx_hash=tx.tx_hash, height=height))
-    st.account_mut(signer_addr).nonce = body.nonce + 1
     st.commit_tx()
+    st.account_direct(signer_addr).nonce = body.nonce + 1
     return receipt
 
 
-def process_hold_expiry(st: StateView, height: int, time_ms: int) -> Events:
+def process_hold_expiry(st: StateView, height: int, time_ms: int, events: EventSink) -> None:
     """Release every hold whose expiry height or time has come, at the start of a block.
 
     Holds are indexed by expiry height and by expiry minute; a block visits the bucket of its
     height and the minute buckets since the last block, so the cost follows the holds that expire.
     """
-    events: Events = []
     meta = st.meta()
     now_s = time_ms // 1000
     due: list[str] = []
@@ -926,13 +939,10 @@ def process_hold_expiry(st: StateView, height: int, time_ms: int) -> Events:
             continue
         amount = hold.amount
         close_hold(st, hold, state_pb2.HOLD_STATE_EXPIRED)
-        events.append(
-            event("hold_expired", [hold.payer, hold.payee], hold.instrument, amount, hold_id=hold_id)
-        )
+        emit(events, "hold_expired", [hold.payer, hold.payee], hold.instrument, amount, hold_id=hold_id)
     if now_minute != meta.expiry_minute and now_minute >= start:
         new_meta = state_pb2.LedgerMeta()
         new_meta.CopyFrom(meta)
         new_meta.expiry_minute = now_minute
         st.put(b"\x02m", new_meta)
     st.commit_tx()
-    return events

@@ -156,8 +156,113 @@ def new_account(address: bytes, public_key: bytes) -> AccountRec:
     return AccountRec(address, public_key, frozenset(), 0, 0, False, 0, {}, {}, {}, False, b"")
 
 
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
+_IID_CACHE: dict[InstrumentKey, bytes] = {}
+_ROLES_CACHE: dict[frozenset[int], bytes] = {}
+
+
+def _len_field(tag: bytes, data: bytes) -> bytes:
+    n = len(data)
+    return tag + (_SMALL_VARINTS[n] if n < 0x80 else _varint(n)) + data
+
+
+def _instrument_id_field(ik: InstrumentKey) -> bytes:
+    """Field 1 (InstrumentId) of Balance/Limit/DailyUsage, encoded (memoized: few instruments)."""
+    enc = _IID_CACHE.get(ik)
+    if enc is None:
+        inner = (_len_field(b"\x0a", ik[0]) if ik[0] else b"") + (
+            _len_field(b"\x12", ik[1].encode()) if ik[1] else b""
+        )
+        enc = _len_field(b"\x0a", inner)
+        if len(_IID_CACHE) < 4096:
+            _IID_CACHE[ik] = enc
+    return enc
+
+
+def _roles_field(roles: frozenset[int]) -> bytes:
+    enc = _ROLES_CACHE.get(roles)
+    if enc is None:
+        enc = _len_field(b"\x1a", b"".join([_varint(r) for r in sorted(roles)])) if roles else b""
+        if len(_ROLES_CACHE) < 1024:
+            _ROLES_CACHE[roles] = enc
+    return enc
+
+
 def encode_account(rec: AccountRec) -> bytes:
-    """Deterministic state_pb2.Account bytes: repeated fields sorted, zero balances omitted."""
+    """Deterministic state_pb2.Account bytes: repeated fields sorted, zero balances omitted.
+
+    A hand-written encoder of exactly what `SerializeToString(deterministic=True)` produces (fields
+    in number order, proto3 defaults omitted, packed enums); tests compare the two. It is the
+    per-block hot path: every touched account is serialized once per block.
+    """
+    v = _varint
+    address = rec.address
+    out = b"\x0a\x14" + address if len(address) == 20 else (_len_field(b"\x0a", address) if address else b"")
+    if rec.public_key:
+        out += _len_field(b"\x12", rec.public_key)
+    if rec.roles:
+        out += _roles_field(rec.roles)
+    if rec.kyc_status:
+        out += b"\x20" + v(rec.kyc_status)
+    if rec.kyc_expires_at:
+        out += b"\x28" + v(rec.kyc_expires_at)
+    if rec.frozen:
+        out += b"\x30\x01"
+    if rec.nonce:
+        out += b"\x38" + v(rec.nonce)
+    balances = rec.balances
+    for ik in sorted(balances) if len(balances) > 1 else balances:
+        amount, frozen, held = balances[ik]
+        if amount or frozen or held:
+            inner = _instrument_id_field(ik)
+            if amount:
+                inner += b"\x10" + v(amount)
+            if frozen:
+                inner += b"\x18" + v(frozen)
+            if held:
+                inner += b"\x20" + v(held)
+            out += _len_field(b"\x42", inner)
+    if rec.limits:
+        for ik in sorted(rec.limits):
+            max_tx, max_day = rec.limits[ik]
+            inner = _instrument_id_field(ik)
+            if max_tx:
+                inner += b"\x10" + v(max_tx)
+            if max_day:
+                inner += b"\x18" + v(max_day)
+            out += _len_field(b"\x4a", inner)
+    if rec.usage:
+        for ik in sorted(rec.usage):
+            day, used = rec.usage[ik]
+            inner = _instrument_id_field(ik)
+            if day:
+                inner += b"\x10" + v(day)
+            if used:
+                inner += b"\x18" + v(used)
+            out += _len_field(b"\x52", inner)
+    if rec.closed:
+        out += b"\x58\x01"
+    if rec.recovered_to:
+        out += _len_field(b"\x62", rec.recovered_to)
+    return out
+
+
+def encode_account_pb(rec: AccountRec) -> bytes:
+    """The same bytes as encode_account, through the protobuf library (the reference)."""
     msg = state_pb2.Account(
         address=rec.address,
         public_key=rec.public_key,
@@ -172,12 +277,7 @@ def encode_account(rec: AccountRec) -> bytes:
     for ik in sorted(rec.balances):
         amount, frozen, held = rec.balances[ik]
         if amount or frozen or held:
-            msg.balances.add(
-                instrument=tx_pb2.InstrumentId(issuer=ik[0], symbol=ik[1]),
-                amount=amount,
-                frozen=frozen,
-                held=held,
-            )
+            msg.balances.add(instrument=instrument_id(ik), amount=amount, frozen=frozen, held=held)
     for ik in sorted(rec.limits):
         max_tx, max_day = rec.limits[ik]
         msg.limits.add(instrument=instrument_id(ik), max_per_tx=max_tx, max_per_day=max_day)
@@ -312,6 +412,25 @@ class StateView:
                 raise StateCorrupted(f"account {address.hex()} is not in state")
             rec = base.copy()
             self.tx[key] = rec
+        assert isinstance(rec, AccountRec)
+        return rec
+
+    def account_direct(self, address: bytes) -> AccountRec:
+        """A writable existing account outside the transaction layer, for a step that cannot fail.
+
+        Only for changes made after every check of the transaction passed (they survive a later
+        rollback_tx). Copies the committed record at most once per block, not once per transaction.
+        """
+        key = ACCOUNT + address
+        rec = self.tx.get(key)
+        if rec is None:
+            rec = self.block.get(key)
+            if rec is None:
+                base = self.get(key)
+                if not isinstance(base, AccountRec):
+                    raise StateCorrupted(f"account {address.hex()} is not in state")
+                rec = base.copy()
+                self.block[key] = rec
         assert isinstance(rec, AccountRec)
         return rec
 

@@ -1,0 +1,223 @@
+"""Ledger benchmark (`make bench-ledger`): prints ONE JSON object.
+
+- apply_transfers_per_s: transfers per second through Ledger.execute_block + writing the result to
+  a MemoryKV + Ledger.commit, one core, signatures excluded (VerifiedTx objects are built directly),
+  in blocks of --block transfers among --accounts funded accounts. The state root is computed for
+  every block (it is part of execute_block). Also measured with a client reference on every
+  transaction (each adds a replay-protection entry to the state): apply_transfers_with_ref_per_s.
+- state_root_ms_10k_of_1m: in a state of 1,000,000 accounts, a block of 5,000 transfers between
+  10,000 distinct accounts; the time to serialize the touched entries and update the Merkle root
+  (compute_root_update, i.e. everything after the transactions ran). Median of --rounds candidate
+  blocks. block_10k_of_1m_execute_ms is the whole execute_block of that block.
+
+Usage: python -m cluster.bench_ledger [--accounts N] [--block N] [--blocks N] [--big N] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+from clearline.v1 import state_pb2, tx_pb2
+from node import crypto
+from node.crypto import Hash, PublicKey
+from node.ledger import Ledger, MemoryKV, merkle
+from node.ledger import ledger as ledger_module
+from node.ledger.state import (
+    INSTR,
+    AccountRec,
+    Record,
+    account_key,
+    encode_account,
+    instrument_key,
+)
+from node.txs import VerifiedTx
+
+CHAIN = "bench"
+T0 = 1_700_000_000
+
+
+def _pk(i: int) -> PublicKey:
+    return PublicKey(hashlib.sha256(b"bench-key:%d" % i).digest())
+
+
+def base_genesis() -> tuple[state_pb2.Genesis, tx_pb2.InstrumentId]:
+    issuer = _pk(-1)
+    g = state_pb2.Genesis(chain_id=CHAIN, genesis_time=T0)
+    g.validators.add(public_key=_pk(-2), power=1)
+    g.accounts.add(public_key=issuer, roles=[tx_pb2.ROLE_ISSUER])
+    usd = tx_pb2.InstrumentId(issuer=crypto.address_of(issuer), symbol="USD")
+    g.instruments.add(
+        id=usd, name="USD", currency="USD", decimals=2, kind=tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN
+    )
+    return g, usd
+
+
+def build_state(n_accounts: int, balance: int) -> tuple[MemoryKV, list[bytes], tx_pb2.InstrumentId]:
+    """A committed state with n funded, KYC-approved accounts, written in bulk (one Merkle build)."""
+    g, usd = base_genesis()
+    kv = MemoryKV()
+    writes, _ = Ledger.genesis_writes(g)
+    kv.apply(writes)
+    ik = (usd.issuer, usd.symbol)
+    addresses: list[bytes] = []
+    entries: dict[bytes, bytes] = {}
+    roles = frozenset({tx_pb2.ROLE_PARTICIPANT})
+    for i in range(n_accounts):
+        pk = _pk(i)
+        address = crypto.address_of(pk)
+        addresses.append(address)
+        rec = AccountRec(address, pk, roles, tx_pb2.KYC_STATUS_APPROVED, 0, False, 0,
+                         {ik: (balance, 0, 0)}, {}, {}, False, b"")  # fmt: skip
+        entries[account_key(address)] = encode_account(rec)
+    inst = state_pb2.Instrument()
+    raw_inst = kv.get(instrument_key(ik))
+    assert raw_inst is not None and instrument_key(ik).startswith(INSTR)
+    inst.ParseFromString(raw_inst)
+    inst.supply = inst.minted = n_accounts * balance
+    entries[instrument_key(ik)] = inst.SerializeToString(deterministic=True)
+    sha = hashlib.sha256
+    changes: dict[bytes, bytes | None] = {sha(k).digest(): sha(v).digest() for k, v in entries.items()}
+    _root, node_writes = merkle.MerkleTree(kv).update(changes)
+    kv.apply(entries)
+    kv.apply(node_writes)
+    return kv, addresses, usd
+
+
+class TxFactory:
+    """Builds VerifiedTx transfers directly (no signing), tracking each sender's nonce."""
+
+    def __init__(self, addresses: list[bytes], usd: tx_pb2.InstrumentId) -> None:
+        self.addresses = addresses
+        self.usd = usd
+        self.nonces: dict[bytes, int] = {}
+        self.serial = 0
+
+    def transfer(self, src: bytes, dst: bytes, amount: int, client_ref: bool) -> VerifiedTx:
+        nonce = self.nonces.get(src, 0)
+        self.nonces[src] = nonce + 1
+        self.serial += 1
+        body = tx_pb2.TxBody(
+            chain_id=CHAIN,
+            signer=src,
+            nonce=nonce,
+            client_ref=f"ref-{self.serial}" if client_ref else "",
+            transfer=tx_pb2.Transfer(instrument=self.usd, to=dst, amount=amount),
+        )
+        raw = body.SerializeToString()
+        return VerifiedTx(Hash(hashlib.sha256(raw).digest()), raw, body, frozenset({src}), ())
+
+
+def bench_transfers(n_accounts: int, block: int, blocks: int, client_ref: bool) -> dict[str, float]:
+    kv, addresses, usd = build_state(n_accounts, 10**12)
+    ledger = Ledger.open(kv)
+    factory = TxFactory(addresses, usd)
+    rng = random.Random(1)
+    batches = []
+    for _ in range(blocks):
+        txs = []
+        for _ in range(block):
+            a, b = rng.sample(range(n_accounts), 2)
+            txs.append(factory.transfer(addresses[a], addresses[b], rng.randint(1, 1000), client_ref))
+        batches.append(txs)
+    gc.collect()
+    started = time.perf_counter()
+    ok = 0
+    for txs in batches:
+        result = ledger.execute_block(txs, ledger.height + 1, (T0 + ledger.height + 1) * 1000)
+        kv.apply(result.writes)
+        ledger.commit(result)
+        ok += sum(1 for r in result.receipts if r.status == 1)
+    elapsed = time.perf_counter() - started
+    if ok != block * blocks:
+        raise SystemExit(f"bench: only {ok} of {block * blocks} transfers succeeded")
+    return {"per_s": block * blocks / elapsed, "seconds": elapsed}
+
+
+def bench_root(n_accounts: int, touched: int, rounds: int) -> dict[str, float]:
+    started = time.perf_counter()
+    kv, addresses, usd = build_state(n_accounts, 10**9)
+    build_s = time.perf_counter() - started
+    ledger = Ledger.open(kv)
+    gc.collect()
+    gc.freeze()  # the million records built above are permanent; keep the collector off them
+    root_ms: list[float] = []
+    exec_ms: list[float] = []
+    original: Callable[..., ledger_module.RootUpdate] = ledger_module.compute_root_update
+
+    def timed(kv_: object, block: Mapping[bytes, Record | None]) -> ledger_module.RootUpdate:
+        t = time.perf_counter()
+        out = original(kv_, block)
+        root_ms.append((time.perf_counter() - t) * 1000)
+        return out
+
+    ledger_module.compute_root_update = timed  # type: ignore[assignment]
+    rng = random.Random(2)
+    entries = 0
+    try:
+        for _ in range(rounds):
+            chosen = rng.sample(range(n_accounts), touched)
+            factory = TxFactory(addresses, usd)
+            txs = [
+                factory.transfer(addresses[chosen[i]], addresses[chosen[i + 1]], 1, False)
+                for i in range(0, touched, 2)
+            ]
+            t = time.perf_counter()
+            result = ledger.execute_block(txs, 1, (T0 + 1) * 1000)  # candidates of height 1
+            exec_ms.append((time.perf_counter() - t) * 1000)
+            assert all(r.status == 1 for r in result.receipts)
+            entries = sum(1 for k in result.writes if not k.startswith(merkle.NODE_PREFIX))
+    finally:
+        ledger_module.compute_root_update = original
+        gc.unfreeze()
+    return {
+        "root_ms": statistics.median(root_ms),
+        "root_ms_min": min(root_ms),
+        "exec_ms": statistics.median(exec_ms),
+        "build_s": build_s,
+        "kv_entries": len(kv),
+        "entries_written": entries,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--block", type=int, default=2_000)
+    parser.add_argument("--blocks", type=int, default=20)
+    parser.add_argument("--big", type=int, default=1_000_000, help="accounts of the state-root benchmark")
+    parser.add_argument("--touched", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    plain = bench_transfers(args.accounts, args.block, args.blocks, client_ref=False)
+    with_ref = bench_transfers(args.accounts, args.block, args.blocks, client_ref=True)
+    root = bench_root(args.big, args.touched, args.rounds)
+    out = {
+        "apply_transfers_per_s": round(plain["per_s"]),
+        "apply_transfers_with_ref_per_s": round(with_ref["per_s"]),
+        "state_root_ms_10k_of_1m": round(root["root_ms"], 1),
+        "state_root_ms_10k_of_1m_min": round(root["root_ms_min"], 1),
+        "block_10k_of_1m_execute_ms": round(root["exec_ms"], 1),
+        "transfer_accounts": args.accounts,
+        "transfer_block_size": args.block,
+        "transfer_blocks": args.blocks,
+        "big_state_accounts": args.big,
+        "big_state_kv_entries": root["kv_entries"],
+        "big_state_build_s": round(root["build_s"], 1),
+        "keys_touched": root["entries_written"],
+        "tree": "sparse 256-ary Merkle over sha256(key), leaf compression",
+        "python": sys.version.split()[0],
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
