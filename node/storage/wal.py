@@ -14,8 +14,9 @@ whose first record is WalEndHeight(h) (write temp, fsync, rename, fsync director
 restart reads at most one height of records however long the chain is.
 
 Opening replays the file:
-- a torn tail (the last frame incomplete: its header or payload runs past the end of the file, or the
-  file ends in zeros where a frame should start, as after a crash mid-append) is truncated; the
+- a torn tail (the last frame incomplete: its header or payload runs past the end of the file, the
+  file ends in zeros where a frame should start, or the last frame's payload is all zeros, which no
+  record encodes to, as after a crash or power loss mid-append) is truncated; the
   number of bytes dropped and the offset are reported in WalReplay.repaired;
 - a complete frame with a bad checksum, an undecodable or empty payload, an impossible length, or a
   bad magic number raises WalCorruptError naming the file and the frame's offset. The node must stop:
@@ -101,6 +102,8 @@ def decode_frames(data: bytes, path: str) -> tuple[list[wal_pb2.WalRecord], int]
             break  # torn payload
         payload = data[offset + HEADER.size : end]
         actual = zlib.crc32(payload)
+        if actual != checksum and end == size and not any(payload):
+            break  # last frame's header reached the disk, its payload never did (all zeros): torn
         if actual != checksum:
             raise WalCorruptError(
                 path, f"checksum mismatch (stored {checksum:08x}, computed {actual:08x})", offset

@@ -130,6 +130,30 @@ def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path) -> None:
     wal.close()
 
 
+def test_last_frame_with_zeroed_payload_is_a_torn_tail(tmp_path: Path) -> None:
+    """Power loss after the file grew but before the payload's data blocks were written."""
+    path = tmp_path / "cs.wal"
+    offsets = write_records(path, RECORDS)
+    data = bytearray(path.read_bytes())
+    data[offsets[-1] + HEADER.size :] = bytes(len(data) - offsets[-1] - HEADER.size)
+    path.write_bytes(bytes(data))
+    wal, replay = WAL.open(path)
+    assert replay.records == RECORDS[:-1]
+    assert replay.truncated_at == offsets[-1]
+    wal.close()
+
+
+def test_zeroed_payload_in_the_middle_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "cs.wal"
+    offsets = write_records(path, RECORDS)
+    data = bytearray(path.read_bytes())
+    data[offsets[1] + HEADER.size : offsets[2]] = bytes(offsets[2] - offsets[1] - HEADER.size)
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalCorruptError, match="checksum mismatch") as exc:
+        WAL.open(path)
+    assert exc.value.offset == offsets[1]
+
+
 def test_torn_file_header_is_repaired(tmp_path: Path) -> None:
     path = tmp_path / "cs.wal"
     path.write_bytes(MAGIC[:3])
