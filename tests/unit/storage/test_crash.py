@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,105 @@ def test_crash_points_are_documented_and_used() -> None:
     assert crash.__doc__ is not None
     for name in crash.POINTS:
         assert name in crash.__doc__
+
+
+# ---- real kill -9 at an arbitrary moment ----------------------------------------------------------
+
+LOOP_SCRIPT = """
+import random, sys
+from node.storage import NodeStore
+from node.storage.bench import synthetic_commit
+store = NodeStore.open(sys.argv[1])
+while True:
+    h = store.latest_height() + 1
+    store.commit_block(synthetic_commit(store, h, 20, rng=random.Random(h), evidence=h % 2,
+                                        extra_writes={b"height": str(h).encode()}))
+    print(h, flush=True)
+"""
+
+
+def assert_store_consistent(store: NodeStore) -> None:
+    """Every table agrees with latest_height: all of 1..H is there, nothing of H+1 is."""
+    latest = store.latest_height()
+    assert store.state.get(b"height") == (str(latest).encode() if latest else None)
+    for h in range(1, latest + 1):
+        block = store.load_block(h)
+        assert block is not None and store.load_commit(h) is not None
+        assert store.height_of_hash(store.load_block_hash(h) or b"") == h
+        assert len(store.load_block_receipts(h)) == len(block.body.txs) == 20
+    assert store.load_block(latest + 1) is None and store.load_commit(latest + 1) is None
+    assert store.load_block_receipts(latest + 1) == []
+    assert all(h <= latest for h, _ in store.load_evidence())
+    for key, value in store.iter_raw(b"t"):
+        assert int.from_bytes(value[:8], "big") <= latest, key
+
+
+def test_kill_9_during_commits_leaves_a_consistent_store(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with NodeStore.open(path) as s:
+        init_store(s)
+    env = {k: v for k, v in os.environ.items() if k != crash.ENV_VAR}
+    rng = random.Random(5)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LOOP_SCRIPT, str(path)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for _ in range(10):  # let it commit a few blocks, then kill it mid-stream
+                assert proc.stdout.readline(), proc.stderr.read() if proc.stderr else ""
+            time.sleep(rng.uniform(0, 0.02))
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        with NodeStore.open(path, chain_id=BENCH_CHAIN_ID) as s:
+            assert s.latest_height() >= 10
+            assert_store_consistent(s)
+
+
+WAL_LOOP_SCRIPT = """
+import sys
+from clearline.v1 import wal_pb2
+from node.storage import WAL
+wal, replay = WAL.open(sys.argv[1])
+height = (replay.last_end_height or 0) + 1
+while True:
+    for r in range(20):
+        wal.append(wal_pb2.WalRecord(timeout=wal_pb2.WalTimeout(height=height, round=r)), sync=r == 19)
+    wal.end_height(height)
+    print(height, flush=True)
+    height += 1
+"""
+
+
+def test_kill_9_during_wal_writes_never_corrupts_it(tmp_path: Path) -> None:
+    path = tmp_path / "cs.wal"
+    env = {k: v for k, v in os.environ.items() if k != crash.ENV_VAR}
+    last_end = 0
+    for attempt in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WAL_LOOP_SCRIPT, str(path)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for _ in range(5):
+                assert proc.stdout.readline()
+            time.sleep(0.003 * attempt)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        wal, replay = WAL.open(path)  # never WalCorruptError
+        wal.close()
+        assert replay.last_end_height is not None and replay.last_end_height >= last_end + 5
+        last_end = replay.last_end_height
+        rounds = [r.timeout.round for r in replay.records]
+        assert rounds == list(range(len(rounds)))  # a prefix of the height in progress, in order
+        assert all(r.timeout.height == last_end + 1 for r in replay.records)
