@@ -90,6 +90,10 @@ class Launcher:
         node = self.network.node(name)
         if read_pid(node) is not None:
             raise LaunchError(f"{node.name} is already running (pid {read_pid(node)})")
+        old = self._children.pop(node.name, None)
+        if old is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.wait(timeout=5)
         log = open(_log_file(node), "ab")  # noqa: SIM115 - handed to the child
         full_env = {**os.environ, **self.extra_env, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -121,8 +125,13 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child is not None and child.poll() is not None:
+                self._children.pop(node.name, None)
                 return True
             if read_pid(node) is None:
+                if child is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    self._children.pop(node.name, None)
                 return True
             time.sleep(0.05)
         return False

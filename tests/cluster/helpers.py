@@ -24,7 +24,9 @@ def usd(network: Network, bank: str = "bank-a") -> tx_pb2.InstrumentId:
     return tx_pb2.InstrumentId(issuer=key(network, bank).address, symbol="USD")
 
 
-def signed(network: Network, signer: SigningKey, nonce: int, op: builders.Op, ref: str | None = None) -> bytes:
+def signed(
+    network: Network, signer: SigningKey, nonce: int, op: builders.Op, ref: str | None = None
+) -> bytes:
     body = builders.make_body(network.chain_id, signer.address, nonce, ref or f"t-{next(_refs)}", op)
     return txs.sign_tx(body, [signer])
 
@@ -44,7 +46,8 @@ def block_hashes(target: str, upto: int) -> list[bytes]:
     channel, s = stub(target)
     with channel:
         return [
-            s.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=10).block_hash for h in range(1, upto + 1)
+            s.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=10).block_hash
+            for h in range(1, upto + 1)
         ]
 
 
@@ -70,5 +73,8 @@ def setup_funded(network: Network, target: str, holders: list[str], amount: int 
         submit(target, signed(network, bank, nonce, builders.set_kyc(holder.address, tx_pb2.KYC_STATUS_APPROVED,
                                                                      public_key=holder.public_key)))  # fmt: skip
         nonce += 1
-        submit(target, signed(network, bank, nonce, builders.mint(usd(network), holder.address, amount, f"dep-{name}")))
+        submit(
+            target,
+            signed(network, bank, nonce, builders.mint(usd(network), holder.address, amount, f"dep-{name}")),
+        )
         nonce += 1

@@ -11,7 +11,17 @@ from cluster.client import builders
 from node import txs
 from node.crypto import SigningKey
 from tests.cluster.conftest import RunningNetwork, status
-from tests.cluster.helpers import block_hashes, get_block, key, reason_of, setup_funded, signed, stub, submit, usd
+from tests.cluster.helpers import (
+    block_hashes,
+    get_block,
+    key,
+    reason_of,
+    setup_funded,
+    signed,
+    stub,
+    submit,
+    usd,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +43,12 @@ def test_transfer_commits_with_receipt_and_is_identical_on_all_nodes(net: Runnin
     before = balance(net.target(0), bob.address)
     channel, s = stub(net.target(1))
     with channel:
-        nonce = s.GetAccount(ledger_api_pb2.GetAccountRequest(address=alice.address), timeout=10).account.nonce
-    resp = submit(net.target(1), signed(network, alice, nonce, builders.transfer(usd(network), bob.address, 250)))
+        nonce = s.GetAccount(
+            ledger_api_pb2.GetAccountRequest(address=alice.address), timeout=10
+        ).account.nonce
+    resp = submit(
+        net.target(1), signed(network, alice, nonce, builders.transfer(usd(network), bob.address, 250))
+    )
     assert resp.accepted
     assert resp.receipt.status == receipt_pb2.TX_STATUS_OK
     assert resp.height >= 1
@@ -63,7 +77,9 @@ def test_bad_transactions_are_rejected_with_their_reason_and_change_nothing(net:
     alice, bob = key(network, "alice"), key(network, "bob")
     channel, s = stub(target)
     with channel:
-        nonce = s.GetAccount(ledger_api_pb2.GetAccountRequest(address=alice.address), timeout=10).account.nonce
+        nonce = s.GetAccount(
+            ledger_api_pb2.GetAccountRequest(address=alice.address), timeout=10
+        ).account.nonce
     before = (balance(target, alice.address), balance(target, bob.address))
     pay = builders.transfer(usd(network), bob.address, 10)
 
@@ -73,13 +89,23 @@ def test_bad_transactions_are_rejected_with_their_reason_and_change_nothing(net:
     _expect(target, good.SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "BAD_SIGNATURE")
     other_chain = builders.make_body("another-chain", alice.address, nonce, "x", pay)
     _expect(target, txs.sign_tx(other_chain, [alice]), grpc.StatusCode.INVALID_ARGUMENT, "WRONG_CHAIN")
-    _expect(target, signed(network, alice, max(0, nonce - 1), pay), grpc.StatusCode.FAILED_PRECONDITION, "BAD_NONCE")
+    _expect(
+        target,
+        signed(network, alice, max(0, nonce - 1), pay),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "BAD_NONCE",
+    )
     unknown = builders.transfer(tx_pb2.InstrumentId(issuer=bob.address, symbol="XYZ"), bob.address, 1)
     _expect(target, signed(network, alice, nonce, unknown), grpc.StatusCode.NOT_FOUND, "UNKNOWN_INSTRUMENT")
     stranger = SigningKey.generate()
     _expect(target, signed(network, stranger, 0, pay), grpc.StatusCode.NOT_FOUND, "UNKNOWN_ACCOUNT")
     to_carol = builders.transfer(usd(network), key(network, "carol").address, 10)  # carol has no KYC yet
-    _expect(target, signed(network, alice, nonce, to_carol), grpc.StatusCode.FAILED_PRECONDITION, "KYC_NOT_APPROVED")
+    _expect(
+        target,
+        signed(network, alice, nonce, to_carol),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "KYC_NOT_APPROVED",
+    )
     big = builders.make_body(network.chain_id, alice.address, nonce, "big", pay, memo="m" * 200)
     big.memo = "m" * 70_000
     _expect(target, txs.sign_tx(big, [alice]), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_LARGE")
@@ -131,10 +157,14 @@ def test_health_and_reflection_are_served(net: RunningNetwork) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(net.target(0)) as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         req = reflection_pb2.ServerReflectionRequest(list_services="")
-        (resp,) = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([req]), timeout=5))
+        (resp,) = list(
+            reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([req]), timeout=5)
+        )
         names = {s.name for s in resp.list_services_response.service}
         assert "clearline.v1.Ledger" in names
 
