@@ -167,7 +167,7 @@ class DropReason(Enum):
     BAD_POL_ROUND = "pol_round not in [-1, round)"
     BAD_VOTE = "malformed vote (type, negative round)"
     DUPLICATE = "already have this message"
-    EQUIVOCATION = "conflicts with an earlier vote of the same validator (evidence recorded)"
+    TOO_MANY_VOTES = "validator already voted for too many different values in this round"
     TOO_MANY_PROPOSALS = "too many conflicting proposals for this round"
     STALE_TIMEOUT = "timeout for a (height, round, step) that has passed"
     ALREADY_DECIDED = "this height is already decided"

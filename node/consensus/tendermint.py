@@ -90,7 +90,7 @@ class Tendermint:
     _precommit_timeout_set: set[Round]
     _polka_seen: set[Round]
     _commit_rounds: set[Round]
-    _evidence_seen: set[tuple[Address, Round, VoteType, BlockId | None, BlockId | None]]
+    _evidence_seen: set[tuple[Address, Height, Round, VoteType, BlockId | None, BlockId | None]]
     _votes: HeightVotes
 
     def __init__(
@@ -123,6 +123,8 @@ class Tendermint:
         self._buffer: list[Event] = []
         self._buffered_per_sender: dict[Address, int] = {}
         self._started = False
+        self._prev_votes: HeightVotes | None = None
+        self._evidence_seen = set()
         self._reset_height()
         if restored is not None and restored.height == height:
             self._round = restored.round
@@ -160,7 +162,6 @@ class Tendermint:
         self._precommit_timeout_set = set()
         self._polka_seen = set()
         self._commit_rounds = set()
-        self._evidence_seen = set()
 
     # --- read-only view -----------------------------------------------------------------------------
 
@@ -291,6 +292,8 @@ class Tendermint:
             self._last_commit = self._decided.certificate
         else:
             self._last_commit = None
+        self._prev_votes = self._votes if height == self._height + 1 else None
+        self._evidence_seen = {k for k in self._evidence_seen if k[1] == height - 1}
         self._height = height
         self._validators = validators
         self._reset_height()
@@ -382,35 +385,43 @@ class Tendermint:
         return True
 
     def _on_vote(self, vote: Vote) -> bool:
-        if not self._check_window(vote.height, vote.round, vote.validator, VoteReceived(vote)):
-            return False
         if vote.type not in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             return self._drop(DropReason.BAD_VOTE, f"type {vote.type!r}")
+        if vote.height == self._height - 1 and self._prev_votes is not None:
+            # Late votes of the previous height still reveal equivocation.
+            if vote.validator in self._prev_votes.validators:
+                self._add_vote(vote, self._prev_votes)
+            return self._drop(DropReason.STALE_HEIGHT, f"{vote.height} < {self._height}")
+        if self._decided is not None and vote.height == self._height and vote.validator in self._validators:
+            self._add_vote(vote)
+            return self._drop(DropReason.ALREADY_DECIDED)
+        if not self._check_window(vote.height, vote.round, vote.validator, VoteReceived(vote)):
+            return False
         return self._add_vote(vote)
 
-    def _add_vote(self, vote: Vote) -> bool:
-        result, earlier = self._votes.add(vote)
+    def _add_vote(self, vote: Vote, tally: HeightVotes | None = None) -> bool:
+        votes = self._votes if tally is None else tally
+        result, earlier = votes.add(vote)
         if result is AddResult.DUPLICATE:
             return self._drop(DropReason.DUPLICATE)
+        if result is AddResult.TOO_MANY:
+            return self._drop(DropReason.TOO_MANY_VOTES, vote.validator.hex())
         if result is AddResult.CONFLICT:
             assert earlier is not None
-            key = (vote.validator, vote.round, vote.type, earlier.block_id, vote.block_id)
+            key = (vote.validator, vote.height, vote.round, vote.type, earlier.block_id, vote.block_id)
             if key not in self._evidence_seen:
                 self._evidence_seen.add(key)
-                self._evidence_seen.add(
-                    (vote.validator, vote.round, vote.type, vote.block_id, earlier.block_id)
-                )
                 evidence = DuplicateVoteEvidence(earlier, vote)
                 self._emit(RecordEvidence(evidence))
                 self._emit(Broadcast(evidence))
-            return self._drop(DropReason.EQUIVOCATION, vote.validator.hex())
         if (
-            vote.type is VoteType.PRECOMMIT
+            tally is None
+            and vote.type is VoteType.PRECOMMIT
             and vote.block_id is not None
             and self._has_quorum(self._votes.precommits(vote.round).power_for(vote.block_id))
         ):
             self._commit_rounds.add(vote.round)
-        return True
+        return tally is None
 
     def _on_timeout(self, height: Height, round_: Round, step: Step) -> None:
         """Rule 10: a timeout acts only if (height, round, step) is unchanged."""
