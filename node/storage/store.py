@@ -131,6 +131,18 @@ class StoreSnapshot:
         value: bytes | None = self._snapshot.get(key)
         return value
 
+    def load_block(self, height: int) -> block_pb2.Block | None:
+        """The block at height as of the snapshot (its header's state_root matches `state` when
+        height == latest_height)."""
+        raw = self.get_raw(keys.block_key(height)) if 0 < height <= keys.MAX_HEIGHT else None
+        return None if raw is None else _parse(block_pb2.Block, raw, "snapshot", f"block {height}")
+
+    def load_commit(self, height: int) -> block_pb2.CommitCertificate | None:
+        raw = self.get_raw(keys.commit_key(height)) if 0 < height <= keys.MAX_HEIGHT else None
+        return (
+            None if raw is None else _parse(block_pb2.CommitCertificate, raw, "snapshot", f"commit {height}")
+        )
+
     def close(self) -> None:
         self._snapshot.close()
 

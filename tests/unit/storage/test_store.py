@@ -418,6 +418,9 @@ def test_snapshot_does_not_see_later_commits(store: NodeStore) -> None:
         assert snap.latest_height == 1
         assert snap.state.get(b"x") == b"1"
         assert snap.get_raw(keys.block_key(2)) is None
+        assert snap.load_block(2) is None and snap.load_commit(2) is None
+        assert snap.load_block(1) == store.load_block(1)
+        assert snap.load_commit(1) == store.load_commit(1)
     assert store.state.get(b"x") == b"2"
 
 
