@@ -69,7 +69,11 @@ def _hexify(msg: Message, doc: dict[str, Any]) -> dict[str, Any]:
                 doc[name] = [base64.b64decode(v).hex() for v in doc[name]]
             else:
                 doc[name] = base64.b64decode(doc[name]).hex()
-        elif field.type == field.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+        elif (
+            field.type == field.TYPE_MESSAGE
+            and field.message_type is not None
+            and not field.message_type.GetOptions().map_entry
+        ):
             value = getattr(msg, name)
             if isinstance(doc[name], list):
                 doc[name] = [_hexify(v, d) for v, d in zip(value, doc[name], strict=False)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def instrument(issuer: bytes, symbol: str) -> tx_pb2.InstrumentId:
     return tx_pb2.InstrumentId(issuer=issuer, symbol=symbol)
 
 
-def _genesis_account(key: SigningKey, name: str, roles: list[int], kyc: bool) -> state_pb2.GenesisAccount:
+def _genesis_account(
+    key: SigningKey, name: str, roles: Sequence[tx_pb2.Role.ValueType], kyc: bool
+) -> state_pb2.GenesisAccount:
     acct = state_pb2.GenesisAccount(public_key=key.public_key, name=name)
     acct.roles.extend(roles)
     if kyc:
@@ -132,7 +135,7 @@ def build_genesis(
     genesis = state_pb2.Genesis(chain_id=chain_id, genesis_time=genesis_time)
     for i, key in enumerate(validator_keys):
         genesis.validators.add(public_key=key.public_key, power=VALIDATOR_POWER, name=f"node{i}")
-    roles = {
+    roles: dict[str, list[tx_pb2.Role.ValueType]] = {
         "admin": [tx_pb2.ROLE_ADMIN],
         "compliance": [tx_pb2.ROLE_COMPLIANCE],
         "bank-a": [tx_pb2.ROLE_ISSUER],
@@ -203,14 +206,7 @@ def init_network(
     ca = pki.new_ca(chain_id)
     (root / "ca").mkdir(exist_ok=True)
     (root / "ca" / "ca.pem").write_bytes(ca.cert_pem())
-    pki.write_private(
-        root / "ca" / "ca.key",
-        ca.key.private_bytes(
-            pki.serialization.Encoding.PEM,
-            pki.serialization.PrivateFormat.PKCS8,
-            pki.serialization.NoEncryption(),
-        ),
-    )
+    pki.write_private(root / "ca" / "ca.key", pki.private_key_pem(ca.key))
 
     account_keys = {
         name: SigningKey.generate() for name in ("admin", "compliance", "bank-a", "bank-b", *demo_accounts)

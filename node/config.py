@@ -257,9 +257,9 @@ def _check(cfg: NodeConfig) -> None:
         "[p2p] max_message_bytes": cfg.p2p.max_message_bytes,
         "[api] max_message_bytes": cfg.api.max_message_bytes,
     }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name}: must be > 0")
+    for setting, number in positive.items():
+        if number <= 0:
+            raise ConfigError(f"{setting}: must be > 0")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log] level: {cfg.log.level!r} is not one of {sorted(_LOG_LEVELS)}")
     if cfg.byzantine not in BYZANTINE_MODES:

@@ -93,7 +93,7 @@ class NodeSigner:
     def __init__(self, key: crypto.SigningKey, chain_id: str) -> None:
         self._key = key
         self._chain_id = chain_id
-        self.address = key.address
+        self.address: bytes = key.address
 
     def sign_vote(self, vote: Vote) -> bytes:
         msg = blocks.vote_sign_bytes(
@@ -1022,7 +1022,7 @@ class Node:
                     ledger_api_pb2.SubmitTxResult(
                         tx_hash=a.tx_hash,
                         accepted=False,
-                        status=a.status,
+                        status=receipt_pb2.TxStatus.ValueType(a.status),
                         message=a.message,
                         receipt=a.receipt,
                     )

@@ -103,7 +103,7 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
     def __init__(self, net: PeerNetwork) -> None:
         self._net = net
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[override]
         net = self._net
         cert_address: bytes | None = None
         if net.tls:
@@ -129,7 +129,7 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         name = net.name_of(hello.validator)
         if name is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown validator")
+            return await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown validator")
         await context.write(peer_pb2.PeerMessage(hello=net.handler.make_hello()))
 
         async def reads() -> AsyncIterator[peer_pb2.PeerMessage]:
