@@ -174,3 +174,41 @@ class World:
     def snapshot(self) -> dict[bytes, bytes]:
         """Every committed kv entry (state and Merkle nodes)."""
         return dict(self.kv.items())
+
+
+def state_entries(w: World) -> dict[bytes, bytes]:
+    """Committed state entries (Merkle nodes excluded)."""
+    from node.ledger.merkle import NODE_PREFIX
+
+    return {k: v for k, v in w.kv.items() if not k.startswith(NODE_PREFIX)}
+
+
+def assert_rejected(
+    w: World, tx: VerifiedTx, status: int, *, time_ms: int | None = None, nonce_moves: bool = True
+) -> receipt_pb2.Receipt:
+    """Run tx alone in a block: it fails with status, and the only state change is the signer's nonce.
+
+    (Plus the ledger metadata entry, which records every block's height and time.)
+    """
+    from node.ledger.state import META
+
+    before = state_entries(w)
+    receipt = w.run1(tx, time_ms=time_ms)
+    assert receipt.status == status, (
+        f"expected {receipt_pb2.TxStatus.Name(status)}, got "  # type: ignore[arg-type]
+        f"{receipt_pb2.TxStatus.Name(receipt.status)}: {receipt.message}"
+    )
+    assert not receipt.events or status == receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF
+    after = state_entries(w)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    signer_key = account_key(tx.body.signer)
+    assert changed <= {META, signer_key}, f"unexpected changes: {sorted(changed)}"
+    if nonce_moves:
+        old = state_pb2.Account.FromString(before[signer_key])
+        new = state_pb2.Account.FromString(after[signer_key])
+        assert new.nonce == old.nonce + 1
+        new.nonce = old.nonce
+        assert new == old
+    else:
+        assert signer_key not in changed
+    return receipt
