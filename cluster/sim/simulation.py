@@ -146,6 +146,8 @@ class Simulation:
         self.byz_addresses = {self.addresses[i] for i in self.sc.strategies}
         self.tail = 2 + byzantine
         self.last_height = heights + self.tail
+        """The last height to decide: fixed at GST to max(heights, heights decided by then) + tail."""
+        self.target_fixed = False
         self.now = 0
         self.seq = 0
         self.heap: list[tuple[int, int, int, int, object]] = []
@@ -228,7 +230,7 @@ class Simulation:
         heapq.heappush(self.heap, (at, self.seq, kind, node, payload))
 
     def run(self) -> Result:
-        deadline = self.sc.gst + HEIGHT_BUDGET_MS * self.last_height
+        deadline = self.sc.gst + HEIGHT_BUDGET_MS * (self.heights + self.tail)
         while self.heap:
             if self._all_done():
                 break
@@ -237,6 +239,8 @@ class Simulation:
                 self.stalled = True
                 break
             self.now = at
+            if not self.target_fixed and at >= self.sc.gst:
+                self._fix_target()
             node = self.nodes[idx]
             if kind == _DELIVER:
                 self._deliver(node, payload)  # type: ignore[arg-type]
@@ -256,7 +260,14 @@ class Simulation:
             self.stalled = True
         return self._check()
 
+    def _fix_target(self) -> None:
+        self.target_fixed = True
+        reached = max((len(n.app.chain) for n in self.nodes if n.honest), default=0)
+        self.last_height = max(self.heights, reached) + self.tail
+
     def _all_done(self) -> bool:
+        if not self.target_fixed:
+            return False
         return all(len(n.app.chain) >= self.last_height for n in self.nodes if n.honest)
 
     # --- node runtime -----------------------------------------------------------------------------------
@@ -306,11 +317,13 @@ class Simulation:
             self.decisions.setdefault(d.height, {})[node.index] = (d.block_id, d.round, block)
         if node.honest:
             self.certificates.setdefault(d.height, (d.certificate, block))
-        if d.height >= self.last_height:
+        if d.height >= self.last_height and self.target_fixed:
             return
+        self._start_next(node, d.height + 1)
+
+    def _start_next(self, node: Node, h: Height) -> None:
         core = node.core
         assert core is not None
-        h = d.height + 1
         node.start_times.setdefault(h, self.now)
         self._execute(node, core.step(StartHeight(h, self.valset)))
         if node.core is core and node.up:
@@ -438,10 +451,17 @@ class Simulation:
             self._relay(msg)
 
     def _gossip_evidence(self, src: Node, evidence: DuplicateVoteEvidence) -> None:
-        base = max(self.now, self.sc.gst)
+        """Evidence travels like any message; what is lost before GST arrives by GST + Δ."""
         for other in self.nodes:
-            if other.index != src.index:
-                self._push(base + self._latency_after_gst(), _EVIDENCE, other.index, evidence)
+            if other.index == src.index:
+                continue
+            if self._link_cut(src, other.index) or (
+                self.now < self.sc.gst and self.rng.random() < self.sc.loss
+            ):
+                at = max(self.now, self.sc.gst) + self._latency_after_gst()
+            else:
+                at = self.now + self._latency()
+            self._push(at, _EVIDENCE, other.index, evidence)
 
     # --- own messages and Byzantine strategies ------------------------------------------------------------
 
