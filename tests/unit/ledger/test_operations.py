@@ -1,0 +1,283 @@
+"""The valid case of every operation: its effect on balances, records and events."""
+
+from __future__ import annotations
+
+from clearline.v1 import receipt_pb2 as R
+from clearline.v1 import state_pb2
+from clearline.v1 import tx_pb2 as T
+from node.ledger.state import MS_PER_DAY
+from tests.unit.ledger.helpers import (
+    ADMIN,
+    BANK,
+    BOB,
+    BOND,
+    CAROL,
+    COMPLIANCE,
+    NOTARY,
+    T0,
+    T0_MS,
+    USD,
+    VAL1,
+    World,
+    key,
+)
+from tests.unit.ledger.helpers import ALICE as A
+from tests.unit.ledger.test_rejections import dvp, forced, hold, limits, mint, recover, transfer
+
+
+def ok(w: World, *txs: object, time_ms: int | None = None) -> list[R.Receipt]:
+    receipts = w.run(*txs, time_ms=time_ms)  # type: ignore[arg-type]
+    for r in receipts:
+        assert r.status == R.TX_STATUS_OK, r.message
+    return receipts
+
+
+def supply(w: World, inst: T.InstrumentId = USD) -> tuple[int, int, int]:
+    i = w.ledger.get_instrument(inst)
+    assert i is not None
+    return i.supply, i.minted, i.redeemed
+
+
+def test_transfer_moves_funds_and_bumps_nonce() -> None:
+    w = World.create()
+    (r,) = ok(w, transfer(w, 100))
+    assert w.balance(A) == (900, 0, 0) and w.balance(BOB) == (600, 0, 0)
+    assert w.nonce(A) == 1 and r.height == 1 and r.index == 0
+    assert r.events[0].kind == "transfer" and r.events[0].amount == 100
+    assert list(r.events[0].accounts) == [A.address, BOB.address]
+
+
+def test_transfer_whole_balance_removes_the_entry() -> None:
+    w = World.create()
+    ok(w, transfer(w, 1000))
+    acct = w.ledger.get_account(A.address)
+    assert acct is not None and len(acct.balances) == 0
+
+
+def test_daily_limit_resets_next_utc_day() -> None:
+    w = World.create()
+    ok(w, limits(w, A.address, per_day=150), transfer(w, 100))
+    assert w.run1(transfer(w, 100)).status == R.TX_STATUS_LIMIT_PER_DAY_EXCEEDED
+    next_day = (T0_MS // MS_PER_DAY + 1) * MS_PER_DAY
+    ok(w, transfer(w, 150), time_ms=next_day)
+    assert w.balance(A) == (750, 0, 0)
+
+
+def test_mint_and_redeem_track_supply() -> None:
+    w = World.create()
+    assert supply(w) == (1500, 1500, 0)
+    (r,) = ok(w, mint(w, 250, ref="wire-1"))
+    assert r.events[0].kind == "mint"
+    assert w.balance(A) == (1250, 0, 0) and supply(w) == (1750, 1750, 0)
+    ok(w, w.tx(A, "redeem", T.Redeem(instrument=USD, amount=50, redemption_ref="out-1")))
+    assert w.balance(A) == (1200, 0, 0) and supply(w) == (1700, 1750, 50)
+
+
+def test_set_kyc_creates_and_updates_accounts() -> None:
+    w = World.create()
+    dave = key("dave")
+    ok(
+        w,
+        w.tx(
+            BANK,
+            "set_kyc",
+            T.SetKyc(
+                account=dave.address,
+                public_key=dave.public_key,
+                status=T.KYC_STATUS_APPROVED,
+                expires_at=T0 + 3600,
+            ),
+        ),
+    )
+    acct = w.ledger.get_account(dave.address)
+    assert acct is not None and acct.kyc_status == T.KYC_STATUS_APPROVED and acct.kyc_expires_at == T0 + 3600
+    ok(w, transfer(w, 5, to=dave.address))
+    ok(w, w.tx(COMPLIANCE, "set_kyc", T.SetKyc(account=dave.address, status=T.KYC_STATUS_REVOKED)))
+    assert w.run1(transfer(w, 5, to=dave.address)).status == R.TX_STATUS_KYC_NOT_APPROVED
+
+
+def test_create_instrument_then_mint_it() -> None:
+    w = World.create()
+    eur = T.InstrumentId(issuer=BANK.address, symbol="EUR")
+    op = T.CreateInstrument(
+        instrument=eur,
+        name="Euro",
+        currency="EUR",
+        decimals=2,
+        supply_cap=100,
+        kind=T.INSTRUMENT_KIND_DEPOSIT_TOKEN,
+    )
+    ok(w, w.tx(ADMIN, "create_instrument", op))
+    inst = w.ledger.get_instrument(eur)
+    assert inst is not None and inst.supply_cap == 100 and inst.supply == 0 and not inst.paused
+    ok(w, mint(w, 100, inst=eur))
+    assert w.run1(mint(w, 1, inst=eur, ref="dep-2")).status == R.TX_STATUS_SUPPLY_CAP_EXCEEDED
+
+
+def test_freeze_and_unfreeze_account() -> None:
+    w = World.create()
+    (r,) = ok(w, w.tx(COMPLIANCE, "freeze_account", T.FreezeAccount(account=A.address, reason="fraud")))
+    assert r.events[0].flagged
+    assert w.run1(transfer(w, 1)).status == R.TX_STATUS_ACCOUNT_FROZEN
+    ok(w, w.tx(COMPLIANCE, "unfreeze_account", T.UnfreezeAccount(account=A.address)))
+    ok(w, transfer(w, 1))
+
+
+def test_partial_freeze_limits_available() -> None:
+    w = World.create()
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", T.FreezeAmount(account=A.address, instrument=USD, amount=900)))
+    assert w.balance(A) == (1000, 900, 0)
+    ok(w, transfer(w, 100))
+    assert w.run1(transfer(w, 1)).status == R.TX_STATUS_INSUFFICIENT_FUNDS
+    ok(
+        w,
+        w.tx(COMPLIANCE, "unfreeze_amount", T.UnfreezeAmount(account=A.address, instrument=USD, amount=400)),
+    )
+    assert w.balance(A) == (900, 500, 0)
+    ok(w, transfer(w, 400))
+
+
+def test_pause_and_unpause() -> None:
+    w = World.create()
+    ok(w, w.tx(COMPLIANCE, "pause_instrument", T.PauseInstrument(instrument=USD, reason="x")))
+    inst = w.ledger.get_instrument(USD)
+    assert inst is not None and inst.paused
+    ok(w, w.tx(COMPLIANCE, "unpause_instrument", T.UnpauseInstrument(instrument=USD)))
+    ok(w, transfer(w, 1))
+
+
+def test_hold_execute_in_parts() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    assert w.balance(A) == (1000, 0, 300)
+    assert [h.hold_id for h in w.ledger.list_holds(A.address)] == ["h1"]
+    assert w.run1(transfer(w, 701)).status == R.TX_STATUS_INSUFFICIENT_FUNDS
+    ok(w, w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1", amount=100)))
+    assert w.balance(A) == (900, 0, 200) and w.balance(BOB) == (600, 0, 0)
+    ok(w, w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")))
+    assert w.balance(A) == (700, 0, 0) and w.balance(BOB) == (800, 0, 0)
+    h = w.ledger.get_hold("h1")
+    assert h is not None and h.state == state_pb2.HOLD_STATE_EXECUTED and h.executed == 300 and h.amount == 0
+    assert w.ledger.list_holds(A.address) == []
+
+
+def test_hold_release_by_payee_and_by_notary() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300), hold(w, "h2", 200, nonce=1))
+    ok(w, w.tx(BOB, "release_hold", T.ReleaseHold(hold_id="h1")))
+    ok(w, w.tx(NOTARY, "release_hold", T.ReleaseHold(hold_id="h2")))
+    assert w.balance(A) == (1000, 0, 0)
+    h = w.ledger.get_hold("h1")
+    assert h is not None and h.state == state_pb2.HOLD_STATE_RELEASED
+
+
+def test_hold_expires_by_height_at_block_start() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300, height=3))  # block 1
+    w.run()  # block 2: still active
+    assert w.balance(A) == (1000, 0, 300)
+    result = w.execute()  # block 3: expired before any transaction
+    w.commit(result)
+    assert [e.kind for e in result.events] == ["hold_expired"]
+    assert w.balance(A) == (1000, 0, 0)
+    h = w.ledger.get_hold("h1")
+    assert h is not None and h.state == state_pb2.HOLD_STATE_EXPIRED and h.amount == 0
+
+
+def test_hold_expires_by_time() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300, time_s=T0 + 150))
+    w.run(time_ms=(T0 + 149) * 1000)
+    assert w.balance(A) == (1000, 0, 300)
+    result = w.execute(time_ms=(T0 + 150) * 1000)
+    w.commit(result)
+    assert [e.kind for e in result.events] == ["hold_expired"] and w.balance(A) == (1000, 0, 0)
+
+
+def test_hold_on_behalf_by_compliance() -> None:
+    w = World.create()
+    (r,) = ok(w, hold(w, "gov", 100, signer=COMPLIANCE, payer=A.address))
+    assert r.events[0].flagged and w.balance(A) == (1000, 0, 100)
+
+
+def test_settlement_dvp_moves_both_legs() -> None:
+    w = World.create()
+    (r,) = ok(w, dvp(w, 100, 10))
+    assert w.balance(A) == (900, 0, 0) and w.balance(A, BOND) == (10, 0, 0)
+    assert w.balance(CAROL) == (100, 0, 0) and w.balance(CAROL, BOND) == (90, 0, 0)
+    assert [e.kind for e in r.events] == ["settlement_leg", "settlement_leg", "settled"]
+    assert w.nonce(A) == 1 and w.nonce(CAROL) == 0
+
+
+def test_settlement_by_third_party_signer() -> None:
+    """An agent submits (its nonce), every paying party co-signs."""
+    w = World.create()
+    op = T.Settle(settlement_ref="pvp")
+    leg = op.legs.add(instrument=USD, to=CAROL.address, amount=5)
+    setattr(leg, "from", A.address)
+    ok(w, w.tx(NOTARY, "settle", op, cosigners=[A]))
+    assert w.balance(CAROL) == (5, 0, 0) and w.nonce(NOTARY) == 1 and w.nonce(A) == 0
+
+
+def test_forced_transfer_can_take_frozen_funds() -> None:
+    w = World.create()
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", T.FreezeAmount(account=A.address, instrument=USD, amount=1000)))
+    (r,) = ok(w, forced(w, 600))
+    assert r.events[0].flagged and r.events[0].reason == "court order"
+    assert w.balance(A) == (400, 400, 0) and w.balance(BOB) == (1100, 0, 0)
+
+
+def test_recovery_moves_everything_to_the_new_key() -> None:
+    w = World.create()
+    ok(w, limits(w, A.address, per_tx=500))
+    new = key("alice-new")
+    (r,) = ok(w, recover(w))
+    assert r.events[0].flagged
+    old = w.ledger.get_account(A.address)
+    acct = w.ledger.get_account(new.address)
+    assert old is not None and old.closed and old.recovered_to == new.address and not old.balances
+    assert acct is not None and acct.public_key == new.public_key and acct.kyc_status == T.KYC_STATUS_APPROVED
+    assert w.balance(new) == (1000, 0, 0) and len(acct.limits) == 1
+    ok(w, w.tx(new, "transfer", T.Transfer(instrument=USD, to=BOB.address, amount=10)))
+
+
+def test_grant_and_revoke_role() -> None:
+    w = World.create()
+    ok(w, w.tx(ADMIN, "grant_role", T.GrantRole(account=BOB.address, role=T.ROLE_COMPLIANCE)))
+    ok(w, w.tx(BOB, "freeze_account", T.FreezeAccount(account=A.address)))
+    ok(w, w.tx(ADMIN, "revoke_role", T.RevokeRole(account=BOB.address, role=T.ROLE_COMPLIANCE)))
+    assert (
+        w.run1(w.tx(BOB, "unfreeze_account", T.UnfreezeAccount(account=A.address))).status
+        == R.TX_STATUS_UNAUTHORIZED
+    )
+
+
+def test_grant_role_creates_account() -> None:
+    w = World.create()
+    aud = key("auditor")
+    ok(
+        w,
+        w.tx(
+            ADMIN,
+            "grant_role",
+            T.GrantRole(account=aud.address, role=T.ROLE_AUDITOR, public_key=aud.public_key),
+        ),
+    )
+    acct = w.ledger.get_account(aud.address)
+    assert acct is not None and list(acct.roles) == [T.ROLE_AUDITOR]
+
+
+def test_change_validator_recorded_for_consensus() -> None:
+    w = World.create()
+    new = key("validator3")
+    tx_add = w.tx(ADMIN, "change_validator", T.ChangeValidator(public_key=new.public_key, power=5))
+    result = w.execute(tx_add)
+    assert result.validator_updates == ((new.public_key, 5),)
+    w.commit(result)
+    assert (new.public_key, 5) in w.ledger.validators()
+    result = w.execute(
+        w.tx(ADMIN, "change_validator", T.ChangeValidator(public_key=VAL1.public_key, power=0))
+    )
+    w.commit(result)
+    assert result.validator_updates == ((VAL1.public_key, 0),)
+    assert [pk for pk, _ in w.ledger.validators()] == sorted([new.public_key, key("validator2").public_key])
