@@ -1,0 +1,205 @@
+"""Ledger life cycle: candidates, commit, reopen, dry runs, proofs, genesis and its errors."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from clearline.v1 import receipt_pb2 as R
+from clearline.v1 import state_pb2
+from clearline.v1 import tx_pb2 as T
+from node.ledger import (
+    BlockRejected,
+    GenesisError,
+    Ledger,
+    MemoryKV,
+    StaleBlockResult,
+    StateCorrupted,
+    account_key,
+    parse_genesis,
+    verify_proof,
+)
+from node.ledger.state import encode_account_pb
+from tests.unit.ledger.helpers import (
+    ALICE,
+    BANK,
+    BOB,
+    CAROL,
+    MALLORY,
+    T0,
+    USD,
+    VAL1,
+    VAL2,
+    World,
+    genesis,
+    key,
+)
+from tests.unit.ledger.test_rejections import dvp, hold, mint, transfer
+
+
+def test_genesis_state() -> None:
+    w = World.create()
+    assert w.ledger.height == 0 and w.ledger.chain_id == "clearline-test"
+    assert w.balance(ALICE) == (1000, 0, 0)
+    inst = w.ledger.get_instrument(USD)
+    assert inst is not None and inst.supply == inst.minted == 1500
+    assert sorted(w.ledger.validators()) == sorted([(VAL1.public_key, 10), (VAL2.public_key, 10)])
+    writes, root = Ledger.genesis_writes(genesis())
+    assert root == w.ledger.state_root and writes == Ledger.genesis_writes(genesis())[0]
+
+
+def test_execute_block_leaves_committed_state_alone_and_commit_checks_base() -> None:
+    w = World.create()
+    root0 = w.ledger.state_root
+    before = dict(w.kv.items())
+    cand_a = w.execute(transfer(w, 10))
+    cand_b = w.execute(transfer(w, 20))  # another round's candidate of the same height
+    assert dict(w.kv.items()) == before and w.ledger.state_root == root0 and w.ledger.height == 0
+    assert w.balance(ALICE) == (1000, 0, 0)
+    assert cand_a.base_root == cand_b.base_root == root0 and cand_a.state_root != cand_b.state_root
+    w.commit(cand_b)
+    assert w.ledger.state_root == cand_b.state_root and w.ledger.height == 1
+    assert w.balance(ALICE) == (980, 0, 0)
+    with pytest.raises(StaleBlockResult):
+        w.ledger.commit(cand_a)
+    with pytest.raises(BlockRejected):
+        w.ledger.execute_block([], 5, w.time_ms)
+
+
+def test_same_blocks_same_roots_and_writes() -> None:
+    results = []
+    for _ in range(2):
+        w = World.create()
+        r1 = w.execute(transfer(w, 10), mint(w, 5), hold(w, "h", 7, nonce=1))
+        w.commit(r1)
+        r2 = w.execute(dvp(w, 3, 1))
+        w.commit(r2)
+        results.append(
+            (r1.state_root, r1.writes, r2.state_root, r2.writes, [r.SerializeToString() for r in r1.receipts])
+        )
+    assert results[0] == results[1]
+
+
+def test_reopen_from_kv_gives_same_root_and_answers() -> None:
+    w = World.create()
+    w.run(transfer(w, 10), mint(w, 5), hold(w, "h", 7, nonce=1))
+    w.run(dvp(w, 3, 1))
+    reopened = Ledger.open(w.kv)
+    assert reopened.state_root == w.ledger.state_root and reopened.height == w.ledger.height == 2
+    for who in (ALICE, BOB, CAROL):
+        assert reopened.get_account(who.address) == w.ledger.get_account(who.address)
+    assert reopened.get_hold("h") == w.ledger.get_hold("h")
+    assert reopened.list_holds(ALICE.address) == w.ledger.list_holds(ALICE.address)
+    assert reopened.validators() == w.ledger.validators()
+    assert reopened.get_instrument(USD) == w.ledger.get_instrument(USD)
+    # And it keeps going identically.
+    tx = transfer(w, 1)
+    assert (
+        reopened.execute_block([tx], 3, w.time_ms).state_root
+        == w.ledger.execute_block([tx], 3, w.time_ms).state_root
+    )
+
+
+def test_open_empty_store_fails() -> None:
+    with pytest.raises(StateCorrupted):
+        Ledger.open(MemoryKV())
+
+
+def test_account_entry_is_deterministic_protobuf_and_provable() -> None:
+    w = World.create()
+    w.run(transfer(w, 10))
+    raw = w.kv.get(account_key(ALICE.address))
+    assert raw is not None
+    acct = w.ledger.get_account(ALICE.address)
+    assert acct is not None and acct.SerializeToString(deterministic=True) == raw
+    rec = w.ledger.get_account_record(ALICE.address)
+    assert rec is not None and encode_account_pb(rec) == raw
+    proof = w.ledger.prove_account(ALICE.address)
+    assert proof.present and proof.value == raw
+    assert verify_proof(w.ledger.state_root, account_key(ALICE.address), raw, proof)
+    absent = key("ghost")
+    proof = w.ledger.prove_account(absent.address)
+    assert not proof.present and verify_proof(w.ledger.state_root, account_key(absent.address), None, proof)
+    assert not verify_proof(w.ledger.state_root, account_key(absent.address), raw, proof)
+
+
+def test_check_tx_is_a_dry_run() -> None:
+    w = World.create()
+    root = w.ledger.state_root
+    r = w.ledger.check_tx(transfer(w, 10))
+    assert r.status == R.TX_STATUS_OK and r.height == 0
+    assert w.ledger.state_root == root and w.balance(ALICE) == (1000, 0, 0)
+    assert w.ledger.check_tx(transfer(w, 10, nonce=1)).status == R.TX_STATUS_BAD_NONCE
+    assert w.ledger.check_tx(transfer(w, 10, nonce=1), expected_nonce=1).status == R.TX_STATUS_OK
+    assert w.ledger.check_tx(transfer(w, 5000)).status == R.TX_STATUS_INSUFFICIENT_FUNDS
+    w.run(
+        w.tx(
+            BANK,
+            "set_kyc",
+            T.SetKyc(account=ALICE.address, status=T.KYC_STATUS_APPROVED, expires_at=T0 + 100),
+        )
+    )
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=(T0 + 50) * 1000).status == R.TX_STATUS_OK
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=(T0 + 100) * 1000).status == R.TX_STATUS_KYC_EXPIRED
+
+
+def test_receipt_fields() -> None:
+    w = World.create()
+    tx = transfer(w, 1, client_ref="c-1")
+    result = w.execute(transfer(w, 5000), tx)
+    bad, good = result.receipts
+    assert (bad.status, bad.index, bad.height) == (R.TX_STATUS_INSUFFICIENT_FUNDS, 0, 1)
+    assert good.status == R.TX_STATUS_BAD_NONCE  # both used nonce 0; the first consumed it
+    assert good.tx_hash == tx.tx_hash and good.client_ref == "c-1" and good.signer == ALICE.address
+
+
+# --- genesis file ----------------------------------------------------------------------------------
+
+
+def genesis_json(g: state_pb2.Genesis) -> str:
+    return json_format.MessageToJson(g)
+
+
+def test_parse_genesis_round_trip() -> None:
+    g = genesis()
+    assert parse_genesis(genesis_json(g)) == g
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda g: g.ClearField("chain_id"), "chain_id"),
+        (lambda g: g.ClearField("validators"), "validators"),
+        (
+            lambda g: setattr(g.validators[1], "public_key", g.validators[0].public_key),
+            "validators[1].public_key",
+        ),
+        (lambda g: setattr(g.validators[0], "power", 0), "validators[0].power"),
+        (lambda g: setattr(g.accounts[2], "public_key", b"short"), "accounts[2].public_key"),
+        (lambda g: g.accounts.add(public_key=g.accounts[0].public_key), "accounts[9].public_key"),
+        (lambda g: setattr(g.instruments[0].id, "issuer", MALLORY.address), "instruments[0].id.issuer"),
+        (lambda g: setattr(g.instruments[0], "supply_cap", 10), "instruments[0].supply_cap"),
+        (lambda g: setattr(g.instruments[1], "supply", 5), "instruments[1].supply"),
+        (lambda g: setattr(g.instruments[1].id, "symbol", ""), "instruments[1].id.symbol"),
+        (
+            lambda g: setattr(g.accounts[6].balances[0].instrument, "symbol", "EUR"),
+            "accounts[6].balances[0].instrument",
+        ),
+        (lambda g: setattr(g.accounts[6].balances[0], "held", 1), "accounts[6].balances[0]"),
+    ],
+)
+def test_genesis_errors_name_the_field(mutate: object, field: str) -> None:
+    g = genesis()
+    mutate(g)  # type: ignore[operator]
+    with pytest.raises(GenesisError) as err:
+        parse_genesis(genesis_json(g))
+    assert err.value.field == field
+    with pytest.raises(GenesisError):
+        Ledger.genesis_writes(g)
+
+
+def test_genesis_not_json() -> None:
+    with pytest.raises(GenesisError, match="not a valid genesis"):
+        parse_genesis("{ nope")
+    with pytest.raises(GenesisError, match="not a valid genesis"):
+        parse_genesis('{"chainId": "x", "bogus": 1}')

@@ -1,0 +1,129 @@
+"""The sparse Merkle tree: roots, history independence, proofs and their failure on tampering."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from clearline.v1 import ledger_api_pb2
+from node.ledger import MemoryKV
+from node.ledger.merkle import EMPTY_ROOT, NODE_PREFIX, MerkleTree, key_hash, value_hash, verify_proof
+
+
+def build(items: dict[bytes, bytes], kv: MemoryKV | None = None) -> tuple[MemoryKV, bytes]:
+    kv = kv if kv is not None else MemoryKV()
+    root, writes = MerkleTree(kv).update({key_hash(k): value_hash(v) for k, v in items.items()})
+    kv.apply(writes)
+    return kv, root
+
+
+def keys(n: int, prefix: bytes = b"k") -> list[bytes]:
+    return [prefix + i.to_bytes(4, "big") for i in range(n)]
+
+
+def test_empty_tree() -> None:
+    kv = MemoryKV()
+    assert MerkleTree(kv).root_hash() == EMPTY_ROOT
+    proof = MerkleTree(kv).prove(b"absent")
+    assert verify_proof(EMPTY_ROOT, b"absent", None, proof)
+    assert not verify_proof(EMPTY_ROOT, b"absent", b"v", proof)
+
+
+def test_root_is_independent_of_history() -> None:
+    """Insert in one batch, or in several, or with extra keys later deleted: the same root and nodes."""
+    items = {k: b"v" + k for k in keys(3000)}
+    kv1, root1 = build(items)
+    kv2 = MemoryKV()
+    ks = list(items)
+    for lo in range(0, len(ks), 700):
+        kv2, root2 = build({k: items[k] for k in ks[lo : lo + 700]}, kv2)
+    extra = {k: b"x" for k in keys(500, b"extra")}
+    kv3, _ = build({**items, **extra})
+    root3, writes = MerkleTree(kv3).update({key_hash(k): None for k in extra})
+    kv3.apply(writes)
+    assert root1 == root2 == root3
+    nodes = [dict((k, v) for k, v in kv.items() if k.startswith(NODE_PREFIX)) for kv in (kv1, kv2, kv3)]
+    assert nodes[0] == nodes[1] == nodes[2]
+
+
+def test_delete_everything_gives_empty_root() -> None:
+    items = {k: b"v" for k in keys(600)}
+    kv, _ = build(items)
+    root, writes = MerkleTree(kv).update({key_hash(k): None for k in items})
+    kv.apply(writes)
+    assert root == EMPTY_ROOT and len(kv) == 0
+
+
+def test_update_changes_root_and_is_pure() -> None:
+    items = {k: b"v" for k in keys(100)}
+    kv, root = build(items)
+    before = dict(kv.items())
+    new_root, _ = MerkleTree(kv).update({key_hash(keys(1)[0]): value_hash(b"w")})
+    assert new_root != root and dict(kv.items()) == before
+
+
+def test_update_touches_only_the_paths_of_changed_keys() -> None:
+    kv, _ = build({k: b"v" for k in keys(20_000)})
+    _, writes = MerkleTree(kv).update({key_hash(b"k\x00\x00\x00\x05"): value_hash(b"new")})
+    assert 1 <= len(writes) <= 3  # root, and at most two levels below it for 20k keys
+
+
+@pytest.mark.parametrize("n", [1, 2, 300, 5000])
+def test_proofs_of_present_and_absent_keys(n: int) -> None:
+    items = {k: hashlib.sha256(k).digest() for k in keys(n)}
+    kv, root = build(items)
+    tree = MerkleTree(kv)
+    for k in list(items)[:: max(1, n // 50)]:
+        proof = tree.prove(k)
+        assert proof.present and verify_proof(root, k, items[k], proof)
+        assert not verify_proof(root, k, items[k] + b"x", proof)  # tampered value
+        assert not verify_proof(root, k, None, proof)  # presence is not absence
+        assert not verify_proof(hashlib.sha256(root).digest(), k, items[k], proof)  # other root
+        assert not verify_proof(root, k + b"?", items[k], proof)  # other key
+    for k in keys(50, b"absent"):
+        proof = tree.prove(k)
+        assert not proof.present and verify_proof(root, k, None, proof)
+        assert not verify_proof(root, k, b"anything", proof)
+
+
+def test_tampered_proof_steps_fail() -> None:
+    items = {k: b"v" + k for k in keys(2000)}
+    kv, root = build(items)
+    k = keys(2000)[7]
+    proof = MerkleTree(kv).prove(k)
+    assert verify_proof(root, k, items[k], proof)
+    for level in range(len(proof.steps)):
+        step = proof.steps[level]
+        for j, child in enumerate(step.children):
+            if child and j != step.index:
+                bad = ledger_api_pb2.MerkleProof()
+                bad.CopyFrom(proof)
+                c = bytearray(child)
+                c[5] ^= 1
+                bad.steps[level].children[j] = bytes(c)
+                assert not verify_proof(root, k, items[k], bad)
+                break
+        bad = ledger_api_pb2.MerkleProof()
+        bad.CopyFrom(proof)
+        bad.steps[level].index = (step.index + 1) % 256
+        assert not verify_proof(root, k, items[k], bad)
+    bad = ledger_api_pb2.MerkleProof()
+    bad.CopyFrom(proof)
+    del bad.steps[-1]
+    assert not verify_proof(root, k, items[k], bad)
+
+
+def test_absence_proof_cannot_hide_a_present_key() -> None:
+    items = {k: b"v" for k in keys(300)}
+    kv, root = build(items)
+    k = keys(300)[3]
+    proof = MerkleTree(kv).prove(k)
+    forged = ledger_api_pb2.MerkleProof()
+    forged.CopyFrom(proof)
+    forged.present = False
+    assert not verify_proof(root, k, None, forged)
+    # Claiming the slot holds "another" key whose hash is in fact this key's hash fails too.
+    forged.other_key = key_hash(k)
+    forged.other_value_hash = value_hash(b"v")
+    assert not verify_proof(root, k, None, forged)
