@@ -67,7 +67,7 @@ ops = st.one_of(
         st.lists(st.tuples(person, person, instrument, amount), min_size=1, max_size=4),
         st.booleans(),
         ref,
-    ),  # fmt: skip
+    ),
     st.tuples(st.just("forced"), person, person, instrument, amount),
     st.tuples(st.just("limits"), person, instrument, st.integers(0, 300), st.integers(0, 600)),
     st.tuples(st.just("kyc"), person, st.sampled_from([T.KYC_STATUS_APPROVED, T.KYC_STATUS_REVOKED])),
@@ -124,8 +124,14 @@ def build_tx(n: Nonces, op: Op, height: int) -> VerifiedTx:
         return n.tx(COMPLIANCE, "unpause_instrument", T.UnpauseInstrument(instrument=inst))
     if kind == "hold":
         _, payer, payee, hid, inst, amt, ttl = op
-        msg = T.CreateHold(hold_id=hid, instrument=inst, payee=payee.address, notary=NOTARY.address, amount=amt,
-                           expires_at_height=height + ttl)  # fmt: skip
+        msg = T.CreateHold(
+            hold_id=hid,
+            instrument=inst,
+            payee=payee.address,
+            notary=NOTARY.address,
+            amount=amt,
+            expires_at_height=height + ttl,
+        )
         return n.tx(payer, "create_hold", msg)
     if kind == "execute_hold":
         _, hid, amt = op
@@ -226,8 +232,12 @@ def run(sequence: list[tuple[list[Op], int]]) -> tuple[World, list[bytes], list[
     return w, roots, receipts
 
 
-def check_settlement(before: dict[Any, tuple[int, int, int]], after: dict[Any, tuple[int, int, int]], op: Op,
-                     receipt: R.Receipt) -> None:  # fmt: skip
+def check_settlement(
+    before: dict[Any, tuple[int, int, int]],
+    after: dict[Any, tuple[int, int, int]],
+    op: Op,
+    receipt: R.Receipt,
+) -> None:
     if receipt.status != R.TX_STATUS_OK:
         assert before == after, "a failed settlement changed balances"
         return
@@ -249,7 +259,7 @@ def test_random_sequences_keep_invariants_and_replay_identically(
     sequence: list[tuple[list[Op], int]],
 ) -> None:
     w1, roots1, receipts1 = run(sequence)
-    w2, roots2, receipts2 = run(sequence)
+    _w2, roots2, receipts2 = run(sequence)
     assert roots1 == roots2 and receipts1 == receipts2
     reopened = Ledger.open(w1.kv)
     assert reopened.state_root == w1.ledger.state_root == roots1[-1]

@@ -69,9 +69,13 @@ def genesis(
         public_key=MALLORY.public_key, roles=[tx_pb2.ROLE_PARTICIPANT], kyc_status=tx_pb2.KYC_STATUS_PENDING
     )
     g.instruments.add(
-        id=USD, name="Bank USD deposit", currency="USD", decimals=2, supply_cap=USD_CAP,
+        id=USD,
+        name="Bank USD deposit",
+        currency="USD",
+        decimals=2,
+        supply_cap=USD_CAP,
         kind=tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN,
-    )  # fmt: skip
+    )
     g.instruments.add(
         id=BOND, name="Bond 2030", currency="USD", decimals=0, kind=tx_pb2.INSTRUMENT_KIND_ASSET
     )

@@ -82,8 +82,14 @@ def limits(w: World, who: bytes, per_tx: int = 0, per_day: int = 0) -> VerifiedT
     )
 
 
-def mint(w: World, amount: int = 10, to: bytes = A.address, ref: str = "dep-1", signer: Any = BANK,
-         inst: T.InstrumentId = USD) -> VerifiedTx:  # fmt: skip
+def mint(
+    w: World,
+    amount: int = 10,
+    to: bytes = A.address,
+    ref: str = "dep-1",
+    signer: Any = BANK,
+    inst: T.InstrumentId = USD,
+) -> VerifiedTx:
     return w.tx(signer, "mint", T.Mint(instrument=inst, to=to, amount=amount, deposit_ref=ref))
 
 
@@ -92,8 +98,15 @@ def hold(
 ) -> VerifiedTx:
     if not height and not time_s:
         height = w.ledger.height + 100
-    op = T.CreateHold(hold_id=hold_id, instrument=USD, payee=BOB.address, notary=NOTARY.address, amount=amount,
-                      expires_at_height=height, expires_at_time=time_s)  # fmt: skip
+    op = T.CreateHold(
+        hold_id=hold_id,
+        instrument=USD,
+        payee=BOB.address,
+        notary=NOTARY.address,
+        amount=amount,
+        expires_at_height=height,
+        expires_at_time=time_s,
+    )
     signer = kw.pop("signer", A)
     if "payer" in kw:
         op.payer = kw.pop("payer")
@@ -234,8 +247,16 @@ def transfer_over_limit_per_day(w: World) -> tuple[VerifiedTx, int]:
 @case
 def transfer_signer_closed(w: World) -> tuple[VerifiedTx, int]:
     new = key("alice-new")
-    ok(w, w.tx(COMPLIANCE, "recover_account", T.RecoverAccount(
-        lost_account=A.address, new_account=new.address, new_public_key=new.public_key, reason="lost")))  # fmt: skip
+    ok(
+        w,
+        w.tx(
+            COMPLIANCE,
+            "recover_account",
+            T.RecoverAccount(
+                lost_account=A.address, new_account=new.address, new_public_key=new.public_key, reason="lost"
+            ),
+        ),
+    )
     return transfer(w, 1), R.TX_STATUS_ACCOUNT_CLOSED
 
 
@@ -362,10 +383,20 @@ def kyc_without_status(w: World) -> tuple[VerifiedTx, int]:
     return set_kyc(w, BOB.address, T.KYC_STATUS_UNSPECIFIED), R.TX_STATUS_INVALID_ARGUMENT
 
 
-def create_instrument(w: World, signer: Any = ADMIN, issuer: bytes = BANK.address, symbol: str = "EUR",
-                      kind: int = T.INSTRUMENT_KIND_DEPOSIT_TOKEN) -> VerifiedTx:  # fmt: skip
-    op = T.CreateInstrument(instrument=T.InstrumentId(issuer=issuer, symbol=symbol), name="Euro", currency="EUR",
-                            decimals=2, kind=kind)  # type: ignore[arg-type]  # fmt: skip
+def create_instrument(
+    w: World,
+    signer: Any = ADMIN,
+    issuer: bytes = BANK.address,
+    symbol: str = "EUR",
+    kind: int = T.INSTRUMENT_KIND_DEPOSIT_TOKEN,
+) -> VerifiedTx:
+    op = T.CreateInstrument(
+        instrument=T.InstrumentId(issuer=issuer, symbol=symbol),
+        name="Euro",
+        currency="EUR",
+        decimals=2,
+        kind=kind,
+    )  # type: ignore[arg-type]
     return w.tx(signer, "create_instrument", op)
 
 
@@ -547,8 +578,13 @@ def forced_transfer_insufficient(w: World) -> tuple[VerifiedTx, int]:
     return forced(w, amount=51), R.TX_STATUS_INSUFFICIENT_FUNDS
 
 
-def recover(w: World, new_name: str = "alice-new", signer: Any = COMPLIANCE, reason: str = "lost key",
-            new_key: Any = None) -> VerifiedTx:  # fmt: skip
+def recover(
+    w: World,
+    new_name: str = "alice-new",
+    signer: Any = COMPLIANCE,
+    reason: str = "lost key",
+    new_key: Any = None,
+) -> VerifiedTx:
     new = key(new_name)
     pk = new.public_key if new_key is None else new_key
     op = T.RecoverAccount(lost_account=A.address, new_account=new.address, new_public_key=pk, reason=reason)
@@ -631,8 +667,14 @@ def hold_expiry_height_now(w: World) -> tuple[VerifiedTx, int]:
 
 @case
 def hold_payee_not_approved(w: World) -> tuple[VerifiedTx, int]:
-    op = T.CreateHold(hold_id="x", instrument=USD, payee=MALLORY.address, notary=NOTARY.address, amount=1,
-                      expires_at_height=50)  # fmt: skip
+    op = T.CreateHold(
+        hold_id="x",
+        instrument=USD,
+        payee=MALLORY.address,
+        notary=NOTARY.address,
+        amount=1,
+        expires_at_height=50,
+    )
     return w.tx(A, "create_hold", op), R.TX_STATUS_KYC_NOT_APPROVED
 
 
