@@ -88,8 +88,8 @@ class Launcher:
 
     def start(self, name: str, *, env: dict[str, str] | None = None, args: Iterable[str] = ()) -> int:
         node = self.network.node(name)
-        if read_pid(node) is not None:
-            raise LaunchError(f"{node.name} is already running (pid {read_pid(node)})")
+        if self.pid(node.name) is not None:
+            raise LaunchError(f"{node.name} is already running (pid {self.pid(node.name)})")
         old = self._children.pop(node.name, None)
         if old is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -112,7 +112,7 @@ class Launcher:
 
     def _signal(self, name: str, sig: signal.Signals) -> int | None:
         node = self.network.node(name)
-        pid = read_pid(node)
+        pid = self.pid(node.name)
         if pid is None:
             return None
         with contextlib.suppress(ProcessLookupError):
@@ -164,16 +164,24 @@ class Launcher:
         self.stop(name)
         return self.start(name, **kwargs)  # type: ignore[arg-type]
 
+    def pid(self, name: str) -> int | None:
+        """The node's pid if it runs (a child still starting counts as running)."""
+        node = self.network.node(name)
+        child = self._children.get(node.name)
+        if child is not None and child.poll() is None:
+            return child.pid
+        return read_pid(node)
+
     def status(self, name: str) -> NodeProcess:
         node = self.network.node(name)
-        pid = read_pid(node)
+        pid = self.pid(node.name)
         return NodeProcess(node.name, pid, pid is not None, pid is not None and _state(pid) == "T")
 
     # --- the whole network ------------------------------------------------------------------------
 
     def start_all(self, env: dict[str, str] | None = None) -> None:
         for node in self.network.nodes:
-            if read_pid(node) is None:
+            if self.pid(node.name) is None:
                 self.start(node.name, env=env)
 
     def stop_all(self, timeout: float = 10) -> None:
@@ -184,7 +192,7 @@ class Launcher:
         for node in self.network.nodes:
             self._reap(node.name, max(0.1, deadline - time.monotonic()))
         for node in self.network.nodes:
-            if read_pid(node) is not None:
+            if self.pid(node.name) is not None:
                 self.kill(node.name)
         for child in self._children.values():
             with contextlib.suppress(Exception):
@@ -205,7 +213,7 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while pending:
             for node in list(pending):
-                if read_pid(node) is None:
+                if self.pid(node.name) is None:
                     raise LaunchError(f"{node.name} exited; last lines of its log:\n{tail(_log_file(node))}")
                 try:
                     ok = check(node)
