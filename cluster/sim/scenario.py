@@ -21,6 +21,7 @@ STRATEGIES = (
     "amnesia",  # crashes and restarts without its persisted lock and last-signed state
     "twins",  # two honest copies sharing one key, placed in different partitions
     "invalid-proposal",  # proposes blocks every honest validator must reject
+    "lock-breaker",  # proposes fresh blocks, prevotes every proposal, precommits to one peer only
 )
 
 
@@ -65,6 +66,8 @@ class Scenario:
     partitions: list[Partition] = field(default_factory=list)
     crashes: list[Crash] = field(default_factory=list)
     crash_after_persist: float = 0.0
+    crash_after_lock: float = 0.0
+    """Probability that an honest node crashes right after persisting a precommit for a block."""
     powers: list[int] = field(default_factory=list)
     strategies: dict[int, str] = field(default_factory=dict)
     """Validator index -> Byzantine strategy."""
@@ -96,6 +99,7 @@ def make_scenario(
         slow_fraction=rng.uniform(0.0, 0.3),
         max_latency=rng.choice((100, 400, 1500)),
         crash_after_persist=rng.choice((0.0, 0.0, 0.02, 0.08)) if crashes else 0.0,
+        crash_after_lock=rng.choice((0.0, 0.0, 0.3)) if crashes else 0.0,
     )
     honest = list(range(validators - byzantine))
     # Powers: mostly equal; sometimes weighted with the Byzantine power kept below 1/3.
@@ -106,8 +110,9 @@ def make_scenario(
     else:
         powers = [1] * validators
     sc.powers = powers
+    coalition = rng.choice(strategies) if rng.random() < 0.4 else None
     for i in range(validators - byzantine, validators):
-        sc.strategies[i] = rng.choice(strategies)
+        sc.strategies[i] = coalition or rng.choice(strategies)
     everyone = list(range(validators))
     for _ in range(rng.choice((0, 1, 2, 3)) if gst > 0 else 0):
         start = rng.randint(0, gst)

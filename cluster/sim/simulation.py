@@ -165,6 +165,7 @@ class Simulation:
         self.relayed: set[object] = set()
         self.splits: dict[tuple[Height, Round], tuple[Proposal, Proposal, frozenset[int]]] = {}
         self.twin_groups: dict[int, frozenset[int]] = {}
+        self.round_proposal: dict[tuple[Height, Round], BlockId] = {}
         self.stalled = False
         self._build_nodes()
 
@@ -282,12 +283,11 @@ class Simulation:
                 node.persisted = action.sign_state
                 if action.block is not None and action.sign_state.block_id is not None:
                     node.blocks[action.sign_state.block_id] = action.block
-                if (
-                    node.honest
-                    and self.now < self.sc.gst
-                    and self.sc.crash_after_persist
-                    and self.rng.random() < self.sc.crash_after_persist
-                ):
+                st = action.sign_state
+                p_crash = self.sc.crash_after_persist
+                if st.step is Step.PRECOMMIT and st.block_id is not None:
+                    p_crash = max(p_crash, self.sc.crash_after_lock)
+                if node.honest and self.now < self.sc.gst and p_crash and self.rng.random() < p_crash:
                     # Crash between the durable Persist and the Broadcast it protects.
                     self._crash(node)
                     self._push(
@@ -468,6 +468,7 @@ class Simulation:
     def _record_signature(self, node: Node, msg: Message) -> None:
         if isinstance(msg, Proposal):
             self.proposed.add(msg.block_id)
+            self.round_proposal.setdefault((msg.height, msg.round), msg.block_id)
             key = (msg.proposer, msg.height, msg.round, Step.PROPOSE)
             block_id: BlockId | None = msg.block_id
         else:
@@ -540,6 +541,8 @@ class Simulation:
                 out.append((d, msg if d in group or not self.nodes[d].honest else q))
             # Other Byzantines learn both blocks (they collude).
             return out
+        if strategy == "lock-breaker":
+            return self._lock_breaker(node, msg, targets, honest, signer)
         if isinstance(msg, Proposal):
             return [(d, msg) for d in targets]
         vote = msg
@@ -564,6 +567,28 @@ class Simulation:
                     out.extend((d, extra) for d in targets)
             return out
         return [(d, vote) for d in targets]
+
+    def _lock_breaker(
+        self, node: Node, msg: Message, targets: list[int], honest: list[int], signer: FakeSigner
+    ) -> list[tuple[int, Message]]:
+        """Fresh proposals (never the valid value), prevotes for whatever was proposed, and
+        precommits for it to one honest peer only: lets one node decide while the rest stay free."""
+        rng = self.rng
+        if isinstance(msg, Proposal):
+            fresh = SimBlock.make(msg.height, msg.round, node.address, rng.randint(0, 1 << 30))
+            p = Proposal(msg.height, msg.round, -1, fresh.id, fresh, node.address)
+            p = Proposal(p.height, p.round, -1, fresh.id, fresh, node.address, signer.sign_proposal(p))
+            self.round_proposal[(msg.height, msg.round)] = fresh.id
+            return [(d, p) for d in targets]
+        target = self.round_proposal.get((msg.height, msg.round), msg.block_id)
+        if msg.type is VoteType.PREVOTE:
+            v = _resign(signer, msg, target)
+            return [(d, v) for d in targets]
+        if target is None or not honest:
+            return [(d, msg) for d in targets]
+        lucky = rng.choice(honest)
+        yes, no = _resign(signer, msg, target), _resign(signer, msg, None)
+        return [(d, yes if d == lucky else no) for d in targets]
 
     # --- checkers -----------------------------------------------------------------------------------------
 
