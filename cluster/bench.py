@@ -1,0 +1,298 @@
+"""`clearline bench`: start a fresh network, drive signed transfers at it, report what committed.
+
+    clearline bench [--validators 4] [--duration 30] [--rate R | --max] [--json]
+
+Transactions are signed before the timed window (every one a real Ed25519-signed transfer between
+KYC-approved accounts funded at genesis), then submitted open-loop in batches (SubmitTxs) to all
+nodes. Commit times come from one node's block stream; submit->commit latency is measured per
+transaction. In the same run the Ed25519 verification rate of one core is measured, giving the
+ceiling (rate x cores / validators) and the efficiency (committed rate / ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
+from cluster.client import builders
+from cluster.launcher import Launcher
+from cluster.netgen import Network, init_network
+from cluster.ports import free_base_port
+from node import crypto, txs
+from node.config import ConsensusConfig
+
+BATCH = 250
+
+
+@dataclass
+class Plan:
+    raws: list[bytes]
+    hashes: list[bytes]
+
+
+def measure_verify_rate(seconds: float = 1.0) -> float:
+    """Ed25519 verifications per second on one core (PyNaCl), as the node does them."""
+    key = crypto.SigningKey.generate()
+    msg = crypto.sign_bytes(crypto.Domain.TX, "bench", b"x" * 120)
+    sig = key.sign_raw(msg)
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            crypto.verify_raw(key.public_key, sig, msg)
+        n += 200
+    return n / (time.perf_counter() - start)
+
+
+def make_network(home: Path, validators: int, accounts: int) -> Network:
+    names = tuple(f"u{i}" for i in range(accounts))
+    funded = {name: [("bank-a", "USD", 10**12)] for name in names}
+    consensus = ConsensusConfig(timeout_commit_ms=0, max_block_txs=5000, timeout_propose_ms=2000)
+    return init_network(
+        home,
+        validators=validators,
+        base_port=free_base_port(validators),
+        demo_accounts=names,
+        funded=funded,
+        consensus=consensus,
+        force=True,
+    )
+
+
+def presign(network: Network, accounts: int, total: int) -> Plan:
+    keys = [crypto.load_key_file(Path(network.accounts[f"u{i}"])) for i in range(accounts)]
+    usd = tx_pb2.InstrumentId(issuer=crypto.load_key_file(Path(network.accounts["bank-a"])).address, symbol="USD")
+    raws: list[bytes] = []
+    per = (total + accounts - 1) // accounts
+    for nonce in range(per):
+        for i, key in enumerate(keys):
+            if len(raws) >= total:
+                break
+            to = keys[(i + 1 + nonce) % accounts].address
+            body = builders.make_body(network.chain_id, key.address, nonce, f"b{i}-{nonce}", builders.transfer(usd, to, 1))
+            raws.append(txs.sign_tx(body, [key]))
+    return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws])
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+async def run_load(network: Network, plan: Plan, rate: float | None, duration: float, progress: bool) -> dict[str, Any]:
+    targets = [n.api_target for n in network.nodes]
+    opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    channels = [grpc.aio.insecure_channel(t, options=opts) for t in targets]
+    stubs = [ledger_api_pb2_grpc.LedgerStub(c) for c in channels]
+    submitted_at: dict[bytes, float] = {}
+    committed_at: dict[bytes, float] = {}
+    block_times: list[tuple[float, int]] = []
+    rejected = 0
+    start_height = (await stubs[0].GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=5)).height
+
+    async def watch() -> None:
+        stream = stubs[0].StreamBlocks(ledger_api_pb2.StreamBlocksRequest(from_height=start_height + 1))
+        async for block in stream:
+            now = time.perf_counter()
+            n = 0
+            for r in block.receipts:
+                if r.tx_hash in submitted_at:
+                    committed_at[r.tx_hash] = now
+                    n += 1
+            block_times.append((now, len(block.receipts)))
+
+    watcher = asyncio.create_task(watch())
+    t0 = time.perf_counter()
+    end = t0 + duration
+    batches = [plan.raws[i : i + BATCH] for i in range(0, len(plan.raws), BATCH)]
+    hashes = [plan.hashes[i : i + BATCH] for i in range(0, len(plan.hashes), BATCH)]
+    inflight: set[asyncio.Task[Any]] = set()
+    window = 20_000  # outstanding (submitted, not committed) transactions in --max mode
+
+    async def send(i: int) -> None:
+        nonlocal rejected
+        now = time.perf_counter()
+        for h in hashes[i]:
+            submitted_at[h] = now
+        try:
+            resp = await stubs[i % len(stubs)].SubmitTxs(
+                ledger_api_pb2.SubmitTxsRequest(txs=batches[i], wait=ledger_api_pb2.WAIT_FOR_NONE), timeout=30
+            )
+            rejected += sum(1 for r in resp.results if not r.accepted)
+        except grpc.aio.AioRpcError:
+            rejected += len(batches[i])
+
+    sent = 0
+    last_print = 0.0
+    for i in range(len(batches)):
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if rate:
+            due = t0 + (sent / rate)
+            if due > now:
+                await asyncio.sleep(due - now)
+        else:
+            while len(submitted_at) - len(committed_at) > window and time.perf_counter() < end:
+                await asyncio.sleep(0.005)
+        task = asyncio.create_task(send(i))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        sent += len(batches[i])
+        if progress and now - last_print > 0.5:
+            last_print = now
+            frac = min(1.0, (now - t0) / duration)
+            bar = "#" * int(frac * 30)
+            print(
+                f"\r[{bar:<30}] {now - t0:5.1f}s sent {sent:>8} committed {len(committed_at):>8}",
+                end="",
+                file=sys.stderr,
+            )
+    if inflight:
+        await asyncio.gather(*inflight)
+    # Let the tail commit (bounded).
+    drain_end = time.perf_counter() + 20
+    while len(committed_at) < len(submitted_at) - rejected and time.perf_counter() < drain_end:
+        await asyncio.sleep(0.05)
+    if progress:
+        print(file=sys.stderr)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await watcher
+    for c in channels:
+        await c.close()
+
+    if committed_at:
+        first_sub = min(submitted_at.values())
+        last_commit = max(committed_at.values())
+        span = max(1e-6, last_commit - first_sub)
+    else:
+        span = duration
+    latencies = [(committed_at[h] - submitted_at[h]) * 1000 for h in committed_at]
+    blocks_in = [b for b in block_times if b[1] > 0]
+    block_span = (blocks_in[-1][0] - blocks_in[0][0]) if len(blocks_in) > 1 else span
+    return {
+        "submitted": len(submitted_at),
+        "rejected": rejected,
+        "committed": len(committed_at),
+        "committed_tx_per_s": round(len(committed_at) / span, 1),
+        "latency_ms": {
+            "p50": round(_pct(latencies, 50), 1),
+            "p95": round(_pct(latencies, 95), 1),
+            "p99": round(_pct(latencies, 99), 1),
+            "mean": round(statistics.fmean(latencies), 1) if latencies else 0.0,
+        },
+        "blocks": len(blocks_in),
+        "blocks_per_s": round(len(blocks_in) / max(block_span, 1e-6), 2),
+        "tx_per_block": round(statistics.fmean([b[1] for b in blocks_in]), 1) if blocks_in else 0.0,
+        "span_s": round(span, 2),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    verify_rate = measure_verify_rate()
+    cores = os.cpu_count() or 1
+    ceiling = verify_rate * cores / args.validators
+    offered_rate = None if args.max else float(args.rate)
+    total = int((ceiling * 1.5 if offered_rate is None else offered_rate) * args.duration)
+    total = max(total, BATCH)
+    with tempfile.TemporaryDirectory(prefix="clearline-bench-") as tmp:
+        home = Path(args.home) if args.home else Path(tmp) / "net"
+        print(f"bench: {args.validators} validators, pre-signing {total} transfers...", file=sys.stderr)
+        network = make_network(home, args.validators, args.accounts)
+        plan = presign(network, args.accounts, total)
+        launcher = Launcher(network)
+        try:
+            launcher.start_all()
+            launcher.wait_until(_healthy, timeout=90, what="committing")
+            pids = {n.name: launcher.pid(n.name) for n in network.nodes}
+            cpu0 = {k: _cpu_seconds(p) for k, p in pids.items() if p}
+            t0 = time.perf_counter()
+            result = asyncio.run(run_load(network, plan, offered_rate, args.duration, not args.json))
+            elapsed = time.perf_counter() - t0
+            cpu = {k: round((_cpu_seconds(p) - cpu0[k]) / elapsed, 2) for k, p in pids.items() if p}
+        finally:
+            launcher.stop_all()
+    result.update(
+        validators=args.validators,
+        offered_tx_per_s=offered_rate if offered_rate is not None else "max",
+        duration_s=args.duration,
+        verify_per_s_one_core=round(verify_rate),
+        cores=cores,
+        verify_ceiling_tx_per_s=round(ceiling),
+        efficiency=round(result["committed_tx_per_s"] / ceiling, 3) if ceiling else 0.0,
+        cpu_per_node=cpu,
+    )
+    return result
+
+
+def _healthy(node: Any) -> bool:
+    with grpc.insecure_channel(node.api_target) as channel:
+        st = ledger_api_pb2_grpc.LedgerStub(channel).GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=1)
+    return bool(st.height >= 1)
+
+
+def table(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    rows = [
+        ("validators", r["validators"]),
+        ("offered tx/s", r["offered_tx_per_s"]),
+        ("committed tx/s", r["committed_tx_per_s"]),
+        ("committed / submitted", f"{r['committed']} / {r['submitted']} (rejected {r['rejected']})"),
+        ("latency p50/p95/p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
+        ("blocks/s", r["blocks_per_s"]),
+        ("tx/block", r["tx_per_block"]),
+        ("verify/s (1 core)", r["verify_per_s_one_core"]),
+        ("ceiling tx/s", r["verify_ceiling_tx_per_s"]),
+        ("efficiency", r["efficiency"]),
+        ("CPU per node (cores)", ", ".join(f"{k} {v}" for k, v in r["cpu_per_node"].items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clearline bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--validators", type=int, default=4)
+    p.add_argument("--duration", type=float, default=30)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--rate", type=float, default=1000, help="offered transactions per second")
+    mode.add_argument("--max", action="store_true", help="offer as much as the network takes")
+    p.add_argument("--accounts", type=int, default=400, help="funded sender accounts")
+    p.add_argument("--home", default="", help="network directory (default: a temporary one)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(result))
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
