@@ -66,6 +66,7 @@ VALID_KYC: Final = frozenset(
         tx_pb2.KYC_STATUS_REVOKED,
     )
 )
+_APPROVED: Final = tx_pb2.KYC_STATUS_APPROVED
 MAX_REF_LEN: Final = 128
 MAX_SYMBOL_LEN: Final = 32
 MAX_DECIMALS: Final = 18
@@ -77,9 +78,9 @@ MAX_TOTAL_POWER: Final = 2**60
 EventSink: TypeAlias = RepeatedCompositeFieldContainer[receipt_pb2.Event]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxContext:
-    """A transaction being applied and the block it is applied in."""
+    """A transaction being applied and the block it is applied in (not frozen: built per tx, hot)."""
 
     tx: VerifiedTx
     height: int
@@ -118,6 +119,13 @@ def check_role(acct: AccountRec, *roles: int) -> None:
 
 def check_active(acct: AccountRec, ctx: TxContext, who: str) -> None:
     """Only open, KYC-approved, unexpired, unfrozen accounts send or receive."""
+    if (
+        acct.kyc_status == _APPROVED
+        and not acct.frozen
+        and not acct.closed
+        and (not acct.kyc_expires_at or ctx.time_ms // 1000 < acct.kyc_expires_at)
+    ):
+        return
     if acct.closed:
         raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"{who} {acct.address.hex()} is closed")
     if acct.kyc_status != tx_pb2.KYC_STATUS_APPROVED:
@@ -373,7 +381,8 @@ def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     instrument = op.instrument
     ik, _ = get_instrument_checked(st, instrument)
     amount = op.amount
-    check_amount(amount)
+    if amount <= 0:
+        check_amount(amount)
     payer = signer
     to = op.to
     if to == payer.address:
