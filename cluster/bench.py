@@ -35,6 +35,7 @@ from node import crypto, txs
 from node.config import ConsensusConfig
 
 BATCH = 250
+MAX_INFLIGHT = 8  # concurrent SubmitTxs calls in --max mode
 
 
 @dataclass
@@ -74,7 +75,9 @@ def make_network(home: Path, validators: int, accounts: int) -> Network:
 
 def presign(network: Network, accounts: int, total: int) -> Plan:
     keys = [crypto.load_key_file(Path(network.accounts[f"u{i}"])) for i in range(accounts)]
-    usd = tx_pb2.InstrumentId(issuer=crypto.load_key_file(Path(network.accounts["bank-a"])).address, symbol="USD")
+    usd = tx_pb2.InstrumentId(
+        issuer=crypto.load_key_file(Path(network.accounts["bank-a"])).address, symbol="USD"
+    )
     raws: list[bytes] = []
     per = (total + accounts - 1) // accounts
     for nonce in range(per):
@@ -82,7 +85,9 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
             if len(raws) >= total:
                 break
             to = keys[(i + 1 + nonce) % accounts].address
-            body = builders.make_body(network.chain_id, key.address, nonce, f"b{i}-{nonce}", builders.transfer(usd, to, 1))
+            body = builders.make_body(
+                network.chain_id, key.address, nonce, f"b{i}-{nonce}", builders.transfer(usd, to, 1)
+            )
             raws.append(txs.sign_tx(body, [key]))
     return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws])
 
@@ -102,7 +107,9 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def run_load(network: Network, plan: Plan, rate: float | None, duration: float, progress: bool) -> dict[str, Any]:
+async def run_load(
+    network: Network, plan: Plan, rate: float | None, duration: float, progress: bool
+) -> dict[str, Any]:
     targets = [n.api_target for n in network.nodes]
     opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     channels = [grpc.aio.insecure_channel(t, options=opts) for t in targets]
@@ -156,8 +163,10 @@ async def run_load(network: Network, plan: Plan, rate: float | None, duration: f
             if due > now:
                 await asyncio.sleep(due - now)
         else:
-            while len(submitted_at) - len(committed_at) > window and time.perf_counter() < end:
-                await asyncio.sleep(0.005)
+            while (
+                len(inflight) >= MAX_INFLIGHT or sent - len(committed_at) > window
+            ) and time.perf_counter() < end:
+                await asyncio.sleep(0.002)
         task = asyncio.create_task(send(i))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
