@@ -101,8 +101,7 @@ def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> R
     writes: Writes = {}
     changes: dict[bytes, bytes | None] = {}
     sha = hashlib.sha256
-    for key in sorted(block):
-        rec = block[key]
+    for key, rec in block.items():  # insertion order: deterministic (the tree sorts by key hash)
         if rec is None:
             writes[key] = None
             changes[sha(key).digest()] = None

@@ -136,11 +136,17 @@ class MerkleTree:
                 j += 1
             p = bisect_left(idxs, c)
             off = p * ENTRY_LEN
-            parts.append(enc[prev:off])
             if p < len(idxs) and idxs[p] == c:
+                if j - i == 1 and self._fast_single(path, enc, off, items[i], parts, prev, writes):
+                    # One key below this slot whose leaf keeps existing: handled in place.
+                    prev = off + ENTRY_LEN
+                    i = j
+                    continue
+                parts.append(enc[prev:off])
                 new = self._update_child(path + _IDX[c], enc[off + 1 : off + ENTRY_LEN], items, i, j, writes)
                 prev = off + ENTRY_LEN
             else:
+                parts.append(enc[prev:off])
                 new = self._build(path + _IDX[c], _inserts(items, i, j), writes)
                 prev = off
             if new is not None:
@@ -149,6 +155,41 @@ class MerkleTree:
             i = j
         parts.append(enc[prev:])
         return b"".join(parts)
+
+    def _fast_single(
+        self, path: bytes, enc: bytes, off: int, item: Change, parts: list[bytes], prev: int, writes: Writes
+    ) -> bool:
+        """The hot cases of a large tree, without recursion: one changed key whose leaf stays.
+
+        Either the slot at enc[off] is that key's leaf (new value hash), or it is an internal child
+        whose own slot for the key is its leaf. Appends enc[prev:] up to the updated entry to parts
+        and returns True; returns False (nothing appended) for every other case.
+        """
+        kh, vh = item
+        if vh is None:
+            return False
+        if enc[off + 1] == LEAF:
+            if enc[off + 2 : off + 34] != kh:
+                return False
+            parts.append(enc[prev : off + 34])
+            parts.append(vh)
+            return True
+        key = NODE_PREFIX + path + _IDX[enc[off]]
+        old = self._kv.get(key)
+        if old is None:
+            return False
+        c = kh[len(path) + 1]
+        idxs = old[0::ENTRY_LEN]
+        p = bisect_left(idxs, c)
+        off2 = p * ENTRY_LEN
+        if p >= len(idxs) or idxs[p] != c or old[off2 + 1] != LEAF or old[off2 + 2 : off2 + 34] != kh:
+            return False
+        new = old[: off2 + 34] + vh + old[off2 + ENTRY_LEN :]
+        writes[key] = new
+        parts.append(enc[prev : off + 2])
+        parts.append(_sha256(_NODE_TAG + new).digest())
+        parts.append(_ZERO32)
+        return True
 
     def _update_child(
         self, path: bytes, child: Child, items: list[Change], lo: int, hi: int, writes: Writes
