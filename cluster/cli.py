@@ -156,6 +156,16 @@ def _client(args: argparse.Namespace) -> Any:
 
 def cmd_init(args: argparse.Namespace) -> int:
     hosts = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
+    if args.force and (Path(args.home) / "network.json").exists():
+        from cluster.launcher import Launcher
+
+        running = [
+            n.name for n in Network.load(args.home).nodes if Launcher(Network.load(args.home)).pid(n.name)
+        ]
+        if running:
+            raise CliError(
+                "NETWORK_RUNNING", f"nodes {', '.join(running)} are running; `clearline down` first", 2
+            )
     try:
         net = init_network(
             args.home,

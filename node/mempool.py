@@ -114,7 +114,8 @@ class Mempool:
         self._verified = _LRU(config.cache_size)
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
-        self.new_tx_event = asyncio.Event()
+        self.new_tx_event = asyncio.Event()  # consumed by the gossip loop
+        self.tx_arrived = asyncio.Event()  # consumed by the runtime (empty-block pacing)
 
     # --- introspection ----------------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Mempool:
                 results.append(Admitted(item.tx_hash, False, receipt_pb2.TX_STATUS_INTERNAL, "mempool full"))
         if any(r.accepted and not r.duplicate for r in results):
             self.new_tx_event.set()
+            self.tx_arrived.set()
         return results
 
     def _count(self, status: int) -> None:

@@ -181,6 +181,7 @@ class Node:
         self._syncing = False
         self._sync_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._round_started = time.monotonic()
         self._last_block_time = 0.0
         self.started = False
@@ -357,9 +358,9 @@ class Node:
         log.info("shutting down")
         with contextlib.suppress(Exception):
             await self.api.set_serving(False)
-        for task in self._tasks:
+        for task in [*self._tasks, *self._side_tasks]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._side_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.api.stop(0.5)
@@ -643,10 +644,22 @@ class Node:
         self._schedule_next_height()
 
     def _schedule_next_height(self) -> None:
+        """Start the next height after timeout_commit; with nothing to do, wait (bounded) for a tx."""
+        height = self.height + 1
         delay = self.cfg.consensus.timeout_commit_ms / 1000
-        asyncio.get_running_loop().call_later(
-            delay, self._queue.put_nowait, ("start_height", self.height + 1)
-        )
+        idle = self.cfg.consensus.create_empty_blocks_interval_ms / 1000
+        self.mempool.tx_arrived.clear()
+
+        async def start_later() -> None:
+            await asyncio.sleep(delay)
+            if len(self.mempool) == 0 and not self._pending_evidence and idle > delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mempool.tx_arrived.wait(), timeout=idle - delay)
+            self._queue.put_nowait(("start_height", height))
+
+        task = asyncio.create_task(start_later())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def _apply_block(
         self,
@@ -817,6 +830,7 @@ class Node:
             log.warning("peer %s sent a vote with a bad signature", peer)
             return
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(vote=pb)))
+        self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._enqueue(VoteReceived(vote))
 
     async def _on_proposal(self, peer: str, pb: block_pb2.Proposal) -> None:
@@ -855,6 +869,7 @@ class Node:
                     vtxs = [v for v in verified if isinstance(v, VerifiedTx)]
                     self._check_block(proposal.height, proposal.block_id, pb.block, vtxs)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
+        self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._enqueue(ProposalReceived(proposal))
 
     def _status_message(self) -> peer_pb2.PeerMessage:

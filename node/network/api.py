@@ -55,7 +55,7 @@ class NodeApi(Protocol):
 
 async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> Any:
     code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
-    await context.abort(code, f"{err.reason}: {err.message}", trailing_metadata=((REASON_KEY, err.reason),))
+    await context.abort(code, err.message, trailing_metadata=((REASON_KEY, err.reason),))
 
 
 def _address(value: bytes, what: str = "address") -> bytes:

@@ -1,0 +1,194 @@
+"""`make run`: a fresh 4-validator network and a demo of every capability, then the live chain.
+
+    python -m cluster.demo [--home .clearline/net] [--seconds N]
+
+Initializes a network (replacing an earlier demo network in the same directory), starts four
+validators as real processes, then runs real transactions: two banks issue USD deposit tokens,
+clients pass KYC, deposits are minted, clients pay each other across banks, a hold is created and
+executed by its notary, a tokenized bond settles against cash in one atomic DvP, a payment from a
+frozen account is refused with its reason, and a balance is read with a verified Merkle proof.
+Then it prints committed blocks until Ctrl-C (or for --seconds / RUN_SECONDS), and stops every node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from clearline.v1 import tx_pb2
+from cluster.client import ClientError, SyncClient, builders
+from cluster.launcher import Launcher, LaunchError
+from cluster.netgen import Network, init_network
+from node import crypto
+
+STEP = "\033[1m==>\033[0m " if sys.stdout.isatty() else "==> "
+
+
+def money(cents: int) -> str:
+    return f"{cents / 100:,.2f}"
+
+
+class Demo:
+    def __init__(self, network: Network, client: SyncClient) -> None:
+        self.net = network
+        self.client = client
+        self.keys = {name: crypto.load_key_file(Path(path)) for name, path in network.accounts.items()}
+        self.usd_a = tx_pb2.InstrumentId(issuer=self.keys["bank-a"].address, symbol="USD")
+        self.usd_b = tx_pb2.InstrumentId(issuer=self.keys["bank-b"].address, symbol="USD")
+        self.bond = tx_pb2.InstrumentId(issuer=self.keys["bank-a"].address, symbol="BOND-2030")
+        self.failures = 0
+
+    def send(self, who: str, op: Any, *, cosigners: tuple[str, ...] = (), expect: str = "OK") -> Any:
+        key = self.keys[who]
+        try:
+            result = self.client.send(key, op, cosigners=[self.keys[c] for c in cosigners])
+            reason = result.reason if result.receipt is not None else "OK"
+            message = result.receipt.message if result.receipt is not None else ""
+            height = result.height
+        except ClientError as exc:
+            reason, message, height = exc.reason, exc.message, 0
+        kind = builders.op_field(op)
+        ok = reason == expect
+        mark = "ok" if ok else "UNEXPECTED"
+        where = f" at height {height}" if height else ""
+        detail = f": {message}" if message and reason != "OK" else ""
+        print(f"    {kind} by {who}: {reason}{detail}{where} [{mark}]")
+        if not ok:
+            self.failures += 1
+        return reason
+
+    def balance(self, who: str, inst: tx_pb2.InstrumentId) -> int:
+        acct = self.client.get_account(self.keys[who].address).account
+        return sum(b.amount for b in acct.balances if b.instrument == inst)
+
+    def run(self) -> int:
+        k = self.keys
+        print(f"{STEP}1. Two banks issue USD deposit tokens")
+        for inst in (self.usd_a, self.usd_b, self.bond):
+            info = self.client.get_instrument(inst).instrument
+            print(f"    {info.name} ({info.id.symbol}, {info.decimals} decimals) registered by the admin")
+
+        print(f"{STEP}2. Clients pass KYC at their banks")
+        for bank, client in (("bank-a", "alice"), ("bank-a", "bob"), ("bank-b", "carol"), ("bank-b", "dave")):
+            self.send(bank, builders.set_kyc(k[client].address, tx_pb2.KYC_STATUS_APPROVED,
+                                             public_key=k[client].public_key))  # fmt: skip
+
+        print(f"{STEP}3. Deposits are minted as tokens (against off-ledger deposit references)")
+        self.send("bank-a", builders.mint(self.usd_a, k["alice"].address, 1_000_000_00, "DEP-A-0001"))
+        self.send("bank-b", builders.mint(self.usd_b, k["carol"].address, 500_000_00, "DEP-B-0001"))
+        print("    the same deposit reference cannot be minted twice:")
+        self.send("bank-a", builders.mint(self.usd_a, k["alice"].address, 1_000_000_00, "DEP-A-0001"),
+                  expect="DUPLICATE_DEPOSIT_REF")  # fmt: skip
+
+        print(f"{STEP}4. Clients pay each other across banks")
+        self.send("alice", builders.transfer(self.usd_a, k["carol"].address, 2_500_00))
+        self.send("carol", builders.transfer(self.usd_b, k["bob"].address, 1_200_00))
+        print(f"    carol holds {money(self.balance('carol', self.usd_a))} Bank A USD; "
+              f"bob holds {money(self.balance('bob', self.usd_b))} Bank B USD")  # fmt: skip
+
+        print(f"{STEP}5. A hold (escrow) is created and executed by its notary")
+        hold_id = f"escrow-{int(time.time())}"
+        self.send("alice", builders.create_hold(hold_id, self.usd_a, payee=k["dave"].address,
+                                                notary=k["compliance"].address, amount=10_000_00,
+                                                expires_at_height=self.client.status().height + 1000))  # fmt: skip
+        self.send("compliance", builders.execute_hold(hold_id))
+        print(f"    dave received {money(self.balance('dave', self.usd_a))} Bank A USD from the hold")
+
+        print(f"{STEP}6. A tokenized bond settles against cash in one atomic DvP")
+        self.send("bank-a", builders.mint(self.bond, k["carol"].address, 100, "BOND-ISSUE-1"))
+        legs = [
+            builders.leg(self.bond, k["carol"].address, k["alice"].address, 10),
+            builders.leg(self.usd_a, k["alice"].address, k["carol"].address, 9_950_00),
+        ]
+        self.send("alice", builders.settle(f"dvp-{int(time.time())}", legs), cosigners=("carol",))
+        print(f"    alice now holds {self.balance('alice', self.bond)} bonds; carol "
+              f"{money(self.balance('carol', self.usd_a))} Bank A USD")  # fmt: skip
+        print("    a settlement missing a payer's signature is refused, all legs or none:")
+        self.send("alice", builders.settle("dvp-unsigned", legs), expect="MISSING_SIGNATURE")
+
+        print(f"{STEP}7. Compliance freezes an account; its payment is refused with the reason")
+        self.send("compliance", builders.freeze_account(k["bob"].address, "court order 42"))
+        self.send("bob", builders.transfer(self.usd_b, k["alice"].address, 100_00), expect="ACCOUNT_FROZEN")
+
+        print(f"{STEP}8. A balance read with a verified Merkle proof and commit certificate")
+        trusted = self.client.validators(0)
+        verified = self.client.get_account_verified(k["alice"].address, trusted)
+        assert verified.account is not None
+        bal = sum(b.amount for b in verified.account.balances if b.instrument == self.usd_a)
+        print(f"    alice: {money(bal)} Bank A USD, proof VERIFIED against the commit certificate of "
+              f"height {verified.height} (state root {verified.state_root.hex()[:16]}...)")  # fmt: skip
+        return self.failures
+
+
+def stream_blocks(client: SyncClient, seconds: float | None, stop: threading.Event) -> None:
+    start = client.status().height
+    print(f"{STEP}Committed blocks (Ctrl-C to stop)" + (f", for {seconds:.0f}s" if seconds else ""))
+    deadline = time.monotonic() + seconds if seconds else None
+    stream = client.stream_blocks(start, timeout_s=seconds + 5 if seconds else None)
+    try:
+        for block in stream:
+            h = block.block.header
+            print(f"    block {h.height:>6}  {block.block_hash.hex()[:16]}  txs {len(block.block.body.txs):>4}  "
+                  f"proposer {h.proposer.hex()[:8]}")  # fmt: skip
+            if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                break
+    except ClientError as exc:
+        if exc.reason != "DEADLINE_EXCEEDED":
+            raise
+    finally:
+        stream.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clearline-demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--home", default=".clearline/net")
+    env_seconds = os.environ.get("RUN_SECONDS")
+    p.add_argument("--seconds", type=float, default=float(env_seconds) if env_seconds else None)
+    p.add_argument("--validators", type=int, default=4)
+    args = p.parse_args(argv)
+
+    if (Path(args.home) / "network.json").exists():
+        Launcher(Network.load(args.home)).stop_all()  # an earlier demo's nodes, if any survive
+    print(f"{STEP}Initializing a {args.validators}-validator network in {args.home}")
+    network = init_network(args.home, validators=args.validators, force=True,
+                           base_port=int(os.environ.get("BASE_PORT", "26600")))  # fmt: skip
+    launcher = Launcher(network)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    failures = 0
+    try:
+        launcher.start_all()
+
+        def healthy(node: Any) -> bool:
+            with SyncClient.connect(node.api_target, timeout_s=1) as c:
+                return bool(c.status().height >= 1)
+
+        launcher.wait_until(healthy, timeout=90, what="committing blocks",
+                            progress=lambda line: print(f"    {line}"))  # fmt: skip
+        with SyncClient.connect(network.nodes[0].api_target, timeout_s=30) as client:
+            failures = Demo(network, client).run()
+            if not stop.is_set():
+                stream_blocks(client, args.seconds, stop)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failures += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(f"{STEP}Stopping every node")
+        launcher.stop_all()
+    print(
+        "demo finished" + (f" with {failures} unexpected results" if failures else ": every step as expected")
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
