@@ -1,0 +1,200 @@
+"""The `clearline` command line end to end on a real cluster in a temporary directory: init, up,
+status, a transaction of each kind, queries with proof, kill and restart of a node, down with no
+process left; and `make run` with a bounded run time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.launcher import Launcher
+from cluster.netgen import Network
+from cluster.ports import free_base_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(home: Path, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if ok:
+        assert proc.returncode == 0, f"clearline {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def tx(home: Path, *args: str, ok: bool = True) -> dict:
+    proc = cli(home, "tx", *args, "--json", ok=ok)
+    doc = json.loads(proc.stdout)
+    if not ok:
+        assert proc.returncode != 0
+    return doc
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    home = tmp_path / "net"
+    yield home
+    if (home / "network.json").exists():
+        Launcher(Network.load(home)).stop_all()
+
+
+def test_command_line_end_to_end(home: Path) -> None:
+    base = free_base_port(4)
+    cli(home, "init", "--validators", "4", "--base-port", str(base))
+    again = cli(home, "init", "--base-port", str(base), ok=False)
+    assert again.returncode == 2 and "NETWORK_EXISTS" in again.stderr
+    up = cli(home, "up", "--json")
+    assert all(n["alive"] and n["height"] >= 1 for n in json.loads(up.stdout)["nodes"])
+
+    # One transaction of each kind the command line offers.
+    assert tx(home, "kyc", "--as", "bank-a", "--account", "alice")["status"] == "OK"
+    assert tx(home, "kyc", "--as", "bank-a", "--account", "bob")["status"] == "OK"
+    assert tx(home, "kyc", "--as", "bank-b", "--account", "carol")["status"] == "OK"
+    tx(home, "mint", "--as", "bank-a", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "100000",
+       "--deposit-ref", "d1")  # fmt: skip
+    tx(home, "mint", "--as", "bank-a", "--instrument", "bank-a:BOND-2030", "--to", "carol", "--amount", "50",
+       "--deposit-ref", "bond-1")  # fmt: skip
+    tx(
+        home,
+        "transfer",
+        "--as",
+        "alice",
+        "--instrument",
+        "bank-a:USD",
+        "--to",
+        "bob",
+        "--amount",
+        "500",
+        "--node",
+        "2",
+    )
+    tx(
+        home,
+        "redeem",
+        "--as",
+        "bob",
+        "--instrument",
+        "bank-a:USD",
+        "--amount",
+        "100",
+        "--redemption-ref",
+        "r1",
+    )
+    tx(home, "hold-create", "--as", "alice", "--hold-id", "h1", "--instrument", "bank-a:USD", "--payee", "bob",
+       "--notary", "compliance", "--amount", "300", "--expires-at-height", "100000")  # fmt: skip
+    tx(home, "hold-execute", "--as", "compliance", "--hold-id", "h1", "--amount", "200")
+    tx(home, "hold-create", "--as", "alice", "--hold-id", "h2", "--instrument", "bank-a:USD", "--payee", "bob",
+       "--notary", "compliance", "--amount", "50", "--expires-at-height", "100000")  # fmt: skip
+    tx(home, "hold-release", "--as", "bob", "--hold-id", "h2")
+    tx(home, "settle", "--as", "alice", "--settlement-ref", "dvp1", "--leg", "bank-a:BOND-2030,carol,alice,5",
+       "--leg", "bank-a:USD,alice,carol,1000", "--cosign", "carol")  # fmt: skip
+    tx(home, "set-limits", "--as", "compliance", "--account", "alice", "--instrument", "bank-a:USD",
+       "--max-per-tx", "5000")  # fmt: skip
+    over = tx(home, "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount", "6000",
+              ok=False)  # fmt: skip
+    assert over["error"] == "LIMIT_PER_TX_EXCEEDED"
+    tx(home, "freeze-amount", "--as", "compliance", "--account", "bob", "--instrument", "bank-a:USD",
+       "--amount", "10", "--reason", "garnish")  # fmt: skip
+    tx(home, "unfreeze-amount", "--as", "compliance", "--account", "bob", "--instrument", "bank-a:USD",
+       "--amount", "10", "--reason", "released")  # fmt: skip
+    tx(home, "forced-transfer", "--as", "compliance", "--instrument", "bank-a:USD", "--from", "bob", "--to", "alice",
+       "--amount", "5", "--reason", "court order")  # fmt: skip
+    tx(home, "freeze", "--as", "compliance", "--account", "bob", "--reason", "investigation")
+    frozen = tx(home, "transfer", "--as", "bob", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1",
+                ok=False)  # fmt: skip
+    assert frozen["error"] == "ACCOUNT_FROZEN"
+    tx(home, "unfreeze", "--as", "compliance", "--account", "bob", "--reason", "cleared")
+    tx(home, "pause", "--as", "compliance", "--instrument", "bank-a:USD", "--reason", "maintenance")
+    paused = tx(home, "transfer", "--as", "bob", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1",
+                ok=False)  # fmt: skip
+    assert paused["error"] == "INSTRUMENT_PAUSED"
+    tx(home, "unpause", "--as", "compliance", "--instrument", "bank-a:USD", "--reason", "done")
+    tx(home, "create-instrument", "--as", "admin", "--instrument", "bank-b:EUR", "--name", "Bank B EUR",
+       "--currency", "EUR")  # fmt: skip
+    tx(home, "grant-role", "--as", "admin", "--account", "dave", "--role", "auditor")
+    keyfile = home.parent / "new-wallet.json"
+    cli(home, "keys", "new", "--out", str(keyfile))
+    tx(
+        home,
+        "recover",
+        "--as",
+        "compliance",
+        "--lost",
+        "carol",
+        "--new-key",
+        str(keyfile),
+        "--reason",
+        "lost phone",
+    )
+
+    # Queries, with a verified proof.
+    proved = cli(home, "query", "account", "alice", "--prove")
+    assert "proof: VERIFIED" in proved.stdout
+    doc = json.loads(cli(home, "query", "account", "bob", "--json").stdout)
+    assert doc["exists"] is True
+    inst = json.loads(cli(home, "query", "instrument", "bank-a:USD", "--json").stdout)
+    assert int(inst["instrument"]["supply"]) == 100000 - 100
+    assert len(json.loads(cli(home, "query", "validators", "--json").stdout)["validators"]) == 4
+    block = json.loads(cli(home, "query", "block", "2", "--json").stdout)
+    assert int(block["block"]["header"]["height"]) == 2
+    missing = cli(home, "query", "account", "ff" * 20, ok=False)
+    assert missing.returncode != 0 and "UNKNOWN_ACCOUNT" in missing.stderr
+
+    # Kill and restart one node; it catches up.
+    killed = json.loads(cli(home, "node", "kill", "node3", "--json").stdout)
+    assert killed["action"] == "kill"
+    status = json.loads(cli(home, "status", "--json").stdout)["nodes"]
+    assert [n["alive"] for n in status] == [True, True, True, False]
+    cli(home, "node", "start", "node3")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = json.loads(cli(home, "status", "--json").stdout)["nodes"]
+        if rows[3]["height"] and rows[3]["height"] >= rows[0]["height"] - 1:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"node3 did not catch up: {rows}")
+    cli(home, "node", "pause", "node1")
+    assert json.loads(cli(home, "status", "--json").stdout)["nodes"][1]["paused"] is True
+    cli(home, "node", "resume", "node1")
+
+    # Down leaves no process behind.
+    pids = [n["pid"] for n in json.loads(cli(home, "status", "--json").stdout)["nodes"]]
+    cli(home, "down")
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_make_run_with_a_bounded_run_time(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "RUN_SECONDS": "3",
+        "RUN_HOME": str(tmp_path / "run"),
+        "BASE_PORT": str(free_base_port(4)),
+    }
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "run", f"PY={sys.executable}", "GEN="],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for step in ("1. Two banks", "2. Clients pass KYC", "3. Deposits are minted", "4. Clients pay each other",
+                 "5. A hold", "6. A tokenized bond", "7. Compliance freezes", "8. A balance read"):  # fmt: skip
+        assert step in out
+    assert "proof VERIFIED" in out
+    assert "[UNEXPECTED]" not in out
+    assert "every step as expected" in out
+    assert "block " in out.split("Committed blocks")[1]
+    net = Network.load(tmp_path / "run")
+    assert all(Launcher(net).pid(n.name) is None for n in net.nodes)
