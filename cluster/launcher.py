@@ -77,11 +77,18 @@ def tail(path: Path, lines: int = 20) -> str:
 
 class Launcher:
     def __init__(
-        self, network: Network, *, python: str | None = None, extra_env: dict[str, str] | None = None
+        self,
+        network: Network,
+        *,
+        python: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        wrappers: dict[str, list[str]] | None = None,
     ) -> None:
         self.network = network
         self.python = python or sys.executable
         self.extra_env = dict(extra_env or {})
+        # A command prefix per node, e.g. ["ip", "netns", "exec", "ns1"] to run it in a namespace.
+        self.wrappers = dict(wrappers or {})
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # --- one node ---------------------------------------------------------------------------------
@@ -98,7 +105,7 @@ class Launcher:
         full_env = {**os.environ, **self.extra_env, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen(
-            [self.python, "-m", "node", "--home", node.home, *args],
+            [*self.wrappers.get(node.name, []), self.python, "-m", "node", "--home", node.home, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
