@@ -67,6 +67,7 @@ VALID_KYC: Final = frozenset(
     )
 )
 _APPROVED: Final = tx_pb2.KYC_STATUS_APPROVED
+_OK: Final = receipt_pb2.TX_STATUS_OK
 MAX_REF_LEN: Final = 128
 MAX_SYMBOL_LEN: Final = 32
 MAX_DECIMALS: Final = 18
@@ -852,8 +853,10 @@ def apply_tx(
     """
     body = tx.body
     signer_addr = body.signer
+    nonce = body.nonce
+    client_ref = body.client_ref
     receipt = receipt_pb2.Receipt(
-        tx_hash=tx.tx_hash, height=height, signer=signer_addr, nonce=body.nonce, client_ref=body.client_ref
+        tx_hash=tx.tx_hash, height=height, signer=signer_addr, nonce=nonce, client_ref=client_ref
     )
     signer = st.account(signer_addr)
     if signer is None:
@@ -865,17 +868,17 @@ def apply_tx(
         receipt.message = "the signer account did not sign"
         return receipt
     want = signer.nonce if expected_nonce is None else expected_nonce
-    if body.nonce != want:
+    if nonce != want:
         receipt.status = S.TX_STATUS_BAD_NONCE
-        receipt.message = f"nonce {body.nonce}, expected {want}"
+        receipt.message = f"nonce {nonce}, expected {want}"
         return receipt
     ref_key = b""
-    if body.client_ref:
-        ref_key = client_ref_key(signer_addr, body.client_ref)
+    if client_ref:
+        ref_key = client_ref_key(signer_addr, client_ref)
         first = st.ref(ref_key)
         if first is not None:
             receipt.status = S.TX_STATUS_DUPLICATE_CLIENT_REF
-            receipt.message = f"client reference {body.client_ref!r} was used by {first.tx_hash.hex()}"
+            receipt.message = f"client reference {client_ref!r} was used by {first.tx_hash.hex()}"
             emit(
                 receipt.events,
                 "duplicate_client_ref",
@@ -898,11 +901,12 @@ def apply_tx(
         receipt.status = exc.status
         receipt.message = exc.message
     else:
-        receipt.status = S.TX_STATUS_OK
+        receipt.status = _OK
         if ref_key:
             st.put(ref_key, state_pb2.RefRecord(tx_hash=tx.tx_hash, height=height))
-    st.commit_tx()
-    st.account_direct(signer_addr).nonce = body.nonce + 1
+    if st.tx:
+        st.commit_tx()
+    st.account_direct(signer_addr).nonce = nonce + 1
     return receipt
 
 

@@ -162,6 +162,10 @@ def _varint(n: int) -> bytes:
         return _SMALL_VARINTS[n]
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x10000000:
+        if n < 0x200000:
+            return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -212,8 +216,9 @@ def encode_account(rec: AccountRec) -> bytes:
     v = _varint
     address = rec.address
     out = b"\x0a\x14" + address if len(address) == 20 else (_len_field(b"\x0a", address) if address else b"")
-    if rec.public_key:
-        out += _len_field(b"\x12", rec.public_key)
+    pk = rec.public_key
+    if pk:
+        out += b"\x12\x20" + pk if len(pk) == 32 else _len_field(b"\x12", pk)
     if rec.roles:
         out += _roles_field(rec.roles)
     if rec.kyc_status:
@@ -228,14 +233,15 @@ def encode_account(rec: AccountRec) -> bytes:
     for ik in sorted(balances) if len(balances) > 1 else balances:
         amount, frozen, held = balances[ik]
         if amount or frozen or held:
-            inner = _instrument_id_field(ik)
+            inner = _IID_CACHE.get(ik) or _instrument_id_field(ik)
             if amount:
                 inner += b"\x10" + v(amount)
             if frozen:
                 inner += b"\x18" + v(frozen)
             if held:
                 inner += b"\x20" + v(held)
-            out += _len_field(b"\x42", inner)
+            n = len(inner)
+            out += (b"\x42" + _SMALL_VARINTS[n] if n < 0x80 else b"\x42" + v(n)) + inner
     if rec.limits:
         for ik in sorted(rec.limits):
             max_tx, max_day = rec.limits[ik]
@@ -398,7 +404,10 @@ class StateView:
     # Typed accessors.
 
     def account(self, address: bytes) -> AccountRec | None:
-        rec = self.get(ACCOUNT + address)
+        key = ACCOUNT + address
+        rec = self.tx.get(key) or self.block.get(key) or self.cache.get(key)  # the hot path: found
+        if rec is None:
+            rec = self.get(key)
         assert rec is None or isinstance(rec, AccountRec)
         return rec
 
