@@ -166,6 +166,8 @@ class Simulation:
         self.splits: dict[tuple[Height, Round], tuple[Proposal, Proposal, frozenset[int]]] = {}
         self.twin_groups: dict[int, frozenset[int]] = {}
         self.round_proposal: dict[tuple[Height, Round], BlockId] = {}
+        self.attacked: dict[Height, BlockId] = {}
+        self.attack_part: dict[tuple[Height, Round], frozenset[int]] = {}
         self.stalled = False
         self._build_nodes()
 
@@ -328,6 +330,8 @@ class Simulation:
         self._execute(node, core.step(StartHeight(h, self.valset)))
         if node.core is core and node.up:
             for msg in node.future.pop(h, []):
+                if node.core is not core or not node.up:
+                    break
                 self._feed(node, msg)
             self._catch_up(node)
 
@@ -571,24 +575,40 @@ class Simulation:
     def _lock_breaker(
         self, node: Node, msg: Message, targets: list[int], honest: list[int], signer: FakeSigner
     ) -> list[tuple[int, Message]]:
-        """Fresh proposals (never the valid value), prevotes for whatever was proposed, and
-        precommits for it to one honest peer only: lets one node decide while the rest stay free."""
+        """An adversary against locking. In the first round of a height where it votes for a block A,
+        it prevotes A only to a random part of the honest nodes (nil to the rest) and precommits A to
+        one of them: some nodes lock A, one may decide it, the others stay free. In later rounds of
+        that height it votes nil on A and pushes any other block with everything, and proposes fresh
+        blocks itself, hoping nodes that locked A switch (they must not)."""
         rng = self.rng
+        key = (msg.height, msg.round)
         if isinstance(msg, Proposal):
             fresh = SimBlock.make(msg.height, msg.round, node.address, rng.randint(0, 1 << 30))
             p = Proposal(msg.height, msg.round, -1, fresh.id, fresh, node.address)
             p = Proposal(p.height, p.round, -1, fresh.id, fresh, node.address, signer.sign_proposal(p))
-            self.round_proposal[(msg.height, msg.round)] = fresh.id
+            self.round_proposal[key] = fresh.id
+            if msg.height not in self.attacked and honest:
+                part = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
+                self.attacked[msg.height] = fresh.id
+                self.attack_part[key] = part
+                return [(d, p) for d in targets if d in part or not self.nodes[d].honest]
             return [(d, p) for d in targets]
-        target = self.round_proposal.get((msg.height, msg.round), msg.block_id)
-        if msg.type is VoteType.PREVOTE:
-            v = _resign(signer, msg, target)
-            return [(d, v) for d in targets]
+        target = self.round_proposal.get(key, msg.block_id)
         if target is None or not honest:
             return [(d, msg) for d in targets]
-        lucky = rng.choice(honest)
+        if msg.height not in self.attacked:
+            self.attacked[msg.height] = target
+            self.attack_part[key] = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
         yes, no = _resign(signer, msg, target), _resign(signer, msg, None)
-        return [(d, yes if d == lucky else no) for d in targets]
+        part = self.attack_part.get(key)
+        chosen: frozenset[int]
+        if part is not None:
+            chosen = part if msg.type is VoteType.PREVOTE else frozenset((rng.choice(sorted(part)),))
+        elif target == self.attacked[msg.height]:
+            chosen = frozenset()
+        else:
+            chosen = frozenset(honest)
+        return [(d, yes if d in chosen or not self.nodes[d].honest else no) for d in targets]
 
     # --- checkers -----------------------------------------------------------------------------------------
 
