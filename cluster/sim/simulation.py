@@ -600,10 +600,10 @@ class Simulation:
             self.attacked[msg.height] = target
             self.attack_part[key] = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
         yes, no = _resign(signer, msg, target), _resign(signer, msg, None)
-        part = self.attack_part.get(key)
+        voters = self.attack_part.get(key)
         chosen: frozenset[int]
-        if part is not None:
-            chosen = part if msg.type is VoteType.PREVOTE else frozenset((rng.choice(sorted(part)),))
+        if voters is not None:
+            chosen = voters if msg.type is VoteType.PREVOTE else frozenset((rng.choice(sorted(voters)),))
         elif target == self.attacked[msg.height]:
             chosen = frozenset()
         else:
