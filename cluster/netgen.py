@@ -219,6 +219,7 @@ def init_network(
 
     validator_keys = [SigningKey.generate() for _ in range(validators)]
     genesis = build_genesis(chain_id, validator_keys, account_keys, funded=funded)
+    genesis.fault_testing = faults
     genesis_json = json_format.MessageToJson(genesis, indent=2) + "\n"
     (root / "genesis.json").write_text(genesis_json)
 
