@@ -331,13 +331,15 @@ class Simulation:
         if node.core is core and node.up:
             for msg in node.future.pop(h, []):
                 if node.core is not core or not node.up:
-                    break
+                    return
                 self._feed(node, msg)
-            self._catch_up(node)
+            if node.core is core and node.up:
+                self._catch_up(node)
 
     def _catch_up(self, node: Node) -> None:
         """Block sync: if some honest node already decided this node's height, fetch it."""
-        assert node.core is not None
+        if node.core is None:
+            return
         h = node.core.height
         if h in self.certificates and node.core.decision is None:
             self._push(self.now + self.rng.randint(1, DELTA_MS), _SYNC, node.index, None)
