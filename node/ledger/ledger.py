@@ -45,6 +45,7 @@ from node.ledger.state import (
     StateView,
     account_key,
     account_message,
+    encode_account,
     encode_record,
     ik_of,
     instrument_key,
@@ -99,17 +100,18 @@ class RootUpdate:
 def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> RootUpdate:
     """Serialize each changed entry once and update the Merkle tree along their paths."""
     writes: Writes = {}
-    changes: dict[bytes, bytes | None] = {}
+    items: list[tuple[bytes, bytes | None]] = []
     sha = hashlib.sha256
     for key, rec in block.items():  # insertion order: deterministic (the tree sorts by key hash)
         if rec is None:
             writes[key] = None
-            changes[sha(key).digest()] = None
+            items.append((sha(key).digest(), None))
         else:
-            raw = encode_record(rec)
+            raw = encode_account(rec) if type(rec) is AccountRec else encode_record(rec)
             writes[key] = raw
-            changes[sha(key).digest()] = sha(raw).digest()
-    root, node_writes = merkle.MerkleTree(kv).update(changes)
+            items.append((sha(key).digest(), sha(raw).digest()))
+    items.sort()
+    root, node_writes = merkle.MerkleTree(kv).update_sorted(items)
     writes.update(node_writes)
     return RootUpdate(root, writes, len(block))
 

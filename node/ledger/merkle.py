@@ -89,13 +89,13 @@ def value_hash(value: bytes) -> bytes:
 class MerkleTree:
     """Reads committed nodes from a KVReader and computes updated roots as Writes (never mutates)."""
 
-    __slots__ = ("_kv",)
+    __slots__ = ("_get",)
 
     def __init__(self, kv: KVReader) -> None:
-        self._kv = kv
+        self._get = kv.get
 
     def _load(self, path: bytes) -> bytes:
-        enc = self._kv.get(NODE_PREFIX + path)
+        enc = self._get(NODE_PREFIX + path)
         if enc is None:
             if path:
                 raise MerkleError(f"missing Merkle node at path {path.hex()}")
@@ -111,11 +111,14 @@ class MerkleTree:
         Cost: one visit per node on the paths of the changed keys; ancestors shared by many keys are
         re-encoded and hashed once.
         """
+        return self.update_sorted(sorted(changes.items()))
+
+    def update_sorted(self, items: list[Change]) -> tuple[bytes, Writes]:
+        """update() for changes already as a list of (key hash, value hash or None) sorted by key hash."""
         writes: Writes = {}
         root = self._load(b"")
-        if not changes:
+        if not items:
             return compute_node_hash(root), writes
-        items = sorted(changes.items())
         enc = self._update_node(b"", root, items, 0, len(items), writes)
         writes[NODE_PREFIX] = enc if enc else None
         return compute_node_hash(enc), writes
@@ -175,7 +178,7 @@ class MerkleTree:
             parts.append(vh)
             return True
         key = NODE_PREFIX + path + _IDX[enc[off]]
-        old = self._kv.get(key)
+        old = self._get(key)
         if old is None:
             return False
         c = kh[len(path) + 1]
@@ -207,7 +210,7 @@ class MerkleTree:
                 merged.sort()
             return self._build(path, merged, writes)
         key = NODE_PREFIX + path
-        old = self._kv.get(key)
+        old = self._get(key)
         if old is None:
             raise MerkleError(f"missing Merkle node at path {path.hex()}")
         if hi - lo == 1:
