@@ -281,3 +281,26 @@ def test_change_validator_recorded_for_consensus() -> None:
     w.commit(result)
     assert result.validator_updates == ((VAL1.public_key, 0),)
     assert [pk for pk, _ in w.ledger.validators()] == sorted([new.public_key, key("validator2").public_key])
+
+
+def test_holds_in_one_minute_bucket_expire_at_their_own_second() -> None:
+    w = World.create()
+    base = (T0 // 60 + 2) * 60  # a minute boundary in the future
+    ok(w, hold(w, "a", 10, time_s=base + 10), hold(w, "b", 20, time_s=base + 40, nonce=1))
+    w.run(time_ms=(base + 10) * 1000)  # "a" expires, "b" stays in the same bucket
+    assert w.balance(A) == (1000, 0, 20)
+    assert [h.hold_id for h in w.ledger.list_holds(A.address)] == ["b"]
+    result = w.execute(time_ms=(base + 3600) * 1000)  # a long gap: the bucket is still visited
+    w.commit(result)
+    assert [e.kind for e in result.events] == ["hold_expired"] and w.balance(A) == (1000, 0, 0)
+    b = w.ledger.get_hold("b")
+    assert b is not None and b.state == state_pb2.HOLD_STATE_EXPIRED
+
+
+def test_executed_hold_is_skipped_by_expiry() -> None:
+    w = World.create()
+    ok(w, hold(w, "h", 10, height=3))
+    ok(w, w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h")))
+    result = w.execute()  # height 3: the bucket holds an executed hold, nothing to release
+    w.commit(result)
+    assert not result.events and w.balance(A) == (990, 0, 0)
