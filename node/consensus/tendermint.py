@@ -485,13 +485,7 @@ class Tendermint:
                 block = self._blocks.get(block_id)
                 if block is None or not self._is_valid(block_id, block):
                     continue
-                signatures = tuple(
-                    sorted(
-                        (v.validator, v.signature)
-                        for v in precommits.votes.values()
-                        if v.block_id == block_id
-                    )
-                )
+                signatures = tuple((v.validator, v.signature) for v in precommits.votes_for(block_id))
                 cert = CommitCertificate(self._height, r, block_id, signatures)
                 self._decided = Decide(self._height, r, block_id, block, cert)
                 self._emit(self._decided)

@@ -1,0 +1,331 @@
+"""Input handling of the core: bad and stale input, evidence, next-height buffering, catch-up,
+heights, and restart safety from a persisted SignState."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.consensus import (
+    BUFFER_PER_SENDER,
+    ROUND_WINDOW,
+    Broadcast,
+    CommitCertificate,
+    CommitReceived,
+    Decide,
+    DropReason,
+    DuplicateVoteEvidence,
+    InvalidEvent,
+    InvalidRestoreState,
+    Persist,
+    RecordEvidence,
+    SignState,
+    StartHeight,
+    Step,
+    TimeoutFired,
+    Vote,
+    VoteReceived,
+    VoteType,
+)
+from tests.unit.consensus.helpers import (
+    VALS,
+    Block,
+    addr,
+    bid,
+    block,
+    feed,
+    make_core,
+    make_set,
+    own_proposals,
+    own_votes,
+    persisted,
+    precommit,
+    prevote,
+    proposal,
+    snapshot,
+)
+
+
+def started(me: int = 0):  # type: ignore[no-untyped-def]
+    core, app, signer = make_core(me)
+    core.start()
+    return core, app, signer
+
+
+def decide_height_1(core) -> Decide:  # type: ignore[no-untyped-def]
+    actions = feed(core, proposal(0, "A"), *(precommit(i, 0, bid("A")) for i in (1, 2, 3)))
+    (d,) = [a for a in actions if isinstance(a, Decide)]
+    return d
+
+
+# --- invalid and stale input is dropped with its reason and changes nothing ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (VoteReceived(Vote(VoteType.PREVOTE, 1, 0, None, b"\x99" * 20, b"s")), DropReason.NOT_A_VALIDATOR),
+        (proposal(0, "A", proposer=2), DropReason.WRONG_PROPOSER),
+        (proposal(2, "A", pol_round=2), DropReason.BAD_POL_ROUND),
+        (proposal(2, "A", pol_round=-2), DropReason.BAD_POL_ROUND),
+        (prevote(1, ROUND_WINDOW + 1, None), DropReason.ROUND_TOO_FAR),
+        (prevote(1, 0, None, height=3), DropReason.FUTURE_HEIGHT),
+        (prevote(1, -1, None), DropReason.BAD_VOTE),
+    ],
+)
+def test_bad_input_is_dropped_with_its_reason_and_leaves_state_unchanged(
+    event: object, reason: DropReason
+) -> None:
+    core, _app, _s = started()
+    feed(core, prevote(2, 0, None))
+    before = snapshot(core)
+    assert feed(core, event) == []
+    assert core.dropped is not None and core.dropped.reason is reason
+    assert snapshot(core) == before
+
+
+def test_stale_height_votes_are_dropped() -> None:
+    core, _app, _s = make_core(0, height=5)
+    core.start()
+    before = snapshot(core)
+    assert feed(core, prevote(1, 0, bid("A"), height=4)) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.STALE_HEIGHT
+    assert snapshot(core) == before
+
+
+def test_duplicate_vote_is_dropped_and_counted_once() -> None:
+    core, _app, _s = started()
+    feed(core, prevote(1, 0, bid("A")))
+    before = snapshot(core)
+    assert feed(core, prevote(1, 0, bid("A"))) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.DUPLICATE
+    assert snapshot(core) == before
+    assert core._votes.prevotes(0).power_for(bid("A")) == 1
+
+
+def test_a_fifth_distinct_proposal_of_an_equivocating_proposer_is_dropped() -> None:
+    core, _app, _s = started()
+    feed(core, *(proposal(5, f"P{i}") for i in range(4)))
+    before = snapshot(core)
+    assert feed(core, proposal(5, "P4")) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.TOO_MANY_PROPOSALS
+    assert snapshot(core) == before
+
+
+# --- evidence ---------------------------------------------------------------------------------------------
+
+
+def test_equivocation_becomes_evidence_once_per_pair() -> None:
+    core, _app, _s = started()
+    first = prevote(2, 0, bid("A"))
+    second = prevote(2, 0, bid("B"))
+    assert feed(core, first) == []
+    actions = feed(core, second)
+    (rec,) = [a for a in actions if isinstance(a, RecordEvidence)]
+    assert rec.evidence == DuplicateVoteEvidence(first.vote, second.vote)
+    assert Broadcast(rec.evidence) in actions
+    assert rec.evidence.validator == addr(2)
+    assert [a for a in feed(core, second) if isinstance(a, RecordEvidence)] == []  # same pair again
+    third = prevote(2, 0, None)
+    (rec3,) = [a for a in feed(core, third) if isinstance(a, RecordEvidence)]
+    assert rec3.evidence == DuplicateVoteEvidence(first.vote, third.vote)
+    # A fourth value is beyond the per-validator limit: dropped.
+    assert feed(core, prevote(2, 0, bid("C"))) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.TOO_MANY_VOTES
+
+
+def test_votes_of_different_types_or_rounds_are_not_equivocation() -> None:
+    core, _app, _s = started()
+    actions = feed(core, prevote(2, 0, bid("A")), precommit(2, 0, None), prevote(2, 1, bid("B")))
+    assert [a for a in actions if isinstance(a, RecordEvidence)] == []
+
+
+def test_late_conflicting_vote_of_the_previous_height_still_becomes_evidence() -> None:
+    core, _app, _s = started()
+    decide_height_1(core)
+    feed(core, StartHeight(2, VALS))
+    actions = feed(core, precommit(3, 0, bid("B")))
+    assert core.dropped is not None and core.dropped.reason is DropReason.STALE_HEIGHT
+    (rec,) = [a for a in actions if isinstance(a, RecordEvidence)]
+    assert (rec.evidence.vote_a.block_id, rec.evidence.vote_b.block_id) == (bid("A"), bid("B"))
+
+
+# --- next height: buffering, StartHeight, last_commit ------------------------------------------------------
+
+
+def test_next_height_messages_are_buffered_and_replayed_after_start_height() -> None:
+    core, _app, _s = started()
+    h2_proposal = proposal(0, "H2", height=2)  # proposer of (2, 0) is validator 2
+    feed(core, h2_proposal, prevote(2, 0, bid("H2"), height=2), prevote(3, 0, bid("H2"), height=2))
+    assert core.buffered == 3
+    d = decide_height_1(core)
+    assert core.height == 1
+    actions = feed(core, StartHeight(2, VALS))
+    assert core.height == 2 and core.buffered == 0
+    assert core.last_commit == d.certificate
+    votes = own_votes(actions)
+    assert [(v.type, v.height, v.block_id) for v in votes] == [
+        (VoteType.PREVOTE, 2, bid("H2")),
+        (VoteType.PRECOMMIT, 2, bid("H2")),
+    ]
+    assert core.start() == []  # the round already started
+
+
+def test_next_height_buffer_is_bounded_per_sender() -> None:
+    core, _app, _s = started()
+    feed(core, *(prevote(1, r, None, height=2) for r in range(BUFFER_PER_SENDER)))
+    assert core.buffered == BUFFER_PER_SENDER
+    before = snapshot(core)
+    assert feed(core, prevote(1, BUFFER_PER_SENDER, None, height=2)) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.BUFFER_FULL
+    assert snapshot(core) == before
+    feed(core, prevote(2, 0, None, height=2))  # other senders still buffer
+    assert core.buffered == BUFFER_PER_SENDER + 1
+
+
+def test_buffered_messages_from_non_members_of_the_new_set_are_dropped_on_replay() -> None:
+    core, _app, _s = started()
+    feed(core, prevote(3, 0, bid("X"), height=2))
+    decide_height_1(core)
+    smaller = make_set([1, 1, 1])  # validator 3 left
+    feed(core, StartHeight(2, smaller))
+    assert core.validators == smaller
+    assert core._votes.prevotes(0).power_for(bid("X")) == 0
+
+
+def test_start_height_must_move_forward() -> None:
+    core, _app, _s = started()
+    with pytest.raises(InvalidEvent) as e:
+        core.step(StartHeight(1, VALS))
+    assert e.value.problem == "StartHeight must move to a higher height"
+
+
+def test_new_height_uses_the_new_validator_set_for_proposer_and_quorum() -> None:
+    core, _app, _s = started()
+    decide_height_1(core)
+    bigger = make_set([1, 1, 1, 1, 1, 1, 1])  # quorum 5
+    feed(core, StartHeight(2, bigger))
+    assert core.validators.quorum == 5
+    feed(core, proposal(0, "B", height=2))  # proposer (2, 0) of the bigger set: validator 2
+    feed(core, *(prevote(i, 0, bid("B"), height=2) for i in (1, 2, 3)))
+    assert core.current_step is Step.PREVOTE  # 4 of 7 is not a quorum
+    feed(core, prevote(4, 0, bid("B"), height=2))
+    assert core.current_step is Step.PRECOMMIT
+
+
+# --- catch-up ---------------------------------------------------------------------------------------------
+
+
+def cert(signers: list[int], height: int = 1, name: str = "A") -> CommitCertificate:
+    return CommitCertificate(height, 0, bid(name), tuple((addr(i), b"s") for i in signers))
+
+
+def test_commit_received_decides_the_current_height() -> None:
+    core, _app, _s = started()
+    c = cert([1, 2, 3])
+    actions = feed(core, CommitReceived(c, Block("A", 1)))
+    assert actions == [Decide(1, 0, bid("A"), Block("A", 1), c)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [cert([1, 2]), cert([1, 1, 2]), cert([1, 2, 9]), cert([1, 2, 3], height=2)],
+    ids=["too-little-power", "duplicate-signer", "unknown-signer", "wrong-height"],
+)
+def test_bad_certificates_are_rejected_and_change_nothing(bad: CommitCertificate) -> None:
+    core, _app, _s = started()
+    before = snapshot(core)
+    assert feed(core, CommitReceived(bad, Block("A", bad.height))) == []
+    assert core.dropped is not None and core.dropped.reason is DropReason.BAD_CERTIFICATE
+    assert snapshot(core) == before
+
+
+def test_certificate_for_a_block_that_does_not_validate_is_rejected() -> None:
+    core, app, _s = started()
+    app.invalid.add(bid("A"))
+    assert feed(core, CommitReceived(cert([1, 2, 3]), Block("A", 1))) == []
+    assert core.dropped is not None and core.dropped.detail == "block does not validate"
+
+
+# --- restart safety ----------------------------------------------------------------------------------------
+
+
+def last_state(actions: list[object]) -> SignState:
+    states = persisted(actions)  # type: ignore[arg-type]
+    return states[-1]
+
+
+def test_restart_after_prevote_resends_the_same_vote_and_never_signs_another() -> None:
+    core, _app, _s = started()
+    actions = feed(core, proposal(0, "A"))
+    (sent,) = own_votes(actions)
+    state = last_state(actions)
+    # Crash; restart with what was persisted.
+    again, _app2, signer = make_core(0, restored=state)
+    actions = again.start()
+    assert own_votes(actions) == [sent]  # the identical signed vote, nothing new signed
+    assert signer.calls == 0
+    assert again.round == 0 and again.current_step is Step.PREVOTE
+    # Its propose timeout must not make it prevote nil now.
+    assert own_votes(feed(again, TimeoutFired(1, 0, Step.PROPOSE))) == []
+    # Another proposal for round 0 does not make it prevote again either.
+    assert own_votes(feed(again, proposal(0, "B"))) == []
+    assert signer.calls == 0
+
+
+def test_restart_after_proposing_never_signs_a_second_proposal() -> None:
+    core, _app, _s = make_core(1)
+    actions = core.start()
+    state = persisted(actions)[0]
+    assert state.step is Step.PROPOSE
+    again, app2, signer = make_core(1, restored=state)
+    actions = again.start()
+    assert own_proposals(actions) == [] and app2.proposed == [] and signer.calls == 0
+    assert again.current_step is Step.PROPOSE
+
+
+def test_restart_keeps_the_lock() -> None:
+    core, _app, _s = started()
+    actions = feed(core, proposal(0, "A"), prevote(1, 0, bid("A")), prevote(2, 0, bid("A")))
+    state = last_state(actions)
+    assert (state.step, state.locked_round, state.locked_block_id) == (Step.PRECOMMIT, 0, bid("A"))
+    _id, body = block("A")
+    again, _app2, _signer = make_core(0, restored=state, locked_block=body)
+    again.start()
+    assert again.locked == (0, bid("A")) and again.valid == (0, bid("A"))
+    feed(again, *(precommit(i, 0, None) for i in (1, 2, 3)), TimeoutFired(1, 0, Step.PRECOMMIT))
+    assert again.round == 1
+    (v,) = own_votes(feed(again, proposal(1, "B")))
+    assert v.block_id is None  # still locked on A
+
+
+def test_restored_state_of_an_earlier_height_only_guards() -> None:
+    state = SignState(1, 4, Step.PRECOMMIT, bid("A"), b"sig", 2, bid("A"), 2, bid("A"))
+    core, _app, _s = make_core(0, height=2, restored=state)
+    core.start()
+    assert core.round == 0 and core.locked == (-1, None)
+    (v,) = own_votes(feed(core, TimeoutFired(2, 0, Step.PROPOSE)))
+    assert v.height == 2
+
+
+def test_restored_state_of_a_later_height_is_refused() -> None:
+    state = SignState(3, 0, Step.PREVOTE, None, b"sig", -1, None, -1, None)
+    with pytest.raises(InvalidRestoreState) as e:
+        make_core(0, height=2, restored=state)
+    assert (e.value.restored_height, e.value.height) == (3, 2)
+
+
+def test_the_signing_guard_refuses_a_conflicting_message_at_the_last_signed_position() -> None:
+    # The last signed message was a PREVOTE for A at (1, 0); a restart that (wrongly) re-entered the
+    # propose step would try to prevote nil at the same position: the guard refuses to sign it.
+    core, _app, signer = make_core(0)
+    core.start()
+    core._last_signed = SignState(1, 0, Step.PREVOTE, bid("A"), b"old", -1, None, -1, None)
+    actions = feed(core, TimeoutFired(1, 0, Step.PROPOSE))
+    assert own_votes(actions) == [] and not [a for a in actions if isinstance(a, Persist)]
+    assert signer.calls == 0
+    # The identical message is allowed: it re-uses the stored signature.
+    core2, _app, signer2 = make_core(0)
+    core2.start()
+    core2._last_signed = SignState(1, 0, Step.PREVOTE, None, b"old", -1, None, -1, None)
+    (v,) = own_votes(feed(core2, TimeoutFired(1, 0, Step.PROPOSE)))
+    assert v.signature == b"old" and signer2.calls == 0
