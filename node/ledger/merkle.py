@@ -126,25 +126,58 @@ class MerkleTree:
     def _update_node(
         self, path: bytes, enc: bytes, items: list[Change], lo: int, hi: int, writes: Writes
     ) -> bytes:
-        """New encoding of the node at path after applying items[lo:hi] (all below this node)."""
+        """New encoding of the node at path after applying items[lo:hi] (all below this node).
+
+        The hot cases of a large tree are handled inline, without recursion: one changed key whose
+        leaf stays, either in this node's slot or in the slot of the child node below it.
+        """
         d = len(path)
         idxs = enc[0::ENTRY_LEN]
+        n_idx = len(idxs)
+        prefix = NODE_PREFIX + path
+        get = self._get
         parts: list[bytes] = []
         prev = 0
         i = lo
         while i < hi:
-            c = items[i][0][d]
+            kh, vh = items[i]
+            c = kh[d]
             j = i + 1
             while j < hi and items[j][0][d] == c:
                 j += 1
             p = bisect_left(idxs, c)
             off = p * ENTRY_LEN
-            if p < len(idxs) and idxs[p] == c:
-                if j - i == 1 and self._fast_single(path, enc, off, items[i], parts, prev, writes):
-                    # One key below this slot whose leaf keeps existing: handled in place.
-                    prev = off + ENTRY_LEN
-                    i = j
-                    continue
+            if p < n_idx and idxs[p] == c:
+                if j - i == 1 and vh is not None:
+                    if enc[off + 1] == LEAF:
+                        if enc[off + 2 : off + 34] == kh:  # this key's leaf: new value hash
+                            parts.append(enc[prev : off + 34])
+                            parts.append(vh)
+                            prev = off + ENTRY_LEN
+                            i = j
+                            continue
+                    else:
+                        key = prefix + _IDX[c]
+                        old = get(key)
+                        if old is not None:
+                            c2 = kh[d + 1]
+                            idxs2 = old[0::ENTRY_LEN]
+                            p2 = bisect_left(idxs2, c2)
+                            off2 = p2 * ENTRY_LEN
+                            if (
+                                p2 < len(idxs2)
+                                and idxs2[p2] == c2
+                                and old[off2 + 1] == LEAF
+                                and old[off2 + 2 : off2 + 34] == kh
+                            ):  # the child's slot is this key's leaf: new value hash there
+                                new_enc = b"".join((old[: off2 + 34], vh, old[off2 + ENTRY_LEN :]))
+                                writes[key] = new_enc
+                                parts.append(enc[prev : off + 2])
+                                parts.append(_sha256(_NODE_TAG + new_enc).digest())
+                                parts.append(_ZERO32)
+                                prev = off + ENTRY_LEN
+                                i = j
+                                continue
                 parts.append(enc[prev:off])
                 new = self._update_child(path + _IDX[c], enc[off + 1 : off + ENTRY_LEN], items, i, j, writes)
                 prev = off + ENTRY_LEN
@@ -158,41 +191,6 @@ class MerkleTree:
             i = j
         parts.append(enc[prev:])
         return b"".join(parts)
-
-    def _fast_single(
-        self, path: bytes, enc: bytes, off: int, item: Change, parts: list[bytes], prev: int, writes: Writes
-    ) -> bool:
-        """The hot cases of a large tree, without recursion: one changed key whose leaf stays.
-
-        Either the slot at enc[off] is that key's leaf (new value hash), or it is an internal child
-        whose own slot for the key is its leaf. Appends enc[prev:] up to the updated entry to parts
-        and returns True; returns False (nothing appended) for every other case.
-        """
-        kh, vh = item
-        if vh is None:
-            return False
-        if enc[off + 1] == LEAF:
-            if enc[off + 2 : off + 34] != kh:
-                return False
-            parts.append(enc[prev : off + 34])
-            parts.append(vh)
-            return True
-        key = NODE_PREFIX + path + _IDX[enc[off]]
-        old = self._get(key)
-        if old is None:
-            return False
-        c = kh[len(path) + 1]
-        idxs = old[0::ENTRY_LEN]
-        p = bisect_left(idxs, c)
-        off2 = p * ENTRY_LEN
-        if p >= len(idxs) or idxs[p] != c or old[off2 + 1] != LEAF or old[off2 + 2 : off2 + 34] != kh:
-            return False
-        new = old[: off2 + 34] + vh + old[off2 + ENTRY_LEN :]
-        writes[key] = new
-        parts.append(enc[prev : off + 2])
-        parts.append(_sha256(_NODE_TAG + new).digest())
-        parts.append(_ZERO32)
-        return True
 
     def _update_child(
         self, path: bytes, child: Child, items: list[Change], lo: int, hi: int, writes: Writes
