@@ -3,7 +3,9 @@
 Spec style: each function first runs every check of its rule (`check_*` helpers raise `TxInvalid`
 with the receipt status), then changes state through the StateView's transaction layer. The
 transaction layer is dropped if anything raises, so an operation is all-or-nothing even when it has
-several steps (a settlement's legs). Each returns the events of its receipt.
+several steps (a settlement's legs). Each adds its events to the receipt (ctx.events). The hot
+transfer path, whose effects come after all its checks and cannot fail, writes the block layer
+directly (StateView.account_direct) to save a copy per transaction.
 
 Authority (who may sign what):
     admin       create instrument, grant/revoke role, change validator
@@ -26,8 +28,10 @@ from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
 from node import crypto
 from node.ledger.errors import TxInvalid
 from node.ledger.state import (
+    META,
     MS_PER_DAY,
     U64_MAX,
+    VALIDATORS,
     AccountRec,
     InstrumentKey,
     StateView,
@@ -800,7 +804,7 @@ def process_change_validator(st: StateView, ctx: TxContext, signer: AccountRec) 
     if sum(current.values()) > MAX_TOTAL_POWER:
         raise fail(S.TX_STATUS_INVALID_VALIDATOR_SET, "total voting power too large")
     st.put(
-        b"\x02v",
+        VALIDATORS,
         state_pb2.ValidatorSetState(
             validators=[state_pb2.ValidatorEntry(public_key=k, power=current[k]) for k in sorted(current)]
         ),
@@ -957,5 +961,5 @@ def process_hold_expiry(st: StateView, height: int, time_ms: int, events: EventS
         new_meta = state_pb2.LedgerMeta()
         new_meta.CopyFrom(meta)
         new_meta.expiry_minute = now_minute
-        st.put(b"\x02m", new_meta)
+        st.put(META, new_meta)
     st.commit_tx()
