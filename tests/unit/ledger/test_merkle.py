@@ -127,3 +127,40 @@ def test_absence_proof_cannot_hide_a_present_key() -> None:
     forged.other_key = key_hash(k)
     forged.other_value_hash = value_hash(b"v")
     assert not verify_proof(root, k, None, forged)
+
+
+def _colliding_keys(prefix_len: int, count: int) -> list[bytes]:
+    """Keys whose hashes share their first prefix_len bytes with another key's (found by search)."""
+    seen: dict[bytes, bytes] = {}
+    out: list[bytes] = []
+    i = 0
+    while len(out) < count:
+        k = b"c" + i.to_bytes(4, "big")
+        p = key_hash(k)[:prefix_len]
+        if p in seen:
+            out += [seen.pop(p), k]
+        else:
+            seen[p] = k
+        i += 1
+    return out
+
+
+def test_deep_paths_split_and_collapse() -> None:
+    """Keys sharing 3 hash bytes force nodes 4 levels deep; deleting one collapses them back up."""
+    pair = _colliding_keys(3, 2)
+    assert key_hash(pair[0])[:3] == key_hash(pair[1])[:3]
+    others = {k: b"o" for k in keys(50)}
+    kv, root_without = build(others)
+    kv, root_with = build({pair[0]: b"a", pair[1]: b"b"}, kv)
+    deep = [k for k, _ in kv.items() if k.startswith(NODE_PREFIX) and len(k) - len(NODE_PREFIX) == 3]
+    assert deep, "a node at depth 3 holds the two colliding keys"
+    for k, v in ((pair[0], b"a"), (pair[1], b"b")):
+        proof = MerkleTree(kv).prove(k)
+        assert len(proof.steps) == 4 and verify_proof(root_with, k, v, proof)
+    root, writes = MerkleTree(kv).update({key_hash(pair[1]): None})
+    kv.apply(writes)
+    assert not [k for k, _ in kv.items() if k.startswith(NODE_PREFIX) and len(k) - len(NODE_PREFIX) >= 2]
+    fresh, fresh_root = build({**others, pair[0]: b"a"})
+    assert root == fresh_root and dict(kv.items()) == dict(fresh.items())
+    root, writes = MerkleTree(kv).update({key_hash(pair[0]): None})
+    assert root == root_without
