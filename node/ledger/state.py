@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Final, NewType, TypeAlias
+from typing import Final, NewType, TypeAlias, cast
 
 from google.protobuf.message import DecodeError, Message
 
@@ -408,8 +408,7 @@ class StateView:
         rec = self.tx.get(key) or self.block.get(key) or self.cache.get(key)  # the hot path: found
         if rec is None:
             rec = self.get(key)
-        assert rec is None or isinstance(rec, AccountRec)
-        return rec
+        return cast(AccountRec | None, rec)  # the key's kind fixes the record type (decode_record)
 
     def account_mut(self, address: bytes) -> AccountRec:
         """A writable copy of an existing account in the transaction layer."""
@@ -440,16 +439,13 @@ class StateView:
                     raise StateCorrupted(f"account {address.hex()} is not in state")
                 rec = base.copy()
                 self.block[key] = rec
-        assert isinstance(rec, AccountRec)
-        return rec
+        return cast(AccountRec, rec)
 
     def put_account(self, rec: AccountRec) -> None:
         self.tx[ACCOUNT + rec.address] = rec
 
     def instrument(self, ik: InstrumentKey) -> state_pb2.Instrument | None:
-        rec = self.get(INSTR + ik[0] + ik[1].encode())
-        assert rec is None or isinstance(rec, state_pb2.Instrument)
-        return rec
+        return cast(state_pb2.Instrument | None, self.get(INSTR + ik[0] + ik[1].encode()))
 
     def instrument_mut(self, ik: InstrumentKey) -> state_pb2.Instrument:
         key = instrument_key(ik)
