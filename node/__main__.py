@@ -28,15 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clearline-node: configuration error: {exc}", file=sys.stderr)
         return 2
+    from node.byzantine import ByzantineRefused
     from node.crypto import KeyFileError
     from node.runtime import FatalError, Node
     from node.storage import StorageError
 
-    if args.byzantine:
-        print("clearline-node: --byzantine is only for networks created for fault testing", file=sys.stderr)
-        return 2
     try:
-        asyncio.run(Node(cfg).run())
+        asyncio.run(Node(cfg, byzantine=args.byzantine).run())
+    except ByzantineRefused as exc:
+        print(f"clearline-node: {exc}", file=sys.stderr)
+        return 2
     except (FatalError, KeyFileError, StorageError) as exc:
         print(f"clearline-node: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ from clearline.v1 import (
     wal_pb2,
 )
 from node import blocks, crypto, txs, wire
+from node.byzantine import Byzantine
 from node.config import NodeConfig
 from node.consensus import (
     Broadcast,
@@ -157,8 +158,10 @@ class JsonLogFormatter(logging.Formatter):
 class Node:
     """One validator. `await Node(cfg).run()` until SIGTERM/SIGINT or `stop()`."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, byzantine: str = "") -> None:
         self.cfg = cfg
+        self.byzantine_mode = byzantine or cfg.byzantine
+        self.byz: Byzantine | None = None
         self.chain_id = cfg.chain_id
         self.core: Tendermint | None = None
         self.height = 0  # last committed height
@@ -236,6 +239,9 @@ class Node:
             with contextlib.suppress(wire.WireError):
                 self._committed_evidence.add(wire.evidence_key(wire.evidence_from_pb(ev)))
         self.sign_state = SignStateFile.open(data_dir / "sign_state.bin")
+        self.signer = NodeSigner(self.key, self.chain_id)
+        if self.byzantine_mode:
+            self.byz = Byzantine(self, self.byzantine_mode)
         self.wal, self._wal_replay = WAL.open(data_dir / "consensus.wal")
         if self._wal_replay.repaired:
             log.warning("WAL repaired: %s", self._wal_replay.repaired)
@@ -294,7 +300,7 @@ class Node:
                 self._blocks_by_id[blocks.block_hash(b.header)] = b
         return Tendermint(
             validators=vs,
-            signer=NodeSigner(self.key, self.chain_id),
+            signer=self.signer,
             app=self,
             timeouts=timeouts,
             height=height,
@@ -338,6 +344,8 @@ class Node:
             asyncio.create_task(self._gossip_loop(), name="gossip"),
             asyncio.create_task(self._status_loop(), name="status"),
         ]
+        if self.byz is not None and self.byz.mode == "garbage":
+            self._tasks.append(asyncio.create_task(self.byz.flood(), name="byzantine"))
         await self._queue.put(("start", None))
         await self.api.set_serving(True)
         self.started = True
@@ -471,6 +479,8 @@ class Node:
             self._blocks_by_id[message.block_id] = pm.proposal.block
         else:
             pm = peer_pb2.PeerMessage(evidence=wire.evidence_to_pb(message))
+        if self.byz is not None and self.byz.intercept(message, pm):
+            return
         self.network.broadcast(pm)
 
     # --- the Application the core calls -------------------------------------------------------------
@@ -505,7 +515,9 @@ class Node:
         )
         if height > 1:
             block.last_commit.CopyFrom(self.last_commit_pb)
-        block_id = blocks.block_hash(header)
+        if self.byz is not None:
+            block = self.byz.tamper_block(block)
+        block_id = blocks.block_hash(block.header)
         self._executed[block_id] = result
         self._blocks_by_id[block_id] = block
         log.debug("proposing block %d with %d txs", height, len(vtxs))

@@ -1,0 +1,139 @@
+"""Test-only Byzantine behaviour of a validator (`clearline-node --byzantine MODE`).
+
+Refused unless the genesis was created for fault testing (`clearline init --faults`). The modes:
+
+    equivocate      as proposer, send one block to half of the peers and a different block to the
+                    other half, and prevote for both (a double vote: it must end as evidence)
+    double-vote     every non-nil vote is also signed for a conflicting block id and sent to all
+    bad-state-root  as proposer, put a wrong state root in the header
+    forged-tx       as proposer, add a transaction whose signature does not verify
+    garbage         flood peers with malformed messages (while otherwise behaving)
+    silent          never send a consensus message (a crashed-but-connected validator)
+
+The hooks sit where the runtime builds and sends messages; honest code paths are unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from clearline.v1 import block_pb2, peer_pb2, tx_pb2
+from node import blocks, txs, wire
+from node.consensus import Proposal, Vote
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger("clearline.byzantine")
+
+MODES = ("equivocate", "double-vote", "bad-state-root", "forged-tx", "garbage", "silent")
+
+
+class ByzantineRefused(Exception):
+    """--byzantine on a network that was not created for fault testing, or an unknown mode."""
+
+
+class Byzantine:
+    def __init__(self, node: Node, mode: str) -> None:
+        if mode not in MODES:
+            raise ByzantineRefused(f"unknown Byzantine mode {mode!r} (modes: {', '.join(MODES)})")
+        if not node.genesis.fault_testing:
+            raise ByzantineRefused(
+                "--byzantine is refused: this network was not created for fault testing (clearline init --faults)"
+            )
+        self.node = node
+        self.mode = mode
+        log.warning("BYZANTINE MODE %s: this validator misbehaves on purpose (fault testing)", mode)
+
+    # --- proposals ----------------------------------------------------------------------------------
+
+    def tamper_block(self, block: block_pb2.Block) -> block_pb2.Block:
+        """Applied to our own proposals before they are hashed and signed."""
+        if self.mode == "bad-state-root":
+            block.header.state_root = os.urandom(32)
+        elif self.mode == "forged-tx":
+            body = tx_pb2.TxBody(
+                chain_id=self.node.chain_id, signer=os.urandom(20), nonce=0, client_ref="forged"
+            )
+            body.transfer.to = os.urandom(20)
+            body.transfer.amount = 1
+            forged = tx_pb2.SignedTx(body=body.SerializeToString())
+            forged.signatures.add(public_key=os.urandom(32), signature=os.urandom(64))
+            block.body.txs.append(forged.SerializeToString())
+            block.header.tx_root = blocks.tx_root([txs.tx_hash(raw) for raw in block.body.txs])
+        return block
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    def intercept(self, message: object, pm: peer_pb2.PeerMessage) -> bool:
+        """Called before an own message is broadcast; True if this hook sent (or suppressed) it."""
+        node = self.node
+        if self.mode == "silent":
+            return True
+        if self.mode == "double-vote" and isinstance(message, Vote) and message.block_id is not None:
+            node.network.broadcast(pm)
+            node.network.broadcast(
+                peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(message)))
+            )
+            return True
+        if self.mode == "equivocate" and isinstance(message, Proposal):
+            self._equivocate(message, pm)
+            return True
+        return False
+
+    def _conflicting_vote(self, vote: Vote, block_id: bytes | None = None) -> Vote:
+        other = block_id or blocks.block_hash(
+            block_pb2.Header(chain_id="conflict", height=vote.height, time_ms=vote.round)
+        )
+        unsigned = Vote(vote.type, vote.height, vote.round, other, vote.validator)
+        signer = self.node.signer
+        return Vote(vote.type, vote.height, vote.round, other, vote.validator, signer.sign_vote(unsigned))
+
+    def _equivocate(self, proposal: Proposal, pm: peer_pb2.PeerMessage) -> None:
+        node = self.node
+        assert isinstance(proposal.block, block_pb2.Block)
+        twin = block_pb2.Block()
+        twin.CopyFrom(proposal.block)
+        twin.header.time_ms += 1
+        twin_id = blocks.block_hash(twin.header)
+        unsigned = Proposal(
+            proposal.height, proposal.round, proposal.pol_round, twin_id, twin, proposal.proposer
+        )
+        signed = Proposal(
+            proposal.height, proposal.round, proposal.pol_round, twin_id, twin, proposal.proposer,
+            node.signer.sign_proposal(unsigned),
+        )  # fmt: skip
+        twin_pm = peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed))
+        peers = node.network.connected
+        half = len(peers) // 2
+        for i, peer in enumerate(peers):
+            node.network.send(peer, pm if i < half else twin_pm)
+        # Prevote for the twin too, to everyone: a double vote that honest nodes must turn into evidence.
+        prevote = Vote(1, proposal.height, proposal.round, twin_id, node.key.address)  # type: ignore[arg-type]
+        node.network.broadcast(
+            peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(prevote, twin_id)))
+        )
+
+    # --- garbage ------------------------------------------------------------------------------------
+
+    async def flood(self) -> None:
+        """Send malformed messages to every peer, forever (mode garbage)."""
+        n = 0
+        while True:
+            n += 1
+            height = self.node.height + 1
+            junk = [
+                peer_pb2.PeerMessage(txs=peer_pb2.TxBatch(txs=[os.urandom(64) for _ in range(50)])),
+                peer_pb2.PeerMessage(vote=block_pb2.Vote(type=9, height=height, signature=os.urandom(64))),
+                peer_pb2.PeerMessage(proposal=block_pb2.Proposal(height=height, round=0)),
+                peer_pb2.PeerMessage(evidence=block_pb2.Evidence()),
+                peer_pb2.PeerMessage(
+                    status=peer_pb2.PeerStatus(height=height, last_committed=self.node.height)
+                ),
+            ]
+            for msg in junk:
+                self.node.network.broadcast(msg)
+            await asyncio.sleep(0.02)
