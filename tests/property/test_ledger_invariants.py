@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -298,3 +299,19 @@ def test_account_proofs_after_random_sequences(sequence: list[tuple[list[Op], in
             assert not verify_proof(root, k, b"\x0a\x00", proof)
         assert not verify_proof(bytes(32), k, value, proof)
     assert not any(k.startswith(NODE_PREFIX) and not v for k, v in w.kv.items())
+
+
+long_blocks = st.lists(
+    st.tuples(st.lists(ops, min_size=1, max_size=12), st.integers(0, 200_000)), min_size=5, max_size=25
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_blocks)
+def test_long_random_sequences_keep_invariants(sequence: list[tuple[list[Op], int]]) -> None:
+    """The same invariants over longer histories (excluded from the CI subset)."""
+    w1, roots1, _ = run(sequence)
+    _, roots2, _ = run(sequence)
+    assert roots1 == roots2
+    assert Ledger.open(w1.kv).state_root == roots1[-1]
