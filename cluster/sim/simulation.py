@@ -374,9 +374,11 @@ class Simulation:
         h = node.core.height
         for height in sorted(k for k in self.log if k >= h):
             for msg in self.log[height]:
-                self._schedule_delivery(
-                    node.index, msg, max(self.now, self.sc.gst) + self._latency_after_gst()
-                )
+                if self.now < self.sc.gst and self.rng.random() < self.sc.loss:
+                    at = self.sc.gst + self._latency_after_gst()
+                else:
+                    at = self.now + self._latency()
+                self._schedule_delivery(node.index, msg, at)
 
     # --- network ----------------------------------------------------------------------------------------
 
@@ -590,7 +592,7 @@ class Simulation:
             p = Proposal(p.height, p.round, -1, fresh.id, fresh, node.address, signer.sign_proposal(p))
             self.round_proposal[key] = fresh.id
             if msg.height not in self.attacked and honest:
-                part = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
+                part = self._attack_part(honest)
                 self.attacked[msg.height] = fresh.id
                 self.attack_part[key] = part
                 return [(d, p) for d in targets if d in part or not self.nodes[d].honest]
@@ -600,7 +602,7 @@ class Simulation:
             return [(d, msg) for d in targets]
         if msg.height not in self.attacked:
             self.attacked[msg.height] = target
-            self.attack_part[key] = frozenset(rng.sample(honest, rng.randint(1, max(1, len(honest) - 1))))
+            self.attack_part[key] = self._attack_part(honest)
         yes, no = _resign(signer, msg, target), _resign(signer, msg, None)
         voters = self.attack_part.get(key)
         chosen: frozenset[int]
@@ -611,6 +613,20 @@ class Simulation:
         else:
             chosen = frozenset(honest)
         return [(d, yes if d in chosen or not self.nodes[d].honest else no) for d in targets]
+
+    def _attack_part(self, honest: list[int]) -> frozenset[int]:
+        """A random set of honest nodes that, with the Byzantine power, just reaches a quorum."""
+        need = self.valset.quorum - sum(self.valset.power_of(a) for a in self.byz_addresses)
+        part: list[int] = []
+        power = 0
+        for i in self.rng.sample(honest, len(honest)):
+            if power >= need and part:
+                break
+            part.append(i)
+            power += self.valset.power_of(self.nodes[i].address)
+        if len(part) == len(honest) and len(part) > 1:
+            part.pop()
+        return frozenset(part)
 
     # --- checkers -----------------------------------------------------------------------------------------
 
