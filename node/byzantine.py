@@ -9,6 +9,10 @@ Refused unless the genesis was created for fault testing (`clearline init --faul
     forged-tx       as proposer, add a transaction whose signature does not verify
     garbage         flood peers with malformed messages (while otherwise behaving)
     silent          never send a consensus message (a crashed-but-connected validator)
+    collude         equivocate as proposer AND prevote and precommit every proposal it sees; more
+                    than f colluders can fork the chain -- used to prove the fault checker bites
+    fake-ack        acknowledge SubmitTx(wait=COMMITTED) without committing -- a mutant node used
+                    to prove the checker catches lost acknowledged transactions
 
 The hooks sit where the runtime builds and sends messages; honest code paths are unchanged.
 """
@@ -20,7 +24,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from clearline.v1 import block_pb2, peer_pb2, tx_pb2
+from clearline.v1 import block_pb2, ledger_api_pb2, peer_pb2, receipt_pb2, tx_pb2
 from node import blocks, txs, wire
 from node.consensus import Proposal, Vote
 
@@ -29,7 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clearline.byzantine")
 
-MODES = ("equivocate", "double-vote", "bad-state-root", "forged-tx", "garbage", "silent")
+MODES = (
+    "equivocate",
+    "double-vote",
+    "bad-state-root",
+    "forged-tx",
+    "garbage",
+    "silent",
+    "collude",
+    "fake-ack",
+)
 
 
 class ByzantineRefused(Exception):
@@ -79,7 +92,7 @@ class Byzantine:
                 peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(message)))
             )
             return True
-        if self.mode == "equivocate" and isinstance(message, Proposal):
+        if self.mode in ("equivocate", "collude") and isinstance(message, Proposal):
             self._equivocate(message, pm)
             return True
         return False
@@ -117,6 +130,36 @@ class Byzantine:
             peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(prevote, twin_id)))
         )
 
+    def on_proposal(self, proposal: Proposal) -> None:
+        """collude: prevote and precommit every proposal seen, at once, whatever the lock says."""
+        if self.mode != "collude":
+            return
+        for vote_type in (1, 2):
+            vote = Vote(vote_type, proposal.height, proposal.round, proposal.block_id, self.node.key.address)  # type: ignore[arg-type]
+            signed = Vote(vote.type, vote.height, vote.round, vote.block_id, vote.validator,
+                          self.node.signer.sign_vote(vote))  # fmt: skip
+            self.node.network.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(signed)))
+
+    async def fake_ack(self, raws: list[bytes]) -> list[ledger_api_pb2.SubmitTxResult]:
+        """fake-ack: answer every submission as committed OK, and drop it (never gossiped or proposed)."""
+        results = []
+        for item in await self.node.mempool.verify_many(raws):
+            if isinstance(item, txs.TxRejected):
+                results.append(
+                    ledger_api_pb2.SubmitTxResult(
+                        accepted=False,
+                        status=receipt_pb2.TxStatus.ValueType(item.status),
+                        message=item.message,
+                    )
+                )
+                continue
+            receipt = receipt_pb2.Receipt(
+                tx_hash=item.tx_hash, status=receipt_pb2.TX_STATUS_OK, height=self.node.height + 1
+            )
+            results.append(ledger_api_pb2.SubmitTxResult(tx_hash=item.tx_hash, accepted=True, receipt=receipt,
+                                                         height=self.node.height + 1))  # fmt: skip
+        return results
+
     # --- garbage ------------------------------------------------------------------------------------
 
     async def flood(self) -> None:
@@ -127,7 +170,11 @@ class Byzantine:
             height = self.node.height + 1
             junk = [
                 peer_pb2.PeerMessage(txs=peer_pb2.TxBatch(txs=[os.urandom(64) for _ in range(50)])),
-                peer_pb2.PeerMessage(vote=block_pb2.Vote(type=9, height=height, signature=os.urandom(64))),
+                peer_pb2.PeerMessage(
+                    vote=block_pb2.Vote(
+                        type=block_pb2.VoteType.ValueType(9), height=height, signature=os.urandom(64)
+                    )
+                ),
                 peer_pb2.PeerMessage(proposal=block_pb2.Proposal(height=height, round=0)),
                 peer_pb2.PeerMessage(evidence=block_pb2.Evidence()),
                 peer_pb2.PeerMessage(

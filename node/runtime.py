@@ -880,6 +880,8 @@ class Node:
                 else:
                     vtxs = [v for v in verified if isinstance(v, VerifiedTx)]
                     self._check_block(proposal.height, proposal.block_id, pb.block, vtxs)
+        if self.byz is not None:
+            self.byz.on_proposal(proposal)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._enqueue(ProposalReceived(proposal))
@@ -1032,6 +1034,8 @@ class Node:
     ) -> list[ledger_api_pb2.SubmitTxResult]:
         if not self.started:
             raise ApiError("UNAVAILABLE", "STARTING", "the node is starting")
+        if self.byz is not None and self.byz.mode == "fake-ack":
+            return await self.byz.fake_ack(raws)
         try:
             admitted = await self.mempool.admit(raws)
         except MempoolFull as exc:
