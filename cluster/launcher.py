@@ -4,6 +4,10 @@ Each node runs `python -m node --home <node home>` with its output in `<node hom
 pid in `<node home>/node.pid`. `stop` sends SIGTERM, waits, then SIGKILL; `kill` is SIGKILL at once;
 `pause`/`resume` are SIGSTOP/SIGCONT. Only processes this network started (by recorded pid, checked
 against the command line) are ever signalled.
+
+A fault-testing network with proxies (`clearline init --faults`) also has its fault proxy process
+(cluster/faults/proxy.py): start_all starts it (and waits until it listens) before the nodes, stop_all
+stops it after them.
 """
 
 from __future__ import annotations
@@ -187,6 +191,10 @@ class Launcher:
     # --- the whole network ------------------------------------------------------------------------
 
     def start_all(self, env: dict[str, str] | None = None) -> None:
+        if self.network.faults and self.network.proxies:
+            from cluster.faults.process import start_proxy
+
+            start_proxy(self.network, python=self.python, env={**self.extra_env, **(env or {})})
         for node in self.network.nodes:
             if self.pid(node.name) is None:
                 self.start(node.name, env=env)
@@ -205,6 +213,10 @@ class Launcher:
             with contextlib.suppress(Exception):
                 child.wait(timeout=1)
         self._children.clear()
+        if self.network.proxies:
+            from cluster.faults.process import stop_proxy
+
+            stop_proxy(self.network)
 
     def wait_until(
         self,

@@ -5,6 +5,11 @@
     <home>/ca/ca.pem, ca.key       the network's certificate authority
     <home>/accounts/<name>.json    keys of the genesis accounts (admin, compliance, banks, demo clients)
     <home>/nodes/<node>/           one home per validator: config.toml, genesis.json, keys/, tls/, data/
+    <home>/faults/                 (fault-testing networks) the fault proxy's rules, status, pid and log
+
+A fault-testing network (`faults=True`, local hosts only) gets one fault-proxy port per ordered pair of
+validators (see cluster/faults/proxy.py): node A's config lists peer B at the port of link A->B, and
+network.json records the layout under "proxies".
 
 Used by `clearline init` and by the tests that start real clusters.
 """
@@ -65,12 +70,34 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyLink:
+    """The fault-proxy port through which node `src` reaches its peer `dst` (at host:port)."""
+
+    src: str
+    dst: str
+    host: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Network:
     home: str
     chain_id: str
     nodes: tuple[NodeInfo, ...]
     faults: bool = False
     accounts: dict[str, str] = field(default_factory=dict)  # name -> key file
+    proxies: tuple[ProxyLink, ...] = ()  # fault-proxy ports, one per ordered pair (faults=True only)
+
+    def proxy(self, src: str, dst: str) -> ProxyLink:
+        """The proxy port of link src -> dst; KeyError if this network has none."""
+        for link in self.proxies:
+            if link.src == src and link.dst == dst:
+                return link
+        raise KeyError(f"no fault-proxy link {src}->{dst} in this network")
 
     def node(self, name_or_index: str | int) -> NodeInfo:
         for n in self.nodes:
@@ -86,6 +113,7 @@ class Network:
             "faults": self.faults,
             "accounts": self.accounts,
             "nodes": [asdict(n) for n in self.nodes],
+            "proxies": [asdict(p) for p in self.proxies],
         }
         (Path(self.home) / "network.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -103,6 +131,7 @@ class Network:
             nodes=nodes,
             faults=bool(doc.get("faults", False)),
             accounts=dict(doc.get("accounts", {})),
+            proxies=tuple(ProxyLink(**p) for p in doc.get("proxies", [])),
         )
 
 
@@ -175,6 +204,17 @@ def build_genesis(
     return genesis
 
 
+def layout_fault_proxies(nodes: Sequence[NodeInfo], base_port: int) -> tuple[ProxyLink, ...]:
+    """One proxy port per ordered pair: link node i -> node j listens on base_port + i*n + j."""
+    n = len(nodes)
+    return tuple(
+        ProxyLink(src=a.name, dst=b.name, host=a.host, port=base_port + a.index * n + b.index)
+        for a in nodes
+        for b in nodes
+        if a.name != b.name
+    )
+
+
 def init_network(
     home: str | Path,
     *,
@@ -188,14 +228,19 @@ def init_network(
     force: bool = False,
     consensus: ConsensusConfig | None = None,
     tls: bool = True,
+    proxy_base_port: int | None = None,
 ) -> Network:
-    """Create a network directory; refuses to overwrite an existing one unless force."""
+    """Create a network directory; refuses to overwrite an existing one unless force.
+
+    With faults=True and no hosts (all nodes on this machine), peers reach each other through fault
+    proxies on ports proxy_base_port + i*n + j (default: just above the nodes' ports,
+    base_port + 10*n); multi-host networks get no proxies."""
     root = Path(home).resolve()
     if (root / "network.json").exists() or (root / "nodes").exists():
         if not force:
             raise NetworkExistsError(f"{root} already holds a network; use --force to replace it")
         shutil.rmtree(root / "nodes", ignore_errors=True)
-        for sub in ("ca", "accounts"):
+        for sub in ("ca", "accounts", "faults"):
             shutil.rmtree(root / sub, ignore_errors=True)
     if validators < 1:
         raise ValueError("a network needs at least one validator")
@@ -239,6 +284,11 @@ def init_network(
                 metrics_port=port + 2,
             )
         )
+    proxies: tuple[ProxyLink, ...] = ()
+    if faults and not hosts:
+        proxies = layout_fault_proxies(
+            infos, base_port + 10 * validators if proxy_base_port is None else proxy_base_port
+        )
     for info, key in zip(infos, validator_keys, strict=True):
         node_home = Path(info.home)
         crypto.save_key_file(node_home / "keys" / "validator.json", key)
@@ -250,6 +300,13 @@ def init_network(
         (node_home / "genesis.json").write_text(genesis_json)
         bind = "0.0.0.0" if hosts else info.host
         peers = tuple(Peer(name=o.name, host=o.host, port=o.p2p_port) for o in infos if o.name != info.name)
+        if proxies:
+            peers = tuple(
+                Peer(name=p.name, host=link.host, port=link.port)
+                for p in peers
+                for link in proxies
+                if link.src == info.name and link.dst == p.name
+            )
         cfg = NodeConfig(
             home=node_home,
             chain_id=chain_id,
@@ -264,6 +321,13 @@ def init_network(
         (node_home / "config.toml").write_text(render_config(cfg))
         (node_home / "data").mkdir(exist_ok=True)
 
-    network = Network(home=str(root), chain_id=chain_id, nodes=tuple(infos), faults=faults, accounts=accounts)
+    network = Network(
+        home=str(root),
+        chain_id=chain_id,
+        nodes=tuple(infos),
+        faults=faults,
+        accounts=accounts,
+        proxies=proxies,
+    )
     network.save()
     return network
