@@ -98,7 +98,7 @@ class Nemesis:
         self.network = network
         self.launcher = launcher
         self._names = tuple(n.name for n in network.nodes)
-        if seed is not None:
+        if seed is not None and network.proxies:
             self._update(lambda rules: rules, seed=seed, wait=False)
 
     # --- process faults ---------------------------------------------------------------------------
