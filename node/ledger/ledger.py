@@ -97,21 +97,30 @@ class RootUpdate:
     entries: int
 
 
+def serialize_changes(block: Mapping[bytes, Record | None]) -> Writes:
+    """Each changed state entry serialized once: key -> bytes, or None where deleted."""
+    out: Writes = {}
+    for key, rec in block.items():  # insertion order: deterministic
+        if rec is None:
+            out[key] = None
+        else:
+            out[key] = encode_account(rec) if type(rec) is AccountRec else encode_record(rec)
+    return out
+
+
+def compute_state_root(kv: KVReader, entries: Mapping[bytes, bytes | None]) -> tuple[bytes, Writes]:
+    """The state root after changing entries (key -> bytes or None) on the committed tree in kv,
+    and the Merkle node writes. Cost: the changed keys times the tree depth."""
+    sha = hashlib.sha256
+    items = [(sha(k).digest(), None if v is None else sha(v).digest()) for k, v in entries.items()]
+    items.sort()
+    return merkle.MerkleTree(kv).update_sorted(items)
+
+
 def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> RootUpdate:
     """Serialize each changed entry once and update the Merkle tree along their paths."""
-    writes: Writes = {}
-    items: list[tuple[bytes, bytes | None]] = []
-    sha = hashlib.sha256
-    for key, rec in block.items():  # insertion order: deterministic (the tree sorts by key hash)
-        if rec is None:
-            writes[key] = None
-            items.append((sha(key).digest(), None))
-        else:
-            raw = encode_account(rec) if type(rec) is AccountRec else encode_record(rec)
-            writes[key] = raw
-            items.append((sha(key).digest(), sha(raw).digest()))
-    items.sort()
-    root, node_writes = merkle.MerkleTree(kv).update_sorted(items)
+    writes = serialize_changes(block)
+    root, node_writes = compute_state_root(kv, writes)
     writes.update(node_writes)
     return RootUpdate(root, writes, len(block))
 
@@ -433,7 +442,9 @@ __all__ = [
     "Ledger",
     "RootUpdate",
     "compute_root_update",
+    "compute_state_root",
     "parse_genesis",
+    "serialize_changes",
     "validate_genesis",
     "verify_proof",
 ]
