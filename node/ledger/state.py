@@ -166,6 +166,17 @@ def _varint(n: int) -> bytes:
         if n < 0x200000:
             return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
         return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
+    if n < 0x40000000000:  # 5 or 6 bytes: typical minor-unit balances
+        low = bytes(
+            (
+                (n & 0x7F) | 0x80,
+                ((n >> 7) & 0x7F) | 0x80,
+                ((n >> 14) & 0x7F) | 0x80,
+                ((n >> 21) & 0x7F) | 0x80,
+            )
+        )
+        n >>= 28
+        return low + (bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7)))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
