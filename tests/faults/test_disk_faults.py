@@ -103,3 +103,53 @@ def test_corrupt_wal_frame_stops_the_node_until_the_operator_removes_the_wal(fau
     top = net.height("node0")
     net.wait_all_at(top + 2, [VICTIM], timeout=60)
     assert net.agree() >= top + 2
+
+
+def test_wal_damage_on_a_file_matches_what_the_node_reports(tmp_path: Path) -> None:
+    from clearline.v1 import wal_pb2
+    from node.storage import WAL
+    from node.storage.errors import WalCorruptError
+
+    path = tmp_path / "consensus.wal"
+    wal, _ = WAL.open(path)
+    wal.end_height(4)
+    for h in (5, 6, 7):
+        wal.append(wal_pb2.WalRecord(end_height=wal_pb2.WalEndHeight(height=h)))
+    wal.close()
+    pristine = path.read_bytes()
+    found = frames(pristine)
+    assert len(found) == 4 and found[-1].end == len(pristine)
+
+    # Tail corruption: the last complete frame fails its checksum at its own offset.
+    from cluster.faults.disk import corrupt_wal, truncate_wal
+
+    assert corrupt_wal(path) == found[-1].offset
+    with pytest.raises(WalCorruptError) as err:
+        WAL.open(path)
+    assert err.value.offset == found[-1].offset and "checksum mismatch" in str(err.value)
+    # Middle corruption (on a fresh copy): the frame in the middle.
+    path.write_bytes(pristine)
+    assert corrupt_wal(path, at_tail=False) == found[1].offset
+    with pytest.raises(WalCorruptError) as err:
+        WAL.open(path)
+    assert err.value.offset == found[1].offset
+    # A torn tail is repaired: the partial frame goes, the complete ones stay.
+    path.write_bytes(pristine)
+    assert truncate_wal(path, 2) == 2
+    wal, replay = WAL.open(path)
+    wal.close()
+    assert (replay.truncated_at, replay.truncated_bytes) == (found[-1].offset, found[-1].length + 8 - 2)
+    assert replay.last_end_height == 6  # the three complete frames are kept
+    # Refusals change nothing: a non-positive size, a file that is not a WAL, a missing file.
+    path.write_bytes(pristine)
+    for bad in (0, -1):
+        with pytest.raises(DiskFaultError):
+            truncate_wal(path, bad)
+    assert path.read_bytes() == pristine
+    other = tmp_path / "not-a-wal"
+    other.write_bytes(b"hello world, not a wal")
+    with pytest.raises(DiskFaultError, match="not a Clearline WAL"):
+        corrupt_wal(other)
+    assert other.read_bytes() == b"hello world, not a wal"
+    with pytest.raises(DiskFaultError, match="no WAL here"):
+        truncate_wal(tmp_path / "missing.wal", 3)
