@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from clearline.v1 import block_pb2, ledger_api_pb2, peer_pb2, receipt_pb2, tx_pb2
 from node import blocks, txs, wire
-from node.consensus import Proposal, Vote
+from node.consensus import Proposal, Vote, VoteType
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -59,6 +59,7 @@ class Byzantine:
             )
         self.node = node
         self.mode = mode
+        self._colluded: set[tuple[int, int, bytes, bytes]] = set()
         log.warning("BYZANTINE MODE %s: this validator misbehaves on purpose (fault testing)", mode)
 
     # --- proposals ----------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ class Byzantine:
         if self.mode in ("equivocate", "collude") and isinstance(message, Proposal):
             self._equivocate(message, pm)
             return True
-        return False
+        # Colluders vote only through targeted votes (on_vote).
+        return self.mode == "collude" and isinstance(message, Vote)
 
     def _conflicting_vote(self, vote: Vote, block_id: bytes | None = None) -> Vote:
         other = block_id or blocks.block_hash(
@@ -111,6 +113,13 @@ class Byzantine:
         twin = block_pb2.Block()
         twin.CopyFrom(proposal.block)
         twin.header.time_ms += 1
+        # Re-execute so the twin is a valid block in its own right (the state root covers the time).
+        vtxs = [node.mempool.verified(txs.tx_hash(raw)) for raw in twin.body.txs]
+        if all(v is not None for v in vtxs):
+            result = node.ledger.execute_block([v for v in vtxs if v is not None], twin.header.height,
+                                               twin.header.time_ms)  # fmt: skip
+            twin.header.state_root = result.state_root
+            twin.header.receipts_root = blocks.receipts_root(result.receipts)
         twin_id = blocks.block_hash(twin.header)
         unsigned = Proposal(
             proposal.height, proposal.round, proposal.pol_round, twin_id, twin, proposal.proposer
@@ -124,21 +133,35 @@ class Byzantine:
         half = len(peers) // 2
         for i, peer in enumerate(peers):
             node.network.send(peer, pm if i < half else twin_pm)
+        if self.mode == "collude":
+            return
         # Prevote for the twin too, to everyone: a double vote that honest nodes must turn into evidence.
-        prevote = Vote(1, proposal.height, proposal.round, twin_id, node.key.address)  # type: ignore[arg-type]
+        prevote = Vote(VoteType.PREVOTE, proposal.height, proposal.round, twin_id, node.key.address)
         node.network.broadcast(
             peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(prevote, twin_id)))
         )
 
     def on_proposal(self, proposal: Proposal) -> None:
-        """collude: prevote and precommit every proposal seen, at once, whatever the lock says."""
-        if self.mode != "collude":
+        """Hook for proposals received from peers (no behaviour yet beyond the vote hook)."""
+
+    def on_vote(self, vote: Vote) -> None:
+        """collude: answer each honest validator's vote for X with our prevote and precommit for X,
+        sent to that validator only. With more than f colluders, honest validators that were shown
+        different blocks each see a quorum for their own block: a fork the checker must report."""
+        if self.mode != "collude" or vote.block_id is None or vote.validator == self.node.key.address:
             return
-        for vote_type in (1, 2):
-            vote = Vote(vote_type, proposal.height, proposal.round, proposal.block_id, self.node.key.address)  # type: ignore[arg-type]
-            signed = Vote(vote.type, vote.height, vote.round, vote.block_id, vote.validator,
-                          self.node.signer.sign_vote(vote))  # fmt: skip
-            self.node.network.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(signed)))
+        key = (vote.height, vote.round, vote.block_id, vote.validator)
+        if key in self._colluded:
+            return
+        self._colluded.add(key)
+        peer = self.node.names_by_address.get(vote.validator)
+        if peer is None:
+            return
+        for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            unsigned = Vote(vote_type, vote.height, vote.round, vote.block_id, self.node.key.address)
+            signed = Vote(vote_type, vote.height, vote.round, vote.block_id, unsigned.validator,
+                          self.node.signer.sign_vote(unsigned))  # fmt: skip
+            self.node.network.send(peer, peer_pb2.PeerMessage(vote=wire.vote_to_pb(signed)))
 
     async def fake_ack(self, raws: list[bytes]) -> list[ledger_api_pb2.SubmitTxResult]:
         """fake-ack: answer every submission as committed OK, and drop it (never gossiped or proposed)."""

@@ -841,6 +841,8 @@ class Node:
         if not crypto.verify_raw(member.public_key, vote.signature, msg):
             log.warning("peer %s sent a vote with a bad signature", peer)
             return
+        if self.byz is not None:
+            self.byz.on_vote(vote)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(vote=pb)))
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._enqueue(VoteReceived(vote))
