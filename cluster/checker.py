@@ -187,9 +187,9 @@ def _check_supply(
             elif ev.kind == "redeem":
                 expected[_ik(ev.instrument)] -= ev.amount
     balances: Counter[tuple[bytes, str]] = Counter()
-    for address in sorted(accounts):
+    for account in sorted(accounts):
         try:
-            resp = stub.GetAccount(ledger_api_pb2.GetAccountRequest(address=address), timeout=10)
+            resp = stub.GetAccount(ledger_api_pb2.GetAccountRequest(address=account), timeout=10)
         except grpc.RpcError:
             continue
         for bal in resp.account.balances:
@@ -197,7 +197,7 @@ def _check_supply(
             if bal.amount < bal.frozen + bal.held:
                 report.supply_ok = False
                 report.violations.append(
-                    f"account {address.hex()[:12]} has {bal.amount} {bal.instrument.symbol} but {bal.frozen} frozen "
+                    f"account {account.hex()[:12]} has {bal.amount} {bal.instrument.symbol} but {bal.frozen} frozen "
                     f"and {bal.held} held"
                 )
     for inst in genesis.instruments:
