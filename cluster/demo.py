@@ -142,7 +142,9 @@ def stream_blocks(client: SyncClient, seconds: float | None, stop: threading.Eve
         if exc.reason != "DEADLINE_EXCEEDED":
             raise
     finally:
-        stream.close()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def main(argv: list[str] | None = None) -> int:
