@@ -63,5 +63,13 @@ sim: $(GEN)
 bench-ledger: $(GEN)
 	$(PY) -m cluster.bench_ledger $(ARGS)
 
+# A longer fault campaign: several seeds on 4 and 7 validators (about 30 minutes).
+CHAOS_SECONDS ?= 300
+chaos: $(GEN)
+	@set -e; for v in 4 7; do for seed in 1 2 3; do \
+	  echo "== chaos: $$v validators, seed $$seed, $(CHAOS_SECONDS)s"; \
+	  $(PY) -m cluster.chaos --validators $$v --seed $$seed --duration $(CHAOS_SECONDS); \
+	done; done
+
 clean:
 	rm -rf $(VENV) proto/clearline/v1/*_pb2*.py proto/clearline/v1/*_pb2*.pyi $(GEN) .pytest_cache .mypy_cache .ruff_cache
