@@ -67,6 +67,8 @@ HEIGHT_BUDGET_MS = 15_000
 """Liveness: every height must be decided within this much virtual time after GST."""
 LIVENESS_HONEST_ROUNDS = 2
 """Liveness: after GST a height may fail at most this many rounds with an honest proposer."""
+MAX_EXTENSIONS = 3
+"""Times the last height is pushed back while late evidence waits for a block."""
 
 _DELIVER, _TIMER, _CRASH, _RESTART, _EVIDENCE, _SYNC = range(6)
 
@@ -148,6 +150,7 @@ class Simulation:
         self.last_height = heights + self.tail
         """The last height to decide: fixed at GST to max(heights, heights decided by then) + tail."""
         self.target_fixed = False
+        self.extensions = 0
         self.now = 0
         self.seq = 0
         self.heap: list[tuple[int, int, int, int, object]] = []
@@ -233,12 +236,11 @@ class Simulation:
         heapq.heappush(self.heap, (at, self.seq, kind, node, payload))
 
     def run(self) -> Result:
-        deadline = self.sc.gst + HEIGHT_BUDGET_MS * (self.heights + self.tail)
         while self.heap:
             if self._all_done():
                 break
             at, _seq, kind, idx, payload = heapq.heappop(self.heap)
-            if at > deadline:
+            if at > self.sc.gst + HEIGHT_BUDGET_MS * (self.heights + self.tail * (1 + self.extensions)):
                 self.stalled = True
                 break
             self.now = at
@@ -271,7 +273,25 @@ class Simulation:
     def _all_done(self) -> bool:
         if not self.target_fixed:
             return False
-        return all(len(n.app.chain) >= self.last_height for n in self.nodes if n.honest)
+        if not all(len(n.app.chain) >= self.last_height for n in self.nodes if n.honest):
+            return False
+        if self.extensions < MAX_EXTENSIONS and self._evidence_pending():
+            # Evidence found late is still in the pools: give the proposers more heights.
+            self.extensions += 1
+            self.last_height += self.tail
+            for node in self.nodes:
+                if node.up and node.core is not None and node.core.decision is not None:
+                    self._start_next(node, node.core.decision.height + 1)
+            return False
+        return True
+
+    def _evidence_pending(self) -> bool:
+        return any(
+            k[1] <= self.heights and k not in n.app.committed_evidence
+            for n in self.nodes
+            if n.honest
+            for k in n.app.pending_evidence
+        )
 
     # --- node runtime -----------------------------------------------------------------------------------
 
