@@ -39,6 +39,7 @@ from cluster.faults.rules import (
     RuleKind,
     RuleSet,
     load_rules,
+    rules_path,
     save_rules,
 )
 from cluster.netgen import Network
@@ -235,7 +236,7 @@ class Nemesis:
     def heal(self) -> None:
         """Remove every network rule (partitions, one-way, link degradations, severed links)."""
         self._need_proxies()
-        self._update(lambda rules: replace(rules, rules=()))
+        self._update(lambda rules: replace(rules, rules=()), reset=True)
 
     def rules(self) -> RuleSet:
         """The rules in force (as written in rules.json)."""
@@ -315,30 +316,43 @@ class Nemesis:
         finally:
             os.close(fd)
 
-    def _update(self, change: Any, *, seed: int | None = None, wait: bool = True) -> None:
-        """Read-modify-write rules.json under a lock, then wait until the running proxy applied it."""
+    def _update(
+        self, change: Any, *, seed: int | None = None, wait: bool = True, reset: bool = False
+    ) -> None:
+        """Read-modify-write rules.json under a lock, then wait until the running proxy applied it.
+        A damaged rules.json is refused (FaultError) unless reset (heal), which replaces it."""
         with self._lock():
-            current = load_rules(self.network.home)
+            try:
+                current = load_rules(self.network.home)
+            except FaultRuleError as exc:
+                if not reset:
+                    raise FaultError(
+                        f"{rules_path(self.network.home)} is damaged ({exc}); heal() rewrites it"
+                    ) from exc
+                applied = process.read_status(self.network).get("generation")
+                current = RuleSet(generation=applied if isinstance(applied, int) and applied > 0 else 0)
             new = change(current)
             new = RuleSet(
                 generation=current.generation + 1,
                 seed=current.seed if seed is None else seed,
                 rules=new.rules,
             )
+            written_at = time.time()
             save_rules(self.network.home, new)
         if wait:
-            self._wait_applied(new.generation)
+            self._wait_applied(new.generation, written_at)
 
-    def _wait_applied(self, generation: int, timeout: float = 10) -> None:
+    def _wait_applied(self, generation: int, written_at: float, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if process.proxy_pid(self.network) is None:
                 return  # nothing running: the proxy reads the rules when it starts
             status = process.read_status(self.network)
-            if status.get("rules_error"):
-                raise FaultError(f"the fault proxy refused the rules: {status['rules_error']}")
             if isinstance(status.get("generation"), int) and status["generation"] >= generation:
                 return
+            fresh = isinstance(status.get("time"), float) and status["time"] > written_at
+            if fresh and status.get("rules_error"):
+                raise FaultError(f"the fault proxy refused the rules: {status['rules_error']}")
             if time.monotonic() > deadline:
                 raise ProxyError(
                     f"the fault proxy did not apply rules generation {generation} within {timeout:.0f}s"

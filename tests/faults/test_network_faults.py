@@ -181,6 +181,20 @@ def test_the_proxy_accepts_only_the_links_source_and_refuses_cut_block_sync(faul
     with pytest.raises(grpc.RpcError) as err:
         sync_status_as(home0)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # A damaged rules file is refused by the proxy, which keeps the rules in force; heal() replaces it.
+    applied = net.nemesis.stats()["generation"]
+    rules_path(net.network.home).write_text(
+        '{"rules": [{"src": "node1", "dst": "node0", "kind": "link", "loss": 7}]}'
+    )
+    deadline = time.monotonic() + 5
+    while not net.nemesis.stats().get("rules_error") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "loss" in net.nemesis.stats()["rules_error"] and net.nemesis.stats()["generation"] == applied
+    with pytest.raises(grpc.RpcError) as err:
+        sync_status_as(home0)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the one-way cut is still in force
+    with pytest.raises(FaultError, match="damaged"):
+        net.nemesis.one_way("node2", "node0")
     # Sever breaks the live streams between two nodes; heal lets them reconnect.
     net.nemesis.heal()
     net.nemesis.sever("node0", "node1")
