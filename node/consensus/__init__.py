@@ -4,7 +4,7 @@ Public surface (everything else is private):
 
 - values: `Step`, `VoteType`, `Vote`, `Proposal`, `CommitCertificate`, `DuplicateVoteEvidence`,
   `Evidence`, `SignState`, `TimeoutConfig`, aliases `Height`, `Round`, `Power`, `Address`, `BlockId`;
-- validators: `Validator`, `ValidatorSet`;
+- validators: `Validator`, `ValidatorSet`, `ValidatorSchedule` (changes take effect at H+2);
 - injected interfaces: `Signer`, `Application`;
 - events: `ProposalReceived`, `VoteReceived`, `TimeoutFired`, `CommitReceived`, `StartHeight`;
 - actions: `Persist`, `Broadcast`, `ScheduleTimeout`, `Decide`, `RecordEvidence`;
@@ -31,6 +31,7 @@ from node.consensus.messages import (
     TimeoutFired,
     VoteReceived,
 )
+from node.consensus.schedule import ACTIVATION_DELAY, ValidatorSchedule
 from node.consensus.tendermint import BUFFER_PER_SENDER, MAX_PROPOSALS_PER_ROUND, ROUND_WINDOW, Tendermint
 from node.consensus.types import (
     NO_ROUND,
@@ -52,6 +53,7 @@ from node.consensus.types import (
 from node.consensus.validators import Validator, ValidatorSet
 
 __all__ = [
+    "ACTIVATION_DELAY",
     "BUFFER_PER_SENDER",
     "MAX_PROPOSALS_PER_ROUND",
     "NO_ROUND",
@@ -89,6 +91,7 @@ __all__ = [
     "TimeoutConfig",
     "TimeoutFired",
     "Validator",
+    "ValidatorSchedule",
     "ValidatorSet",
     "Vote",
     "VoteReceived",
