@@ -15,6 +15,7 @@ import pytest
 from clearline.v1 import ledger_api_pb2, peer_pb2, peer_pb2_grpc
 from cluster.client import builders
 from cluster.faults import FaultError, FaultRuleError, LinkRule, Nemesis, NoProxyError, UnknownNodeError
+from cluster.faults.proxy import DirectionStats
 from cluster.faults.rules import RuleSet, load_rules, rules_path
 from cluster.netgen import Network
 from tests.cluster.helpers import key, setup_funded, signed, submit, usd
@@ -263,3 +264,63 @@ def test_invalid_rules_are_refused_and_leave_the_rules_unchanged(fault_network, 
     assert f'"node0@127.0.0.1:{net.network.proxy("node2", "node0").port}"' in config
     assert json.loads(Path(net.network.home, "network.json").read_text())["faults"] is True
     assert isinstance(Nemesis(net.network, net.launcher).rules(), RuleSet)
+
+
+# --- the proxy's per-direction pipe, in process (no sockets) ---------------------------------------
+
+
+async def _through_pipe(
+    tmp_path: Path, rules: tuple[LinkRule, ...], count: int, seed: int = 3, cut_after_s: float | None = None
+) -> tuple[list[bytes], DirectionStats]:
+    """Put count messages through a node0->node1 pipe under rules (optionally partitioned after
+    cut_after_s); returns what was written, in order, and the direction's counters."""
+    import asyncio
+
+    from cluster.faults.proxy import FaultState, Pipe
+
+    state = FaultState(tmp_path)
+    state.rules = RuleSet(seed=seed, rules=rules)
+    out: list[bytes] = []
+
+    async def write(msg: bytes) -> None:
+        out.append(msg)
+
+    pipe = Pipe(state, "node0", "node1", write, chaotic=True)
+    runner = asyncio.create_task(pipe.run())
+    for i in range(count):
+        pipe.put(b"m%03d" % i)
+    if cut_after_s is not None:
+        await asyncio.sleep(cut_after_s)
+        state.rules = RuleSet(seed=seed, rules=(*rules, LinkRule("node0", "node1", "partition", drop=True)))  # type: ignore[arg-type]
+    pipe.close()
+    await asyncio.wait_for(runner, timeout=10)
+    return out, pipe.stats
+
+
+def _rule(**kw: object) -> LinkRule:
+    return LinkRule("node0", "node1", "link", **kw)  # type: ignore[arg-type]
+
+
+async def test_pipe_delays_with_jitter_in_fifo_order_unless_reordering(tmp_path: Path) -> None:
+    sent = [b"m%03d" % i for i in range(40)]
+    fifo, stats = await _through_pipe(tmp_path, (_rule(delay_ms=20, jitter_ms=15),), 40)
+    assert fifo == sent and stats.delayed == 40 and stats.forwarded == 40
+    mixed, _ = await _through_pipe(tmp_path, (_rule(delay_ms=20, jitter_ms=15, reorder=True),), 40)
+    assert sorted(mixed) == sent and mixed != sent
+
+
+async def test_pipe_loss_and_duplication_are_seeded_and_spare_the_handshake(tmp_path: Path) -> None:
+    rules = (_rule(loss=0.3, duplicate=0.3),)
+    a, stats = await _through_pipe(tmp_path, rules, 200, seed=5)
+    b, _ = await _through_pipe(tmp_path, rules, 200, seed=5)
+    c, _ = await _through_pipe(tmp_path, rules, 200, seed=6)
+    assert a == b and a != c
+    assert a[0] == b"m000" and a.count(b"m000") == 1  # the hello is never lost nor doubled
+    assert stats.lost > 30 and stats.duplicated > 30
+    assert len(a) == 200 - stats.lost + stats.duplicated
+    assert [m for i, m in enumerate(a) if i == 0 or m != a[i - 1]] == sorted(set(a))  # order kept
+
+
+async def test_pipe_drops_messages_in_flight_when_a_partition_starts(tmp_path: Path) -> None:
+    out, stats = await _through_pipe(tmp_path, (_rule(delay_ms=300),), 5, cut_after_s=0.05)
+    assert out == [] and stats.dropped == 5 and stats.forwarded == 0
