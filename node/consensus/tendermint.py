@@ -23,6 +23,7 @@ broken variants by subclassing; this class itself has no switches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from node.consensus.errors import InvalidEvent, InvalidRestoreState
 from node.consensus.messages import (
@@ -387,6 +388,8 @@ class Tendermint:
     def _on_vote(self, vote: Vote) -> bool:
         if vote.type not in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             return self._drop(DropReason.BAD_VOTE, f"type {vote.type!r}")
+        if type(vote.type) is not VoteType:  # a plain int from a decoder: normalise once
+            vote = replace(vote, type=VoteType(vote.type))
         if vote.height == self._height - 1 and self._prev_votes is not None:
             # Late votes of the previous height still reveal equivocation.
             if vote.validator in self._prev_votes.validators:
@@ -425,6 +428,7 @@ class Tendermint:
 
     def _on_timeout(self, height: Height, round_: Round, step: Step) -> None:
         """Rule 10: a timeout acts only if (height, round, step) is unchanged."""
+        step = Step(step)
         if height != self._height or round_ != self._round or self._decided is not None:
             self._drop(DropReason.STALE_TIMEOUT, f"({height}, {round_}, {step.name})")
             return

@@ -329,3 +329,16 @@ def test_the_signing_guard_refuses_a_conflicting_message_at_the_last_signed_posi
     core2._last_signed = SignState(1, 0, Step.PREVOTE, None, b"old", -1, None, -1, None)
     (v,) = own_votes(feed(core2, TimeoutFired(1, 0, Step.PROPOSE)))
     assert v.signature == b"old" and signer2.calls == 0
+
+
+def test_plain_int_vote_types_and_steps_from_a_decoder_work() -> None:
+    core, _app, _s = started()
+    feed(core, proposal(0, "A"))
+    for i in (1, 2, 3):
+        feed(core, VoteReceived(Vote(2, 1, 0, bid("A"), addr(i), b"s")))  # type: ignore[arg-type]
+    assert core.decision is not None and core.decision.block_id == bid("A")
+    core2, _app2, _s2 = started()
+    (v,) = own_votes(feed(core2, TimeoutFired(1, 0, 1)))  # type: ignore[arg-type]
+    assert v.type is VoteType.PREVOTE and v.block_id is None
+    assert feed(core2, VoteReceived(Vote(7, 1, 0, None, addr(1), b"s"))) == []  # type: ignore[arg-type]
+    assert core2.dropped is not None and core2.dropped.reason is DropReason.BAD_VOTE
