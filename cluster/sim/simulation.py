@@ -49,6 +49,7 @@ from node.consensus import (
     TimeoutConfig,
     TimeoutFired,
     Validator,
+    ValidatorSchedule,
     ValidatorSet,
     Vote,
     VoteReceived,
@@ -146,6 +147,9 @@ class Simulation:
             [Validator(self.addresses[i], bytes([i + 1]) * 32, self.sc.powers[i]) for i in range(validators)]
         )
         self.byz_addresses = {self.addresses[i] for i in self.sc.strategies}
+        self.schedule = ValidatorSchedule(self.valset)
+        self.power_change: tuple[Height, ValidatorSet] | None = None
+        self._draw_power_change(seed)
         self.tail = 2 + byzantine
         self.last_height = heights + self.tail
         """The last height to decide: fixed at GST to max(heights, heights decided by then) + tail."""
@@ -175,6 +179,24 @@ class Simulation:
         self._build_nodes()
 
     # --- setup ------------------------------------------------------------------------------------------
+
+    def _draw_power_change(self, seed: int) -> None:
+        """Sometimes a block changes the voting powers (a governance change): effective at H + 2.
+
+        Drawn from its own generator so the rest of the seed's schedule is unchanged by it."""
+        rng = random.Random(f"clearline-sim/valset-change/{seed}")
+        if rng.random() >= 0.3:
+            return
+        at = rng.randint(1, self.heights)
+        powers = [rng.randint(1, 4) for _ in range(self.n)]
+        honest = [i for i in range(self.n) if i not in self.sc.strategies]
+        while 3 * sum(powers[i] for i in self.sc.strategies) >= sum(powers):
+            powers[rng.choice(honest)] += 1
+        new_set = ValidatorSet(
+            [Validator(v.address, v.public_key, powers[i]) for i, v in enumerate(self.valset)]
+        )
+        self.schedule.record_change(at, new_set)
+        self.power_change = (at, new_set)
 
     def _core_class(self, node: Node) -> type[Tendermint]:
         if self.mutant is not None and node.honest:
@@ -214,7 +236,7 @@ class Simulation:
             valid = node.blocks.get(restored.valid_block_id) if restored.valid_block_id else None
         app = _TwinApp(node.app) if node.twin else node.app
         node.core = self._core_class(node)(
-            validators=self.valset,
+            validators=self.schedule.validators_for(height),
             signer=FakeSigner(node.address),
             app=app,
             timeouts=TIMEOUTS,
@@ -347,7 +369,7 @@ class Simulation:
         core = node.core
         assert core is not None
         node.start_times.setdefault(h, self.now)
-        self._execute(node, core.step(StartHeight(h, self.valset)))
+        self._execute(node, core.step(StartHeight(h, self.schedule.validators_for(h))))
         if node.core is core and node.up:
             for msg in node.future.pop(h, []):
                 if node.core is not core or not node.up:
@@ -612,7 +634,7 @@ class Simulation:
             p = Proposal(p.height, p.round, -1, fresh.id, fresh, node.address, signer.sign_proposal(p))
             self.round_proposal[key] = fresh.id
             if msg.height not in self.attacked and honest:
-                part = self._attack_part(honest)
+                part = self._attack_part(honest, msg.height)
                 self.attacked[msg.height] = fresh.id
                 self.attack_part[key] = part
                 return [(d, p) for d in targets if d in part or not self.nodes[d].honest]
@@ -622,7 +644,7 @@ class Simulation:
             return [(d, msg) for d in targets]
         if msg.height not in self.attacked:
             self.attacked[msg.height] = target
-            self.attack_part[key] = self._attack_part(honest)
+            self.attack_part[key] = self._attack_part(honest, msg.height)
         yes, no = _resign(signer, msg, target), _resign(signer, msg, None)
         voters = self.attack_part.get(key)
         chosen: frozenset[int]
@@ -634,16 +656,17 @@ class Simulation:
             chosen = frozenset(honest)
         return [(d, yes if d in chosen or not self.nodes[d].honest else no) for d in targets]
 
-    def _attack_part(self, honest: list[int]) -> frozenset[int]:
+    def _attack_part(self, honest: list[int], height: Height) -> frozenset[int]:
         """A random set of honest nodes that, with the Byzantine power, just reaches a quorum."""
-        need = self.valset.quorum - sum(self.valset.power_of(a) for a in self.byz_addresses)
+        vs = self.schedule.validators_for(height)
+        need = vs.quorum - sum(vs.power_of(a) for a in self.byz_addresses)
         part: list[int] = []
         power = 0
         for i in self.rng.sample(honest, len(honest)):
             if power >= need and part:
                 break
             part.append(i)
-            power += self.valset.power_of(self.nodes[i].address)
+            power += vs.power_of(self.nodes[i].address)
         if len(part) == len(honest) and len(part) > 1:
             part.pop()
         return frozenset(part)
@@ -702,7 +725,9 @@ class Simulation:
         if any(s is None or s < self.sc.gst for s in starts):
             return
         failed = [
-            r for r in range(decided_round) if self.valset.proposer(h, r).address not in self.byz_addresses
+            r
+            for r in range(decided_round)
+            if self.schedule.validators_for(h).proposer(h, r).address not in self.byz_addresses
         ]
         if len(failed) > LIVENESS_HONEST_ROUNDS:
             self.violations.append(

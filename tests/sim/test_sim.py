@@ -128,6 +128,22 @@ def test_schedules_really_contain_crashes_partitions_and_weighted_sets() -> None
     assert sum(1 for s in sims if s.sc.gst == 0) < len(sims)
 
 
+def test_voting_power_changes_take_effect_two_heights_after_their_block() -> None:
+    changed = 0
+    for seed in range(40):
+        sim = Simulation(seed, 4, 1, 4)
+        if sim.power_change is None:
+            continue
+        at, new_set = sim.power_change
+        assert sim.run().violations == []
+        changed += 1
+        assert sim.schedule.validators_for(at + 1) == sim.valset
+        assert sim.schedule.validators_for(at + 2) == new_set
+        honest = next(n for n in sim.nodes if n.honest and n.core is not None)
+        assert honest.core is not None and honest.core.validators == new_set  # the final height uses it
+    assert changed >= 5
+
+
 # --- the checkers flag what they should ----------------------------------------------------------------------
 
 
