@@ -166,7 +166,7 @@ def test_wiped_validator_rejoins_by_block_sync_after_1000_blocks(make_network) -
 
     from tests.cluster.conftest import FAST
 
-    fast = dataclasses.replace(FAST, timeout_commit_ms=5)
+    fast = dataclasses.replace(FAST, timeout_commit_ms=5, create_empty_blocks_interval_ms=0)
     net = make_network(4, consensus=fast)
     net.wait_height(1000, ["node0"], timeout=240)
     net.launcher.stop("node3")
