@@ -134,8 +134,10 @@ async def run_load(
     watcher = asyncio.create_task(watch())
     t0 = time.perf_counter()
     end = t0 + duration
-    batches = [plan.raws[i : i + BATCH] for i in range(0, len(plan.raws), BATCH)]
-    hashes = [plan.hashes[i : i + BATCH] for i in range(0, len(plan.hashes), BATCH)]
+    # Open loop: at a given rate, a batch every ~20 ms (so batching adds little latency); at --max, big batches.
+    size = BATCH if rate is None else max(1, min(BATCH, int(rate * 0.02)))
+    batches = [plan.raws[i : i + size] for i in range(0, len(plan.raws), size)]
+    hashes = [plan.hashes[i : i + size] for i in range(0, len(plan.hashes), size)]
     inflight: set[asyncio.Task[Any]] = set()
     window = 20_000  # outstanding (submitted, not committed) transactions in --max mode
 

@@ -145,16 +145,16 @@ class Mempool:
         out: list[VerifiedTx | TxRejected | None] = [None] * len(raws)
         pending: list[tuple[int, DecodedTx]] = []
         for i, raw in enumerate(raws):
+            cached = self.verified(txs.tx_hash(raw))  # hash first: a known tx is not decoded again
+            if cached is not None:
+                out[i] = cached
+                continue
             try:
                 decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes)
             except TxRejected as exc:
                 out[i] = exc
                 continue
-            cached = self.verified(decoded.tx_hash)
-            if cached is not None:
-                out[i] = cached
-            else:
-                pending.append((i, decoded))
+            pending.append((i, decoded))
         if pending:
             items: list[tuple[bytes, bytes, bytes]] = []
             for _, decoded in pending:
@@ -306,7 +306,14 @@ class Mempool:
         return out
 
     def update(self, committed: Iterable[bytes], touched_senders: Iterable[bytes]) -> int:
-        """Remove committed transactions and re-check the senders they touched; returns evictions."""
+        """Remove committed transactions and re-check the senders they touched; returns evictions.
+
+        Every pending transaction of a touched sender whose nonce is now used is evicted; the next
+        one (the only one a proposer could take first) is dry-run again against the new state and
+        evicted if it now fails (the ones behind it wait for a resubmitted nonce). Re-running the dry run
+        for a sender's whole queue after every block would cost O(mempool) per block (the recheck
+        starvation CometBFT operators hit), so later transactions are checked when they come up.
+        """
         for tx_hash in committed:
             self._remove(tx_hash)
         evicted = 0
@@ -316,16 +323,18 @@ class Mempool:
                 continue
             floor = self._committed_nonce(sender)
             for nonce in sorted(by_nonce):
-                tx_hash = by_nonce[nonce]
-                if nonce < floor:
-                    self._remove(tx_hash)
-                    evicted += 1
-                    continue
-                receipt = self._check(self._entries[tx_hash].tx, nonce)
-                if receipt.status != receipt_pb2.TX_STATUS_OK:
-                    self._count(receipt.status)
-                    self._remove(tx_hash)
-                    evicted += 1
+                if nonce >= floor:
+                    break
+                self._remove(by_nonce[nonce])
+                evicted += 1
+            head = self._by_sender.get(sender, {}).get(floor)
+            if head is None:
+                continue
+            receipt = self._check(self._entries[head].tx, floor)
+            if receipt.status != receipt_pb2.TX_STATUS_OK:
+                self._count(receipt.status)
+                self._remove(head)
+                evicted += 1
         return evicted
 
     def senders_of(self, tx_hashes: Iterable[bytes]) -> set[bytes]:
