@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -114,6 +115,7 @@ class Mempool:
         self._verified = _LRU(config.cache_size)
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
+        self.on_verified: Callable[[int, float], None] | None = None  # (signatures, seconds), for metrics
         self.new_tx_event = asyncio.Event()  # consumed by the gossip loop
         self.tx_arrived = asyncio.Event()  # consumed by the runtime (empty-block pacing)
 
@@ -159,11 +161,14 @@ class Mempool:
             items: list[tuple[bytes, bytes, bytes]] = []
             for _, decoded in pending:
                 items.extend(decoded.sign_items())
+            started = time.perf_counter()
             if self._executor is not None and len(items) >= 64:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(None, crypto.verify_batch, items, self._executor)
             else:
                 results = crypto.verify_batch(items)
+            if self.on_verified is not None:
+                self.on_verified(len(items), time.perf_counter() - started)
             pos = 0
             for i, decoded in pending:
                 n = len(decoded.public_keys)

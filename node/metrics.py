@@ -34,6 +34,21 @@ class NodeMetrics:
         self.commit_latency = Histogram(
             "clearline_commit_write_seconds", "Time to write one block's batch (synced)", registry=r
         )
+        self.height_duration = Histogram(
+            "clearline_height_seconds", "From the start of a height to its decision", registry=r
+        )
+        self.rounds = Histogram(
+            "clearline_rounds_per_height",
+            "Rounds needed to decide a height",
+            buckets=(1, 2, 3, 5, 10),
+            registry=r,
+        )
+        self.verify_seconds = Histogram(
+            "clearline_signature_verify_seconds",
+            "Time to verify one batch of transaction signatures",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=r,
+        )
         self.rejections = Gauge(
             "clearline_mempool_rejections", "Mempool rejections by reason", ["reason"], registry=r
         )

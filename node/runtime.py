@@ -324,6 +324,7 @@ class Node:
         from node import metrics  # imported late: prometheus registry per process
 
         self.metrics = metrics.NodeMetrics(self.cfg.metrics.listen)
+        self.mempool.on_verified = lambda _n, seconds: self.metrics.verify_seconds.observe(seconds)
         self.network = PeerNetwork(self.cfg, self, self.names_by_address)
         self.api = ApiServer(
             self,
@@ -652,6 +653,9 @@ class Node:
     async def _commit(self, height: int, block_id: bytes, block: object, cert: CommitCertificate) -> None:
         if not isinstance(block, block_pb2.Block):
             raise FatalError(f"decided value at height {height} is not a block")
+        if self.metrics is not None:
+            self.metrics.height_duration.observe(time.monotonic() - self._round_started)
+            self.metrics.rounds.observe(cert.round + 1)
         await self._apply_block(height, block_id, block, wire.cert_to_pb(cert), trusted=True)
         self._schedule_next_height()
 

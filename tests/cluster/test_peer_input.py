@@ -121,6 +121,8 @@ def test_metrics_are_exported(shared_network: RunningNetwork) -> None:
     text = (
         urllib.request.urlopen(f"http://{node.host}:{node.metrics_port}/metrics", timeout=5).read().decode()
     )
-    assert "clearline_height" in text and "clearline_peers" in text
+    for name in ("clearline_height", "clearline_peers", "clearline_height_seconds", "clearline_block_txs",
+                 "clearline_signature_verify_seconds", "clearline_mempool_size", "clearline_syncing"):  # fmt: skip
+        assert name in text, name
     height_line = next(line for line in text.splitlines() if line.startswith("clearline_height "))
     assert float(height_line.split()[1]) >= 1
