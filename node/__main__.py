@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     from node.runtime import FatalError, Node
     from node.storage import StorageError
 
+    profile_path = os.environ.get("CLEARLINE_PROFILE")
+    profiler = None
+    if profile_path:  # `clearline bench --profile`: where the node's time goes
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         asyncio.run(Node(cfg, byzantine=args.byzantine).run())
     except ByzantineRefused as exc:
@@ -43,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    finally:
+        if profiler is not None and profile_path:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
     return 0
 
 
