@@ -92,6 +92,48 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
     return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws])
 
 
+CATEGORIES = (
+    ("merkle", ("node/ledger/merkle",)),
+    ("execute", ("node/ledger/",)),
+    ("storage", ("node/storage/", "plyvel")),
+    ("consensus", ("node/consensus/", "node/wire", "node/blocks")),
+    ("mempool", ("node/mempool",)),
+    ("decode", ("node/txs", "google/protobuf", "<method 'ParseFromString'", "<method 'FromString'")),
+    ("verify", ("nacl/", "node/crypto")),
+    ("gossip/network", ("node/network/", "grpc/", "cygrpc", "<method 'SerializeToString'")),
+    ("runtime", ("node/runtime", "node/mempool")),
+    ("asyncio/other", ("",)),
+)
+
+
+def profile_budget(paths: list[Path], committed: int) -> dict[str, float]:
+    """Per committed transaction, microseconds of main-thread CPU per node by category (self time).
+
+    Signature verification runs in the node's thread pool, outside cProfile's view: it is reported
+    from the measured one-core verification rate instead ("verify (thread pool)")."""
+    import pstats
+
+    totals: dict[str, float] = {}
+    nodes = 0
+    for path in paths:
+        if not path.exists():
+            continue
+        nodes += 1
+        stats = pstats.Stats(str(path))
+        for (filename, _line, func), row in stats.stats.items():  # type: ignore[attr-defined]
+            tottime = row[2]
+            where = f"{filename}:{func}"
+            for name, patterns in CATEGORIES:
+                if any(p in where for p in patterns):
+                    totals[name] = totals.get(name, 0.0) + tottime
+                    break
+    if not nodes or not committed:
+        return {}
+    return {
+        k: round(v / nodes / committed * 1e6, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+    }
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -236,7 +278,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         network = make_network(home, args.validators, args.accounts)
         plan = presign(network, args.accounts, total)
         launcher = Launcher(network)
+        profiles = [Path(n.home) / "profile.out" for n in network.nodes]
         try:
+            if args.profile:
+                for node, path in zip(network.nodes, profiles, strict=True):
+                    launcher.start(node.name, env={"CLEARLINE_PROFILE": str(path)})
             launcher.start_all()
             launcher.wait_until(_healthy, timeout=90, what="committing")
             pids = {n.name: launcher.pid(n.name) for n in network.nodes}
@@ -247,6 +293,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu = {k: round((_cpu_seconds(p) - cpu0[k]) / elapsed, 2) for k, p in pids.items() if p}
         finally:
             launcher.stop_all()
+        if args.profile:
+            budget = profile_budget(profiles, result["committed"])
+            budget["verify (thread pool)"] = round(1e6 / verify_rate, 1)
+            result["cpu_us_per_tx"] = budget
     result.update(
         validators=args.validators,
         offered_tx_per_s=offered_rate if offered_rate is not None else "max",
@@ -281,6 +331,8 @@ def table(r: dict[str, Any]) -> str:
         ("efficiency", r["efficiency"]),
         ("CPU per node (cores)", ", ".join(f"{k} {v}" for k, v in r["cpu_per_node"].items())),
     ]
+    for name, us in r.get("cpu_us_per_tx", {}).items():
+        rows.append((f"  us/tx {name}", us))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -295,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=400, help="funded sender accounts")
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", action="store_true", help="profile every node; print the CPU budget per tx")
     args = p.parse_args(argv)
     result = run(args)
     if args.json:
