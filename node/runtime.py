@@ -184,6 +184,8 @@ class Node:
         self._syncing = False
         self._sync_requested = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._vs_cache: dict[int, block_pb2.ValidatorSet] = {}
+        self._member_cache: dict[int, dict[bytes, bytes]] = {}
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._round_started = time.monotonic()
         self._last_block_time = 0.0
@@ -261,10 +263,35 @@ class Node:
             self.last_commit_pb = commit
 
     def validator_set(self, height: int) -> block_pb2.ValidatorSet:
-        vs = self.store.load_validator_set(height)
+        vs = self.known_validator_set(height)
         if vs is None:
             raise FatalError(f"no validator set known for height {height}")
         return vs
+
+    def known_validator_set(self, height: int) -> block_pb2.ValidatorSet | None:
+        """The set that signs `height`, cached: sets up to the last committed height + 2 are final."""
+        vs = self._vs_cache.get(height)
+        if vs is None:
+            vs = self.store.load_validator_set(height)
+            if vs is not None and height <= self.height + 2:
+                if len(self._vs_cache) > 64:
+                    self._vs_cache.clear()
+                self._vs_cache[height] = vs
+        return vs
+
+    def validator_key(self, height: int, address: bytes) -> bytes | None:
+        """The public key of validator `address` at `height`, or None if it is not a member."""
+        cache = self._member_cache.get(height)
+        if cache is None:
+            vs = self.known_validator_set(height)
+            if vs is None:
+                return None
+            cache = {v.address: v.public_key for v in vs.validators}
+            if height <= self.height + 2:
+                if len(self._member_cache) > 64:
+                    self._member_cache.clear()
+                self._member_cache[height] = cache
+        return cache.get(address)
 
     def _new_core(self, height: int) -> Tendermint:
         vs = to_core_set(self.validator_set(height))
@@ -625,17 +652,16 @@ class Node:
             return str(exc)
         if wire.evidence_key(ev) in self._committed_evidence:
             return "already committed"
-        vs = self.store.load_validator_set(ev.vote_a.height)
-        if vs is None:
+        if self.known_validator_set(ev.vote_a.height) is None:
             return "unknown height"
-        member = next((v for v in vs.validators if v.address == ev.validator), None)
-        if member is None:
+        member_key = self.validator_key(ev.vote_a.height, ev.validator)
+        if member_key is None:
             return "not a validator"
         for vote in (ev.vote_a, ev.vote_b):
             msg = blocks.vote_sign_bytes(
                 self.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
             )
-            if not crypto.verify_raw(member.public_key, vote.signature, msg):
+            if not crypto.verify_raw(member_key, vote.signature, msg):
                 return "bad vote signature"
         return None
 
@@ -834,15 +860,14 @@ class Node:
             return
         if not self._in_window(vote.height):
             return
-        vs = self.store.load_validator_set(vote.height)
-        member = next((v for v in vs.validators if v.address == vote.validator), None) if vs else None
-        if member is None:
+        public_key = self.validator_key(vote.height, vote.validator)
+        if public_key is None:
             log.warning("peer %s relayed a vote of a non-validator", peer)
             return
         msg = blocks.vote_sign_bytes(
             self.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
         )
-        if not crypto.verify_raw(member.public_key, vote.signature, msg):
+        if not crypto.verify_raw(public_key, vote.signature, msg):
             log.warning("peer %s sent a vote with a bad signature", peer)
             return
         if self.byz is not None:
@@ -859,15 +884,14 @@ class Node:
             return
         if not self._in_window(proposal.height):
             return
-        vs = self.store.load_validator_set(proposal.height)
-        member = next((v for v in vs.validators if v.address == proposal.proposer), None) if vs else None
-        if member is None:
+        proposer_key = self.validator_key(proposal.height, proposal.proposer)
+        if proposer_key is None:
             log.warning("peer %s sent a proposal from a non-validator", peer)
             return
         msg = blocks.proposal_sign_bytes(
             self.chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
         )
-        if not crypto.verify_raw(member.public_key, proposal.signature, msg):
+        if not crypto.verify_raw(proposer_key, proposal.signature, msg):
             log.warning("peer %s sent a proposal with a bad signature", peer)
             return
         if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
