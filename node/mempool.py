@@ -33,6 +33,9 @@ log = logging.getLogger("clearline.mempool")
 
 # How far ahead of a sender's committed nonce a transaction may be admitted.
 NONCE_WINDOW = 1024
+# Batches at least this large are verified in the thread pool, off the event loop (libsodium releases
+# the GIL, so the pool also uses the second core); tiny batches are cheaper to verify inline.
+VERIFY_OFFLOAD_MIN = 4
 
 CheckFn = Callable[[VerifiedTx, int], receipt_pb2.Receipt]
 NonceFn = Callable[[bytes], int]
@@ -162,7 +165,7 @@ class Mempool:
             for _, decoded in pending:
                 items.extend(decoded.sign_items())
             started = time.perf_counter()
-            if self._executor is not None and len(items) >= 64:
+            if self._executor is not None and len(items) >= VERIFY_OFFLOAD_MIN:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(None, crypto.verify_batch, items, self._executor)
             else:
