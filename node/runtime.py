@@ -1049,7 +1049,7 @@ class Node:
         return self.ledger.check_tx(vtx, expected_nonce=nonce, time_ms=now_ms())
 
     def _committed_nonce(self, sender: bytes) -> int:
-        account = self.ledger.get_account(sender)
+        account = self.ledger.get_account_record(sender)  # the decoded record: no protobuf copy
         return account.nonce if account is not None else 0
 
     def _committed_result(self, tx_hash: bytes) -> ledger_api_pb2.SubmitTxResult | None:
@@ -1273,11 +1273,15 @@ class Node:
 
 
 def _account_touches(receipts: Sequence[receipt_pb2.Receipt]) -> list[tuple[bytes, int]]:
+    """(account, tx index) for the per-account history: the signer and every account in an event."""
     out: list[tuple[bytes, int]] = []
     for index, receipt in enumerate(receipts):
-        seen: set[bytes] = set()
-        for address in (receipt.signer, *(a for e in receipt.events for a in e.accounts)):
-            if address and address not in seen:
-                seen.add(address)
-                out.append((address, index))
+        seen = {b"", receipt.signer}
+        if receipt.signer:
+            out.append((receipt.signer, index))
+        for event in receipt.events:
+            for address in event.accounts:
+                if address not in seen:
+                    seen.add(address)
+                    out.append((address, index))
     return out
