@@ -184,8 +184,14 @@ class Mempool:
                 pos += n
         return [o for o in out if o is not None]
 
-    async def admit(self, raws: Sequence[bytes], *, gossip: bool = True) -> list[Admitted]:
+    async def admit(
+        self, raws: Sequence[bytes], *, gossip: bool = True, dry_run: bool = True
+    ) -> list[Admitted]:
         """Admit a batch of raw transactions; one result per input, in order.
+
+        dry_run=False (transactions gossiped by validator peers, which dry-ran them on admission)
+        keeps every check but the ledger's dry run: size, signatures, nonce window, duplicates. A
+        transaction that would fail still cannot do harm: its block receipt records the failure.
 
         Raises MempoolFull only for a single-transaction batch; in a larger batch a full mempool
         rejects the individual transactions with reason MEMPOOL_FULL.
@@ -198,7 +204,7 @@ class Mempool:
                 results.append(Admitted(txs.tx_hash(raw), False, item.status, item.message))
                 continue
             try:
-                results.append(self._admit_one(item, gossip))
+                results.append(self._admit_one(item, gossip, dry_run))
             except MempoolFull:
                 if len(raws) == 1:
                     raise
@@ -216,7 +222,7 @@ class Mempool:
         self._count(status)
         return Admitted(vtx.tx_hash, False, status, message)
 
-    def _admit_one(self, vtx: VerifiedTx, gossip: bool) -> Admitted:
+    def _admit_one(self, vtx: VerifiedTx, gossip: bool, dry_run: bool = True) -> Admitted:
         if vtx.tx_hash in self._entries:
             return Admitted(vtx.tx_hash, True, duplicate=True)
         body = vtx.body
@@ -252,8 +258,8 @@ class Mempool:
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {self._bytes} bytes (limit)")
         if len(pending) >= self._cfg.max_per_sender:
             raise MempoolFull("SENDER_LIMIT", f"sender has {len(pending)} pending transactions (limit)")
-        receipt = self._check(vtx, body.nonce)
-        if receipt.status != receipt_pb2.TX_STATUS_OK:
+        receipt = self._check(vtx, body.nonce) if dry_run else None
+        if receipt is not None and receipt.status != receipt_pb2.TX_STATUS_OK:
             self._count(receipt.status)
             return Admitted(vtx.tx_hash, False, receipt.status, receipt.message, receipt)
         self._insert(vtx, sender, body.nonce)

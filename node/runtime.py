@@ -835,7 +835,8 @@ class Node:
                 log.warning("peer %s sent an oversized tx batch (%d); dropped", peer, len(msg.txs.txs))
                 return
             with contextlib.suppress(MempoolFull):
-                await self.mempool.admit(list(msg.txs.txs), gossip=False)
+                # Peers dry-ran these on admission; signatures, nonces and duplicates are checked here.
+                await self.mempool.admit(list(msg.txs.txs), gossip=False, dry_run=False)
         elif kind == "evidence":
             problem = self._evidence_problem(msg.evidence)
             if problem is None:

@@ -168,3 +168,20 @@ async def test_verification_in_a_thread_pool_matches() -> None:
         results = await pool.admit(raws)
     assert [r.accepted for r in results].count(True) == 99
     assert results[7].reason == "BAD_SIGNATURE"
+
+
+async def test_peer_gossip_skips_only_the_dry_run() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    too_big = tx(key, 0, amount=5000)
+    (client,) = await pool.admit([too_big])
+    assert not client.accepted and client.reason == "INSUFFICIENT_FUNDS"
+    checks = ledger.checked
+    tampered = bytearray(tx(key, 1))
+    tampered[-1] ^= 1
+    peer = await pool.admit(
+        [too_big, bytes(tampered), tx(key, 0, amount=1, ref="other")], gossip=False, dry_run=False
+    )
+    assert [r.accepted for r in peer] == [True, False, False]
+    assert peer[1].reason == "BAD_SIGNATURE" and peer[2].reason == "BAD_NONCE"  # nonce 0 is already pending
+    assert ledger.checked == checks and len(pool) == 1
