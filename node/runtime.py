@@ -505,6 +505,9 @@ class Node:
             pm = peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(message))
             self._own_messages.append(pm)
             self._blocks_by_id[message.block_id] = pm.proposal.block
+            # In the WAL too: after a crash the node gets its own proposal back instead of waiting
+            # for the propose timeout (it never signs a second proposal for the round).
+            self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pm.proposal)))
         else:
             pm = peer_pb2.PeerMessage(evidence=wire.evidence_to_pb(message))
         if self.byz is not None and self.byz.intercept(message, pm):

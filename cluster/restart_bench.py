@@ -1,0 +1,90 @@
+"""Restart cost against chain length: kill -9 a validator at height ~1,000 and at height >= 50,000,
+restart it, and time how long until it signs and commits again.
+
+    python -m cluster.restart_bench [--heights 1000,50000] [--validators 1]
+
+A single-validator network builds a long chain fastest (no network round trips), and restart cost
+is a property of one node: opening LevelDB, reading the tip, the sign state and the WAL of the
+height in progress. Prints one JSON object: per target height, the height at the kill, seconds
+from restart to the process serving, and seconds from restart to its next committed block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from cluster.launcher import Launcher
+from cluster.netgen import init_network
+from cluster.ports import free_base_port
+from node.config import ConsensusConfig
+
+
+def _height(target: str) -> int | None:
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = ledger_api_pb2_grpc.LedgerStub(channel)
+            return int(stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=0.5).height)
+    except grpc.RpcError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="restart_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--heights", default="1000,50000")
+    p.add_argument("--validators", type=int, default=1)
+    p.add_argument("--home", default="")
+    args = p.parse_args(argv)
+    targets = [int(h) for h in args.heights.split(",")]
+    consensus = dataclasses.replace(ConsensusConfig(), timeout_commit_ms=0, create_empty_blocks_interval_ms=0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="clearline-restart-") as tmp:
+        home = Path(args.home) if args.home else Path(tmp) / "net"
+        net = init_network(home, validators=args.validators, base_port=free_base_port(args.validators),
+                           consensus=consensus, force=True)  # fmt: skip
+        launcher = Launcher(net)
+        node = net.nodes[-1]
+        try:
+            launcher.start_all()
+            started = time.monotonic()
+            for target in targets:
+                while (_height(node.api_target) or 0) < target:
+                    time.sleep(0.5)
+                    h = _height(node.api_target) or 0
+                    rate = h / max(1e-6, time.monotonic() - started)
+                    print(f"\rheight {h} ({rate:.0f} blocks/s) -> {target}", end="", file=sys.stderr)
+                print(file=sys.stderr)
+                at = _height(node.api_target) or 0
+                launcher.kill(node.name)
+                t0 = time.monotonic()
+                launcher.start(node.name)
+                serving = None
+                while True:
+                    h = _height(node.api_target)
+                    now = time.monotonic() - t0
+                    if h is not None and serving is None:
+                        serving = now
+                    if h is not None and h > at:
+                        break
+                    if now > 60:
+                        break
+                    time.sleep(0.01)
+                results.append(
+                    {"height": at, "serving_s": round(serving or -1, 3), "next_commit_s": round(now, 3)}
+                )
+        finally:
+            launcher.stop_all()
+    print(json.dumps({"validators": args.validators, "restarts": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
