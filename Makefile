@@ -59,6 +59,15 @@ ARGS ?=
 sim: $(GEN)
 	$(PY) -m cluster.sim $(ARGS)
 
+# Throughput and latency for 4, 7 and 10 validators (one JSON line each).
+bench-scaling: $(GEN)
+	@for v in 4 7 10; do $(PY) -m cluster.bench --validators $$v --duration 20 --max --json; \
+	  $(PY) -m cluster.bench --validators $$v --duration 20 --rate 1000 --json; done
+
+# Restart cost at heights 1,000 and 50,000 (a validator killed with -9, then restarted).
+bench-restart: $(GEN)
+	$(PY) -m cluster.restart_bench --heights 1000,50000
+
 # Ledger throughput and state-root cost; prints one JSON object.
 bench-ledger: $(GEN)
 	$(PY) -m cluster.bench_ledger $(ARGS)
