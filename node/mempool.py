@@ -167,7 +167,15 @@ class Mempool:
             started = time.perf_counter()
             if self._executor is not None and len(items) >= VERIFY_OFFLOAD_MIN:
                 loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(None, crypto.verify_batch, items, self._executor)
+                # Split over the pool's threads directly (never through the loop's default executor,
+                # which the runtime keeps free for persistence).
+                workers = max(1, getattr(self._executor, "_max_workers", 2))
+                size = max(VERIFY_OFFLOAD_MIN, -(-len(items) // workers))
+                chunks = [items[i : i + size] for i in range(0, len(items), size)]
+                parts = await asyncio.gather(
+                    *(loop.run_in_executor(self._executor, crypto.verify_batch, chunk) for chunk in chunks)
+                )
+                results = [ok for part in parts for ok in part]
             else:
                 results = crypto.verify_batch(items)
             if self.on_verified is not None:

@@ -170,6 +170,8 @@ class Node:
         self._executor = ThreadPoolExecutor(
             max_workers=cfg.mempool.verify_threads, thread_name_prefix="verify"
         )
+        # Persistence (sign state, block batches) has its own thread: it never queues behind verification.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self._executed: dict[bytes, BlockResult | None] = {}  # block id -> result (None = invalid)
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
@@ -404,6 +406,7 @@ class Node:
         self.wal.close()
         self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True)
         if self.metrics is not None:
             self.metrics.close()
 
@@ -490,7 +493,7 @@ class Node:
         valid = self._blocks_by_id.get(state.valid_block_id) if state.valid_block_id else None
         pb = wire.sign_state_to_pb(state)
         await asyncio.get_running_loop().run_in_executor(
-            None,
+            self._io,
             self.sign_state.save,
             pb,
             locked.SerializeToString() if locked is not None else None,
@@ -749,7 +752,7 @@ class Node:
         )
         crash_point("runtime:before-commit")
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, self.store.commit_block, commit)
+        await asyncio.get_running_loop().run_in_executor(self._io, self.store.commit_block, commit)
         crash_point("runtime:after-commit")
         self.ledger.commit(result)
         self.wal.end_height(height)
