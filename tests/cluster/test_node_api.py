@@ -185,3 +185,32 @@ def test_account_proof_verifies_against_the_commit_certificate(net: RunningNetwo
         with pytest.raises(ProofError):
             verify_account_proof(tampered, chain_id=net.network.chain_id, trusted_validators=trusted,
                                  address=bob.address, target=client.target)  # fmt: skip
+
+
+def test_stream_blocks_and_subscribe_events_with_filters(net: RunningNetwork) -> None:
+    from cluster.client import SyncClient
+
+    bob, alice = key(net.network, "bob"), key(net.network, "alice")
+    with SyncClient.connect(net.target(1)) as client:
+        heights = []
+        for block in client.stream_blocks(1, timeout_s=20):
+            heights.append(block.block.header.height)
+            if len(heights) == 3:
+                break
+        assert heights == [1, 2, 3]
+        events = []
+        for env in client.subscribe_events(1, account=bob.address, timeout_s=20):
+            events.append(env)
+            if len(events) == 2:
+                break
+        assert all(bob.address in env.event.accounts for env in events)
+        assert "mint" in [env.event.kind for env in events]  # bob's KYC, then the mint to bob
+        other = SigningKey.generate().address
+        inst_events = []
+        for env in client.subscribe_events(1, instrument=usd(net.network), timeout_s=20):
+            inst_events.append(env)
+            if len(inst_events) == 2:
+                break
+        assert all(env.event.instrument == usd(net.network) for env in inst_events)
+        assert other not in {a for env in inst_events for a in env.event.accounts}
+        assert inst_events[0].event.kind == "mint" and alice.address in inst_events[0].event.accounts
