@@ -46,6 +46,7 @@ MS_PER_DAY: Final = 86_400_000
 
 ACCOUNT: Final = b"\x02a/"
 INSTR: Final = b"\x02i/"
+_INSTRUMENT_KEYS: dict[tuple[bytes, str], bytes] = {}
 HOLD: Final = b"\x02h/"
 PAYER_HOLDS: Final = b"\x02p/"
 EXP_TIME: Final = b"\x02e/t"
@@ -456,7 +457,15 @@ class StateView:
         self.tx[ACCOUNT + rec.address] = rec
 
     def instrument(self, ik: InstrumentKey) -> state_pb2.Instrument | None:
-        return cast(state_pb2.Instrument | None, self.get(INSTR + ik[0] + ik[1].encode()))
+        key = _INSTRUMENT_KEYS.get(ik)
+        if key is None:
+            key = INSTR + ik[0] + ik[1].encode()
+            if len(_INSTRUMENT_KEYS) < 4096:  # a bounded memo of key bytes, not state
+                _INSTRUMENT_KEYS[ik] = key
+        rec = self.tx.get(key) or self.block.get(key) or self.cache.get(key)  # the hot path: found
+        if rec is None:
+            rec = self.get(key)
+        return cast(state_pb2.Instrument | None, rec)
 
     def instrument_mut(self, ik: InstrumentKey) -> state_pb2.Instrument:
         key = instrument_key(ik)
