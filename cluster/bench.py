@@ -93,6 +93,7 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
 
 
 CATEGORIES = (
+    ("idle (waiting in epoll)", ("<method 'poll' of 'select.epoll'",)),
     ("merkle", ("node/ledger/merkle",)),
     ("execute", ("node/ledger/",)),
     ("storage", ("node/storage/", "plyvel")),
