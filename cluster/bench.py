@@ -130,9 +130,10 @@ def profile_budget(paths: list[Path], committed: int) -> dict[str, float]:
                     break
     if not nodes or not committed:
         return {}
-    return {
-        k: round(v / nodes / committed * 1e6, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
-    }
+    busy = {k: v for k, v in totals.items() if not k.startswith("idle")}
+    out = {k: round(v / nodes / committed * 1e6, 1) for k, v in sorted(busy.items(), key=lambda kv: -kv[1])}
+    out["total (main thread, profiled)"] = round(sum(busy.values()) / nodes / committed * 1e6, 1)
+    return out
 
 
 def _cpu_seconds(pid: int) -> float:
