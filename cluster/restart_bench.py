@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                 launcher.start(node.name)
                 serving = None
                 while True:
-                    h = _height(node.api_target)
+                    seen = _height(node.api_target)
                     now = time.monotonic() - t0
-                    if h is not None and serving is None:
+                    if seen is not None and serving is None:
                         serving = now
-                    if h is not None and h > at:
+                    if seen is not None and seen > at:
                         break
                     if now > 60:
                         break
