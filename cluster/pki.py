@@ -3,7 +3,7 @@
 Peers talk mutual TLS. Each node certificate names the node (DNS SAN = its moniker, which peers use
 as the TLS target name) and binds its validator key: a URI SAN `clearline:validator:<address hex>`.
 A peer connection is accepted only if the certificate chains to the network CA and its validator
-URI matches the validator that the peer's Hello message is signed by. ECDSA P-256 keys, because
+URI matches the validator that the peer's Hello message is signed by (node/network/peers.py reads it). ECDSA P-256 keys, because
 every gRPC TLS stack supports them.
 """
 
@@ -103,22 +103,6 @@ def issue_node_cert(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def validator_address_of_cert(cert_pem: bytes) -> bytes | None:
-    """The validator address bound into a node certificate, or None."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(VALIDATOR_URI_PREFIX):
-            try:
-                return bytes.fromhex(uri.removeprefix(VALIDATOR_URI_PREFIX))
-            except ValueError:
-                return None
-    return None
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
