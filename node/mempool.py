@@ -358,6 +358,3 @@ class Mempool:
                 self._remove(head)
                 evicted += 1
         return evicted
-
-    def senders_of(self, tx_hashes: Iterable[bytes]) -> set[bytes]:
-        return {self._entries[h].sender for h in tx_hashes if h in self._entries}

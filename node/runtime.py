@@ -767,7 +767,7 @@ class Node:
                 self._committed_evidence.add(key)
                 self._pending_evidence.pop(key, None)
         tx_hashes = [r.tx_hash for r in result.receipts]
-        senders = {r.signer for r in result.receipts} | self.mempool.senders_of(tx_hashes)
+        senders = {r.signer for r in result.receipts}
         self.mempool.update(tx_hashes, senders)
         for receipt in result.receipts:
             for fut in self._waiters.pop(receipt.tx_hash, []):
@@ -859,6 +859,19 @@ class Node:
     def _in_window(self, height: int) -> bool:
         return self.height < height <= self.height + 2
 
+    def _signed_by_member(
+        self, peer: str, what: str, height: int, signer: bytes, signature: bytes, message: bytes
+    ) -> bool:
+        """True if signer is a validator at height and signed message; else log why and drop it."""
+        public_key = self.validator_key(height, signer)
+        if public_key is None:
+            log.warning("peer %s sent a %s from a non-validator", peer, what)
+            return False
+        if not crypto.verify_raw(public_key, signature, message):
+            log.warning("peer %s sent a %s with a bad signature", peer, what)
+            return False
+        return True
+
     def _on_vote(self, peer: str, pb: block_pb2.Vote) -> None:
         try:
             vote = wire.vote_from_pb(pb)
@@ -867,15 +880,10 @@ class Node:
             return
         if not self._in_window(vote.height):
             return
-        public_key = self.validator_key(vote.height, vote.validator)
-        if public_key is None:
-            log.warning("peer %s relayed a vote of a non-validator", peer)
-            return
         msg = blocks.vote_sign_bytes(
             self.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
         )
-        if not crypto.verify_raw(public_key, vote.signature, msg):
-            log.warning("peer %s sent a vote with a bad signature", peer)
+        if not self._signed_by_member(peer, "vote", vote.height, vote.validator, vote.signature, msg):
             return
         if self.byz is not None:
             self.byz.on_vote(vote)
@@ -891,15 +899,12 @@ class Node:
             return
         if not self._in_window(proposal.height):
             return
-        proposer_key = self.validator_key(proposal.height, proposal.proposer)
-        if proposer_key is None:
-            log.warning("peer %s sent a proposal from a non-validator", peer)
-            return
         msg = blocks.proposal_sign_bytes(
             self.chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
         )
-        if not crypto.verify_raw(proposer_key, proposal.signature, msg):
-            log.warning("peer %s sent a proposal with a bad signature", peer)
+        if not self._signed_by_member(
+            peer, "proposal", proposal.height, proposal.proposer, proposal.signature, msg
+        ):
             return
         if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
             # Verify the block's transactions in the thread pool and execute it before the core asks.
