@@ -41,6 +41,7 @@ from node.ledger import Ledger, MemoryKV, merkle
 from node.ledger import ledger as ledger_module
 from node.ledger.state import (
     INSTR,
+    NO_ENTRIES,
     AccountRec,
     account_key,
     encode_account,
@@ -83,7 +84,7 @@ def build_state(n_accounts: int, balance: int) -> tuple[MemoryKV, list[bytes], t
         address = crypto.address_of(pk)
         addresses.append(address)
         rec = AccountRec(address, pk, roles, tx_pb2.KYC_STATUS_APPROVED, 0, False, 0,
-                         {ik: (balance, 0, 0)}, {}, {}, False, b"")  # fmt: skip
+                         {ik: (balance, 0, 0)}, NO_ENTRIES, NO_ENTRIES, False, b"")  # fmt: skip
         entries[account_key(address)] = encode_account(rec)
     inst = state_pb2.Instrument()
     raw_inst = kv.get(instrument_key(ik))

@@ -195,8 +195,7 @@ class Ledger:
         updates: list[tuple[bytes, int]] = []
         ok = receipt_pb2.TX_STATUS_OK
         for index, tx in enumerate(txs):
-            receipt = apply_tx(st, tx, height, time_ms)
-            receipt.index = index
+            receipt = apply_tx(st, tx, height, time_ms, None, index)
             receipts.append(receipt)
             if receipt.status == ok and tx.body.WhichOneof("op") == "change_validator":
                 op = tx.body.change_validator

@@ -28,8 +28,10 @@ from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
 from node import crypto
 from node.ledger.errors import TxInvalid
 from node.ledger.state import (
+    ACCOUNT,
     META,
     MS_PER_DAY,
+    NO_ENTRIES,
     U64_MAX,
     VALIDATORS,
     AccountRec,
@@ -37,8 +39,10 @@ from node.ledger.state import (
     StateView,
     client_ref_key,
     deposit_ref_key,
+    encode_transfer_event,
     expiry_height_key,
     expiry_time_key,
+    frozen_map,
     hold_key,
     ik_of,
     instrument_key,
@@ -90,6 +94,8 @@ class TxContext:
     tx: VerifiedTx
     height: int
     time_ms: int
+    receipt: receipt_pb2.Receipt
+    """The transaction's receipt (status and message are set by apply_tx)."""
     events: EventSink
     """Where the operation's events go (the receipt's events)."""
 
@@ -233,7 +239,7 @@ def decrease_balance(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
 def record_usage(acct: AccountRec, ik: InstrumentKey, amount: int, day: int) -> None:
     limit = acct.limits.get(ik)
     if limit is not None and limit[1]:
-        acct.usage[ik] = (day, get_used_today(acct, ik, day) + amount)
+        acct.usage = frozen_map({**acct.usage, ik: (day, get_used_today(acct, ik, day) + amount)})
 
 
 def emit(
@@ -384,12 +390,59 @@ def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
 def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.transfer
     instrument = op.instrument
-    ik, _ = get_instrument_checked(st, instrument)
+    ik = (instrument.issuer, instrument.symbol)
     amount = op.amount
+    to = op.to
+    payer = signer
+    # The common case in one pass: every rule below holds (the same rules as the checks that follow,
+    # which run only when one of them fails, to name which one in the receipt).
+    inst = st.instrument(ik)
+    payee = st.account(to)
+    now_s = ctx.time_ms // 1000
+    if (
+        inst is not None
+        and not inst.paused
+        and amount > 0
+        and payee is not None
+        and to != payer.address
+        and not payer.limits
+        and payer.kyc_status == _APPROVED
+        and payee.kyc_status == _APPROVED
+        and not (payer.frozen or payer.closed or payee.frozen or payee.closed)
+        and (not payer.kyc_expires_at or now_s < payer.kyc_expires_at)
+        and (not payee.kyc_expires_at or now_s < payee.kyc_expires_at)
+    ):
+        bal = payer.balances.get(ik)
+        credit = payee.balances.get(ik)
+        if (
+            bal is not None
+            and bal[0] - bal[1] - bal[2] >= amount
+            and (credit is None or credit[0] + amount <= U64_MAX)
+        ):
+            # Every check passed and nothing below can fail: change the block's records directly.
+            block = st.block
+            src = block.get(ACCOUNT + payer.address)
+            if src is not payer:
+                src = st.account_direct(payer.address)
+            balances = src.balances
+            bal = balances[ik]
+            if bal[0] == amount and not bal[1] and not bal[2]:
+                del balances[ik]
+            else:
+                balances[ik] = (bal[0] - amount, bal[1], bal[2])
+            dst = block.get(ACCOUNT + to)
+            if dst is not payee:
+                dst = st.account_direct(to)
+            balances = dst.balances
+            credit = balances.get(ik)
+            balances[ik] = (amount, 0, 0) if credit is None else (credit[0] + amount, credit[1], credit[2])
+            # The event as encoded bytes: half the cost of building it field by field (hot path).
+            ctx.receipt.MergeFromString(encode_transfer_event(payer.address, to, ik, amount))
+            return
+    # Some rule fails (or the payer has limits): the checks in their order, then the general path.
+    ik, _ = get_instrument_checked(st, instrument)
     if amount <= 0:
         check_amount(amount)
-    payer = signer
-    to = op.to
     if to == payer.address:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "transfer to self")
     check_active(payer, ctx, "payer")
@@ -400,7 +453,6 @@ def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     if payer.limits:
         check_limits(payer, ik, amount, day)
     check_can_credit(payee, ik, amount)
-    # Every check passed and nothing below can fail: change the block's records directly.
     src = st.account_direct(payer.address)
     decrease_balance(src, ik, amount)
     if src.limits:
@@ -724,7 +776,7 @@ def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -
     st.put_account(new)
     old = st.account_mut(op.lost_account)
     old.balances = {}
-    old.usage = {}
+    old.usage = NO_ENTRIES
     old.closed = True
     old.recovered_to = op.new_account
     old.roles = frozenset()
@@ -740,11 +792,11 @@ def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> Non
     check_not_closed(acct, "account")
     mut = st.account_mut(op.account)
     if op.max_per_tx or op.max_per_day:
-        mut.limits[ik] = (op.max_per_tx, op.max_per_day)
+        mut.limits = frozen_map({**mut.limits, ik: (op.max_per_tx, op.max_per_day)})
     else:
-        mut.limits.pop(ik, None)
+        mut.limits = frozen_map({k: v for k, v in mut.limits.items() if k != ik})
     if not op.max_per_day:
-        mut.usage.pop(ik, None)
+        mut.usage = frozen_map({k: v for k, v in mut.usage.items() if k != ik})
     emit(
         ctx.events,
         "limits_set",
@@ -846,7 +898,12 @@ PROCESSORS: Final[dict[str, Processor]] = {
 
 
 def apply_tx(
-    st: StateView, tx: VerifiedTx, height: int, time_ms: int, expected_nonce: int | None = None
+    st: StateView,
+    tx: VerifiedTx,
+    height: int,
+    time_ms: int,
+    expected_nonce: int | None = None,
+    index: int = 0,
 ) -> receipt_pb2.Receipt:
     """Apply one transaction to st (block layer): a receipt whatever happens, never an exception.
 
@@ -859,10 +916,24 @@ def apply_tx(
     signer_addr = body.signer
     nonce = body.nonce
     client_ref = body.client_ref
-    receipt = receipt_pb2.Receipt(
-        tx_hash=tx.tx_hash, height=height, signer=signer_addr, nonce=nonce, client_ref=client_ref
+    receipt = (
+        receipt_pb2.Receipt(
+            tx_hash=tx.tx_hash,
+            height=height,
+            index=index,
+            signer=signer_addr,
+            nonce=nonce,
+            client_ref=client_ref,
+        )
+        if client_ref
+        else receipt_pb2.Receipt(
+            tx_hash=tx.tx_hash, height=height, index=index, signer=signer_addr, nonce=nonce
+        )
     )
-    signer = st.account(signer_addr)
+    signer_key = ACCOUNT + signer_addr
+    signer: AccountRec | None = st.tx.get(signer_key) or st.block.get(signer_key) or st.cache.get(signer_key)  # type: ignore[assignment]
+    if signer is None:  # not in a layer nor cached (or absent): the general lookup
+        signer = st.account(signer_addr)
     if signer is None:
         receipt.status = S.TX_STATUS_UNKNOWN_ACCOUNT
         receipt.message = f"signer {signer_addr.hex()} does not exist"
@@ -898,7 +969,7 @@ def apply_tx(
             raise fail(S.TX_STATUS_MALFORMED, "transaction has no known operation")
         if signer.closed:
             raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"signer {signer_addr.hex()} is closed")
-        processor(st, TxContext(tx, height, time_ms, receipt.events), signer)
+        processor(st, TxContext(tx, height, time_ms, receipt, receipt.events), signer)
     except TxInvalid as exc:
         st.rollback_tx()
         del receipt.events[:]
@@ -910,7 +981,10 @@ def apply_tx(
             st.put(ref_key, state_pb2.RefRecord(tx_hash=tx.tx_hash, height=height))
     if st.tx:
         st.commit_tx()
-    st.account_direct(signer_addr).nonce = nonce + 1
+    rec = st.block.get(signer_key)  # the hot path: the operation changed the signer
+    if rec is None:
+        rec = st.account_direct(signer_addr)
+    rec.nonce = nonce + 1  # type: ignore[union-attr]  # an account key holds an AccountRec
     return receipt
 
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NewType, TypeAlias, cast
+from types import MappingProxyType
+from typing import Final, NewType, TypeAlias
 
 from google.protobuf.message import DecodeError, Message
 
@@ -110,6 +112,37 @@ def ik_of(instrument: tx_pb2.InstrumentId) -> InstrumentKey:
     return (instrument.issuer, instrument.symbol)
 
 
+_IK_INTERN: dict[InstrumentKey, InstrumentKey] = {}
+_ROLES_INTERN: dict[frozenset[int], frozenset[int]] = {}
+NO_ENTRIES: Final[Mapping[InstrumentKey, tuple[int, int]]] = MappingProxyType({})
+
+
+def frozen_map(entries: dict[InstrumentKey, tuple[int, int]]) -> Mapping[InstrumentKey, tuple[int, int]]:
+    """A read-only mapping for AccountRec.limits / usage (the shared empty one when empty)."""
+    return MappingProxyType(entries) if entries else NO_ENTRIES
+
+
+def interned_roles(roles: frozenset[int]) -> frozenset[int]:
+    """One shared frozenset per distinct role set (there are few)."""
+    shared = _ROLES_INTERN.get(roles)
+    if shared is None:
+        if len(_ROLES_INTERN) >= 1024:
+            return roles
+        shared = _ROLES_INTERN[roles] = roles
+    return shared
+
+
+def interned_ik(ik: InstrumentKey) -> InstrumentKey:
+    """One shared tuple per instrument key (there are few instruments): the accounts decoded from
+    the store then share their balance keys, which makes encoding and lookups cache-friendly."""
+    shared = _IK_INTERN.get(ik)
+    if shared is None:
+        if len(_IK_INTERN) >= 4096:  # a bounded memo of key objects, not state
+            return ik
+        shared = _IK_INTERN[ik] = ik
+    return shared
+
+
 def instrument_id(ik: InstrumentKey) -> tx_pb2.InstrumentId:
     return tx_pb2.InstrumentId(issuer=ik[0], symbol=ik[1])
 
@@ -121,6 +154,8 @@ class AccountRec:
     balances maps an instrument to (amount, frozen, held): amount is the total, frozen and held are
     the parts that cannot move. limits maps an instrument to (max per tx, max per day), 0 = none;
     usage maps an instrument to (UTC day, amount sent that day), kept only where a daily limit is.
+    copy() copies balances (a transfer changes them in place); limits and usage are read-only
+    mappings shared between copies and replaced as a whole when they change.
     """
 
     address: bytes
@@ -131,8 +166,8 @@ class AccountRec:
     frozen: bool
     nonce: int
     balances: dict[InstrumentKey, tuple[int, int, int]]
-    limits: dict[InstrumentKey, tuple[int, int]]
-    usage: dict[InstrumentKey, tuple[int, int]]
+    limits: Mapping[InstrumentKey, tuple[int, int]]
+    usage: Mapping[InstrumentKey, tuple[int, int]]
     closed: bool
     recovered_to: bytes
 
@@ -146,15 +181,17 @@ class AccountRec:
             self.frozen,
             self.nonce,
             dict(self.balances),
-            dict(self.limits),
-            dict(self.usage),
+            self.limits,
+            self.usage,
             self.closed,
             self.recovered_to,
         )
 
 
 def new_account(address: bytes, public_key: bytes) -> AccountRec:
-    return AccountRec(address, public_key, frozenset(), 0, 0, False, 0, {}, {}, {}, False, b"")
+    return AccountRec(
+        address, public_key, frozenset(), 0, 0, False, 0, {}, NO_ENTRIES, NO_ENTRIES, False, b""
+    )
 
 
 def _varint(n: int) -> bytes:
@@ -279,6 +316,29 @@ def encode_account(rec: AccountRec) -> bytes:
     return out
 
 
+_TRANSFER_KIND: Final = b"\x0a\x08transfer"
+
+
+def encode_transfer_event(payer: bytes, payee: bytes, ik: InstrumentKey, amount: int) -> bytes:
+    """A transfer event as the bytes of one `Receipt.events` entry (field 6), to merge into a receipt.
+
+    The same bytes as adding receipt_pb2.Event(kind="transfer", accounts=[payer, payee],
+    instrument=..., amount=amount) and serializing; tests compare the two. Hot path: one per transfer.
+    """
+    iid = _IID_CACHE.get(ik) or _instrument_id_field(ik)  # field 1 of Balance; field 3 here
+    event = b"".join(
+        (
+            _TRANSFER_KIND,
+            _len_field(b"\x12", payer),
+            _len_field(b"\x12", payee),
+            b"\x1a",
+            iid[1:],
+            b"\x20" + _varint(amount) if amount else b"",
+        )
+    )
+    return _len_field(b"\x32", event)
+
+
 def encode_account_pb(rec: AccountRec) -> bytes:
     """The same bytes as encode_account, through the protobuf library (the reference)."""
     msg = state_pb2.Account(
@@ -309,14 +369,16 @@ def account_rec_of(msg: state_pb2.Account) -> AccountRec:
     return AccountRec(
         address=msg.address,
         public_key=msg.public_key,
-        roles=frozenset(msg.roles),
+        roles=interned_roles(frozenset(msg.roles)),
         kyc_status=msg.kyc_status,
         kyc_expires_at=msg.kyc_expires_at,
         frozen=msg.frozen,
         nonce=msg.nonce,
-        balances={ik_of(b.instrument): (b.amount, b.frozen, b.held) for b in msg.balances},
-        limits={ik_of(m.instrument): (m.max_per_tx, m.max_per_day) for m in msg.limits},
-        usage={ik_of(u.instrument): (u.day, u.used) for u in msg.usage},
+        balances={interned_ik(ik_of(b.instrument)): (b.amount, b.frozen, b.held) for b in msg.balances},
+        limits=frozen_map(
+            {interned_ik(ik_of(m.instrument)): (m.max_per_tx, m.max_per_day) for m in msg.limits}
+        ),
+        usage=frozen_map({interned_ik(ik_of(u.instrument)): (u.day, u.used) for u in msg.usage}),
         closed=msg.closed,
         recovered_to=msg.recovered_to,
     )
@@ -420,7 +482,7 @@ class StateView:
         rec = self.tx.get(key) or self.block.get(key) or self.cache.get(key)  # the hot path: found
         if rec is None:
             rec = self.get(key)
-        return cast(AccountRec | None, rec)  # the key's kind fixes the record type (decode_record)
+        return rec  # type: ignore[return-value]  # the key's kind fixes the type (decode_record)
 
     def account_mut(self, address: bytes) -> AccountRec:
         """A writable copy of an existing account in the transaction layer."""
@@ -451,7 +513,7 @@ class StateView:
                     raise StateCorrupted(f"account {address.hex()} is not in state")
                 rec = base.copy()
                 self.block[key] = rec
-        return cast(AccountRec, rec)
+        return rec  # type: ignore[return-value]  # an account key holds an AccountRec
 
     def put_account(self, rec: AccountRec) -> None:
         self.tx[ACCOUNT + rec.address] = rec
@@ -465,7 +527,7 @@ class StateView:
         rec = self.tx.get(key) or self.block.get(key) or self.cache.get(key)  # the hot path: found
         if rec is None:
             rec = self.get(key)
-        return cast(state_pb2.Instrument | None, rec)
+        return rec  # type: ignore[return-value]  # an instrument key holds an Instrument
 
     def instrument_mut(self, ik: InstrumentKey) -> state_pb2.Instrument:
         key = instrument_key(ik)

@@ -19,7 +19,7 @@ from node.ledger import (
     parse_genesis,
     verify_proof,
 )
-from node.ledger.state import encode_account_pb
+from node.ledger.state import encode_account_pb, encode_transfer_event
 from tests.unit.ledger.helpers import (
     ALICE,
     BANK,
@@ -34,7 +34,7 @@ from tests.unit.ledger.helpers import (
     genesis,
     key,
 )
-from tests.unit.ledger.test_rejections import dvp, hold, mint, transfer
+from tests.unit.ledger.test_rejections import dvp, hold, limits, mint, transfer
 
 
 def test_genesis_state() -> None:
@@ -203,3 +203,45 @@ def test_genesis_not_json() -> None:
         parse_genesis("{ nope")
     with pytest.raises(GenesisError, match="not a valid genesis"):
         parse_genesis('{"chainId": "x", "bogus": 1}')
+
+
+def test_transfer_event_bytes_match_the_protobuf_encoding() -> None:
+    for amount in (1, 127, 128, 10**12, 2**64 - 1):
+        by_hand = R.Receipt()
+        by_hand.MergeFromString(
+            encode_transfer_event(ALICE.address, BOB.address, (USD.issuer, USD.symbol), amount)
+        )
+        reference = R.Receipt()
+        reference.events.add(
+            kind="transfer", accounts=[ALICE.address, BOB.address], instrument=USD, amount=amount
+        )
+        assert by_hand == reference
+        assert by_hand.SerializeToString(deterministic=True) == reference.SerializeToString(
+            deterministic=True
+        )
+
+
+def test_transfer_fast_path_and_checked_path_agree() -> None:
+    """A payer without limits takes the transfer's one-pass path; with (generous) limits, the path of
+    the individual checks. Receipts and balances must be the same, including a transfer that empties
+    the payer's balance (the balance entry is removed) and one that the payee receives first."""
+    fast, checked = World.create(), World.create()
+    checked.run1(limits(checked, ALICE.address, per_tx=10**9, per_day=10**9))
+    assert checked.ledger.get_account_record(ALICE.address).limits  # type: ignore[union-attr]
+    for amount in (1, 299, 700):  # 1000 in all: Alice ends with nothing
+        receipts = [
+            w.run1(transfer(w, amount, to=CAROL.address if amount == 299 else BOB.address))
+            for w in (fast, checked)
+        ]
+        for r in receipts:
+            assert r.status == R.TX_STATUS_OK, r.message
+        assert list(receipts[0].events) == list(receipts[1].events)
+    for w in (fast, checked):
+        assert w.balance(ALICE) == (0, 0, 0)
+        assert w.ledger.get_account_record(ALICE.address).balances == {}  # type: ignore[union-attr]
+        assert w.ledger.get_account(ALICE.address).nonce == w.nonce(ALICE)  # type: ignore[union-attr]
+    assert fast.balance(BOB) == checked.balance(BOB) and fast.balance(CAROL) == checked.balance(CAROL)
+    # The one-pass path falls back to the checks on failure, with the same reason.
+    for w in (fast, checked):
+        r = w.run1(transfer(w, 1))
+        assert r.status == R.TX_STATUS_INSUFFICIENT_FUNDS and not r.events
