@@ -31,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from node.byzantine import ByzantineRefused
     from node.crypto import KeyFileError
+    from node.gctune import tune_gc
     from node.runtime import FatalError, Node
     from node.storage import StorageError
 
+    tune_gc()
     profile_path = os.environ.get("CLEARLINE_PROFILE")
     profiler = None
     if profile_path:  # `clearline bench --profile`: where the node's time goes

@@ -108,11 +108,26 @@ def serialize_changes(block: Mapping[bytes, Record | None]) -> Writes:
     return out
 
 
+_KEY_HASHES: dict[bytes, bytes] = {}
+_KEY_HASHES_MAX: Final = 100_000
+
+
+def _key_hash(key: bytes) -> bytes:
+    """sha256(key), memoized (bounded): the same accounts change block after block."""
+    kh = _KEY_HASHES.get(key)
+    if kh is None:
+        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+            _KEY_HASHES.clear()
+        kh = _KEY_HASHES[key] = hashlib.sha256(key).digest()
+    return kh
+
+
 def compute_state_root(kv: KVReader, entries: Mapping[bytes, bytes | None]) -> tuple[bytes, Writes]:
     """The state root after changing entries (key -> bytes or None) on the committed tree in kv,
     and the Merkle node writes. Cost: the changed keys times the tree depth."""
     sha = hashlib.sha256
-    items = [(sha(k).digest(), None if v is None else sha(v).digest()) for k, v in entries.items()]
+    kh = _key_hash
+    items = [(kh(k), None if v is None else sha(v).digest()) for k, v in entries.items()]
     items.sort()
     return merkle.MerkleTree(kv).update_sorted(items)
 
@@ -195,11 +210,12 @@ class Ledger:
         updates: list[tuple[bytes, int]] = []
         ok = receipt_pb2.TX_STATUS_OK
         for index, tx in enumerate(txs):
-            receipt = apply_tx(st, tx, height, time_ms, None, index)
-            receipts.append(receipt)
-            if receipt.status == ok and tx.body.WhichOneof("op") == "change_validator":
-                op = tx.body.change_validator
-                updates.append((op.public_key, op.power))
+            receipts.append(apply_tx(st, tx, height, time_ms, None, index))
+        if VALIDATORS in st.block:  # only a ChangeValidator writes the set: find them
+            for tx, receipt in zip(txs, receipts, strict=True):
+                if receipt.status == ok and tx.body.WhichOneof("op") == "change_validator":
+                    op = tx.body.change_validator
+                    updates.append((op.public_key, op.power))
         meta = state_pb2.LedgerMeta()
         meta.CopyFrom(st.meta())
         meta.height = height

@@ -96,8 +96,11 @@ class TxContext:
     time_ms: int
     receipt: receipt_pb2.Receipt
     """The transaction's receipt (status and message are set by apply_tx)."""
-    events: EventSink
-    """Where the operation's events go (the receipt's events)."""
+
+    @property
+    def events(self) -> EventSink:
+        """Where the operation's events go (the receipt's events)."""
+        return self.receipt.events
 
     @property
     def time_s(self) -> int:
@@ -969,7 +972,7 @@ def apply_tx(
             raise fail(S.TX_STATUS_MALFORMED, "transaction has no known operation")
         if signer.closed:
             raise fail(S.TX_STATUS_ACCOUNT_CLOSED, f"signer {signer_addr.hex()} is closed")
-        processor(st, TxContext(tx, height, time_ms, receipt, receipt.events), signer)
+        processor(st, TxContext(tx, height, time_ms, receipt), signer)
     except TxInvalid as exc:
         st.rollback_tx()
         del receipt.events[:]
