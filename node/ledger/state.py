@@ -329,8 +329,8 @@ def encode_transfer_event(payer: bytes, payee: bytes, ik: InstrumentKey, amount:
     event = b"".join(
         (
             _TRANSFER_KIND,
-            _len_field(b"\x12", payer),
-            _len_field(b"\x12", payee),
+            b"\x12\x14" + payer if len(payer) == 20 else _len_field(b"\x12", payer),
+            b"\x12\x14" + payee if len(payee) == 20 else _len_field(b"\x12", payee),
             b"\x1a",
             iid[1:],
             b"\x20" + _varint(amount) if amount else b"",
