@@ -55,6 +55,7 @@ from node.ledger.state import (
 from node.txs import VerifiedTx
 
 DEFAULT_CACHE_ENTRIES: Final = 200_000
+DEFAULT_NODE_CACHE: Final = 20_000  # Merkle nodes (each at most 256 x 66 bytes; most far smaller)
 
 
 class BlockRejected(LedgerError):
@@ -86,6 +87,40 @@ class BlockResult:
     """Block-level events not tied to a transaction (holds expired at the start of the block)."""
     records: Mapping[bytes, Record | None] = field(default_factory=dict, repr=False, compare=False)
     """Decoded records of the changed entries, for the committed-state cache (do not mutate)."""
+    node_writes: Mapping[bytes, bytes | None] = field(default_factory=dict, repr=False, compare=False)
+    """The Merkle node writes (also in writes), for the committed node cache (do not mutate)."""
+
+
+class NodeCache:
+    """A KVReader for the Merkle tree: committed nodes from memory, else from the kv (then kept).
+
+    Every block reads the nodes on the paths of its changed keys: the root and the upper levels
+    each time, which a store read per node per block would pay again and again. Ledger.commit puts
+    each committed block's node writes here, so the cache always equals the committed tree.
+    Bounded: emptied when it reaches max_nodes (it refills from the kv as blocks need nodes).
+    """
+
+    __slots__ = ("_kv", "max_nodes", "nodes")
+
+    def __init__(self, kv: KVReader, max_nodes: int) -> None:
+        self._kv = kv
+        self.nodes: dict[bytes, bytes | None] = {}
+        self.max_nodes = max_nodes
+
+    def get(self, key: bytes) -> bytes | None:
+        nodes = self.nodes
+        if key in nodes:
+            return nodes[key]
+        value = self._kv.get(key)
+        if len(nodes) >= self.max_nodes:
+            nodes.clear()
+        nodes[key] = value
+        return value
+
+    def update(self, node_writes: Mapping[bytes, bytes | None]) -> None:
+        if len(self.nodes) + len(node_writes) > self.max_nodes:
+            self.nodes.clear()
+        self.nodes.update(node_writes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +129,10 @@ class RootUpdate:
 
     state_root: bytes
     writes: Writes
+    """The serialized entries and the Merkle node writes."""
     entries: int
+    node_writes: Writes
+    """The Merkle node writes alone (also in writes)."""
 
 
 def serialize_changes(block: Mapping[bytes, Record | None]) -> Writes:
@@ -137,13 +175,13 @@ def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> R
     writes = serialize_changes(block)
     root, node_writes = compute_state_root(kv, writes)
     writes.update(node_writes)
-    return RootUpdate(root, writes, len(block))
+    return RootUpdate(root, writes, len(block), node_writes)
 
 
 class Ledger:
     """The committed ledger state over a KVReader, and everything computed from it."""
 
-    __slots__ = ("_cache", "_kv", "_max_cache", "_meta", "_root")
+    __slots__ = ("_cache", "_kv", "_max_cache", "_meta", "_nodes", "_root")
 
     def __init__(self, kv: KVReader, root: bytes, meta: state_pb2.LedgerMeta, max_cache: int) -> None:
         self._kv = kv
@@ -151,6 +189,7 @@ class Ledger:
         self._meta = meta
         self._cache: dict[bytes, Record | None] = {}
         self._max_cache = max_cache
+        self._nodes = NodeCache(kv, DEFAULT_NODE_CACHE)
 
     @classmethod
     def open(cls, kv: KVReader, *, max_cache: int = DEFAULT_CACHE_ENTRIES) -> Ledger:
@@ -223,7 +262,7 @@ class Ledger:
         st.put(META, meta)
         st.commit_tx()
         try:
-            update = compute_root_update(self._kv, st.block)
+            update = compute_root_update(self._nodes, st.block)
         except merkle.MerkleError as exc:
             raise StateCorrupted(str(exc)) from exc
         return BlockResult(
@@ -235,6 +274,7 @@ class Ledger:
             validator_updates=tuple(updates),
             events=tuple(sink.events),
             records=dict(st.block),
+            node_writes=update.node_writes,
         )
 
     def commit(self, result: BlockResult) -> None:
@@ -245,6 +285,7 @@ class Ledger:
         if len(cache) + len(result.records) > self._max_cache:
             cache.clear()
         cache.update(result.records)
+        self._nodes.update(result.node_writes)
         meta = result.records.get(META)
         assert isinstance(meta, state_pb2.LedgerMeta)
         self._meta = meta
@@ -296,7 +337,7 @@ class Ledger:
 
     def prove(self, key: bytes) -> ledger_api_pb2.MerkleProof:
         """Inclusion or non-inclusion proof of any state key against state_root."""
-        proof = merkle.MerkleTree(self._kv).prove(key)
+        proof = merkle.MerkleTree(self._nodes).prove(key)
         if proof.present:
             value = self._kv.get(key)
             if value is None:

@@ -10,8 +10,8 @@ Note: wal.proto's comment says CRC32C; the checksum actually used is zlib's CRC-
 what the standard library offers without a dependency.
 
 The file only ever holds the height in progress: `end_height(h)` atomically replaces it by a fresh file
-whose first record is WalEndHeight(h) (write temp, fsync, rename, fsync directory), so replay after a
-restart reads at most one height of records however long the chain is.
+whose first record is WalEndHeight(h) (write temp, rename; with durable=True also fsync the file and
+the directory), so replay after a restart reads at most one height of records however long the chain is.
 
 Opening replays the file:
 - a torn tail (the last frame incomplete: its header or payload runs past the end of the file, the
@@ -234,18 +234,24 @@ class WAL:
         crash_point("wal:before-fsync")
         os.fsync(fd)
 
-    def end_height(self, height: int) -> None:
+    def end_height(self, height: int, *, durable: bool = False) -> None:
         """Mark `height` finished (its block is committed) and start a fresh file for the next one.
-        The new file, holding only WalEndHeight(height), is written and fsynced beside the old one and
-        renamed over it (then the directory is fsynced): after a crash the WAL is either the old file or
-        the new one, never a mix."""
+        The new file, holding only WalEndHeight(height), is written beside the old one and renamed
+        over it: after a crash the WAL is either the old file or the new one, never a mix.
+
+        Not fsynced unless durable=True: the node calls this only after the block is durably in the
+        store, and replay keeps only records of the height after the store's, so after a power loss
+        the old file (records of a committed height) or an empty new one (a torn header, repaired
+        on open) both replay to nothing. An fsync here would stall the event loop for milliseconds
+        at every height for no gain."""
         old_fd = self._live_fd()
         tmp = self._path.with_name(self._path.name + ".tmp")
         content = MAGIC + encode_frame(wal_pb2.WalRecord(end_height=wal_pb2.WalEndHeight(height=height)))
         new_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
             os.write(new_fd, content)
-            os.fsync(new_fd)
+            if durable:
+                os.fsync(new_fd)
             crash_point("wal:before-rotate")
             os.replace(tmp, self._path)
         except BaseException:
@@ -254,7 +260,8 @@ class WAL:
         os.close(old_fd)
         self._fd = new_fd
         self._size = len(content)
-        _fsync_dir(self._path.parent)
+        if durable:
+            _fsync_dir(self._path.parent)
 
     def close(self) -> None:
         """Close the file (appended data stays in the OS; call sync() first for durability). Idempotent."""

@@ -16,6 +16,7 @@ from node.ledger import (
     StaleBlockResult,
     StateCorrupted,
     account_key,
+    merkle,
     parse_genesis,
     verify_proof,
 )
@@ -245,3 +246,22 @@ def test_transfer_fast_path_and_checked_path_agree() -> None:
     for w in (fast, checked):
         r = w.run1(transfer(w, 1))
         assert r.status == R.TX_STATUS_INSUFFICIENT_FUNDS and not r.events
+
+
+def test_merkle_node_cache_follows_the_committed_tree() -> None:
+    """The ledger keeps committed Merkle nodes in memory. Whatever the cache holds (a big one that
+    keeps everything, or one emptied at every read), roots equal those of a fresh ledger opened on
+    the same kv, candidates that are not committed leave it unchanged, and every cached node equals
+    the stored one."""
+    big, tiny = World.create(), World.create()
+    tiny.ledger._nodes.max_nodes = 1  # emptied at every read and commit
+    candidate = big.execute(transfer(big, 500))  # executed, never committed
+    assert candidate.node_writes and all(k.startswith(merkle.NODE_PREFIX) for k in candidate.node_writes)
+    for amount in (1, 2, 3, 4):
+        for w in (big, tiny):
+            w.run(transfer(w, amount), transfer(w, amount, to=CAROL.address))
+        assert big.ledger.state_root == tiny.ledger.state_root == Ledger.open(big.kv).state_root
+    cached = big.ledger._nodes.nodes
+    assert cached and all(big.kv.get(k) == v for k, v in cached.items())
+    proof = big.ledger.prove_account(ALICE.address)
+    assert verify_proof(big.ledger.state_root, account_key(ALICE.address), big.account_bytes(ALICE), proof)
