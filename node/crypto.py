@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -117,7 +118,8 @@ class SigningKey:
 
     def sign_raw(self, message: bytes) -> bytes:
         """Sign bytes that are already the output of `sign_bytes`."""
-        return nacl.signing.SigningKey(self.seed).sign(message).signature
+        # libsodium's secret key is seed || public key: no key derivation per signature.
+        return nacl.bindings.crypto_sign(message, self.seed + self.public_key)[:SIGNATURE_LEN]
 
     def __repr__(self) -> str:  # never print the seed
         return f"SigningKey(address={self.address.hex()})"
@@ -128,7 +130,7 @@ def verify_raw(public_key: bytes, signature: bytes, message: bytes) -> bool:
     if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:
         return False
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
     return True

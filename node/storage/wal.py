@@ -131,18 +131,23 @@ def _fsync_dir(directory: Path) -> None:
 class WAL:
     """An open WAL file (one writer; an exclusive flock on `<path>.lock` keeps a second process out)."""
 
-    __slots__ = ("_fd", "_lock_fd", "_path", "_size")
+    __slots__ = ("_fd", "_lock_fd", "_path", "_size", "rotate_bytes")
 
     def __init__(self, path: Path, fd: int, lock_fd: int, size: int) -> None:
         self._path = path
         self._fd = fd
         self._lock_fd = lock_fd
         self._size = size
+        self.rotate_bytes = 0
+        """end_height appends its marker while the file is below this size, and starts a fresh file
+        once it is not (0 = a fresh file at every height). Replay reads the whole file, so this
+        bounds the restart cost whatever the chain's length."""
 
     @classmethod
-    def open(cls, path: str | Path) -> tuple[WAL, WalReplay]:
+    def open(cls, path: str | Path, *, rotate_bytes: int = 0) -> tuple[WAL, WalReplay]:
         """Open (creating if missing) and replay the WAL at path. Truncates a torn tail (reported in
-        the replay); raises WalCorruptError for a damaged complete frame, StorageError if locked."""
+        the replay); raises WalCorruptError for a damaged complete frame, StorageError if locked.
+        rotate_bytes: see WAL.rotate_bytes."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -156,6 +161,7 @@ class WAL:
         except BaseException:
             os.close(lock_fd)
             raise
+        wal.rotate_bytes = rotate_bytes
         return wal, replay
 
     @classmethod
@@ -243,10 +249,17 @@ class WAL:
         store, and replay keeps only records of the height after the store's, so after a power loss
         the old file (records of a committed height) or an empty new one (a torn header, repaired
         on open) both replay to nothing. An fsync here would stall the event loop for milliseconds
-        at every height for no gain."""
+        at every height for no gain.
+
+        Below rotate_bytes the marker is appended instead (one write): records before the last
+        marker are not replayed."""
+        record = wal_pb2.WalRecord(end_height=wal_pb2.WalEndHeight(height=height))
+        if self._size < self.rotate_bytes:
+            self.append(record, sync=durable)
+            return
         old_fd = self._live_fd()
         tmp = self._path.with_name(self._path.name + ".tmp")
-        content = MAGIC + encode_frame(wal_pb2.WalRecord(end_height=wal_pb2.WalEndHeight(height=height)))
+        content = MAGIC + encode_frame(record)
         new_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
             os.write(new_fd, content)

@@ -87,6 +87,33 @@ def test_end_height_rotates_so_the_file_does_not_grow(tmp_path: Path) -> None:
     wal.close()
 
 
+def test_end_height_appends_below_rotate_bytes_and_rotates_above(tmp_path: Path) -> None:
+    """With rotate_bytes (as the node opens it), a height's end is one appended marker while the
+    file is small, and a fresh file once it reaches the limit: the file never exceeds the limit by
+    more than one height, and replay after any height gives only the records after its marker."""
+    path = tmp_path / "cs.wal"
+    wal, _ = WAL.open(path, rotate_bytes=3000)
+    sizes = []
+    rotations = 0
+    for height in range(1, 61):
+        for record in (vote_record(height), timeout_record(height), vote_record(height, 1)):
+            wal.append(record)
+        before = wal.size
+        wal.end_height(height)
+        rotations += wal.size < before
+        sizes.append(path.stat().st_size)
+        assert path.stat().st_size == wal.size
+    assert rotations >= 4  # 60 heights of ~300 bytes: rotated every ~10 heights
+    assert max(sizes) < 3000 + 400  # the limit plus at most one height's records
+    assert len(set(sizes)) >= 8  # and in between, appended (the size grows)
+    wal.append(vote_record(61))
+    wal.close()
+    wal, replay = WAL.open(path, rotate_bytes=3000)
+    assert replay.last_end_height == 60
+    assert replay.records == [vote_record(61)]
+    wal.close()
+
+
 def test_records_before_the_last_end_height_are_not_replayed(tmp_path: Path) -> None:
     path = tmp_path / "cs.wal"
     end = wal_pb2.WalRecord(end_height=wal_pb2.WalEndHeight(height=7))
