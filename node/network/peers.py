@@ -88,6 +88,35 @@ class _Conn:
             self.queue.put_nowait(msg)
 
 
+BATCH_MAX_MESSAGES = 64
+BATCH_MAX_BYTES = 1 << 20
+
+
+def batched(msgs: list[peer_pb2.PeerMessage]) -> list[peer_pb2.PeerMessage]:
+    """The messages to write for msgs, in order: runs of them wrapped in PeerBatch messages of at
+    most BATCH_MAX_BYTES (a message alone in its run, such as a large proposal, goes as itself)."""
+    out: list[peer_pb2.PeerMessage] = []
+    run: list[peer_pb2.PeerMessage] = []
+    size = 0
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(peer_pb2.PeerMessage(batch=peer_pb2.PeerBatch(messages=run)))
+        run.clear()
+
+    for msg in msgs:
+        n = msg.ByteSize()
+        if run and size + n > BATCH_MAX_BYTES:
+            flush()
+            size = 0
+        run.append(msg)
+        size += n
+    flush()
+    return out
+
+
 def _grpc_options(cfg: NodeConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", cfg.p2p.max_message_bytes),
@@ -231,21 +260,40 @@ class PeerNetwork:
         log.info("peer %s connected", name)
 
         async def writer() -> None:
+            queue = conn.queue
             while self._conns.get(name) is conn:
-                msg = await conn.queue.get()
+                msg = await queue.get()
                 if self._conns.get(name) is not conn:
                     return
-                await write(msg)
+                if queue.empty():
+                    await write(msg)
+                    continue
+                # More messages are waiting (they queued during the last write): fewer, larger writes.
+                msgs = [msg]
+                while len(msgs) < BATCH_MAX_MESSAGES and not queue.empty():
+                    msgs.append(queue.get_nowait())
+                for out in batched(msgs):
+                    await write(out)
 
         write_task = asyncio.create_task(writer(), name=f"peer-write-{name}")
         try:
             async for msg in incoming:
                 if write_task.done():
                     break
-                try:
-                    await self.handler.on_peer_message(name, msg)
-                except Exception:  # a bad message must never stop the node
-                    log.exception("error handling a message from %s", name)
+                if msg.WhichOneof("msg") == "batch":
+                    inner = msg.batch.messages
+                    if len(inner) > BATCH_MAX_MESSAGES:
+                        log.warning("peer %s sent a batch of %d messages; dropped", name, len(inner))
+                        continue
+                    for one in inner:
+                        if one.WhichOneof("msg") in ("batch", "hello"):
+                            log.warning(
+                                "peer %s sent a %s inside a batch; dropped", name, one.WhichOneof("msg")
+                            )
+                            continue
+                        await self._deliver(name, one)
+                else:
+                    await self._deliver(name, msg)
         finally:
             write_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -254,6 +302,12 @@ class PeerNetwork:
                 del self._conns[name]
                 self.handler.on_peer_disconnected(name)
                 log.info("peer %s disconnected", name)
+
+    async def _deliver(self, name: str, msg: peer_pb2.PeerMessage) -> None:
+        try:
+            await self.handler.on_peer_message(name, msg)
+        except Exception:  # a bad message must never stop the node
+            log.exception("error handling a message from %s", name)
 
     def _channel(self, peer: Peer) -> grpc.aio.Channel:
         channel = self._channels.get(peer.name)
