@@ -98,9 +98,11 @@ def build_state(n_accounts: int, balance: int) -> tuple[MemoryKV, list[bytes], t
     entries[instrument_key(ik)] = inst.SerializeToString(deterministic=True)
     sha = hashlib.sha256
     changes: dict[bytes, bytes | None] = {sha(k).digest(): sha(v).digest() for k, v in entries.items()}
-    _root, node_writes = merkle.MerkleTree(kv).update(changes)
+    nodes = merkle.ChunkedNodes(kv)
+    _root, node_writes = merkle.MerkleTree(nodes).update(changes)
+    chunks = merkle.stored_node_writes(node_writes, nodes)
     kv.apply(entries)
-    kv.apply(node_writes)
+    kv.apply(chunks)
     return kv, addresses, usd
 
 
@@ -221,7 +223,9 @@ def bench_root(n_accounts: int, touched: int, rounds: int) -> dict[str, float]:
             result = ledger.execute_block(txs, 1, (T0 + 1) * 1000)  # candidates of height 1
             exec_ms.append((time.process_time() - cpu0) * 1000)
             assert all(r.status == 1 for r in result.receipts)
-            entries = sum(1 for k in result.writes if not k.startswith(merkle.NODE_PREFIX))
+            entries = sum(
+                1 for k in result.writes if not k.startswith((merkle.CHUNK_PREFIX, merkle.NODE_PREFIX))
+            )
     gc.unfreeze()
     return {
         "root_ms": statistics.median(root.cpu_ms),

@@ -88,7 +88,8 @@ class BlockResult:
     records: Mapping[bytes, Record | None] = field(default_factory=dict, repr=False, compare=False)
     """Decoded records of the changed entries, for the committed-state cache (do not mutate)."""
     node_writes: Mapping[bytes, bytes | None] = field(default_factory=dict, repr=False, compare=False)
-    """The Merkle node writes (also in writes), for the committed node cache (do not mutate)."""
+    """The changed Merkle nodes as whole encodings (writes holds their changed chunks), for the
+    committed node cache (do not mutate)."""
 
 
 class NodeCache:
@@ -103,7 +104,7 @@ class NodeCache:
     __slots__ = ("_kv", "max_nodes", "nodes")
 
     def __init__(self, kv: KVReader, max_nodes: int) -> None:
-        self._kv = kv
+        self._kv = merkle.ChunkedNodes(kv)
         self.nodes: dict[bytes, bytes | None] = {}
         self.max_nodes = max_nodes
 
@@ -129,10 +130,10 @@ class RootUpdate:
 
     state_root: bytes
     writes: Writes
-    """The serialized entries and the Merkle node writes."""
+    """The serialized entries and the changed Merkle node chunks (what the store writes)."""
     entries: int
     node_writes: Writes
-    """The Merkle node writes alone (also in writes)."""
+    """The changed Merkle nodes as whole encodings (for the node cache)."""
 
 
 def serialize_changes(block: Mapping[bytes, Record | None]) -> Writes:
@@ -171,10 +172,12 @@ def compute_state_root(kv: KVReader, entries: Mapping[bytes, bytes | None]) -> t
 
 
 def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> RootUpdate:
-    """Serialize each changed entry once and update the Merkle tree along their paths."""
+    """Serialize each changed entry once and update the Merkle tree along their paths. kv reads
+    whole committed node encodings (a NodeCache or merkle.ChunkedNodes). The writes are the
+    entries and the changed node chunks, ready for the store."""
     writes = serialize_changes(block)
     root, node_writes = compute_state_root(kv, writes)
-    writes.update(node_writes)
+    writes.update(merkle.stored_node_writes(node_writes, kv))
     return RootUpdate(root, writes, len(block), node_writes)
 
 
@@ -200,7 +203,7 @@ class Ledger:
         meta = state_pb2.LedgerMeta()
         meta.ParseFromString(raw)
         try:
-            root = merkle.MerkleTree(kv).root_hash()
+            root = merkle.MerkleTree(merkle.ChunkedNodes(kv)).root_hash()
         except merkle.MerkleError as exc:
             raise StateCorrupted(str(exc)) from exc
         return cls(kv, root, meta, max_cache)
@@ -213,7 +216,7 @@ class Ledger:
         st = StateView(empty, {})
         build_genesis_state(st, genesis)
         st.commit_tx()
-        update = compute_root_update(empty, st.block)
+        update = compute_root_update(merkle.ChunkedNodes(empty), st.block)
         return update.writes, update.state_root
 
     @property

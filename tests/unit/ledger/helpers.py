@@ -181,10 +181,10 @@ class World:
 
 
 def state_entries(w: World) -> dict[bytes, bytes]:
-    """Committed state entries (Merkle nodes excluded)."""
-    from node.ledger.merkle import NODE_PREFIX
+    """Committed state entries (the chunks of Merkle nodes excluded)."""
+    from node.ledger.merkle import CHUNK_PREFIX, NODE_PREFIX
 
-    return {k: v for k, v in w.kv.items() if not k.startswith(NODE_PREFIX)}
+    return {k: v for k, v in w.kv.items() if not k.startswith((CHUNK_PREFIX, NODE_PREFIX))}
 
 
 def assert_rejected(

@@ -262,6 +262,7 @@ def test_merkle_node_cache_follows_the_committed_tree() -> None:
             w.run(transfer(w, amount), transfer(w, amount, to=CAROL.address))
         assert big.ledger.state_root == tiny.ledger.state_root == Ledger.open(big.kv).state_root
     cached = big.ledger._nodes.nodes
-    assert cached and all(big.kv.get(k) == v for k, v in cached.items())
+    stored = merkle.ChunkedNodes(big.kv)
+    assert cached and all(stored.get(k) == v for k, v in cached.items())
     proof = big.ledger.prove_account(ALICE.address)
     assert verify_proof(big.ledger.state_root, account_key(ALICE.address), big.account_bytes(ALICE), proof)

@@ -8,7 +8,22 @@ import pytest
 
 from clearline.v1 import ledger_api_pb2
 from node.ledger import MemoryKV
-from node.ledger.merkle import EMPTY_ROOT, NODE_PREFIX, MerkleTree, key_hash, value_hash, verify_proof
+from node.ledger.merkle import (
+    CHUNK_PREFIX,
+    CHUNK_SPAN,
+    EMPTY_ROOT,
+    ENTRY_LEN,
+    N_CHUNKS,
+    NODE_PREFIX,
+    WHOLE_MAX,
+    ChunkedNodes,
+    MerkleTree,
+    key_hash,
+    split_chunks,
+    stored_node_writes,
+    value_hash,
+    verify_proof,
+)
 
 
 def build(items: dict[bytes, bytes], kv: MemoryKV | None = None) -> tuple[MemoryKV, bytes]:
@@ -164,3 +179,76 @@ def test_deep_paths_split_and_collapse() -> None:
     assert root == fresh_root and dict(kv.items()) == dict(fresh.items())
     root, writes = MerkleTree(kv).update({key_hash(pair[0]): None})
     assert root == root_without
+
+
+def _chunked_update(
+    full: MemoryKV, chunked: MemoryKV, changes: dict[bytes, bytes | None]
+) -> tuple[bytes, int, int]:
+    """Apply changes to a tree stored whole (full) and the same tree stored as chunks; returns the
+    root and the bytes each one wrote."""
+    root, node_writes = MerkleTree(full).update(changes)
+    chunk_writes = stored_node_writes(node_writes, ChunkedNodes(chunked))
+    chunked_root, again = MerkleTree(ChunkedNodes(chunked)).update(changes)
+    assert (chunked_root, again) == (root, node_writes)  # reading chunks gives the same tree
+    full.apply(node_writes)
+    chunked.apply(chunk_writes)
+    return (
+        root,
+        sum(len(v or b"") for v in node_writes.values()),
+        sum(len(v or b"") for v in chunk_writes.values()),
+    )
+
+
+def test_nodes_stored_as_chunks_read_back_whole_and_only_changed_chunks_are_written() -> None:
+    full, chunked = MemoryKV(), MemoryKV()
+    items = {k: b"v" + k for k in keys(3000)}
+    _chunked_update(full, chunked, {key_hash(k): value_hash(v) for k, v in items.items()})
+    nodes = ChunkedNodes(chunked)
+    stored = dict(full.items())
+    assert stored and all(k.startswith(NODE_PREFIX) for k in stored)
+    assert all(nodes.get(k) == v for k, v in stored.items())  # every node, whole or joined from chunks
+    for k, v in chunked.items():  # big nodes as chunks, small ones whole; nothing empty is kept
+        assert v and (k.startswith(CHUNK_PREFIX) or (k.startswith(NODE_PREFIX) and len(v) <= WHOLE_MAX))
+    assert any(k.startswith(CHUNK_PREFIX) for k, _ in chunked.items())  # the root (256 entries)
+    for enc in stored.values():
+        parts = split_chunks(enc)
+        assert len(parts) == N_CHUNKS and b"".join(parts) == enc
+        assert all(p[i] // CHUNK_SPAN == c for c, p in enumerate(parts) for i in range(0, len(p), ENTRY_LEN))
+    # One changed value rewrites one entry per node on its path: one chunk per node, not the node.
+    root, whole, chunks = _chunked_update(full, chunked, {key_hash(keys(1)[0]): value_hash(b"new")})
+    assert chunks * 4 < whole
+    assert MerkleTree(ChunkedNodes(chunked)).root_hash() == root == MerkleTree(full).root_hash()
+    # Deleting everything deletes every chunk.
+    _chunked_update(full, chunked, {key_hash(k): None for k in items})
+    assert len(chunked) == 0 and MerkleTree(ChunkedNodes(chunked)).root_hash() == EMPTY_ROOT
+
+
+def test_nodes_crossing_the_whole_size_limit_either_way_keep_one_stored_form() -> None:
+    """The root grows past WHOLE_MAX (whole -> chunks) as keys are added and shrinks below it again
+    as they are removed; after every step each node reads back equal to the tree stored whole, and
+    no stale form (a whole node beside chunks, or an orphan chunk) is left."""
+    full, chunked = MemoryKV(), MemoryKV()
+    all_keys = keys(600)
+    steps = [all_keys[i : i + 20] for i in range(0, 600, 20)]
+    sizes = []
+
+    def check() -> None:
+        nodes = ChunkedNodes(chunked)
+        stored = dict(full.items())
+        assert all(nodes.get(k) == v for k, v in stored.items())
+        whole = {k for k, _ in chunked.items() if k.startswith(NODE_PREFIX)}
+        chunk_paths = {
+            k[len(CHUNK_PREFIX) + 1 : -1] for k, _ in chunked.items() if k.startswith(CHUNK_PREFIX)
+        }
+        assert not {k[len(NODE_PREFIX) :] for k in whole} & chunk_paths  # one form per node
+        assert chunk_paths <= {k[len(NODE_PREFIX) :] for k in stored}  # no orphan chunks
+        sizes.append(len(stored.get(NODE_PREFIX, b"")))
+
+    for batch in steps:
+        _chunked_update(full, chunked, {key_hash(k): value_hash(k) for k in batch})
+        check()
+    for batch in steps:
+        _chunked_update(full, chunked, {key_hash(k): None for k in batch})
+        check()
+    assert max(sizes) > WHOLE_MAX and sizes[0] <= WHOLE_MAX  # the root crossed the limit both ways
+    assert len(chunked) == 0
