@@ -111,17 +111,12 @@ def chunk_key(path: bytes, chunk: int) -> bytes:
 
 def split_chunks(enc: bytes) -> list[bytes]:
     """A node encoding as N_CHUNKS runs of entries by child index (b"" where a run is empty)."""
-    chunks = [b""] * N_CHUNKS
-    start = 0
-    n = len(enc)
-    while start < n:
-        c = enc[start] // CHUNK_SPAN
-        end = start + ENTRY_LEN
-        while end < n and enc[end] // CHUNK_SPAN == c:
-            end += ENTRY_LEN
-        chunks[c] = enc[start:end]
-        start = end
-    return chunks
+    if not enc:
+        return [b""] * N_CHUNKS
+    idxs = enc[0::ENTRY_LEN]  # the child indexes, ascending: cut at each chunk's first index
+    cuts = [bisect_left(idxs, c * CHUNK_SPAN) * ENTRY_LEN for c in range(N_CHUNKS)]
+    cuts.append(len(enc))
+    return [enc[cuts[c] : cuts[c + 1]] for c in range(N_CHUNKS)]
 
 
 def stored_node_writes(node_writes: Mapping[bytes, bytes | None], old: KVReader) -> Writes:
