@@ -81,6 +81,13 @@ SYNC_BATCH = 200
 # After a commit, tell peers the new height at most this often (the status loop also does, each second):
 # at tens of blocks per second a status per block per peer would be a fifth of all peer writes.
 STATUS_MIN_INTERVAL_S = 0.2
+# The status loop's period (a status goes out only if none did for this long).
+STATUS_INTERVAL_S = 0.25
+# Peers' messages for two heights on, held until this node starts the next height (bounded).
+MAX_LATER_EVENTS = 1000
+# A peer has committed the height this node is still working on for this long: fetch the block by
+# block sync (this node missed the proposal or the precommits; heights take tens of milliseconds).
+BEHIND_SYNC_S = 0.3
 # The WAL appends end-of-height markers up to this size, then starts a fresh file (bounded replay).
 WAL_ROTATE_BYTES = 4 << 20
 
@@ -91,6 +98,15 @@ class FatalError(Exception):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _event_height(event: object) -> int:
+    """The height a peer's consensus message is for (0 for anything else)."""
+    if isinstance(event, VoteReceived):
+        return event.vote.height
+    if isinstance(event, ProposalReceived):
+        return event.proposal.height
+    return 0
 
 
 class NodeSigner:
@@ -180,6 +196,7 @@ class Node:
         self._executed: dict[bytes, BlockResult | None] = {}  # block id -> result (None = invalid)
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
+        self._later: list[ProposalReceived | VoteReceived] = []  # peers' messages two heights on
         self._pending_evidence: OrderedDict[tuple[bytes, int, int, int], DuplicateVoteEvidence] = (
             OrderedDict()
         )
@@ -428,6 +445,12 @@ class Node:
             elif kind == "event":
                 if isinstance(payload, TimeoutFired) and payload.height != self.core.height:
                     continue
+                if _event_height(payload) > self.core.height + 1:
+                    # The core keeps only the next height's messages; peers that are two heights on
+                    # (this node is finishing a commit) would not send these again: hold them.
+                    if len(self._later) < MAX_LATER_EVENTS:
+                        self._later.append(payload)
+                    continue
                 await self._execute(self.core.step(payload))
             elif kind == "start_height":
                 height = payload
@@ -437,6 +460,10 @@ class Node:
                 await self._execute(
                     self.core.step(StartHeight(height, to_core_set(self.validator_set(height))))
                 )
+                later, self._later = self._later, []
+                for ev in later:  # back in line: now within reach (or held again)
+                    if _event_height(ev) >= height:
+                        self._queue.put_nowait(("event", ev))
             elif kind == "sync":
                 await self._sync()
 
@@ -966,7 +993,10 @@ class Node:
         now = time.monotonic()
         if self._behind_since is None:
             self._behind_since = now
-        if (best >= self.height + 2 or now - self._behind_since > 1.0) and not self._sync_requested:
+            # Look again when the wait is over, even if no status arrives meanwhile (peers that wait
+            # for this node's proposal or vote send none until the status loop's next second).
+            asyncio.get_running_loop().call_later(BEHIND_SYNC_S + 0.01, self._maybe_sync)
+        if (best >= self.height + 2 or now - self._behind_since > BEHIND_SYNC_S) and not self._sync_requested:
             self._sync_requested = True
             self._queue.put_nowait(("sync", None))
 
@@ -1057,15 +1087,22 @@ class Node:
                 self.network.broadcast(peer_pb2.PeerMessage(txs=peer_pb2.TxBatch(txs=raws)))
 
     async def _status_loop(self) -> None:
+        """Every STATUS_INTERVAL_S: tell peers our height (a peer that missed a decision learns it is
+        behind and block-syncs), and when a height has made no progress for a second, re-send our
+        own messages of it (peers may have missed them)."""
         last_height = -1
+        progress_at = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
-            self._broadcast_status()
-            if self.height == last_height:
-                # No progress for a second: re-send our own messages of this height (peers may have missed them).
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if time.monotonic() - self._status_sent >= STATUS_INTERVAL_S:
+                self._broadcast_status()
+            now = time.monotonic()
+            if self.height != last_height:
+                last_height, progress_at = self.height, now
+            elif now - progress_at >= 1.0:
+                progress_at = now
                 for msg in self._own_messages[-8:]:
                     self.network.broadcast(msg)
-            last_height = self.height
             self._maybe_sync()
             if self.metrics is not None:
                 self.metrics.on_status(self)
