@@ -30,7 +30,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, NewType, TypeAlias
+from typing import Final, NewType, TypeAlias, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -124,22 +124,25 @@ def frozen_map(entries: dict[InstrumentKey, tuple[int, int]]) -> Mapping[Instrum
 
 def interned_roles(roles: frozenset[int]) -> frozenset[int]:
     """One shared frozenset per distinct role set (there are few)."""
-    shared = _ROLES_INTERN.get(roles)
-    if shared is None:
-        if len(_ROLES_INTERN) >= 1024:
-            return roles
-        shared = _ROLES_INTERN[roles] = roles
-    return shared
+    return _intern(_ROLES_INTERN, roles, 1024)
 
 
 def interned_ik(ik: InstrumentKey) -> InstrumentKey:
     """One shared tuple per instrument key (there are few instruments): the accounts decoded from
     the store then share their balance keys, which makes encoding and lookups cache-friendly."""
-    shared = _IK_INTERN.get(ik)
+    return _intern(_IK_INTERN, ik, 4096)
+
+
+_T = TypeVar("_T")
+
+
+def _intern(table: dict[_T, _T], value: _T, limit: int) -> _T:
+    """The shared object equal to value (a bounded memo of objects, not state)."""
+    shared = table.get(value)
     if shared is None:
-        if len(_IK_INTERN) >= 4096:  # a bounded memo of key objects, not state
-            return ik
-        shared = _IK_INTERN[ik] = ik
+        if len(table) >= limit:
+            return value
+        shared = table[value] = value
     return shared
 
 
