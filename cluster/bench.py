@@ -33,6 +33,7 @@ from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from node import crypto, txs
 from node.config import ConsensusConfig
+from node.threadname import thread_names
 
 BATCH = 250
 MAX_INFLIGHT = 8  # concurrent SubmitTxs calls in --max mode
@@ -58,10 +59,12 @@ def measure_verify_rate(seconds: float = 1.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def make_network(home: Path, validators: int, accounts: int) -> Network:
+def make_network(home: Path, validators: int, accounts: int, timeout_commit_ms: int = 0) -> Network:
     names = tuple(f"u{i}" for i in range(accounts))
     funded = {name: [("bank-a", "USD", 10**12)] for name in names}
-    consensus = ConsensusConfig(timeout_commit_ms=0, max_block_txs=5000, timeout_propose_ms=2000)
+    consensus = ConsensusConfig(
+        timeout_commit_ms=timeout_commit_ms, max_block_txs=5000, timeout_propose_ms=2000
+    )
     return init_network(
         home,
         validators=validators,
@@ -136,12 +139,23 @@ def profile_budget(paths: list[Path], committed: int) -> dict[str, float]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a node's threads by kind: the event loop ("main"), signature verification
+    ("verify"), persistence ("io") and the rest (gRPC's poller, LevelDB, metrics: "other")."""
+    out: dict[str, float] = {}
+    for tid, name in thread_names(pid).items():
+        kind = "main" if tid == pid else name if name in ("verify", "io") else "other"
+        out[kind] = out.get(kind, 0.0) + _cpu_seconds(pid, tid)
+    return out
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -277,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="clearline-bench-") as tmp:
         home = Path(args.home) if args.home else Path(tmp) / "net"
         print(f"bench: {args.validators} validators, pre-signing {total} transfers...", file=sys.stderr)
-        network = make_network(home, args.validators, args.accounts)
+        network = make_network(home, args.validators, args.accounts, args.timeout_commit_ms)
         plan = presign(network, args.accounts, total)
         launcher = Launcher(network)
         profiles = [Path(n.home) / "profile.out" for n in network.nodes]
@@ -289,10 +303,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             launcher.wait_until(_healthy, timeout=90, what="committing")
             pids = {n.name: launcher.pid(n.name) for n in network.nodes}
             cpu0 = {k: _cpu_seconds(p) for k, p in pids.items() if p}
+            threads0 = {k: _thread_cpu(p) for k, p in pids.items() if p}
             t0 = time.perf_counter()
             result = asyncio.run(run_load(network, plan, offered_rate, args.duration, not args.json))
             elapsed = time.perf_counter() - t0
             cpu = {k: round((_cpu_seconds(p) - cpu0[k]) / elapsed, 2) for k, p in pids.items() if p}
+            by_thread: dict[str, float] = {}
+            for k, p in pids.items():
+                if p:
+                    for kind, seconds in _thread_cpu(p).items():
+                        used = (seconds - threads0[k].get(kind, 0.0)) / elapsed / len(pids)
+                        by_thread[kind] = by_thread.get(kind, 0.0) + used
+            thread_cpu = {k: round(by_thread.get(k, 0.0), 3) for k in ("main", "verify", "io", "other")}
         finally:
             launcher.stop_all()
         if args.profile:
@@ -308,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         verify_ceiling_tx_per_s=round(ceiling),
         efficiency=round(result["committed_tx_per_s"] / ceiling, 3) if ceiling else 0.0,
         cpu_per_node=cpu,
+        cpu_per_node_by_thread=thread_cpu,
     )
     return result
 
@@ -332,6 +355,10 @@ def table(r: dict[str, Any]) -> str:
         ("ceiling tx/s", r["verify_ceiling_tx_per_s"]),
         ("efficiency", r["efficiency"]),
         ("CPU per node (cores)", ", ".join(f"{k} {v}" for k, v in r["cpu_per_node"].items())),
+        (
+            "  by thread (mean of nodes)",
+            ", ".join(f"{k} {v}" for k, v in r.get("cpu_per_node_by_thread", {}).items()),
+        ),
     ]
     for name, us in r.get("cpu_us_per_tx", {}).items():
         rows.append((f"  us/tx {name}", us))
@@ -347,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--rate", type=float, default=1000, help="offered transactions per second")
     mode.add_argument("--max", action="store_true", help="offer as much as the network takes")
     p.add_argument("--accounts", type=int, default=400, help="funded sender accounts")
+    p.add_argument(
+        "--timeout-commit-ms", type=int, default=0, help="pause after each commit (gathers bigger blocks)"
+    )
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile every node; print the CPU budget per tx")

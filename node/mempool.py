@@ -23,8 +23,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
-from clearline.v1 import receipt_pb2
+from clearline.v1 import receipt_pb2, tx_pb2
 from node import crypto, txs
 from node.config import MempoolConfig
 from node.txs import DecodedTx, TxRejected, VerifiedTx
@@ -38,6 +39,8 @@ NONCE_WINDOW = 1024
 VERIFY_OFFLOAD_MIN = 4
 
 CheckFn = Callable[[VerifiedTx, int], receipt_pb2.Receipt]
+ReadAheadFn = Callable[[list[tx_pb2.TxBody]], Any]  # runs in the pool: reads state for these
+AbsorbFn = Callable[[Any], object]  # runs on the loop: keeps what ReadAheadFn read
 NonceFn = Callable[[bytes], int]
 RefSeenFn = Callable[[bytes, str], bool]
 
@@ -104,6 +107,7 @@ class Mempool:
         committed_nonce: NonceFn,
         ref_committed: RefSeenFn,
         executor: Executor | None,
+        read_ahead: tuple[ReadAheadFn, AbsorbFn] | None = None,
     ) -> None:
         self._cfg = config
         self._chain_id = chain_id
@@ -111,6 +115,7 @@ class Mempool:
         self._committed_nonce = committed_nonce
         self._ref_committed = ref_committed
         self._executor = executor
+        self._read_ahead = read_ahead
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # arrival order
         self._by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> tx hash
         self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx hash
@@ -172,10 +177,20 @@ class Mempool:
                 workers = max(1, getattr(self._executor, "_max_workers", 2))
                 size = max(VERIFY_OFFLOAD_MIN, -(-len(items) // workers))
                 chunks = [items[i : i + size] for i in range(0, len(items), size)]
-                parts = await asyncio.gather(
-                    *(loop.run_in_executor(self._executor, crypto.verify_batch, chunk) for chunk in chunks)
-                )
+                jobs = [loop.run_in_executor(self._executor, crypto.verify_batch, chunk) for chunk in chunks]
+                ahead = None
+                read_ahead = self._read_ahead
+                if read_ahead is not None:
+                    # Meanwhile read the state these transactions will need (disk reads off the loop).
+                    bodies = [decoded.body for _, decoded in pending]
+                    ahead = loop.run_in_executor(self._executor, read_ahead[0], bodies)
+                parts = await asyncio.gather(*jobs)
                 results = [ok for part in parts for ok in part]
+                if read_ahead is not None and ahead is not None:
+                    try:
+                        read_ahead[1](await ahead)
+                    except Exception as exc:  # an optimization only: execution reads what it needs
+                        log.warning("reading state ahead failed: %s", exc)
             else:
                 results = crypto.verify_batch(items)
             if self.on_verified is not None:

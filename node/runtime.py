@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -64,12 +65,14 @@ from node.consensus import (
     VoteReceived,
 )
 from node.errors import ApiError
+from node.gctune import PauseWatch
 from node.ledger import BlockResult, Ledger, parse_genesis
 from node.mempool import Mempool, MempoolFull
 from node.network.api import ApiServer
 from node.network.peers import PeerNetwork
-from node.storage import WAL, BlockCommit, NodeStore, SignStateFile
+from node.storage import WAL, BlockCommit, NodeStore, SignStateFile, account_touches_of
 from node.storage.crash import crash_point
+from node.threadname import name_this_thread
 from node.txs import TxRejected, VerifiedTx
 
 log = logging.getLogger("clearline.node")
@@ -189,10 +192,15 @@ class Node:
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(
-            max_workers=cfg.mempool.verify_threads, thread_name_prefix="verify"
+            max_workers=cfg.mempool.verify_threads,
+            thread_name_prefix="verify",
+            initializer=name_this_thread,
+            initargs=("verify",),
         )
         # Persistence (sign state, block batches) has its own thread: it never queues behind verification.
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
+        self._io = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="io", initializer=name_this_thread, initargs=("io",)
+        )
         self._executed: dict[bytes, BlockResult | None] = {}  # block id -> result (None = invalid)
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
@@ -212,10 +220,13 @@ class Node:
         self._member_cache: dict[int, dict[bytes, bytes]] = {}
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._round_started = time.monotonic()
+        self._proposal_at: tuple[int, float] | None = None  # (height, when its proposal was ready)
+        self._decided_at: float | None = None
         self._status_sent = 0.0
         self._last_block_time = 0.0
         self.started = False
         self.metrics: Any = None
+        self._gc_watch = PauseWatch(log.warning)
 
     # --- startup ----------------------------------------------------------------------------------
 
@@ -364,6 +375,7 @@ class Node:
     async def run(self) -> None:
         """Start everything, run until stopped, then shut down gracefully."""
         self._setup_logging()
+        gc.callbacks.append(self._gc_watch)
         self._open_state()
         self.mempool = Mempool(
             self.cfg.mempool,
@@ -372,6 +384,7 @@ class Node:
             committed_nonce=self._committed_nonce,
             ref_committed=lambda _s, _r: False,
             executor=self._executor,
+            read_ahead=(lambda bodies: self.ledger.read_ahead(bodies), lambda got: self.ledger.absorb(got)),
         )
         from node import metrics  # imported late: prometheus registry per process
 
@@ -417,6 +430,8 @@ class Node:
 
     async def _shutdown(self) -> None:
         log.info("shutting down")
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc_watch)
         with contextlib.suppress(Exception):
             await self.api.set_serving(False)
         for task in [*self._tasks, *self._side_tasks]:
@@ -468,10 +483,16 @@ class Node:
                 await self._sync()
 
     def _new_height_bookkeeping(self) -> None:
-        self._executed.clear()
-        self._blocks_by_id.clear()
+        """Forget the finished height. A proposal for the new height that arrived (and was executed)
+        between the commit and now is kept: the core gets it next and must not execute it twice."""
+        height = self.height + 1
+        self._executed = {k: r for k, r in self._executed.items() if r is not None and r.height == height}
+        self._blocks_by_id = {k: b for k, b in self._blocks_by_id.items() if b.header.height == height}
         self._own_messages.clear()
         self._round_started = time.monotonic()
+        if self._proposal_at is not None and self._proposal_at[0] != height:
+            self._proposal_at = None
+        self._decided_at = None
 
     async def _replay_wal(self) -> None:
         """Feed the WAL of the height in progress back into the core (after a restart)."""
@@ -587,6 +608,8 @@ class Node:
         block_id = blocks.block_hash(block.header)
         self._executed[block_id] = result
         self._blocks_by_id[block_id] = block
+        if self._proposal_at is None or self._proposal_at[0] != height:
+            self._proposal_at = (height, time.monotonic())
         log.debug("proposing block %d with %d txs", height, len(vtxs))
         return block_id, block
 
@@ -718,6 +741,7 @@ class Node:
     async def _commit(self, height: int, block_id: bytes, block: object, cert: CommitCertificate) -> None:
         if not isinstance(block, block_pb2.Block):
             raise FatalError(f"decided value at height {height} is not a block")
+        self._decided_at = time.monotonic()
         if self.metrics is not None:
             self.metrics.height_duration.observe(time.monotonic() - self._round_started)
             self.metrics.rounds.observe(cert.round + 1)
@@ -779,7 +803,7 @@ class Node:
             commit=cert,
             receipts=result.receipts,
             state_writes=result.writes,
-            account_touches=_account_touches(result.receipts),
+            account_touches=account_touches_of(result.receipts),
             next_validator_sets=next_sets,
             evidence=list(block.body.evidence),
         )
@@ -814,11 +838,20 @@ class Node:
         if self.metrics is not None:
             self.metrics.on_commit(height, len(tx_hashes), time.perf_counter() - started, len(self.mempool))
         if height % 100 == 0 or tx_hashes:
+            start = self._round_started
+
+            def since_start(t: float | None) -> str:
+                return "-" if t is None else f"{(t - start) * 1000:.0f}"
+
             log.info(
-                "committed block %d with %d txs (height took %.0f ms, persisting %.0f ms)",
+                "committed block %d with %d txs (height took %.0f ms: proposal at %s ms, decided at %s ms,"
+                " round %d; persisting %.0f ms)",
                 height,
                 len(tx_hashes),
-                (time.monotonic() - self._round_started) * 1000,
+                (time.monotonic() - start) * 1000,
+                since_start(self._proposal_at[1] if self._proposal_at is not None else None),
+                since_start(self._decided_at),
+                cert.round,
                 persist_s * 1000,
             )
         if time.monotonic() - self._status_sent >= STATUS_MIN_INTERVAL_S:
@@ -967,6 +1000,10 @@ class Node:
             self.byz.on_proposal(proposal)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
+        if proposal.height == self.height + 1 and (
+            self._proposal_at is None or self._proposal_at[0] != proposal.height
+        ):
+            self._proposal_at = (proposal.height, time.monotonic())
         self._enqueue(ProposalReceived(proposal))
 
     def _status_message(self) -> peer_pb2.PeerMessage:
@@ -1334,18 +1371,3 @@ class Node:
                     yield ledger_api_pb2.EventEnvelope(
                         height=height, tx_hash=receipt.tx_hash, tx_index=index, event=event
                     )
-
-
-def _account_touches(receipts: Sequence[receipt_pb2.Receipt]) -> list[tuple[bytes, int]]:
-    """(account, tx index) for the per-account history: the signer and every account in an event."""
-    out: list[tuple[bytes, int]] = []
-    for index, receipt in enumerate(receipts):
-        seen = {b"", receipt.signer}
-        if receipt.signer:
-            out.append((receipt.signer, index))
-        for event in receipt.events:
-            for address in event.accounts:
-                if address not in seen:
-                    seen.add(address)
-                    out.append((address, index))
-    return out

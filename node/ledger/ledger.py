@@ -37,6 +37,7 @@ from node.ledger.ops import (
     process_hold_expiry,
 )
 from node.ledger.state import (
+    ACCOUNT,
     META,
     U64_MAX,
     VALIDATORS,
@@ -45,6 +46,8 @@ from node.ledger.state import (
     StateView,
     account_key,
     account_message,
+    client_ref_key,
+    decode_record,
     encode_account,
     encode_record,
     ik_of,
@@ -90,6 +93,14 @@ class BlockResult:
     node_writes: Mapping[bytes, bytes | None] = field(default_factory=dict, repr=False, compare=False)
     """The changed Merkle nodes as whole encodings (writes holds their changed chunks), for the
     committed node cache (do not mutate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """Committed entries read ahead of execution (Ledger.read_ahead), as of one height."""
+
+    height: int
+    entries: list[tuple[bytes, bytes | None]]
 
 
 class NodeCache:
@@ -293,6 +304,38 @@ class Ledger:
         assert isinstance(meta, state_pb2.LedgerMeta)
         self._meta = meta
         self._root = result.state_root
+
+    def read_ahead(self, bodies: Sequence[tx_pb2.TxBody]) -> ReadAhead:
+        """Read from the kv, in the calling thread (any thread), the committed entries that executing
+        these transactions reads first and that are not cached: the signer, a transfer's payee and
+        the client reference (a new reference is a miss that only the kv can confirm). absorb() puts
+        them in the cache on the ledger's thread, so execution does not wait on the disk there."""
+        height = self._meta.height  # before the reads: absorb() drops them if a block committed since
+        cache = self._cache
+        wanted: list[bytes] = []
+        for body in bodies:
+            wanted.append(ACCOUNT + body.signer)
+            if body.client_ref:
+                wanted.append(client_ref_key(body.signer, body.client_ref))
+            if body.HasField("transfer"):
+                wanted.append(ACCOUNT + body.transfer.to)
+        kv = self._kv
+        return ReadAhead(height, [(k, kv.get(k)) for k in dict.fromkeys(wanted) if k not in cache])
+
+    def absorb(self, ahead: ReadAhead) -> int:
+        """Cache what read_ahead() read, unless a block committed in between (its reads may predate
+        the block's writes). A key already cached is left alone. Returns the entries added."""
+        if ahead.height != self._meta.height:
+            return 0
+        cache = self._cache
+        if len(cache) + len(ahead.entries) > self._max_cache:
+            return 0
+        added = 0
+        for key, raw in ahead.entries:
+            if key not in cache:
+                cache[key] = None if raw is None else decode_record(key, raw)
+                added += 1
+        return added
 
     def check_tx(
         self, tx: VerifiedTx, *, expected_nonce: int | None = None, time_ms: int | None = None

@@ -185,3 +185,39 @@ async def test_peer_gossip_skips_only_the_dry_run() -> None:
     assert [r.accepted for r in peer] == [True, False, False]
     assert peer[1].reason == "BAD_SIGNATURE" and peer[2].reason == "BAD_NONCE"  # nonce 0 is already pending
     assert ledger.checked == checks and len(pool) == 1
+
+
+async def test_state_is_read_ahead_in_the_pool_while_signatures_verify() -> None:
+    """The read-ahead hook gets the bodies of the transactions being verified, runs off the event
+    loop thread, and its result reaches the absorb hook; a failing read-ahead costs no admission."""
+    import threading
+
+    ledger, loop_thread = FakeLedger(), threading.get_ident()
+    seen: list[tuple[int, list[bytes]]] = []
+    absorbed: list[object] = []
+
+    def read_ahead(bodies: list[tx_pb2.TxBody]) -> object:
+        seen.append((threading.get_ident(), [b.signer for b in bodies]))
+        return ("read", len(bodies))
+
+    keys = [SigningKey.generate() for _ in range(8)]
+    with ThreadPoolExecutor(2) as pool_exec:
+        pool = Mempool(
+            MempoolConfig(), CHAIN, check=ledger.check, committed_nonce=ledger.nonce,
+            ref_committed=lambda s, r: False, executor=pool_exec, read_ahead=(read_ahead, absorbed.append),
+        )  # fmt: skip
+        results = await pool.admit([tx(k, 0) for k in keys])
+        assert all(r.accepted for r in results)
+        assert len(seen) == 1 and seen[0][0] != loop_thread
+        assert sorted(seen[0][1]) == sorted(k.address for k in keys)
+        assert absorbed == [("read", 8)]
+
+        def broken(bodies: list[tx_pb2.TxBody]) -> object:
+            raise OSError("store closed")
+
+        pool = Mempool(
+            MempoolConfig(), CHAIN, check=ledger.check, committed_nonce=ledger.nonce,
+            ref_committed=lambda s, r: False, executor=pool_exec, read_ahead=(broken, absorbed.append),
+        )  # fmt: skip
+        results = await pool.admit([tx(k, 1) for k in keys])
+        assert all(r.accepted for r in results) and absorbed == [("read", 8)]

@@ -20,6 +20,8 @@ from node.ledger import (
     parse_genesis,
     verify_proof,
 )
+from node.ledger import ledger as ledger_mod
+from node.ledger import state as state_keys
 from node.ledger.state import encode_account_pb, encode_transfer_event
 from tests.unit.ledger.helpers import (
     ALICE,
@@ -266,3 +268,59 @@ def test_merkle_node_cache_follows_the_committed_tree() -> None:
     assert cached and all(stored.get(k) == v for k, v in cached.items())
     proof = big.ledger.prove_account(ALICE.address)
     assert verify_proof(big.ledger.state_root, account_key(ALICE.address), big.account_bytes(ALICE), proof)
+
+
+class CountingKV:
+    """A kv that records the state keys read from it (Merkle nodes aside)."""
+
+    def __init__(self, kv: MemoryKV) -> None:
+        self.kv = kv
+        self.reads: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        if not key.startswith((merkle.NODE_PREFIX, merkle.CHUNK_PREFIX)):
+            self.reads.append(key)
+        return self.kv.get(key)
+
+    def items(self, prefix: bytes = b""):  # type: ignore[no-untyped-def]
+        return self.kv.items(prefix)
+
+
+def test_state_read_ahead_spares_execution_the_kv_and_never_hides_a_commit() -> None:
+    """read_ahead() + absorb() put the signer, payee and (new) client reference in the cache, so
+    executing the tx reads nothing from the kv. A read-ahead that a commit overtook is dropped: the
+    reference the commit used is still found, and a later tx reusing it is rejected."""
+    w = World.create()
+    bob_before = w.balance(BOB)[0]
+    first = transfer(w, 5, client_ref="pay-1")
+    counting = CountingKV(w.kv)
+    w.ledger = Ledger.open(counting)  # type: ignore[arg-type]  # an empty cache
+    ahead = w.ledger.read_ahead([first.body])
+    per_tx = {
+        account_key(ALICE.address),
+        account_key(BOB.address),
+        state_keys.client_ref_key(ALICE.address, "pay-1"),
+    }
+    assert {k for k, _ in ahead.entries} == per_tx
+    assert w.ledger.absorb(ahead) == 3
+    counting.reads.clear()
+    assert w.run1(first).status == R.TX_STATUS_OK
+    assert counting.reads and not per_tx & set(counting.reads)  # only per-block entries (meta...) read
+
+    # Read ahead of a tx with reference "pay-2", then a block commits another tx using "pay-2".
+    later = transfer(w, 1, client_ref="pay-2", nonce=w.nonce(ALICE) + 2)  # after the next two
+    stale = w.ledger.read_ahead([later.body])
+    assert (state_keys.client_ref_key(ALICE.address, "pay-2"), None) in stale.entries
+    assert w.run1(transfer(w, 2, client_ref="pay-2")).status == R.TX_STATUS_OK
+    # absorb never replaces what the cache holds (the commit cached the reference it wrote).
+    assert w.ledger.absorb(ledger_mod.ReadAhead(w.ledger.height, list(stale.entries))) == 0
+    # The next commit empties the cache (it is full), so only the height tells the read is stale.
+    w.ledger._max_cache = len(w.ledger._cache)
+    assert w.run1(transfer(w, 0)).status == R.TX_STATUS_INVALID_AMOUNT
+    assert state_keys.client_ref_key(ALICE.address, "pay-2") not in w.ledger._cache
+    w.ledger._max_cache = 10_000
+    assert w.ledger.absorb(stale) == 0  # overtaken by the commits: dropped
+    r = w.run1(later)
+    assert r.status == R.TX_STATUS_DUPLICATE_CLIENT_REF, r.message
+    assert w.balance(BOB)[0] == bob_before + 5 + 2  # the rejected tx moved nothing
+    assert w.ledger.state_root == Ledger.open(w.kv).state_root
