@@ -332,6 +332,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_per_node=cpu,
         cpu_per_node_by_thread=thread_cpu,
     )
+    if result["committed_tx_per_s"]:
+        rate = result["committed_tx_per_s"]
+        # CPU per committed transaction per node, by thread (fixed per-height costs included).
+        result["cpu_us_per_tx_by_thread"] = {k: round(v / rate * 1e6, 1) for k, v in thread_cpu.items()}
     return result
 
 
@@ -360,6 +364,9 @@ def table(r: dict[str, Any]) -> str:
             ", ".join(f"{k} {v}" for k, v in r.get("cpu_per_node_by_thread", {}).items()),
         ),
     ]
+    if "cpu_us_per_tx_by_thread" in r:
+        per_tx = r["cpu_us_per_tx_by_thread"]
+        rows.append(("  us/tx per node by thread", ", ".join(f"{k} {v}" for k, v in per_tx.items())))
     for name, us in r.get("cpu_us_per_tx", {}).items():
         rows.append((f"  us/tx {name}", us))
     width = max(len(k) for k, _ in rows)

@@ -1,0 +1,48 @@
+"""`clearline bench`: a short real run (4 node processes, gRPC on 127.0.0.1, LevelDB in tmp) whose
+JSON keeps the keys other tools read, with figures that agree with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: Path) -> None:
+    home = tmp_path / "net"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "cluster.bench", "--validators", "4", "--duration", "3"),
+            *("--rate", "100", "--accounts", "40", "--json", "--home", str(home)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["validators"] == 4 and r["offered_tx_per_s"] == 100
+    assert r["rejected"] == 0 and r["committed"] == r["submitted"] > 0
+    assert 0 < r["committed_tx_per_s"] <= 150
+    lat = r["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert r["blocks"] > 0 and r["tx_per_block"] > 0
+    assert abs(r["verify_ceiling_tx_per_s"] - r["verify_per_s_one_core"] * r["cores"] / 4) <= 1
+    assert abs(r["efficiency"] - r["committed_tx_per_s"] / r["verify_ceiling_tx_per_s"]) < 0.002
+    assert sorted(r["cpu_per_node"]) == ["node0", "node1", "node2", "node3"]
+    assert all(v > 0 for v in r["cpu_per_node"].values())
+    threads = r["cpu_per_node_by_thread"]
+    assert set(threads) == {"main", "verify", "io", "other"} and threads["main"] > 0
+    assert set(r["cpu_us_per_tx_by_thread"]) == set(threads)
+    pids = [int((home / "nodes" / f"node{i}" / "node.pid").read_text()) for i in range(4)]
+    assert not any(_alive(p) for p in pids)
