@@ -70,7 +70,14 @@ from node.ledger import BlockResult, Ledger, parse_genesis
 from node.mempool import Mempool, MempoolFull
 from node.network.api import ApiServer
 from node.network.peers import PeerNetwork
-from node.storage import WAL, BlockCommit, NodeStore, SignStateFile, account_touches_of
+from node.storage import (
+    WAL,
+    BlockCommit,
+    NodeStore,
+    SignStateFile,
+    account_touches_of,
+    staggered_write_buffer,
+)
 from node.storage.crash import crash_point
 from node.threadname import name_this_thread
 from node.txs import TxRejected, VerifiedTx
@@ -253,7 +260,11 @@ class Node:
             )
         data_dir = cfg.path(cfg.storage.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = NodeStore.open(data_dir / "blockstore", chain_id=cfg.chain_id)
+        self.store = NodeStore.open(
+            data_dir / "blockstore",
+            chain_id=cfg.chain_id,
+            write_buffer_size=staggered_write_buffer(self.key.address),
+        )
         if not self.store.is_initialized():
             writes, _root = Ledger.genesis_writes(self.genesis)
             vs = block_pb2.ValidatorSet()

@@ -27,6 +27,7 @@ from node.storage.store import (
     StateWrites,
     StoreSnapshot,
     account_touches_of,
+    staggered_write_buffer,
 )
 from node.storage.wal import WAL, WalReplay
 
@@ -48,4 +49,5 @@ __all__ = [
     "WalReplay",
     "account_touches_of",
     "crash_point",
+    "staggered_write_buffer",
 ]

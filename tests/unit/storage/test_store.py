@@ -494,3 +494,35 @@ def test_open_reads_a_constant_number_of_keys(tmp_path: Path, monkeypatch: pytes
     assert counts_by_length[10] == counts_by_length[2000]
     assert counts_by_length[2000]["get"] <= 10
     assert counts_by_length[2000]["items"] <= 2
+
+
+def test_write_buffers_are_staggered_by_validator_and_a_store_reopens_across_options(
+    db_path: Path,
+) -> None:
+    """Each validator gets its own LevelDB write buffer (16-31 MiB, fixed by its address), so a local
+    cluster does not flush and compact on every node at the same height. A store written with Snappy
+    compression (LevelDB's default, and this store's before) reads the same under the current options."""
+    import plyvel
+
+    from node.storage import staggered_write_buffer
+    from node.storage.store import LEVELDB_OPTIONS
+
+    base = LEVELDB_OPTIONS["write_buffer_size"]
+    sizes = {staggered_write_buffer(bytes([b]) + b"\x00" * 19) for b in range(256)}
+    assert min(sizes) == base and max(sizes) < 2 * base and len(sizes) == 16
+    assert staggered_write_buffer(b"\x07" * 20) == staggered_write_buffer(b"\x07" * 20)
+    assert staggered_write_buffer(b"") == base
+
+    s = NodeStore.open(db_path, write_buffer_size=base + 1)
+    init_store(s)
+    commit_chain(s, 3, extra_writes={b"counter": b"3"})
+    contents = dump(s)
+    s.close()
+    with plyvel.DB(str(db_path), compression="snappy") as raw:  # rewrite every entry compressed
+        entries = list(raw.iterator())
+        with raw.write_batch() as batch:
+            for k, v in entries:
+                batch.put(k, v)
+        raw.compact_range()
+    with NodeStore.open(db_path, chain_id=BENCH_CHAIN_ID) as s2:
+        assert dump(s2) == contents and s2.state.get(b"counter") == b"3"
