@@ -9,7 +9,7 @@ def test_public_surface() -> None:
     expected = {
         "WAL", "WalReplay", "NodeStore", "BlockCommit", "StateView", "StateWrites", "StoreSnapshot", "SignStateFile",
         "SignState", "StorageError", "StoreCorruptError", "WalCorruptError", "SignStateCorruptError",
-        "SignStateRegressionError", "InvalidCommitError", "account_touches_of", "crash_point",
+        "SignStateRegressionError", "InvalidCommitError", "account_touches_of", "crash_point", "staggered_write_buffer",
     }  # fmt: skip
     assert set(node.storage.__all__) == expected
     for name in expected:
