@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -37,11 +39,41 @@ def _height(target: str) -> int | None:
         return None
 
 
+def _kill_and_restart(launcher: Launcher, node: Any, target: int) -> dict[str, Any]:
+    """kill -9 the node, start it, and time until it serves and until it commits a new block."""
+    at = _height(node.api_target) or 0
+    launcher.kill(node.name)
+    t0 = time.monotonic()
+    launcher.start(node.name)
+    serving = None
+    while True:
+        seen = _height(node.api_target)
+        now = time.monotonic() - t0
+        if seen is not None and serving is None:
+            serving = now
+        if seen is not None and seen > at:
+            break
+        if now > 60:
+            break
+        time.sleep(0.01)
+    # Let it run on a little before the next kill.
+    deadline = time.monotonic() + 10
+    while (_height(node.api_target) or 0) < at + 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {
+        "target": target,
+        "height": at,
+        "serving_s": round(serving or -1, 3),
+        "next_commit_s": round(now, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="restart_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--heights", default="1000,50000")
     p.add_argument("--validators", type=int, default=1)
     p.add_argument("--home", default="")
+    p.add_argument("--repeats", type=int, default=3, help="restarts at each height (the kill lands anywhere)")
     args = p.parse_args(argv)
     targets = [int(h) for h in args.heights.split(",")]
     consensus = dataclasses.replace(ConsensusConfig(), timeout_commit_ms=0, create_empty_blocks_interval_ms=0)
@@ -62,27 +94,15 @@ def main(argv: list[str] | None = None) -> int:
                     rate = h / max(1e-6, time.monotonic() - started)
                     print(f"\rheight {h} ({rate:.0f} blocks/s) -> {target}", end="", file=sys.stderr)
                 print(file=sys.stderr)
-                at = _height(node.api_target) or 0
-                launcher.kill(node.name)
-                t0 = time.monotonic()
-                launcher.start(node.name)
-                serving = None
-                while True:
-                    seen = _height(node.api_target)
-                    now = time.monotonic() - t0
-                    if seen is not None and serving is None:
-                        serving = now
-                    if seen is not None and seen > at:
-                        break
-                    if now > 60:
-                        break
-                    time.sleep(0.01)
-                results.append(
-                    {"height": at, "serving_s": round(serving or -1, 3), "next_commit_s": round(now, 3)}
-                )
+                for _ in range(args.repeats):
+                    results.append(_kill_and_restart(launcher, node, target))
         finally:
             launcher.stop_all()
-    print(json.dumps({"validators": args.validators, "restarts": results}))
+    summary = {}
+    for target in targets:
+        mine = [r["next_commit_s"] for r in results if r["target"] == target]
+        summary[str(target)] = {"median_s": statistics.median(mine), "max_s": max(mine)} if mine else {}
+    print(json.dumps({"validators": args.validators, "restarts": results, "next_commit": summary}))
     return 0
 
 

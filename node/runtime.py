@@ -212,6 +212,8 @@ class Node:
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
         self._later: list[ProposalReceived | VoteReceived] = []  # peers' messages two heights on
+        # (round, block id, block) of a proposal signed before a restart: proposed again as it was.
+        self._restored_proposal: tuple[int, bytes, block_pb2.Block] | None = None
         self._pending_evidence: OrderedDict[tuple[bytes, int, int, int], DuplicateVoteEvidence] = (
             OrderedDict()
         )
@@ -344,6 +346,7 @@ class Node:
         vs = to_core_set(self.validator_set(height))
         restored: SignState | None = None
         locked_block = valid_block = None
+        self._restored_proposal = None
         stored = self.sign_state.load_state()
         if stored is not None and stored.last_signed.height == height:
             restored = wire.sign_state_from_pb(stored.last_signed)
@@ -351,6 +354,10 @@ class Node:
                 locked_block = block_pb2.Block.FromString(stored.locked_block)
             if stored.valid_block:
                 valid_block = block_pb2.Block.FromString(stored.valid_block)
+            if stored.proposal_block and restored.step == Step.PROPOSE and restored.block_id:
+                proposed = block_pb2.Block.FromString(stored.proposal_block)
+                if blocks.block_hash(proposed.header) == restored.block_id:
+                    self._restored_proposal = (restored.round, restored.block_id, proposed)
         elif stored is not None and stored.last_signed.height > height:
             log.warning(
                 "sign state is at height %d, ahead of the chain (%d): block sync will catch up",
@@ -556,6 +563,7 @@ class Node:
             self._blocks_by_id[blocks.block_hash(block.header)] = block
         locked = self._blocks_by_id.get(state.locked_block_id) if state.locked_block_id else None
         valid = self._blocks_by_id.get(state.valid_block_id) if state.valid_block_id else None
+        proposed = block if state.step == Step.PROPOSE and isinstance(block, block_pb2.Block) else None
         pb = wire.sign_state_to_pb(state)
         await asyncio.get_running_loop().run_in_executor(
             self._io,
@@ -563,7 +571,10 @@ class Node:
             pb,
             locked.SerializeToString() if locked is not None else None,
             valid.SerializeToString() if valid is not None else None,
+            proposed.SerializeToString() if proposed is not None else None,
         )
+        if proposed is not None:
+            crash_point("runtime:after-sign-proposal")
 
     def _broadcast(self, message: Proposal | Vote | DuplicateVoteEvidence) -> None:
         if isinstance(message, Vote):
@@ -585,6 +596,18 @@ class Node:
     # --- the Application the core calls -------------------------------------------------------------
 
     def propose_block(self, height: int, round: int) -> tuple[bytes, object]:
+        restored, self._restored_proposal = self._restored_proposal, None
+        if restored is not None and restored[0] == round and restored[2].header.height == height:
+            # Signed before a crash, perhaps never sent: the same block gets the same signature back
+            # from the core (a different one would be refused as a double sign, losing the round).
+            _round, block_id, block = restored
+            if self.validate_block(height, block_id, block):
+                log.info(
+                    "proposing again the block signed before the restart (height %d, round %d)", height, round
+                )
+                if self._proposal_at is None or self._proposal_at[0] != height:
+                    self._proposal_at = (height, time.monotonic())
+                return block_id, block
         c = self.cfg.consensus
         vtxs = self.mempool.reap(c.max_block_bytes, c.max_block_txs)
         prev_time = (

@@ -279,11 +279,10 @@ class Tendermint:
             self._emit(Broadcast(vote))
             self._add_vote(vote)
             return
-        if restored is not None and restored.height == self._height:
-            # We signed a proposal in this round: never a second one; wait for it to come back.
-            self._step = Step.PROPOSE
-            self._schedule(Step.PROPOSE)
-            return
+        # Otherwise start the round. If we signed a proposal in it before the restart, the application
+        # is asked for the block again: the same block gets the stored signature back and the same
+        # proposal goes out (it may never have left); any other block is refused by _authorize (never
+        # a second proposal), and the round waits for the proposal from the WAL or times out.
         self._start_round(self._round)
 
     def _on_start_height(self, height: Height, validators: ValidatorSet, event: StartHeight) -> None:

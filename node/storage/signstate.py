@@ -3,13 +3,17 @@
 The runtime saves the position it is about to sign (height, round, step, block id, lock and valid
 round) BEFORE the signed message leaves the node, together with the serialized locked and valid
 blocks if it has them, so a restarted validator keeps its lock with the value and never signs a
-message that conflicts with one it already sent (CometBFT privval's "last sign state").
+message that conflicts with one it already sent (CometBFT privval's "last sign state"). For a
+proposal it also saves the proposed block: a proposer killed after signing but before sending can
+send the same proposal after its restart instead of losing the round.
 
 File layout (small, rewritten whole on every save):
 
     MAGIC (8 bytes, b"CLSIGN\\x00\\x00\\x01") | crc32 of body (4 bytes, big-endian) | body
-    body = field(last_signed) field(locked_block) field(valid_block)
+    body = field(last_signed) field(locked_block) field(valid_block) [field(proposal_block)]
     field = present (1 byte, 0 or 1) | length (4 bytes, big-endian) | bytes
+
+(Files written before the proposal block was kept have three fields and still load.)
 
 save() is atomic: write `<path>.tmp`, fsync it, rename over `<path>`, fsync the directory. A reader
 sees the old state or the new one. A file that exists but fails its checks raises
@@ -45,6 +49,7 @@ class SignState:
     last_signed: wal_pb2.LastSigned
     locked_block: bytes | None = None
     valid_block: bytes | None = None
+    proposal_block: bytes | None = None  # the block of a signed proposal (step PROPOSE)
 
 
 def position_of(state: wal_pb2.LastSigned) -> tuple[int, int, int]:
@@ -59,6 +64,7 @@ def encode_sign_state(state: SignState) -> bytes:
             state.last_signed.SerializeToString(deterministic=True),
             state.locked_block,
             state.valid_block,
+            state.proposal_block,
         )
     )
     return MAGIC + _CRC.pack(zlib.crc32(body)) + body
@@ -77,7 +83,10 @@ def decode_sign_state(data: bytes, path: str) -> SignState:
         raise SignStateCorruptError(path, f"checksum mismatch (stored {stored:08x})", len(MAGIC))
     parts: list[bytes | None] = []
     offset = 0
-    for name in ("last_signed", "locked_block", "valid_block"):
+    for name in ("last_signed", "locked_block", "valid_block", "proposal_block"):
+        if name == "proposal_block" and offset == len(body):
+            parts.append(None)  # a file from before the proposal block was kept
+            break
         if offset + _FIELD.size > len(body):
             raise SignStateCorruptError(path, f"field {name} is missing", header_end + offset)
         present, length = _FIELD.unpack_from(body, offset)
@@ -96,7 +105,7 @@ def decode_sign_state(data: bytes, path: str) -> SignState:
         last_signed.ParseFromString(raw_signed)
     except DecodeError as exc:
         raise SignStateCorruptError(path, f"last-signed record does not decode: {exc}", header_end) from exc
-    return SignState(last_signed, parts[1], parts[2])
+    return SignState(last_signed, parts[1], parts[2], parts[3])
 
 
 def _encode_field(value: bytes | None) -> bytes:
@@ -142,13 +151,14 @@ class SignStateFile:
             return None
         copy = wal_pb2.LastSigned()
         copy.CopyFrom(state.last_signed)
-        return SignState(copy, state.locked_block, state.valid_block)
+        return SignState(copy, state.locked_block, state.valid_block, state.proposal_block)
 
     def save(
         self,
         state: wal_pb2.LastSigned,
         locked_block: bytes | None = None,
         valid_block: bytes | None = None,
+        proposal_block: bytes | None = None,
     ) -> None:
         """Durably replace the stored state (temp file, fsync, rename, fsync directory). Raises
         SignStateRegressionError, without writing, if state is below the stored (height, round, step) or
@@ -168,7 +178,7 @@ class SignStateFile:
                 )
         copy = wal_pb2.LastSigned()
         copy.CopyFrom(state)
-        new_state = SignState(copy, locked_block, valid_block)
+        new_state = SignState(copy, locked_block, valid_block, proposal_block)
         data = encode_sign_state(new_state)
         tmp = _tmp_path(self._path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

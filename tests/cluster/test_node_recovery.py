@@ -190,3 +190,35 @@ def test_wiped_validator_rejoins_by_block_sync_after_1000_blocks(make_network) -
     assert block_hashes(net.target(3), top)[-5:] == block_hashes(net.target(0), top)[-5:]
     print(f"block sync: {top} blocks in {took:.1f}s")
     net.wait_height(status(net.target(0)).height + 3, ["node3"], timeout=60)
+
+
+def test_a_proposer_killed_after_signing_sends_the_same_proposal_after_restart(make_network) -> None:
+    """node3 dies right after persisting the signature of its proposal, before sending it. After the
+    restart it proposes that same block again (the core gives back the stored signature: not a double
+    sign), so its round is not lost: the block committed at that height is the one it signed, in the
+    round it signed it, proposed by node3, and no equivocation evidence appears."""
+    import dataclasses
+
+    from node.storage import SignStateFile
+    from tests.cluster.conftest import FAST
+
+    patient = dataclasses.replace(FAST, timeout_propose_ms=8000)  # the others wait for node3's proposal
+    net = make_network(4, consensus=patient)
+    net.launcher.stop("node3")
+    net.launcher.start("node3", env={"CLEARLINE_CRASH_POINT": "runtime:after-sign-proposal"})
+    deadline = time.monotonic() + 60
+    while net.launcher.status("node3").alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not net.launcher.status("node3").alive, "node3 never proposed"
+    home = Path(net.network.node(3).home)
+    signed = SignStateFile.open(home / "data" / "sign_state.bin").load_state()
+    assert signed is not None and signed.proposal_block is not None
+    height, round_ = signed.last_signed.height, signed.last_signed.round
+    assert signed.last_signed.step == 1  # STEP_PROPOSE
+    net.launcher.start("node3")
+    net.wait_height(height + 2, ["node0", "node3"], timeout=60)
+    got = get_block(net.target(0), height)
+    assert got.block_hash == signed.last_signed.block_id  # the very block it signed before dying
+    assert got.commit.round == round_
+    assert got.block.header.proposer == bytes.fromhex(net.network.node(3).address)
+    assert _no_evidence(net, 0, height + 2)

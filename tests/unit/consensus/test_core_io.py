@@ -26,9 +26,11 @@ from node.consensus import (
     VoteReceived,
     VoteType,
 )
+from node.consensus.types import BlockId
 from tests.unit.consensus.helpers import (
     VALS,
     Block,
+    FakeApp,
     addr,
     bid,
     block,
@@ -272,15 +274,32 @@ def test_restart_after_prevote_resends_the_same_vote_and_never_signs_another() -
     assert signer.calls == 0
 
 
-def test_restart_after_proposing_never_signs_a_second_proposal() -> None:
+def test_restart_after_proposing_sends_the_same_proposal_or_none() -> None:
+    """A proposer restarted after signing its proposal asks the application for the block again. The
+    same block goes out as the same proposal with the stored signature (nothing new is signed or
+    persisted); any other block is never proposed, and the round waits in PROPOSE."""
     core, _app, _s = make_core(1)
     actions = core.start()
     state = persisted(actions)[0]
-    assert state.step is Step.PROPOSE
+    first = own_proposals(actions)
+    assert state.step is Step.PROPOSE and len(first) == 1
     again, app2, signer = make_core(1, restored=state)
     actions = again.start()
-    assert own_proposals(actions) == [] and app2.proposed == [] and signer.calls == 0
-    assert again.current_step is Step.PROPOSE
+    assert own_proposals(actions) == first and app2.proposed == [(1, 0)]
+    # Nothing new is signed for the proposal; the round goes on with the prevote for that block.
+    assert [(v.type, v.block_id) for v in own_votes(actions)] == [(VoteType.PREVOTE, first[0].block_id)]
+    assert signer.calls == 1 and [p.step for p in persisted(actions)] == [Step.PREVOTE]
+
+    class OtherBlock(FakeApp):
+        def propose_block(self, height: int, round: int) -> tuple[BlockId, object]:
+            self.proposed.append((height, round))
+            return bid("other"), Block("other", height)
+
+    other, app3, signer3 = make_core(1, restored=state, app=OtherBlock())
+    actions = other.start()
+    assert own_proposals(actions) == [] and app3.proposed == [(1, 0)]
+    assert signer3.calls == 0 and persisted(actions) == []
+    assert other.current_step is Step.PROPOSE
 
 
 def test_restart_keeps_the_lock() -> None:

@@ -28,6 +28,7 @@ def signed(height: int, round_: int, step: int, block_id: bytes = b"\xbb" * 32) 
 
 
 PREVOTE, PRECOMMIT = block_pb2.STEP_PREVOTE, block_pb2.STEP_PRECOMMIT
+PROPOSE = block_pb2.STEP_PROPOSE
 
 
 def test_missing_file_loads_as_none(tmp_path: Path) -> None:
@@ -143,7 +144,8 @@ def _with_body(body: bytes) -> bytes:
         (b"\x02\x00\x00\x00\x00" * 3, "field last_signed is malformed"),
         (b"\x01\x00\x00\x00\x09ab", "field last_signed is malformed"),
         (b"\x01\x00\x00\x00\x02\xff\xff" + b"\x00\x00\x00\x00\x00" * 2, "does not decode"),
-        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 2 + b"x", "1 trailing bytes"),
+        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 2 + b"x", "field proposal_block is missing"),
+        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 3 + b"x", "1 trailing bytes"),
     ],
 )
 def test_malformed_body_with_good_checksum_is_corrupt(tmp_path: Path, body: bytes, match: str) -> None:
@@ -151,3 +153,18 @@ def test_malformed_body_with_good_checksum_is_corrupt(tmp_path: Path, body: byte
     path.write_bytes(_with_body(body))
     with pytest.raises(SignStateCorruptError, match=match):
         SignStateFile.open(path)
+
+
+def test_a_proposal_block_is_kept_and_files_without_one_still_load(tmp_path: Path) -> None:
+    """The block of a signed proposal survives a reopen; a file written before proposal blocks were
+    kept (three fields) loads with none, and a later save without one drops it."""
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    f.save(signed(3, 1, PROPOSE), proposal_block=b"P")
+    assert SignStateFile.open(path).load_state() == SignState(signed(3, 1, PROPOSE), None, None, b"P")
+    f.save(signed(3, 1, PREVOTE), valid_block=b"V")
+    assert SignStateFile.open(path).load_state() == SignState(signed(3, 1, PREVOTE), None, b"V", None)
+    raw = signed(4, 0, PREVOTE).SerializeToString(deterministic=True)
+    three_fields = b"\x01" + struct.pack(">I", len(raw)) + raw + b"\x01\x00\x00\x00\x01L" + b"\x00" * 5
+    path.write_bytes(_with_body(three_fields))
+    assert SignStateFile.open(path).load_state() == SignState(signed(4, 0, PREVOTE), b"L", None, None)
