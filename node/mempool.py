@@ -191,7 +191,11 @@ class Mempool:
                 results = [ok for part in parts for ok in part]
                 if read_ahead is not None and ahead is not None:
                     try:
-                        read_ahead[1](await ahead)
+                        got = await ahead
+                        # Kept only for a batch whose signatures all verified: forged transactions
+                        # must not fill the state cache with the keys they name.
+                        if all(results):
+                            read_ahead[1](got)
                     except Exception as exc:  # an optimization only: execution reads what it needs
                         log.warning("reading state ahead failed: %s", exc)
             else:

@@ -221,3 +221,16 @@ async def test_state_is_read_ahead_in_the_pool_while_signatures_verify() -> None
         )  # fmt: skip
         results = await pool.admit([tx(k, 1) for k in keys])
         assert all(r.accepted for r in results) and absorbed == [("read", 8)]
+
+        # A batch with a forged signature: admitted as it should be, but nothing read is kept.
+        pool = Mempool(
+            MempoolConfig(), CHAIN, check=ledger.check, committed_nonce=ledger.nonce,
+            ref_committed=lambda s, r: False, executor=pool_exec, read_ahead=(read_ahead, absorbed.append),
+        )  # fmt: skip
+        raws = [tx(k, 2) for k in keys]
+        forged = bytearray(raws[3])
+        forged[-1] ^= 1
+        raws[3] = bytes(forged)
+        results = await pool.admit(raws)
+        assert [r.accepted for r in results].count(False) == 1 and results[3].reason == "BAD_SIGNATURE"
+        assert len(seen) == 2 and absorbed == [("read", 8)]  # read, not kept
