@@ -512,6 +512,11 @@ class Node:
             self._proposal_at = None
         self._decided_at = None
 
+    def _note_proposal(self, height: int) -> None:
+        """Remember when the first proposal of `height` was ready (the commit log's timeline)."""
+        if self._proposal_at is None or self._proposal_at[0] != height:
+            self._proposal_at = (height, time.monotonic())
+
     async def _replay_wal(self) -> None:
         """Feed the WAL of the height in progress back into the core (after a restart)."""
         assert self.core is not None
@@ -605,8 +610,7 @@ class Node:
                 log.info(
                     "proposing again the block signed before the restart (height %d, round %d)", height, round
                 )
-                if self._proposal_at is None or self._proposal_at[0] != height:
-                    self._proposal_at = (height, time.monotonic())
+                self._note_proposal(height)
                 return block_id, block
         c = self.cfg.consensus
         vtxs = self.mempool.reap(c.max_block_bytes, c.max_block_txs)
@@ -642,8 +646,7 @@ class Node:
         block_id = blocks.block_hash(block.header)
         self._executed[block_id] = result
         self._blocks_by_id[block_id] = block
-        if self._proposal_at is None or self._proposal_at[0] != height:
-            self._proposal_at = (height, time.monotonic())
+        self._note_proposal(height)
         log.debug("proposing block %d with %d txs", height, len(vtxs))
         return block_id, block
 
@@ -1034,10 +1037,8 @@ class Node:
             self.byz.on_proposal(proposal)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
-        if proposal.height == self.height + 1 and (
-            self._proposal_at is None or self._proposal_at[0] != proposal.height
-        ):
-            self._proposal_at = (proposal.height, time.monotonic())
+        if proposal.height == self.height + 1:
+            self._note_proposal(proposal.height)
         self._enqueue(ProposalReceived(proposal))
 
     def _status_message(self) -> peer_pb2.PeerMessage:

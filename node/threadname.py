@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from pathlib import Path
 from typing import Final
 
 _PR_SET_NAME: Final = 15
@@ -25,8 +26,6 @@ def name_this_thread(name: str) -> None:
 
 def thread_names(pid: int) -> dict[int, str]:
     """OS thread id -> name for a process (Linux /proc), empty if it cannot be read."""
-    from pathlib import Path
-
     out: dict[int, str] = {}
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
