@@ -172,14 +172,17 @@ def _key_hash(key: bytes) -> bytes:
     return kh
 
 
-def compute_state_root(kv: KVReader, entries: Mapping[bytes, bytes | None]) -> tuple[bytes, Writes]:
+def compute_state_root(
+    kv: KVReader, entries: Mapping[bytes, bytes | None], tree: merkle.MerkleTree | None = None
+) -> tuple[bytes, Writes]:
     """The state root after changing entries (key -> bytes or None) on the committed tree in kv,
-    and the Merkle node writes. Cost: the changed keys times the tree depth."""
+    and the Merkle node writes. Cost: the changed keys times the tree depth. `tree` (over kv) is
+    the tree to update, for a caller that wants its `touched` afterwards."""
     sha = hashlib.sha256
     kh = _key_hash
     items = [(kh(k), None if v is None else sha(v).digest()) for k, v in entries.items()]
     items.sort()
-    return merkle.MerkleTree(kv).update_sorted(items)
+    return (tree or merkle.MerkleTree(kv)).update_sorted(items)
 
 
 def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> RootUpdate:
@@ -187,8 +190,9 @@ def compute_root_update(kv: KVReader, block: Mapping[bytes, Record | None]) -> R
     whole committed node encodings (a NodeCache or merkle.ChunkedNodes). The writes are the
     entries and the changed node chunks, ready for the store."""
     writes = serialize_changes(block)
-    root, node_writes = compute_state_root(kv, writes)
-    writes.update(merkle.stored_node_writes(node_writes, kv))
+    tree = merkle.MerkleTree(kv)
+    root, node_writes = compute_state_root(kv, writes, tree)
+    writes.update(merkle.stored_node_writes(node_writes, kv, tree.touched, tree.built))
     return RootUpdate(root, writes, len(block), node_writes)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Final
 
 from clearline.v1 import ledger_api_pb2
@@ -101,6 +101,8 @@ def value_hash(value: bytes) -> bytes:
 CHUNK_PREFIX: Final = b"\x01c/"
 CHUNK_SPAN: Final = 16
 N_CHUNKS: Final = ARITY // CHUNK_SPAN
+_CHUNK_SHIFT: Final = 4  # child index >> _CHUNK_SHIFT == its chunk number
+assert 1 << _CHUNK_SHIFT == CHUNK_SPAN
 WHOLE_MAX: Final = 32 * ENTRY_LEN
 
 
@@ -119,17 +121,29 @@ def split_chunks(enc: bytes) -> list[bytes]:
     return [enc[cuts[c] : cuts[c + 1]] for c in range(N_CHUNKS)]
 
 
-def stored_node_writes(node_writes: Mapping[bytes, bytes | None], old: KVReader) -> Writes:
+def stored_node_writes(
+    node_writes: Mapping[bytes, bytes | None],
+    old: KVReader,
+    touched: Mapping[bytes, set[int]] | None = None,
+    built: Set[bytes] = frozenset(),
+) -> Writes:
     """The kv writes that store node_writes ({NODE_PREFIX + path: new encoding, or None to delete}),
     given `old` (a reader of the committed encodings, such as ChunkedNodes): a small node whole, a
     big one as the chunks that differ from the committed node (None deletes what is no longer
-    used: an emptied chunk, or the other form when a node crosses WHOLE_MAX)."""
+    used: an emptied chunk, or the other form when a node crosses WHOLE_MAX).
+
+    `touched` (MerkleTree.touched of the update that made node_writes) names, for a node that was
+    changed in place, the only chunks that can differ: only those are cut out of a big node, instead
+    of comparing all 16 chunks of the old and the new encoding. `built` (MerkleTree.built) names
+    the nodes the update created where the committed tree has none: they are not looked up."""
     out: Writes = {}
+    if touched is None:
+        touched = {}
     cut = len(NODE_PREFIX)
     empty = [b""] * N_CHUNKS
     for key, enc in node_writes.items():
         path = key[cut:]
-        before = old.get(key) or b""
+        before = b"" if key in built else old.get(key) or b""
         after = enc or b""
         before_chunked = len(before) > WHOLE_MAX
         if len(after) <= WHOLE_MAX:
@@ -141,6 +155,14 @@ def stored_node_writes(node_writes: Mapping[bytes, bytes | None], old: KVReader)
             continue
         if before and not before_chunked:
             out[key] = None
+        chunks = touched.get(key) if before_chunked else None
+        if chunks is not None:
+            idxs = after[0::ENTRY_LEN]
+            for c in chunks:
+                lo = bisect_left(idxs, c * CHUNK_SPAN) * ENTRY_LEN
+                hi = bisect_left(idxs, (c + 1) * CHUNK_SPAN, lo // ENTRY_LEN) * ENTRY_LEN
+                out[chunk_key(path, c)] = after[lo:hi] or None
+            continue
         old_parts = split_chunks(before) if before_chunked else empty
         new_parts = split_chunks(after)
         for c in range(N_CHUNKS):
@@ -170,12 +192,19 @@ class ChunkedNodes:
 
 
 class MerkleTree:
-    """Reads committed nodes from a KVReader and computes updated roots as Writes (never mutates)."""
+    """Reads committed nodes from a KVReader and computes updated roots as Writes (never mutates).
 
-    __slots__ = ("_get",)
+    After an update, `touched` maps each node that was changed in place (not built anew) to the
+    chunk numbers (child index // CHUNK_SPAN) of the children it changed: its only chunks that can
+    differ from the committed node; `built` holds the nodes it created at paths where the committed
+    tree has no node (under a leaf or an empty slot). Both are for stored_node_writes."""
+
+    __slots__ = ("_get", "built", "touched")
 
     def __init__(self, kv: KVReader) -> None:
         self._get = kv.get
+        self.touched: dict[bytes, set[int]] = {}
+        self.built: set[bytes] = set()
 
     def _load(self, path: bytes) -> bytes:
         enc = self._get(NODE_PREFIX + path)
@@ -199,6 +228,8 @@ class MerkleTree:
     def update_sorted(self, items: list[Change]) -> tuple[bytes, Writes]:
         """update() for changes already as a list of (key hash, value hash or None) sorted by key hash."""
         writes: Writes = {}
+        self.touched = {}
+        self.built = set()
         root = self._load(b"")
         if not items:
             return compute_node_hash(root), writes
@@ -219,12 +250,15 @@ class MerkleTree:
         n_idx = len(idxs)
         prefix = NODE_PREFIX + path
         get = self._get
+        touched = self.touched
+        chunks = touched.setdefault(prefix, set())
         parts: list[bytes] = []
         prev = 0
         i = lo
         while i < hi:
             kh, vh = items[i]
             c = kh[d]
+            chunks.add(c >> _CHUNK_SHIFT)
             j = i + 1
             while j < hi and items[j][0][d] == c:
                 j += 1
@@ -255,6 +289,7 @@ class MerkleTree:
                             ):  # the child's slot is this key's leaf: new value hash there
                                 new_enc = b"".join((old[: off2 + 34], vh, old[off2 + ENTRY_LEN :]))
                                 writes[key] = new_enc
+                                touched[key] = {c2 >> _CHUNK_SHIFT}
                                 parts.append(enc[prev : off + 2])
                                 parts.append(_sha256(_NODE_TAG + new_enc).digest())
                                 parts.append(_ZERO32)
@@ -294,23 +329,6 @@ class MerkleTree:
         old = self._get(key)
         if old is None:
             raise MerkleError(f"missing Merkle node at path {path.hex()}")
-        if hi - lo == 1:
-            # The common case at the bottom of a large tree: one existing leaf gets a new value.
-            kh, vh = items[lo]
-            c = kh[len(path)]
-            idxs = old[0::ENTRY_LEN]
-            p = bisect_left(idxs, c)
-            off = p * ENTRY_LEN
-            if (
-                vh is not None
-                and p < len(idxs)
-                and idxs[p] == c
-                and old[off + 1] == LEAF
-                and old[off + 2 : off + 34] == kh
-            ):
-                enc = old[: off + 34] + vh + old[off + ENTRY_LEN :]
-                writes[key] = enc
-                return _INTERNAL_TAG + _sha256(_NODE_TAG + enc).digest() + _ZERO32
         enc = self._update_node(path, old, items, lo, hi, writes)
         if not enc or (len(enc) == ENTRY_LEN and enc[1] == LEAF):
             # Fewer than two leaves left below: collapse into the parent's slot.
@@ -347,7 +365,9 @@ class MerkleTree:
                 parts.append(sub)
             i = j
         enc = b"".join(parts)
-        writes[NODE_PREFIX + path] = enc
+        key = NODE_PREFIX + path
+        writes[key] = enc
+        self.built.add(key)
         return internal_child(compute_node_hash(enc))
 
     def prove(self, key: bytes) -> ledger_api_pb2.MerkleProof:

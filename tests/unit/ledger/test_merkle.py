@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 
@@ -181,13 +182,23 @@ def test_deep_paths_split_and_collapse() -> None:
     assert root == root_without
 
 
+def _applied(kv: MemoryKV, writes: dict[bytes, bytes | None]) -> dict[bytes, bytes]:
+    copy = MemoryKV(dict(kv.items()))
+    copy.apply(writes)
+    return dict(copy.items())
+
+
 def _chunked_update(
     full: MemoryKV, chunked: MemoryKV, changes: dict[bytes, bytes | None]
 ) -> tuple[bytes, int, int]:
     """Apply changes to a tree stored whole (full) and the same tree stored as chunks; returns the
     root and the bytes each one wrote."""
-    root, node_writes = MerkleTree(full).update(changes)
-    chunk_writes = stored_node_writes(node_writes, ChunkedNodes(chunked))
+    tree = MerkleTree(full)
+    root, node_writes = tree.update(changes)
+    chunk_writes = stored_node_writes(node_writes, ChunkedNodes(chunked), tree.touched, tree.built)
+    # Without the update's `touched` and `built`, every node is read and every chunk of every changed node is compared: the same store.
+    compared = stored_node_writes(node_writes, ChunkedNodes(chunked))
+    assert _applied(chunked, chunk_writes) == _applied(chunked, compared)
     chunked_root, again = MerkleTree(ChunkedNodes(chunked)).update(changes)
     assert (chunked_root, again) == (root, node_writes)  # reading chunks gives the same tree
     full.apply(node_writes)
@@ -221,6 +232,33 @@ def test_nodes_stored_as_chunks_read_back_whole_and_only_changed_chunks_are_writ
     # Deleting everything deletes every chunk.
     _chunked_update(full, chunked, {key_hash(k): None for k in items})
     assert len(chunked) == 0 and MerkleTree(ChunkedNodes(chunked)).root_hash() == EMPTY_ROOT
+
+
+def test_only_the_chunks_an_update_touched_are_cut_and_they_store_the_same_tree() -> None:
+    """On a tree big enough that the nodes below the root are chunked too (more than 32 entries),
+    value changes, inserts and deletes write through MerkleTree.touched exactly what comparing all
+    16 chunks of each node would (_chunked_update checks), and write fewer chunks than that
+    comparison would re-cut."""
+    rng = random.Random(7)
+    full, chunked = MemoryKV(), MemoryKV()
+    present = keys(12_000)
+    _chunked_update(full, chunked, {key_hash(k): value_hash(k) for k in present})
+    depth1 = CHUNK_PREFIX + bytes([1])
+    assert any(k.startswith(depth1) for k, _ in chunked.items())  # chunked nodes below the root
+    for step in range(6):
+        picked = rng.sample(present, 70)
+        changed, gone = picked[:40], picked[40:]
+        new = keys(30, prefix=b"n%d-" % step)
+        changes: dict[bytes, bytes | None] = {key_hash(k): value_hash(b"%d" % step + k) for k in changed}
+        changes.update({key_hash(k): None for k in gone})
+        changes.update({key_hash(k): value_hash(k) for k in new})
+        tree = MerkleTree(full)
+        tree.update(changes)
+        touched_chunks = sum(len(c) for c in tree.touched.values())
+        assert 0 < touched_chunks < N_CHUNKS * len(tree.touched)
+        _chunked_update(full, chunked, changes)
+        present = [k for k in present if k not in set(gone)] + new
+    assert MerkleTree(ChunkedNodes(chunked)).root_hash() == MerkleTree(full).root_hash()
 
 
 def test_nodes_crossing_the_whole_size_limit_either_way_keep_one_stored_form() -> None:
