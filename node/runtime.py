@@ -211,6 +211,7 @@ class Node:
         self._executed: dict[bytes, BlockResult | None] = {}  # block id -> result (None = invalid)
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
+        self._timers: list[asyncio.TimerHandle] = []  # the current height's scheduled timeouts
         self._later: list[ProposalReceived | VoteReceived] = []  # peers' messages two heights on
         # (round, block id, block) of a proposal signed before a restart: proposed again as it was.
         self._restored_proposal: tuple[int, bytes, block_pb2.Block] | None = None
@@ -507,6 +508,9 @@ class Node:
         self._executed = {k: r for k, r in self._executed.items() if r is not None and r.height == height}
         self._blocks_by_id = {k: b for k, b in self._blocks_by_id.items() if b.header.height == height}
         self._own_messages.clear()
+        for timer in self._timers:  # the finished height's timeouts would only wake the loop
+            timer.cancel()
+        self._timers.clear()
         self._round_started = time.monotonic()
         if self._proposal_at is not None and self._proposal_at[0] != height:
             self._proposal_at = None
@@ -550,12 +554,14 @@ class Node:
         for action in actions:
             match action:
                 case Persist(sign_state=state, block=block):
-                    await self._persist(state, block)
+                    self._persist(state, block)
                 case Broadcast(message=message):
                     self._broadcast(message)
                 case ScheduleTimeout(height=h, round=r, step=step, delay_ms=delay):
                     loop = asyncio.get_running_loop()
-                    loop.call_later(delay / 1000, self._enqueue, TimeoutFired(h, r, step))
+                    self._timers.append(
+                        loop.call_later(delay / 1000, self._enqueue, TimeoutFired(h, r, step))
+                    )
                 case Decide(height=h, block_id=block_id, block=block, certificate=cert):
                     await self._commit(h, block_id, block, cert)
                 case RecordEvidence(evidence=evidence):
@@ -563,16 +569,18 @@ class Node:
                 case _:
                     log.debug("ignoring action %r", action)
 
-    async def _persist(self, state: SignState, block: object | None) -> None:
+    def _persist(self, state: SignState, block: object | None) -> None:
+        """Save the sign state before the message it guards leaves the node. On the event loop, not
+        the io thread: the message waits for the save either way, and the two thread hand-offs
+        cost more CPU than the save itself (at 100 tx/s: 9.2 -> 7.8 ms of CPU per height per
+        node, heights 22 -> 21 ms). The loop is blocked for the write and its fsyncs (~1 ms)."""
         if isinstance(block, block_pb2.Block):
             self._blocks_by_id[blocks.block_hash(block.header)] = block
         locked = self._blocks_by_id.get(state.locked_block_id) if state.locked_block_id else None
         valid = self._blocks_by_id.get(state.valid_block_id) if state.valid_block_id else None
         proposed = block if state.step == Step.PROPOSE and isinstance(block, block_pb2.Block) else None
         pb = wire.sign_state_to_pb(state)
-        await asyncio.get_running_loop().run_in_executor(
-            self._io,
-            self.sign_state.save,
+        self.sign_state.save(
             pb,
             locked.SerializeToString() if locked is not None else None,
             valid.SerializeToString() if valid is not None else None,
