@@ -461,6 +461,7 @@ class Node:
         await self.api.stop(0.5)
         await self.network.stop()
         self.wal.close()
+        self.sign_state.close()
         self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=True)

@@ -10,7 +10,7 @@ Names used by node/storage (other packages may add their own, prefixed with thei
     commit:after-batch        NodeStore.commit_block, the synced batch is written, nothing else done
     wal:before-fsync          WAL.append(sync=True) / WAL.sync(): frame written to the OS, not fsynced
     wal:before-rotate         WAL.end_height: the fresh file is synced but not yet renamed into place
-    signstate:before-rename   SignStateFile.save: temp file synced, not yet renamed over the old state
+    signstate:before-write    SignStateFile.save: the record is encoded, its slot not yet written
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ POINTS = frozenset(
         "commit:after-batch",
         "wal:before-fsync",
         "wal:before-rotate",
-        "signstate:before-rename",
+        "signstate:before-write",
     }
 )
 

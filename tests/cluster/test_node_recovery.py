@@ -148,7 +148,7 @@ CRASH_POINTS = [
     "commit:after-batch",
     "runtime:after-commit",
     "runtime:after-end-height",
-    "signstate:before-rename",
+    "signstate:before-write",
 ]
 
 

@@ -170,11 +170,11 @@ def test_wal_script_without_crash_point_completes(tmp_path: Path) -> None:
     wal.close()
 
 
-def test_signstate_crash_before_rename_keeps_the_old_state(tmp_path: Path) -> None:
+def test_signstate_crash_before_write_keeps_the_old_state(tmp_path: Path) -> None:
     path = tmp_path / "sign_state"
     old = wal_pb2.LastSigned(height=1, round=3, step=block_pb2.STEP_PRECOMMIT, block_id=b"b" * 32)
     SignStateFile.open(path).save(old, locked_block=b"old")
-    result = run_script(SIGN_SCRIPT, path, "signstate:before-rename")
+    result = run_script(SIGN_SCRIPT, path, "signstate:before-write")
     assert result.returncode == crash.EXIT_CODE, result.stderr
     state = SignStateFile.open(path).load_state()
     assert state is not None and (state.last_signed, state.locked_block) == (old, b"old")

@@ -1,10 +1,13 @@
-"""SignStateFile: atomic save/load with lock and valid blocks, corruption is an error (never "empty"),
-and the stored position never moves back or changes its block at the same (height, round, step)."""
+"""SignStateFile: save/load with lock and valid blocks through two alternating slots (a torn save
+leaves the previous state), corruption is an error (never "empty"), the single file of earlier
+versions still loads, and the stored position never moves back or changes its block at the same
+(height, round, step)."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from node.storage import (
     SignStateRegressionError,
     StorageError,
 )
-from node.storage.signstate import MAGIC, encode_sign_state
+from node.storage.signstate import MAGIC, decode_slot, encode_sign_state, encode_slot, slot_path
 
 
 def signed(height: int, round_: int, step: int, block_id: bytes = b"\xbb" * 32) -> wal_pb2.LastSigned:
@@ -74,10 +77,10 @@ def test_regressions_and_conflicts_are_refused_and_change_nothing(
     path = tmp_path / "s"
     f = SignStateFile.open(path)
     f.save(first, locked_block=b"L")
-    before = path.read_bytes()
+    before = _slots(path)
     with pytest.raises(SignStateRegressionError, match=match):
         f.save(second)
-    assert path.read_bytes() == before
+    assert _slots(path) == before
     assert SignStateFile.open(path).load_state() == SignState(first, b"L", None)
 
 
@@ -118,8 +121,10 @@ def test_corruption_after_open_is_seen_by_load(tmp_path: Path) -> None:
     path = tmp_path / "s"
     f = SignStateFile.open(path)
     f.save(signed(2, 0, PREVOTE))
-    path.write_bytes(b"\x00" * 10)
-    with pytest.raises(SignStateCorruptError):
+    f.save(signed(2, 0, PRECOMMIT))
+    for slot in (0, 1):
+        slot_path(path, slot).write_bytes(b"\x07" * 10)
+    with pytest.raises(SignStateCorruptError, match="not a Clearline sign-state slot"):
         f.load()
 
 
@@ -166,5 +171,90 @@ def test_a_proposal_block_is_kept_and_files_without_one_still_load(tmp_path: Pat
     assert SignStateFile.open(path).load_state() == SignState(signed(3, 1, PREVOTE), None, b"V", None)
     raw = signed(4, 0, PREVOTE).SerializeToString(deterministic=True)
     three_fields = b"\x01" + struct.pack(">I", len(raw)) + raw + b"\x01\x00\x00\x00\x01L" + b"\x00" * 5
-    path.write_bytes(_with_body(three_fields))
-    assert SignStateFile.open(path).load_state() == SignState(signed(4, 0, PREVOTE), b"L", None, None)
+    old = tmp_path / "old"
+    old.write_bytes(_with_body(three_fields))
+    assert SignStateFile.open(old).load_state() == SignState(signed(4, 0, PREVOTE), b"L", None, None)
+
+
+def _slots(path: Path) -> list[bytes | None]:
+    return [p.read_bytes() if p.exists() else None for p in (slot_path(path, 0), slot_path(path, 1))]
+
+
+def test_saves_alternate_between_two_slots_and_the_newest_loads(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    states = [signed(1, 0, PREVOTE), signed(1, 0, PRECOMMIT), signed(2, 0, PROPOSE), signed(2, 0, PREVOTE)]
+    for n, state in enumerate(states, start=1):
+        f.save(state, locked_block=b"L" * n)
+        slot = slot_path(path, n % 2)
+        assert decode_slot(slot.read_bytes(), str(slot)) == (n, SignState(state, b"L" * n, None, None))
+        assert SignStateFile.open(path).load_state() == SignState(state, b"L" * n, None, None)
+    assert not path.exists()  # no single file is written any more
+    # A shorter record over a longer one: the stale tail is ignored.
+    f.save(signed(2, 0, PRECOMMIT))
+    f.save(signed(3, 0, PREVOTE))
+    assert len(slot_path(path, 0).read_bytes()) > len(encode_slot(SignState(signed(3, 0, PREVOTE)), 6))
+    assert SignStateFile.open(path).load_state() == SignState(signed(3, 0, PREVOTE), None, None, None)
+    f.close()
+
+
+@pytest.mark.parametrize(
+    "tear",
+    [
+        lambda data: data[: len(data) // 2],  # the power went mid-write: a cut record
+        lambda data: data[:30] + bytes([data[30] ^ 0xFF]) + data[31:],  # a damaged byte
+        lambda data: b"\x00" * 3 + data[3:],  # a damaged header
+    ],
+)
+def test_a_torn_save_leaves_the_previous_state_and_the_next_save_repairs_it(
+    tmp_path: Path, tear: Callable[[bytes], bytes]
+) -> None:
+    """The newest slot fails its checks (as after a power loss during its write, whose save never
+    returned, so its signature never left): the other slot's state loads, and saving again goes
+    to the damaged slot with the same number."""
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    f.save(signed(4, 0, PREVOTE), valid_block=b"V")  # save 1: slot 1
+    f.save(signed(4, 0, PRECOMMIT), locked_block=b"L")  # save 2: slot 0
+    torn = slot_path(path, 0)
+    torn.write_bytes(tear(torn.read_bytes()))
+    g = SignStateFile.open(path)
+    assert g.load_state() == SignState(signed(4, 0, PREVOTE), None, b"V", None)
+    g.save(signed(4, 0, PRECOMMIT), locked_block=b"L2")
+    assert decode_slot(torn.read_bytes(), str(torn))[0] == 2
+    assert SignStateFile.open(path).load_state() == SignState(signed(4, 0, PRECOMMIT), b"L2", None, None)
+    f.close()
+    g.close()
+
+
+def test_damaged_slots_with_no_good_one_or_a_misplaced_record_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    f.save(signed(1, 0, PREVOTE))  # slot 1 only
+    f.close()
+    one = slot_path(path, 1)
+    good = one.read_bytes()
+    one.write_bytes(good[:-1])
+    with pytest.raises(SignStateCorruptError, match="cut short") as exc:
+        SignStateFile.open(path)  # the only slot is damaged: never "nothing signed"
+    assert exc.value.path == str(one)
+    one.unlink()
+    slot_path(path, 0).write_bytes(good)  # save number 1 in slot 0
+    with pytest.raises(SignStateCorruptError, match="does not belong in slot 0"):
+        SignStateFile.open(path)
+    slot_path(path, 0).write_bytes(b"")  # a slot created and never written counts as absent
+    assert SignStateFile.open(path).load() is None
+
+
+def test_the_single_file_of_earlier_versions_loads_and_the_first_save_replaces_it(tmp_path: Path) -> None:
+    path = tmp_path / "sign_state.bin"
+    path.write_bytes(encode_sign_state(SignState(signed(7, 1, PRECOMMIT), b"L", b"V")))
+    f = SignStateFile.open(path)
+    assert f.load_state() == SignState(signed(7, 1, PRECOMMIT), b"L", b"V", None)
+    with pytest.raises(SignStateRegressionError):
+        f.save(signed(7, 0, PREVOTE))  # the old file's position still guards
+    assert path.exists() and _slots(path) == [None, None]
+    f.save(signed(8, 0, PREVOTE))
+    assert not path.exists()
+    assert SignStateFile.open(path).load_state() == SignState(signed(8, 0, PREVOTE), None, None, None)
+    f.close()
