@@ -90,6 +90,11 @@ MAX_EVIDENCE_PER_BLOCK = 64
 SYNC_BATCH = 200
 # After a commit, tell peers the new height at most this often (the status loop also does, each second):
 # at tens of blocks per second a status per block per peer would be a fifth of all peer writes.
+# A decided block of at most this many transactions is written on the event loop (a few ms): the
+# hand-off to the io thread and back costs more than that when the loop is busy (the io thread
+# waits for the GIL; at 1000 tx/s decide -> persisted went from 7 to 3.4 ms). A bigger block is
+# written in the io thread while the loop goes on admitting transactions.
+INLINE_COMMIT_MAX_TXS = 256
 STATUS_MIN_INTERVAL_S = 0.2
 # The status loop's period (a status goes out only if none did for this long).
 STATUS_INTERVAL_S = 0.25
@@ -855,7 +860,10 @@ class Node:
         )
         crash_point("runtime:before-commit")
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self._io, self.store.commit_block, commit)
+        if len(block.body.txs) <= INLINE_COMMIT_MAX_TXS:
+            self.store.commit_block(commit)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.commit_block, commit)
         persist_s = time.perf_counter() - started
         crash_point("runtime:after-commit")
         self.ledger.commit(result)
