@@ -1178,7 +1178,8 @@ class Node:
     async def _status_loop(self) -> None:
         """Every STATUS_INTERVAL_S: tell peers our height (a peer that missed a decision learns it is
         behind and block-syncs), and when a height has made no progress for a second, re-send our
-        own messages of it (peers may have missed them)."""
+        own messages of it and relay the votes the core names (peers may have missed them, or lost
+        them in a restart)."""
         last_height = -1
         progress_at = time.monotonic()
         while True:
@@ -1192,6 +1193,9 @@ class Node:
                 progress_at = now
                 for msg in self._own_messages[-8:]:
                     self.network.broadcast(msg)
+                if self.core is not None and self.core.height == self.height + 1:
+                    for vote in self.core.relay_votes():
+                        self.network.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(vote)))
             self._maybe_sync()
             if self.metrics is not None:
                 self.metrics.on_status(self)

@@ -211,6 +211,24 @@ class Tendermint:
         """(validRound, id(validValue))."""
         return self._valid_round, self._valid_id
 
+    def relay_votes(self) -> list[Vote]:
+        """Votes of this height that peers may lack, for a runtime to send again when the height
+        stalls (votes are signed by their validators, so any node may relay them): the prevotes for
+        validValue in validRound, which a re-proposal of it needs as its proof of lock, and the
+        votes of the current round. A validator that restarted has lost its own earlier votes, and
+        a peer that missed one prevote of a proof of lock would otherwise refuse the re-proposal
+        for ever while the locked validators refuse everything else."""
+        out: list[Vote] = []
+        if self._valid_round != NO_ROUND and self._valid_id is not None:
+            pol = self._votes.rounds.get((self._valid_round, VoteType.PREVOTE))
+            if pol is not None:
+                out.extend(pol.votes_for(self._valid_id))
+        for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            current = self._votes.rounds.get((self._round, vote_type))
+            if current is not None:
+                out.extend(v for v in current.votes.values() if v not in out)
+        return out
+
     @property
     def last_signed(self) -> SignState | None:
         """The sign state last persisted (or restored)."""
