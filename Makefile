@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/clearline/v1/*.proto)
 GEN    := proto/clearline/v1/.generated
 PYTEST_ARGS ?=
 
-.PHONY: all install proto test test-all lint fmt run sim bench bench-ledger chaos clean
+.PHONY: all install proto test test-all lint fmt run sim bench bench-ledger bench-sync chaos clean
 
 all: test
 
@@ -67,6 +67,10 @@ bench-scaling: $(GEN)
 # Restart cost at heights 1,000 and 50,000 (a validator killed with -9, then restarted).
 bench-restart: $(GEN)
 	$(PY) -m cluster.restart_bench --heights 1000,50000
+
+# Block sync against the live commit rate on the same chain (built at --max for 20 s).
+bench-sync: $(GEN)
+	$(PY) -m cluster.sync_bench --validators 4 --duration 20 --max $(ARGS)
 
 # Ledger throughput and state-root cost; prints one JSON object.
 bench-ledger: $(GEN)

@@ -46,3 +46,29 @@ def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: P
     assert set(r["cpu_us_per_tx_by_thread"]) == set(threads)
     pids = [int((home / "nodes" / f"node{i}" / "node.pid").read_text()) for i in range(4)]
     assert not any(_alive(p) for p in pids)
+
+
+def test_sync_bench_times_a_wiped_validator_catching_up_on_the_chain_the_load_built(tmp_path: Path) -> None:
+    home = tmp_path / "net"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "cluster.sync_bench", "--validators", "4", "--duration", "3"),
+            *("--rate", "100", "--accounts", "40", "--home", str(home)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["chain_txs"] > 0 and r["chain_height"] > 0 and r["sync_seconds"] > 0
+    assert (
+        abs(r["sync_blocks_per_s"] - r["chain_height"] / r["sync_seconds"])
+        < 0.1 + 0.01 * r["sync_blocks_per_s"]
+    )
+    assert abs(r["ratio_tx"] - r["sync_tx_per_s"] / r["live_tx_per_s"]) < 0.01 + 0.01 * r["ratio_tx"]
+    # The wiped validator holds the whole chain again: its store was rebuilt by sync, not copied.
+    store = home / "nodes" / "node3" / "data" / "blockstore"
+    assert store.is_dir() and any(store.iterdir())
+    pids = [int((home / "nodes" / f"node{i}" / "node.pid").read_text()) for i in range(4)]
+    assert not any(_alive(p) for p in pids)
