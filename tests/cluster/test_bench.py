@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _alive(pid: int) -> bool:
@@ -18,19 +19,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: Path) -> None:
-    home = tmp_path / "net"
+def _run(module: str, home: Path, *extra: str) -> dict[str, Any]:
+    """Run a benchmark module for 3 s at 100 tx/s on 4 validators; its last stdout line (JSON)."""
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "cluster.bench", "--validators", "4", "--duration", "3"),
-            *("--rate", "100", "--accounts", "40", "--json", "--home", str(home)),
+            *(sys.executable, "-m", module, "--validators", "4", "--duration", "3"),
+            *("--rate", "100", "--accounts", "40", "--home", str(home), *extra),
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: Path) -> None:
+    home = tmp_path / "net"
+    r = _run("cluster.bench", home, "--json")
     assert r["validators"] == 4 and r["offered_tx_per_s"] == 100
     assert r["rejected"] == 0 and r["committed"] == r["submitted"] > 0
     assert 0 < r["committed_tx_per_s"] <= 150
@@ -50,17 +57,7 @@ def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: P
 
 def test_sync_bench_times_a_wiped_validator_catching_up_on_the_chain_the_load_built(tmp_path: Path) -> None:
     home = tmp_path / "net"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "cluster.sync_bench", "--validators", "4", "--duration", "3"),
-            *("--rate", "100", "--accounts", "40", "--home", str(home)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run("cluster.sync_bench", home)
     assert r["chain_txs"] > 0 and r["chain_height"] > 0 and r["sync_seconds"] > 0
     assert (
         abs(r["sync_blocks_per_s"] - r["chain_height"] / r["sync_seconds"])
