@@ -28,7 +28,7 @@ import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
 from cluster.client import builders
-from cluster.launcher import Launcher
+from cluster.launcher import Launcher, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from node import crypto, txs
@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile every node; print the CPU budget per tx")
     args = p.parse_args(argv)
+    stop_nodes_on_sigterm()
     result = run(args)
     if args.json:
         print(json.dumps(result))

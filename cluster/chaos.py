@@ -32,7 +32,7 @@ import grpc
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.checker import check
 from cluster.faults import Nemesis
-from cluster.launcher import Launcher
+from cluster.launcher import Launcher, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.workload import Workload, funded, workload_accounts
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--schedule-only", action="store_true", help="print the schedule for the seed and exit")
     args = p.parse_args(argv)
+    stop_nodes_on_sigterm()
     if args.schedule_only:
         names = [f"node{i}" for i in range(args.validators)]
         kinds = [k for k in args.faults.split(",") if k]

@@ -79,6 +79,16 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data[-lines:])
 
 
+def stop_nodes_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does (SystemExit, so `finally: stop_all()` runs): a
+    benchmark or chaos run that is terminated stops the nodes it started instead of leaving them."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 class Launcher:
     def __init__(
         self,

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
-from cluster.launcher import Launcher
+from cluster.launcher import Launcher, stop_nodes_on_sigterm
 from cluster.netgen import init_network
 from cluster.ports import free_base_port
 from node.config import ConsensusConfig
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", default="")
     p.add_argument("--repeats", type=int, default=5, help="restarts at each height (the kill lands anywhere)")
     args = p.parse_args(argv)
+    stop_nodes_on_sigterm()
     targets = [int(h) for h in args.heights.split(",")]
     consensus = dataclasses.replace(ConsensusConfig(), timeout_commit_ms=0, create_empty_blocks_interval_ms=0)
     results = []

@@ -25,7 +25,7 @@ import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.bench import _healthy, make_network, presign, run_load
-from cluster.launcher import Launcher
+from cluster.launcher import Launcher, stop_nodes_on_sigterm
 
 
 def _height(target: str) -> int:
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300, help="seconds the wiped validator may take")
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     args = p.parse_args(argv)
+    stop_nodes_on_sigterm()
     print(json.dumps(run(args)))
     return 0
 

@@ -3,6 +3,7 @@ JSON keeps the keys other tools read, with figures that agree with each other.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -69,3 +70,38 @@ def test_sync_bench_times_a_wiped_validator_catching_up_on_the_chain_the_load_bu
     assert store.is_dir() and any(store.iterdir())
     pids = [int((home / "nodes" / f"node{i}" / "node.pid").read_text()) for i in range(4)]
     assert not any(_alive(p) for p in pids)
+
+
+def test_a_terminated_benchmark_stops_the_nodes_it_started(tmp_path: Path) -> None:
+    """SIGTERM (what a CI timeout or `kill` sends) ends the run as Ctrl-C does: no node survives it."""
+    import signal
+    import time
+
+    home = tmp_path / "net"
+    bench = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "cluster.bench", "--validators", "4", "--duration", "60"),
+            *("--rate", "50", "--accounts", "40", "--json", "--home", str(home)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_files = [home / "nodes" / f"node{i}" / "node.pid" for i in range(4)]
+    try:
+        deadline = time.monotonic() + 90
+        while not all(p.exists() for p in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in pid_files]
+        assert all(_alive(p) for p in pids)
+        time.sleep(2)  # the load is running
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not any(_alive(p) for p in pids)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for pid_file in pid_files:  # even when the assertion failed: no node outlives the test
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
