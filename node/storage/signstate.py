@@ -50,6 +50,7 @@ from google.protobuf.message import DecodeError
 from clearline.v1 import wal_pb2
 from node.storage.crash import crash_point
 from node.storage.errors import SignStateCorruptError, SignStateRegressionError, StorageError
+from node.storage.wal import fsync_dir
 
 MAGIC = b"CLSIGN\x00\x00\x01"  # the single file of earlier versions
 SLOT_MAGIC = b"CLSIGN\x00\x00\x02"
@@ -246,7 +247,7 @@ class SignStateFile:
                 raise StorageError(self.slot_path(slot), f"short write: {written} of {len(record)} bytes", 0)
             os.fdatasync(fd)
             if created:
-                _fsync_dir(self._path.parent)  # the new slot file's name is durable too
+                fsync_dir(self._path.parent)  # the new slot file's name is durable too
         except OSError as exc:
             raise StorageError(self.slot_path(slot), f"cannot write the sign state: {exc}") from exc
         self._current, self._number = new_state, number
@@ -276,14 +277,6 @@ class SignStateFile:
 
 def slot_path(path: Path, slot: int) -> Path:
     return path.with_name(f"{path.name}.{slot}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_file(path: Path) -> bytes | None:

@@ -120,7 +120,8 @@ def decode_frames(data: bytes, path: str) -> tuple[list[wal_pb2.WalRecord], int]
     return records, offset
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory: a file created, renamed or removed in it is durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -186,7 +187,7 @@ class WAL:
                 os.write(fd, MAGIC)
                 os.fsync(fd)
                 if created:
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
                 good_end = len(MAGIC)
             elif good_end < len(data):
                 dropped, truncated_at = len(data) - good_end, good_end
@@ -274,7 +275,7 @@ class WAL:
         self._fd = new_fd
         self._size = len(content)
         if durable:
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
 
     def close(self) -> None:
         """Close the file (appended data stays in the OS; call sync() first for durability). Idempotent."""
