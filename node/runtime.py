@@ -103,6 +103,11 @@ MAX_LATER_EVENTS = 1000
 # A peer has committed the height this node is still working on for this long: fetch the block by
 # block sync (this node missed the proposal or the precommits; heights take tens of milliseconds).
 BEHIND_SYNC_S = 0.3
+# Transaction batches from peers are verified and admitted in the background, so a peer's votes and
+# proposals do not wait behind the signature checks of the transactions it sent just before them (at
+# 1000 tx/s that wait was most of a height). Beyond this many batches in flight, a peer's stream
+# waits for its admission (back-pressure: an honest peer never sends this fast).
+MAX_GOSSIP_ADMITS = 8
 # The WAL appends end-of-height markers up to this size, then starts a fresh file (bounded replay).
 WAL_ROTATE_BYTES = 4 << 20
 
@@ -217,6 +222,7 @@ class Node:
         self._blocks_by_id: dict[bytes, block_pb2.Block] = {}
         self._own_messages: list[peer_pb2.PeerMessage] = []
         self._timers: list[asyncio.TimerHandle] = []  # the current height's scheduled timeouts
+        self._gossip_admits: set[asyncio.Task[None]] = set()  # peers' tx batches being admitted
         self._later: list[ProposalReceived | VoteReceived] = []  # peers' messages two heights on
         # (round, block id, block) of a proposal signed before a restart: proposed again as it was.
         self._restored_proposal: tuple[int, bytes, block_pb2.Block] | None = None
@@ -458,9 +464,10 @@ class Node:
             gc.callbacks.remove(self._gc_watch)
         with contextlib.suppress(Exception):
             await self.api.set_serving(False)
-        for task in [*self._tasks, *self._side_tasks]:
+        tasks = [*self._tasks, *self._side_tasks, *self._gossip_admits]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._side_tasks]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.api.stop(0.5)
@@ -969,9 +976,13 @@ class Node:
             if len(msg.txs.txs) > 10 * self.cfg.p2p.tx_gossip_batch:
                 log.warning("peer %s sent an oversized tx batch (%d); dropped", peer, len(msg.txs.txs))
                 return
-            with contextlib.suppress(MempoolFull):
-                # Peers dry-ran these on admission; signatures, nonces and duplicates are checked here.
-                await self.mempool.admit(list(msg.txs.txs), gossip=False, dry_run=False)
+            admission = self._admit_gossip(list(msg.txs.txs))
+            if len(self._gossip_admits) >= MAX_GOSSIP_ADMITS:
+                await admission
+                return
+            task = asyncio.create_task(admission)
+            self._gossip_admits.add(task)
+            task.add_done_callback(self._gossip_admits.discard)
         elif kind == "evidence":
             problem = self._evidence_problem(msg.evidence)
             if problem is None:
@@ -1058,6 +1069,15 @@ class Node:
         if proposal.height == self.height + 1:
             self._note_proposal(proposal.height)
         self._enqueue(ProposalReceived(proposal))
+
+    async def _admit_gossip(self, raws: list[bytes]) -> None:
+        try:
+            # Peers dry-ran these on admission; signatures, nonces and duplicates are checked here.
+            await self.mempool.admit(raws, gossip=False, dry_run=False)
+        except MempoolFull:
+            pass
+        except Exception:  # a bad batch must never stop the node
+            log.exception("error admitting transactions from a peer")
 
     def _status_message(self) -> peer_pb2.PeerMessage:
         core = self.core
