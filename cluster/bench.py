@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,7 +301,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for node, path in zip(network.nodes, profiles, strict=True):
                     launcher.start(node.name, env={"CLEARLINE_PROFILE": str(path)})
             launcher.start_all()
-            launcher.wait_until(_healthy, timeout=90, what="committing")
+            # A warm network: every node connected to every peer and committing. Right after launch a
+            # peer may still be in its dial back-off (up to ~1.5 s), which is no steady state.
+            launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
             pids = {n.name: launcher.pid(n.name) for n in network.nodes}
             cpu0 = {k: _cpu_seconds(p) for k, p in pids.items() if p}
             threads0 = {k: _thread_cpu(p) for k, p in pids.items() if p}
@@ -339,10 +342,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _healthy(node: Any) -> bool:
-    with grpc.insecure_channel(node.api_target) as channel:
-        st = ledger_api_pb2_grpc.LedgerStub(channel).GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=1)
-    return bool(st.height >= 1)
+def _warm(validators: int) -> Callable[[Any], bool]:
+    def check(node: Any) -> bool:
+        with grpc.insecure_channel(node.api_target) as channel:
+            st = ledger_api_pb2_grpc.LedgerStub(channel).GetStatus(
+                ledger_api_pb2.GetStatusRequest(), timeout=1
+            )
+        return bool(st.height >= 2 and st.peers >= validators - 1)
+
+    return check
 
 
 def table(r: dict[str, Any]) -> str:

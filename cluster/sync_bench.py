@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
-from cluster.bench import _healthy, make_network, presign, run_load
+from cluster.bench import _warm, make_network, presign, run_load
 from cluster.launcher import Launcher, stop_nodes_on_sigterm
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         launcher = Launcher(network)
         try:
             launcher.start_all()
-            launcher.wait_until(_healthy, timeout=90, what="committing")
+            launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
             start_height = _height(network.nodes[0].api_target)
             live = asyncio.run(run_load(network, plan, rate, args.duration, False))
             tip = _height(network.nodes[0].api_target)

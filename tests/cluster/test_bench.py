@@ -9,7 +9,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+from cluster.bench import _warm
+from tests.unit.client.fake_ledger import FakeLedger, FakeServerThread
 
 
 def _alive(pid: int) -> bool:
@@ -105,3 +109,18 @@ def test_a_terminated_benchmark_stops_the_nodes_it_started(tmp_path: Path) -> No
             if pid_file.exists():
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_the_bench_starts_its_load_only_on_a_warm_network() -> None:
+    """Every node connected to all its peers and past height 1: a peer still in its dial back-off
+    right after launch is no steady state (it cost the first second of a run up to 1.4 s)."""
+    fake = FakeLedger(height=1, peers=3)
+    with FakeServerThread(fake) as server:
+        node = SimpleNamespace(api_target=server.target)
+        warm = _warm(4)
+        assert not warm(node)  # committing, not yet past height 1
+        fake.height, fake.peers = 5, 2
+        assert not warm(node)  # one peer missing
+        fake.peers = 3
+        assert warm(node)
+        assert not _warm(7)(node)  # seven validators: six peers each

@@ -36,6 +36,7 @@ class FakeLedger(ledger_api_pb2_grpc.LedgerServicer):  # type: ignore[misc]
 
     chain_id: str = CHAIN
     height: int = 3
+    peers: int = 0
     accounts: dict[bytes, state_pb2.Account] = field(default_factory=dict)
     proofs: dict[bytes, ledger_api_pb2.GetAccountResponse] = field(default_factory=dict)
     blocks: list[ledger_api_pb2.GetBlockResponse] = field(default_factory=list)
@@ -198,7 +199,9 @@ class FakeLedger(ledger_api_pb2_grpc.LedgerServicer):  # type: ignore[misc]
         self.seen_timeouts.append(context.time_remaining())
         if self.hang_s:
             await asyncio.sleep(self.hang_s)
-        return ledger_api_pb2.GetStatusResponse(chain_id=self.chain_id, height=self.height, name="fake")
+        return ledger_api_pb2.GetStatusResponse(
+            chain_id=self.chain_id, height=self.height, name="fake", peers=self.peers
+        )
 
     async def _linger(self) -> None:
         if self.keep_streams_open:
