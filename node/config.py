@@ -77,8 +77,11 @@ class P2PConfig:
     listen: str = "127.0.0.1:26600"
     peers: tuple[Peer, ...] = ()
     max_message_bytes: int = 16 * 1024 * 1024
+    # Redialing a peer that went away: back-off from min, doubling to max (also the gRPC channel's
+    # own reconnect back-off, whose defaults grow to 120 s). A restarted peer is reached again
+    # within about max: it can take part in consensus only once its peers redial it.
     reconnect_min_ms: int = 100
-    reconnect_max_ms: int = 5000
+    reconnect_max_ms: int = 1000
     # Validators other than this one whose messages outside the height window are dropped.
     height_window: int = 2
     tx_gossip_batch: int = 500
@@ -255,11 +258,14 @@ def _check(cfg: NodeConfig) -> None:
         "[consensus] max_block_txs": cfg.consensus.max_block_txs,
         "[consensus] max_block_bytes": cfg.consensus.max_block_bytes,
         "[p2p] max_message_bytes": cfg.p2p.max_message_bytes,
+        "[p2p] reconnect_min_ms": cfg.p2p.reconnect_min_ms,
         "[api] max_message_bytes": cfg.api.max_message_bytes,
     }
     for setting, number in positive.items():
         if number <= 0:
             raise ConfigError(f"{setting}: must be > 0")
+    if cfg.p2p.reconnect_max_ms < cfg.p2p.reconnect_min_ms:
+        raise ConfigError("[p2p] reconnect_max_ms: must be >= reconnect_min_ms")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log] level: {cfg.log.level!r} is not one of {sorted(_LOG_LEVELS)}")
     if cfg.byzantine not in BYZANTINE_MODES:

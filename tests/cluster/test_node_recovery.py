@@ -222,3 +222,28 @@ def test_a_proposer_killed_after_signing_sends_the_same_proposal_after_restart(m
     assert got.commit.round == round_
     assert got.block.header.proposer == bytes.fromhex(net.network.node(3).address)
     assert _no_evidence(net, 0, height + 2)
+
+
+def test_a_validator_back_after_a_long_outage_is_redialed_within_the_back_off_cap(make_network) -> None:
+    """node3 is dialed by all three others (the lower name dials). After a 20 s outage its peers
+    must reach it within about [p2p] reconnect_max_ms (1 s), not on gRPC's own channel back-off
+    (1 s growing 1.6x to 120 s), which left it alone for 15 s after such an outage."""
+    net = make_network(4)
+    net.launcher.kill("node3")
+    h = status(net.target(0)).height
+    time.sleep(20)
+    net.wait_height(h + 3, ["node0", "node1", "node2"], timeout=30)  # three of four go on meanwhile
+    net.launcher.start("node3")
+    deadline = time.monotonic() + 30
+    while True:  # node3 answers once it is up (its peers cannot know before)
+        try:
+            status(net.target(3), timeout=0.5)
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "node3 did not come back up"
+            time.sleep(0.05)
+    up = time.monotonic()
+    while min(status(net.target(i)).peers for i in range(4)) < 3:
+        assert time.monotonic() - up < 3.0, [status(net.target(i)).peers for i in range(4)]
+        time.sleep(0.05)
+    net.wait_height(status(net.target(0)).height + 2, ["node3"], timeout=30)

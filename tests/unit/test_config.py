@@ -30,6 +30,11 @@ def test_generated_config_round_trips(tmp_path: Path) -> None:
         (BASE + '[mempool]\nmax_txs = "many"\n', r"\[mempool\] max_txs: must be an integer"),
         (BASE + '[api]\nlisten = "nowhere"\n', r"\[api\] listen: 'nowhere' is not host:port"),
         (BASE + '[p2p]\npeers = ["127.0.0.1:5"]\n', r"\[p2p\] peers: '127.0.0.1:5' is not name@host:port"),
+        (BASE + "[p2p]\nreconnect_min_ms = 0\n", r"\[p2p\] reconnect_min_ms: must be > 0"),
+        (
+            BASE + "[p2p]\nreconnect_min_ms = 500\nreconnect_max_ms = 100\n",
+            r"\[p2p\] reconnect_max_ms: must be >= reconnect_min_ms",
+        ),
         (BASE + "[tls]\nenabled = 1\n", r"\[tls\] enabled: must be true or false"),
         (BASE + '[log]\nlevel = "loud"\n', r"\[log\] level: 'loud' is not one of"),
         (BASE + 'byzantine = "evil"\n', "byzantine: 'evil' is not one of"),
