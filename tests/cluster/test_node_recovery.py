@@ -10,8 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from clearline.v1 import ledger_api_pb2, receipt_pb2
+from clearline.v1 import ledger_api_pb2, receipt_pb2, state_pb2, tx_pb2
 from cluster.client import builders
+from node import runtime
 from tests.cluster.conftest import RunningNetwork, status
 from tests.cluster.helpers import block_hashes, get_block, key, setup_funded, signed, stub, submit, usd
 
@@ -247,3 +248,51 @@ def test_a_validator_back_after_a_long_outage_is_redialed_within_the_back_off_ca
         assert time.monotonic() - up < 3.0, [status(net.target(i)).peers for i in range(4)]
         time.sleep(0.05)
     net.wait_height(status(net.target(0)).height + 2, ["node3"], timeout=30)
+
+
+def _account(target: str, address: bytes) -> state_pb2.Account:
+    channel, s = stub(target)
+    with channel:
+        return s.GetAccount(ledger_api_pb2.GetAccountRequest(address=address), timeout=5).account
+
+
+def _usd_balance(account: state_pb2.Account, instrument: tx_pb2.InstrumentId) -> int:
+    return next((b.amount for b in account.balances if b.instrument == instrument), 0)
+
+
+def test_blocks_over_the_inline_limit_are_written_in_the_io_thread_and_survive_a_restart(
+    make_network,
+) -> None:
+    """A decided block of more than INLINE_COMMIT_MAX_TXS transactions is written by the io thread
+    while the event loop goes on: its transactions all commit, every node holds the same chain, and
+    a validator killed with -9 afterwards reads it back from LevelDB."""
+    net = make_network(4)
+    setup_funded(net.network, net.target(0), ["alice", "bob"])
+    alice, bob, dollars = key(net.network, "alice"), key(net.network, "bob"), usd(net.network)
+    nonce = _account(net.target(0), alice.address).nonce
+    bob_before = _usd_balance(_account(net.target(0), bob.address), dollars)
+    count = 3 * runtime.INLINE_COMMIT_MAX_TXS
+    raws = [
+        signed(net.network, alice, nonce + i, builders.transfer(dollars, bob.address, 1))
+        for i in range(count)
+    ]
+    channel, s = stub(net.target(0))
+    with channel:  # one batch: the next proposal takes them all (up to max_block_txs)
+        resp = s.SubmitTxs(
+            ledger_api_pb2.SubmitTxsRequest(txs=raws, wait=ledger_api_pb2.WAIT_FOR_NONE), timeout=30
+        )
+    assert all(r.accepted for r in resp.results), [r.message for r in resp.results if not r.accepted][:3]
+    deadline = time.monotonic() + 60
+    while _account(net.target(0), alice.address).nonce < nonce + count:
+        assert time.monotonic() < deadline, "the batch did not commit"
+        time.sleep(0.1)
+    top = status(net.target(0)).height
+    sizes = [len(get_block(net.target(0), h).block.body.txs) for h in range(1, top + 1)]
+    assert max(sizes) > runtime.INLINE_COMMIT_MAX_TXS, sizes[-10:]
+    net.launcher.kill("node1")
+    net.launcher.start("node1")
+    net.wait_height(top + 2, [f"node{i}" for i in range(4)], timeout=60)
+    hashes = [block_hashes(net.target(i), top) for i in range(4)]
+    assert all(h == hashes[0] for h in hashes)
+    for i in range(4):
+        assert _usd_balance(_account(net.target(i), bob.address), dollars) == bob_before + count

@@ -1,11 +1,15 @@
-"""Transaction batches from a peer are admitted in the background: the peer's stream goes on to its
+"""How the runtime treats peers' messages, on a Node with in-memory stand-ins for its network and core.
+
+Transaction batches from a peer are admitted in the background: the peer's stream goes on to its
 next message (a vote, a proposal) while the batch's signatures are checked; beyond
 MAX_GOSSIP_ADMITS batches in flight the stream waits (back-pressure); a failing admission is logged
-and never stops the stream."""
+and never stops the stream. A height that stalls relays the votes the core names.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,8 +17,9 @@ import pytest
 
 from clearline.v1 import peer_pb2
 from cluster.netgen import init_network
-from node import runtime
+from node import runtime, wire
 from node.config import load_config
+from node.consensus.types import Vote, VoteType
 from node.mempool import MempoolFull
 
 
@@ -114,3 +119,49 @@ async def test_an_oversized_batch_is_dropped_without_admission(node: runtime.Nod
     too_many = 10 * node.cfg.p2p.tx_gossip_batch + 1
     await node.on_peer_message("node1", peer_pb2.PeerMessage(txs=peer_pb2.TxBatch(txs=[b"x"] * too_many)))
     assert pool.started == [] and not node._gossip_admits
+
+
+class RecordingNetwork:
+    """In-memory stand-in for PeerNetwork: records what the node broadcasts."""
+
+    def __init__(self) -> None:
+        self.sent: list[peer_pb2.PeerMessage] = []
+
+    def broadcast(self, msg: peer_pb2.PeerMessage) -> None:
+        self.sent.append(msg)
+
+
+class StalledCore:
+    """The consensus core of a height that makes no progress, with votes for the runtime to relay."""
+
+    def __init__(self, height: int, votes: list[Vote]) -> None:
+        self.height = height
+        self.round = 3
+        self._votes = votes
+
+    def relay_votes(self) -> list[Vote]:
+        return list(self._votes)
+
+
+async def test_a_stalled_height_relays_the_votes_the_core_names(node: runtime.Node) -> None:
+    """Votes others signed are sent again when a height makes no progress for a second (a restarted
+    validator lost the prevotes a proof of lock needs); a height that progresses relays nothing."""
+    votes = [
+        Vote(VoteType.PREVOTE, 8, 1, b"\x07" * 32, b"\x01" * 20, b"s" * 64),
+        Vote(VoteType.PRECOMMIT, 8, 3, None, b"\x02" * 20, b"t" * 64),
+    ]
+    net = RecordingNetwork()
+    node.network = net  # type: ignore[assignment]
+    node.height = 7
+    node.core = StalledCore(8, votes)  # type: ignore[assignment]
+    loop = asyncio.create_task(node._status_loop())
+    try:
+        await asyncio.sleep(0.8)  # not yet stalled for a second: only status messages
+        assert {m.WhichOneof("msg") for m in net.sent} == {"status"}
+        await asyncio.sleep(0.8)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    relayed = [m.vote for m in net.sent if m.WhichOneof("msg") == "vote"]
+    assert relayed[: len(votes)] == [wire.vote_to_pb(v) for v in votes]
