@@ -124,6 +124,7 @@ class Mempool:
         self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx hash
         self._bytes = 0
         self._verified = _LRU(config.cache_size)
+        self._verifying: dict[bytes, asyncio.Future[VerifiedTx | TxRejected]] = {}  # tx hash -> result
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
         self.on_verified: Callable[[int, float], None] | None = None  # (signatures, seconds), for metrics
@@ -154,13 +155,23 @@ class Mempool:
     # --- admission --------------------------------------------------------------------------------
 
     async def verify_many(self, raws: Sequence[bytes]) -> list[VerifiedTx | TxRejected]:
-        """Decode and verify (in the thread pool, using the cache); no admission."""
+        """Decode and verify (in the thread pool, using the cache); no admission.
+
+        A transaction whose signatures another call is verifying right now (a proposal carrying
+        transactions of a gossip batch still in the pool) waits for that result instead of being
+        verified twice."""
         out: list[VerifiedTx | TxRejected | None] = [None] * len(raws)
         pending: list[tuple[int, DecodedTx]] = []
+        waits: list[tuple[int, asyncio.Future[VerifiedTx | TxRejected]]] = []
         for i, raw in enumerate(raws):
-            cached = self.verified(txs.tx_hash(raw))  # hash first: a known tx is not decoded again
+            tx_hash = txs.tx_hash(raw)
+            cached = self.verified(tx_hash)  # hash first: a known tx is not decoded again
             if cached is not None:
                 out[i] = cached
+                continue
+            in_flight = self._verifying.get(tx_hash)
+            if in_flight is not None:
+                waits.append((i, in_flight))
                 continue
             try:
                 decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes)
@@ -169,12 +180,32 @@ class Mempool:
                 continue
             pending.append((i, decoded))
         if pending:
-            items: list[tuple[bytes, bytes, bytes]] = []
-            for _, decoded in pending:
-                items.extend(decoded.sign_items())
-            started = time.perf_counter()
+            await self._verify_pending(pending, out)
+        for i, fut in waits:
+            try:
+                out[i] = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The call verifying it was cancelled (its peer went away): verify it here.
+                out[i] = (await self.verify_many([raws[i]]))[0]
+        return [o for o in out if o is not None]
+
+    async def _verify_pending(
+        self, pending: list[tuple[int, DecodedTx]], out: list[VerifiedTx | TxRejected | None]
+    ) -> None:
+        items: list[tuple[bytes, bytes, bytes]] = []
+        for _, decoded in pending:
+            items.extend(decoded.sign_items())
+        started = time.perf_counter()
+        mine: dict[bytes, asyncio.Future[VerifiedTx | TxRejected]] = {}
+        try:
             if self._executor is not None and len(items) >= VERIFY_OFFLOAD_MIN:
                 loop = asyncio.get_running_loop()
+                for _, decoded in pending:  # others asking meanwhile wait for these results
+                    if decoded.tx_hash not in self._verifying:
+                        mine[decoded.tx_hash] = self._verifying[decoded.tx_hash] = loop.create_future()
                 # Split over the pool's threads directly (never through the loop's default executor,
                 # which the runtime keeps free for persistence).
                 workers = max(1, getattr(self._executor, "_max_workers", 2))
@@ -205,14 +236,23 @@ class Mempool:
             pos = 0
             for i, decoded in pending:
                 n = len(decoded.public_keys)
+                outcome: VerifiedTx | TxRejected
                 try:
-                    vtx = txs.accept_verified(decoded, results[pos : pos + n])
-                    self._verified.put(vtx.tx_hash, vtx)
-                    out[i] = vtx
+                    outcome = txs.accept_verified(decoded, results[pos : pos + n])
+                    self._verified.put(outcome.tx_hash, outcome)
                 except TxRejected as exc:
-                    out[i] = exc
+                    outcome = exc
+                out[i] = outcome
+                fut = mine.get(decoded.tx_hash)
+                if fut is not None and not fut.done():
+                    fut.set_result(outcome)
                 pos += n
-        return [o for o in out if o is not None]
+        finally:
+            for tx_hash, fut in mine.items():
+                if self._verifying.get(tx_hash) is fut:
+                    del self._verifying[tx_hash]
+                if not fut.done():
+                    fut.cancel()  # waiters verify for themselves
 
     async def admit(
         self, raws: Sequence[bytes], *, gossip: bool = True, dry_run: bool = True

@@ -234,3 +234,88 @@ async def test_state_is_read_ahead_in_the_pool_while_signatures_verify() -> None
         results = await pool.admit(raws)
         assert [r.accepted for r in results].count(False) == 1 and results[3].reason == "BAD_SIGNATURE"
         assert len(seen) == 2 and absorbed == [("read", 8)]  # read, not kept
+
+
+class GatedVerify:
+    """Wraps crypto.verify_batch: counts the signatures checked; checks in the pool wait for open()."""
+
+    def __init__(self, real: object) -> None:
+        import threading
+
+        self.real = real
+        self.gate = threading.Event()
+        self.loop_thread = threading.get_ident()
+        self.checked = 0
+
+    def __call__(self, items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        import threading
+
+        if threading.get_ident() != self.loop_thread:
+            assert self.gate.wait(10)
+        self.checked += len(items)
+        return self.real(items)  # type: ignore[operator]
+
+
+def _pool_with(executor: ThreadPoolExecutor) -> Mempool:
+    ledger = FakeLedger()
+    return Mempool(
+        MempoolConfig(), CHAIN, check=ledger.check, committed_nonce=ledger.nonce,
+        ref_committed=lambda s, r: False, executor=executor,
+    )  # fmt: skip
+
+
+async def test_a_transaction_being_verified_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proposal carrying transactions of a gossip batch still in the pool waits for that batch's
+    result (the same outcome, forged ones rejected) instead of checking the signatures twice."""
+    import asyncio
+
+    from node import crypto
+
+    gated = GatedVerify(crypto.verify_batch)
+    monkeypatch.setattr(crypto, "verify_batch", gated)
+    keys = [SigningKey.generate() for _ in range(8)]
+    batch = [tx(k, 0) for k in keys]
+    forged = bytearray(batch[2])
+    forged[-1] ^= 1
+    batch[2] = bytes(forged)
+    newcomer = tx(SigningKey.generate(), 0)
+    with ThreadPoolExecutor(2) as executor:
+        pool = _pool_with(executor)
+        gossip = asyncio.create_task(pool.verify_many(batch))
+        await asyncio.sleep(0.05)  # the batch is in the pool, waiting at the gate
+        proposal = asyncio.create_task(pool.verify_many([batch[5], batch[2], newcomer, batch[0]]))
+        await asyncio.sleep(0.05)
+        assert not proposal.done() and gated.checked == 1  # only the newcomer (inline) so far
+        gated.gate.set()
+        first, second = await gossip, await proposal
+    assert gated.checked == 9  # eight in the batch, one newcomer: none twice
+    assert second[0] is first[5] and second[3] is first[0]
+    assert isinstance(second[1], txs.TxRejected) and second[1] is first[2]
+    assert isinstance(second[2], VerifiedTx) and second[2].raw == newcomer
+    assert not pool._verifying  # nothing left in flight
+
+
+async def test_waiters_verify_for_themselves_when_the_verifying_call_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from node import crypto
+
+    gated = GatedVerify(crypto.verify_batch)
+    monkeypatch.setattr(crypto, "verify_batch", gated)
+    batch = [tx(SigningKey.generate(), 0) for _ in range(6)]
+    with ThreadPoolExecutor(2) as executor:
+        pool = _pool_with(executor)
+        gossip = asyncio.create_task(pool.verify_many(batch))
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(pool.verify_many([batch[1]]))
+        await asyncio.sleep(0.05)
+        gossip.cancel()  # its peer went away
+        with pytest.raises(asyncio.CancelledError):
+            await gossip
+        gated.gate.set()
+        (result,) = await asyncio.wait_for(waiter, timeout=10)
+    assert isinstance(result, VerifiedTx) and result.raw == batch[1]
+    assert pool.verified(result.tx_hash) is not None
+    assert not pool._verifying
