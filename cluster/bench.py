@@ -29,7 +29,7 @@ import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
 from cluster.client import builders
-from cluster.launcher import Launcher, stop_nodes_on_sigterm
+from cluster.launcher import Launcher, node_status, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from node import crypto, txs
@@ -344,11 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _warm(validators: int) -> Callable[[Any], bool]:
     def check(node: Any) -> bool:
-        with grpc.insecure_channel(node.api_target) as channel:
-            st = ledger_api_pb2_grpc.LedgerStub(channel).GetStatus(
-                ledger_api_pb2.GetStatusRequest(), timeout=1
-            )
-        return bool(st.height >= 2 and st.peers >= validators - 1)
+        st = node_status(node.api_target)
+        return st is not None and st.height >= 2 and st.peers >= validators - 1
 
     return check
 

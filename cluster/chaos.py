@@ -27,12 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.checker import check
 from cluster.faults import Nemesis
-from cluster.launcher import Launcher, stop_nodes_on_sigterm
+from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.workload import Workload, funded, workload_accounts
@@ -101,25 +98,13 @@ def make_schedule(seed: int, duration: float, names: list[str], kinds: list[str]
     return episodes
 
 
-def _height(target: str) -> int | None:
-    try:
-        with grpc.insecure_channel(target) as channel:
-            return int(
-                ledger_api_pb2_grpc.LedgerStub(channel)
-                .GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=1)
-                .height
-            )
-    except grpc.RpcError:
-        return None
-
-
 def wait_recovery(network: Network, bound_s: float) -> float | None:
     """Seconds until every node has committed two blocks past the highest height seen now."""
     start = time.monotonic()
-    heights = [_height(n.api_target) for n in network.nodes]
+    heights = [node_height(n.api_target) for n in network.nodes]
     goal = max((h for h in heights if h is not None), default=0) + 2
     while time.monotonic() - start < bound_s:
-        if all((_height(n.api_target) or 0) >= goal for n in network.nodes):
+        if all((node_height(n.api_target) or 0) >= goal for n in network.nodes):
             return round(time.monotonic() - start, 2)
         time.sleep(0.2)
     return None
@@ -238,7 +223,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         try:
             launcher.start_all()
-            launcher.wait_until(lambda n: (_height(n.api_target) or 0) >= 1, timeout=90, what="committing")
+            launcher.wait_until(
+                lambda n: (node_height(n.api_target) or 0) >= 1, timeout=90, what="committing"
+            )
             log(f"chaos: seed {args.seed}, {len(schedule)} episodes over {args.duration:.0f}s, "
                 f"{args.validators} validators, faults {','.join(kinds)}")  # fmt: skip
             workload = Workload(network, accounts, seed=args.seed, history=history, think_s=0.05)

@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.netgen import Network, NodeInfo
 
 
@@ -259,3 +262,22 @@ class Launcher:
                 )
             if pending:
                 time.sleep(0.2)
+
+
+def node_status(target: str, timeout: float = 1.0) -> ledger_api_pb2.GetStatusResponse | None:
+    """GetStatus of the node whose client API is at target, or None if it does not answer."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = ledger_api_pb2_grpc.LedgerStub(channel)
+            status: ledger_api_pb2.GetStatusResponse = stub.GetStatus(
+                ledger_api_pb2.GetStatusRequest(), timeout=timeout
+            )
+            return status
+    except grpc.RpcError:
+        return None
+
+
+def node_height(target: str, timeout: float = 1.0) -> int | None:
+    """The last committed height of the node at target, or None if it does not answer."""
+    status = node_status(target, timeout)
+    return None if status is None else int(status.height)

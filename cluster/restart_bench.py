@@ -22,33 +22,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
-from cluster.launcher import Launcher, stop_nodes_on_sigterm
+from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import init_network
 from cluster.ports import free_base_port
 from node.config import ConsensusConfig
 
 
-def _height(target: str) -> int | None:
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = ledger_api_pb2_grpc.LedgerStub(channel)
-            return int(stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=0.5).height)
-    except grpc.RpcError:
-        return None
-
-
 def _kill_and_restart(launcher: Launcher, node: Any, target: int) -> dict[str, Any]:
     """kill -9 the node, start it, and time until it serves and until it commits a new block."""
-    at = _height(node.api_target) or 0
+    at = node_height(node.api_target, 0.5) or 0
     launcher.kill(node.name)
     t0 = time.monotonic()
     launcher.start(node.name)
     serving = None
     while True:
-        seen = _height(node.api_target)
+        seen = node_height(node.api_target, 0.5)
         now = time.monotonic() - t0
         if seen is not None and serving is None:
             serving = now
@@ -59,7 +47,7 @@ def _kill_and_restart(launcher: Launcher, node: Any, target: int) -> dict[str, A
         time.sleep(0.01)
     # Let it run on a little before the next kill.
     deadline = time.monotonic() + 10
-    while (_height(node.api_target) or 0) < at + 20 and time.monotonic() < deadline:
+    while (node_height(node.api_target, 0.5) or 0) < at + 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     return {
         "target": target,
@@ -90,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             launcher.start_all()
             started = time.monotonic()
             for target in targets:
-                while (_height(node.api_target) or 0) < target:
+                while (node_height(node.api_target, 0.5) or 0) < target:
                     time.sleep(0.5)
-                    h = _height(node.api_target) or 0
+                    h = node_height(node.api_target, 0.5) or 0
                     rate = h / max(1e-6, time.monotonic() - started)
                     print(f"\rheight {h} ({rate:.0f} blocks/s) -> {target}", end="", file=sys.stderr)
                 print(file=sys.stderr)

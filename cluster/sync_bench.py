@@ -21,20 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.bench import _warm, make_network, presign, run_load
-from cluster.launcher import Launcher, stop_nodes_on_sigterm
-
-
-def _height(target: str) -> int:
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = ledger_api_pb2_grpc.LedgerStub(channel)
-            return int(stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=1).height)
-    except grpc.RpcError:
-        return -1
+from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,9 +37,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             launcher.start_all()
             launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
-            start_height = _height(network.nodes[0].api_target)
+            start_height = node_height(network.nodes[0].api_target) or 0
             live = asyncio.run(run_load(network, plan, rate, args.duration, False))
-            tip = _height(network.nodes[0].api_target)
+            tip = node_height(network.nodes[0].api_target) or 0
             last = network.nodes[-1]
             launcher.stop(last.name)
             data = Path(last.home) / "data"
@@ -60,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             launcher.start(last.name)
             deadline = started + args.timeout
-            while _height(last.api_target) < tip:
+            while (node_height(last.api_target) or 0) < tip:
                 if time.perf_counter() > deadline:
                     raise SystemExit(f"sync bench: {last.name} did not reach height {tip} in {args.timeout}s")
                 time.sleep(0.05)

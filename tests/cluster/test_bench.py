@@ -13,6 +13,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from cluster.bench import _warm
+from cluster.launcher import node_height, node_status
+from cluster.ports import free_base_port
 from tests.unit.client.fake_ledger import FakeLedger, FakeServerThread
 
 
@@ -124,3 +126,8 @@ def test_the_bench_starts_its_load_only_on_a_warm_network() -> None:
         fake.peers = 3
         assert warm(node)
         assert not _warm(7)(node)  # seven validators: six peers each
+        assert node_height(server.target) == 5
+    # The probe the benchmarks and chaos share: a node that does not answer is None, not an error.
+    port = free_base_port(1)
+    assert node_status(f"127.0.0.1:{port}", timeout=0.5) is None
+    assert node_height(f"127.0.0.1:{port}", timeout=0.5) is None

@@ -297,7 +297,7 @@ async def test_stream_blocks_yields_from_the_height_and_cancels_on_break(
             break
     await stream.aclose()  # type: ignore[attr-defined]
     assert heights == [3, 4, 5]
-    for _ in range(50):  # the server sees the cancellation
+    for _ in range(500):  # the server sees the cancellation (up to 10 s: late under load)
         if ledger.streams_cancelled:
             break
         await asyncio.sleep(0.02)
