@@ -175,6 +175,11 @@ async def run_load(
     stubs = [ledger_api_pb2_grpc.LedgerStub(c) for c in channels]
     submitted_at: dict[bytes, float] = {}
     committed_at: dict[bytes, float] = {}
+    # Wall-clock times (the nodes run on this machine, so their clocks are ours): submission, and
+    # the proposal time in the header of the block that committed each transaction.
+    submitted_wall: dict[bytes, float] = {}
+    proposed_wall: dict[bytes, float] = {}
+    committed_wall: dict[bytes, float] = {}
     block_times: list[tuple[float, int]] = []
     rejected = 0
     start_height = (await stubs[0].GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=5)).height
@@ -182,11 +187,14 @@ async def run_load(
     async def watch() -> None:
         stream = stubs[0].StreamBlocks(ledger_api_pb2.StreamBlocksRequest(from_height=start_height + 1))
         async for block in stream:
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
+            proposed = block.block.header.time_ms / 1000
             n = 0
             for r in block.receipts:
                 if r.tx_hash in submitted_at:
                     committed_at[r.tx_hash] = now
+                    proposed_wall[r.tx_hash] = proposed
+                    committed_wall[r.tx_hash] = wall
                     n += 1
             block_times.append((now, len(block.receipts)))
 
@@ -202,9 +210,10 @@ async def run_load(
 
     async def send(i: int) -> None:
         nonlocal rejected
-        now = time.perf_counter()
+        now, wall = time.perf_counter(), time.time()
         for h in hashes[i]:
             submitted_at[h] = now
+            submitted_wall[h] = wall
         try:
             resp = await stubs[i % len(stubs)].SubmitTxs(
                 ledger_api_pb2.SubmitTxsRequest(txs=batches[i], wait=ledger_api_pb2.WAIT_FOR_NONE), timeout=30
@@ -262,6 +271,10 @@ async def run_load(
     else:
         span = duration
     latencies = [(committed_at[h] - submitted_at[h]) * 1000 for h in committed_at]
+    # Where the latency goes: waiting to be proposed (admission, gossip to the proposer, the next
+    # proposal) and from the proposal to the commit this client sees (execution, votes, commit).
+    to_proposal = [(proposed_wall[h] - submitted_wall[h]) * 1000 for h in committed_at]
+    to_commit = [(committed_wall[h] - proposed_wall[h]) * 1000 for h in committed_at]
     blocks_in = [b for b in block_times if b[1] > 0]
     block_span = (blocks_in[-1][0] - blocks_in[0][0]) if len(blocks_in) > 1 else span
     return {
@@ -274,6 +287,10 @@ async def run_load(
             "p95": round(_pct(latencies, 95), 1),
             "p99": round(_pct(latencies, 99), 1),
             "mean": round(statistics.fmean(latencies), 1) if latencies else 0.0,
+        },
+        "latency_split_ms": {
+            name: {f"p{q}": round(_pct(values, q), 1) for q in (50, 95, 99)}
+            for name, values in (("submit_to_proposal", to_proposal), ("proposal_to_commit", to_commit))
         },
         "blocks": len(blocks_in),
         "blocks_per_s": round(len(blocks_in) / max(block_span, 1e-6), 2),
@@ -358,6 +375,10 @@ def table(r: dict[str, Any]) -> str:
         ("committed tx/s", r["committed_tx_per_s"]),
         ("committed / submitted", f"{r['committed']} / {r['submitted']} (rejected {r['rejected']})"),
         ("latency p50/p95/p99 ms", f"{lat['p50']} / {lat['p95']} / {lat['p99']}"),
+        *(
+            (f"  {name.replace('_', ' ')}", f"{v['p50']} / {v['p95']} / {v['p99']}")
+            for name, v in r.get("latency_split_ms", {}).items()
+        ),
         ("blocks/s", r["blocks_per_s"]),
         ("tx/block", r["tx_per_block"]),
         ("verify/s (1 core)", r["verify_per_s_one_core"]),

@@ -50,6 +50,13 @@ def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: P
     assert 0 < r["committed_tx_per_s"] <= 150
     lat = r["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    # The split: waiting to be proposed, then proposal to commit; each part is within the whole
+    # (clocks agree on one machine; the block time is taken to the millisecond, hence the slack).
+    split = r["latency_split_ms"]
+    assert set(split) == {"submit_to_proposal", "proposal_to_commit"}
+    for part in split.values():
+        assert -2 <= part["p50"] <= part["p95"] <= part["p99"] <= lat["p99"] + 2
+    assert split["submit_to_proposal"]["p50"] + split["proposal_to_commit"]["p50"] > 0.5 * lat["p50"]
     assert r["blocks"] > 0 and r["tx_per_block"] > 0
     assert abs(r["verify_ceiling_tx_per_s"] - r["verify_per_s_one_core"] * r["cores"] / 4) <= 1
     assert abs(r["efficiency"] - r["committed_tx_per_s"] / r["verify_ceiling_tx_per_s"]) < 0.002
