@@ -175,11 +175,10 @@ async def run_load(
     stubs = [ledger_api_pb2_grpc.LedgerStub(c) for c in channels]
     submitted_at: dict[bytes, float] = {}
     committed_at: dict[bytes, float] = {}
-    # Wall-clock times (the nodes run on this machine, so their clocks are ours): submission, and
-    # the proposal time in the header of the block that committed each transaction.
-    submitted_wall: dict[bytes, float] = {}
-    proposed_wall: dict[bytes, float] = {}
-    committed_wall: dict[bytes, float] = {}
+    # The proposal time in the header of the block that committed each transaction, on this
+    # client's perf_counter scale (the nodes run on this machine, so their wall clock is ours).
+    proposed_at: dict[bytes, float] = {}
+    wall_offset = time.time() - time.perf_counter()
     block_times: list[tuple[float, int]] = []
     rejected = 0
     start_height = (await stubs[0].GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=5)).height
@@ -187,14 +186,13 @@ async def run_load(
     async def watch() -> None:
         stream = stubs[0].StreamBlocks(ledger_api_pb2.StreamBlocksRequest(from_height=start_height + 1))
         async for block in stream:
-            now, wall = time.perf_counter(), time.time()
-            proposed = block.block.header.time_ms / 1000
+            now = time.perf_counter()
+            proposed = block.block.header.time_ms / 1000 - wall_offset
             n = 0
             for r in block.receipts:
                 if r.tx_hash in submitted_at:
                     committed_at[r.tx_hash] = now
-                    proposed_wall[r.tx_hash] = proposed
-                    committed_wall[r.tx_hash] = wall
+                    proposed_at[r.tx_hash] = proposed
                     n += 1
             block_times.append((now, len(block.receipts)))
 
@@ -210,10 +208,9 @@ async def run_load(
 
     async def send(i: int) -> None:
         nonlocal rejected
-        now, wall = time.perf_counter(), time.time()
+        now = time.perf_counter()
         for h in hashes[i]:
             submitted_at[h] = now
-            submitted_wall[h] = wall
         try:
             resp = await stubs[i % len(stubs)].SubmitTxs(
                 ledger_api_pb2.SubmitTxsRequest(txs=batches[i], wait=ledger_api_pb2.WAIT_FOR_NONE), timeout=30
@@ -273,8 +270,8 @@ async def run_load(
     latencies = [(committed_at[h] - submitted_at[h]) * 1000 for h in committed_at]
     # Where the latency goes: waiting to be proposed (admission, gossip to the proposer, the next
     # proposal) and from the proposal to the commit this client sees (execution, votes, commit).
-    to_proposal = [(proposed_wall[h] - submitted_wall[h]) * 1000 for h in committed_at]
-    to_commit = [(committed_wall[h] - proposed_wall[h]) * 1000 for h in committed_at]
+    to_proposal = [(proposed_at[h] - submitted_at[h]) * 1000 for h in committed_at]
+    to_commit = [(committed_at[h] - proposed_at[h]) * 1000 for h in committed_at]
     blocks_in = [b for b in block_times if b[1] > 0]
     block_span = (blocks_in[-1][0] - blocks_in[0][0]) if len(blocks_in) > 1 else span
     return {
