@@ -1,12 +1,14 @@
 """`clearline bench`: start a fresh network, drive signed transfers at it, report what committed.
 
-    clearline bench [--validators 4] [--duration 30] [--rate R | --max] [--json]
+    clearline bench [--validators 4] [--duration 30] [--rate R | --max] [--json] [--profile]
 
 Transactions are signed before the timed window (every one a real Ed25519-signed transfer between
 KYC-approved accounts funded at genesis), then submitted open-loop in batches (SubmitTxs) to all
 nodes. Commit times come from one node's block stream; submit->commit latency is measured per
 transaction. In the same run the Ed25519 verification rate of one core is measured, giving the
-ceiling (rate x cores / validators) and the efficiency (committed rate / ceiling).
+ceiling (rate x cores / validators) and the efficiency (committed rate / ceiling). --profile also
+samples every node with py-spy and splits the measured CPU per transaction by category
+(cluster/profiling.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cluster.client import builders
 from cluster.launcher import Launcher, node_status, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
+from cluster.profiling import ProfileError, Sampler, budget
 from node import crypto, txs
 from node.config import ConsensusConfig
 from node.threadname import thread_names
@@ -94,50 +97,6 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
             )
             raws.append(txs.sign_tx(body, [key]))
     return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws])
-
-
-CATEGORIES = (
-    ("idle (waiting in epoll)", ("<method 'poll' of 'select.epoll'",)),
-    ("merkle", ("node/ledger/merkle",)),
-    ("execute", ("node/ledger/",)),
-    ("storage", ("node/storage/", "plyvel")),
-    ("consensus", ("node/consensus/", "node/wire", "node/blocks")),
-    ("mempool", ("node/mempool",)),
-    ("decode", ("node/txs", "google/protobuf", "<method 'ParseFromString'", "<method 'FromString'")),
-    ("verify", ("nacl/", "node/crypto")),
-    ("gossip/network", ("node/network/", "grpc/", "cygrpc", "<method 'SerializeToString'")),
-    ("runtime", ("node/runtime", "node/mempool")),
-    ("asyncio/other", ("",)),
-)
-
-
-def profile_budget(paths: list[Path], committed: int) -> dict[str, float]:
-    """Per committed transaction, microseconds of main-thread CPU per node by category (self time).
-
-    Signature verification runs in the node's thread pool, outside cProfile's view: it is reported
-    from the measured one-core verification rate instead ("verify (thread pool)")."""
-    import pstats
-
-    totals: dict[str, float] = {}
-    nodes = 0
-    for path in paths:
-        if not path.exists():
-            continue
-        nodes += 1
-        stats = pstats.Stats(str(path))
-        for (filename, _line, func), row in stats.stats.items():  # type: ignore[attr-defined]
-            tottime = row[2]
-            where = f"{filename}:{func}"
-            for name, patterns in CATEGORIES:
-                if any(p in where for p in patterns):
-                    totals[name] = totals.get(name, 0.0) + tottime
-                    break
-    if not nodes or not committed:
-        return {}
-    busy = {k: v for k, v in totals.items() if not k.startswith("idle")}
-    out = {k: round(v / nodes / committed * 1e6, 1) for k, v in sorted(busy.items(), key=lambda kv: -kv[1])}
-    out["total (main thread, profiled)"] = round(sum(busy.values()) / nodes / committed * 1e6, 1)
-    return out
 
 
 def _cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -309,16 +268,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         network = make_network(home, args.validators, args.accounts, args.timeout_commit_ms)
         plan = presign(network, args.accounts, total)
         launcher = Launcher(network)
-        profiles = [Path(n.home) / "profile.out" for n in network.nodes]
+        sampler: Sampler | None = None
+        samples: dict[str, Any] = {}
         try:
-            if args.profile:
-                for node, path in zip(network.nodes, profiles, strict=True):
-                    launcher.start(node.name, env={"CLEARLINE_PROFILE": str(path)})
             launcher.start_all()
             # A warm network: every node connected to every peer and committing. Right after launch a
             # peer may still be in its dial back-off (up to ~1.5 s), which is no steady state.
             launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
             pids = {n.name: launcher.pid(n.name) for n in network.nodes}
+            if args.profile:
+                sampler = Sampler({k: p for k, p in pids.items() if p}, home / "profiles", args.duration)
+                sampler.check()
+                sampler.start()
             cpu0 = {k: _cpu_seconds(p) for k, p in pids.items() if p}
             threads0 = {k: _thread_cpu(p) for k, p in pids.items() if p}
             t0 = time.perf_counter()
@@ -332,12 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         used = (seconds - threads0[k].get(kind, 0.0)) / elapsed / len(pids)
                         by_thread[kind] = by_thread.get(kind, 0.0) + used
             thread_cpu = {k: round(by_thread.get(k, 0.0), 3) for k in ("main", "verify", "io", "other")}
+            if sampler is not None:
+                samples = sampler.finish()
         finally:
+            if sampler is not None:
+                sampler.stop()
             launcher.stop_all()
-        if args.profile:
-            budget = profile_budget(profiles, result["committed"])
-            budget["verify (thread pool)"] = round(1e6 / verify_rate, 1)
-            result["cpu_us_per_tx"] = budget
     result.update(
         validators=args.validators,
         offered_tx_per_s=offered_rate if offered_rate is not None else "max",
@@ -353,6 +314,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rate = result["committed_tx_per_s"]
         # CPU per committed transaction per node, by thread (fixed per-height costs included).
         result["cpu_us_per_tx_by_thread"] = {k: round(v / rate * 1e6, 1) for k, v in thread_cpu.items()}
+        if samples and sampler is not None:
+            # The same per-thread CPU, split by what the sampled threads were doing.
+            per_sample = 1e6 / (sampler.rate * sampler.seconds * len(samples) * rate)
+            result["cpu_us_per_tx"] = budget(samples.values(), result["cpu_us_per_tx_by_thread"], per_sample)
     return result
 
 
@@ -409,10 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", action="store_true", help="profile every node; print the CPU budget per tx")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every node with py-spy; print the CPU budget per tx by category (needs ptrace rights)",
+    )
     args = p.parse_args(argv)
     stop_nodes_on_sigterm()
-    result = run(args)
+    try:
+        result = run(args)
+    except ProfileError as exc:
+        print(f"clearline bench: --profile: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     else:

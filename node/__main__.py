@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -36,13 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     from node.storage import StorageError
 
     tune_gc()
-    profile_path = os.environ.get("CLEARLINE_PROFILE")
-    profiler = None
-    if profile_path:  # `clearline bench --profile`: where the node's time goes
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
     try:
         asyncio.run(Node(cfg, byzantine=args.byzantine).run())
     except ByzantineRefused as exc:
@@ -53,10 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    finally:
-        if profiler is not None and profile_path:
-            profiler.disable()
-            profiler.dump_stats(profile_path)
     return 0
 
 

@@ -69,6 +69,37 @@ def test_bench_reports_consistent_figures_and_leaves_no_node_running(tmp_path: P
     assert not any(_alive(p) for p in pids)
 
 
+def _processes_naming(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains text."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_bench_profile_splits_the_measured_cpu_per_tx_by_category(tmp_path: Path) -> None:
+    """--profile: py-spy samples every node; the budget covers the categories the issue names and adds
+    up to the CPU per transaction measured from /proc; no sampler outlives the run."""
+    home = tmp_path / "net"
+    r = _run("cluster.bench", home, "--json", "--profile")
+    assert r["committed"] == r["submitted"] > 0
+    cpu = r["cpu_us_per_tx"]
+    assert list(cpu)[-1] == "total"
+    assert abs(cpu["total"] - sum(r["cpu_us_per_tx_by_thread"].values())) < 1.0
+    assert abs(cpu["total"] - sum(v for k, v in cpu.items() if k != "total")) < 1.0
+    assert all(v > 0 for v in cpu.values())
+    # Every node was sampled while it worked: signatures, execution, consensus and the network show.
+    for name in ("verify", "execute", "consensus", "network", "mempool"):
+        assert name in cpu, cpu
+    raws = sorted((home / "profiles").glob("node*.raw"))
+    assert [p.name for p in raws] == [f"node{i}.raw" for i in range(4)]
+    assert all("MainThread" in p.read_text() for p in raws)
+    assert _processes_naming(str(home)) == []
+
+
 def test_sync_bench_times_a_wiped_validator_catching_up_on_the_chain_the_load_built(tmp_path: Path) -> None:
     home = tmp_path / "net"
     r = _run("cluster.sync_bench", home)
