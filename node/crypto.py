@@ -13,6 +13,7 @@ Key files are JSON, written atomically with mode 0600; loading a missing or malf
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -67,20 +68,37 @@ def sha256(data: bytes) -> Hash:
     return Hash(hashlib.sha256(data).digest())
 
 
+# address_of is asked for every signature of every transaction admitted, and the same accounts sign
+# again and again: a bounded memo (emptied when full) saves a hash per transaction.
+_ADDRESSES: dict[bytes, Address] = {}
+_ADDRESSES_MAX = 100_000
+
+
 def address_of(public_key: bytes) -> Address:
     """The account or validator address of an Ed25519 public key: the first 20 bytes of its hash."""
+    address = _ADDRESSES.get(public_key)
+    if address is not None:
+        return address
     if len(public_key) != PUBLIC_KEY_LEN:
         raise CryptoError(f"public key must be {PUBLIC_KEY_LEN} bytes, got {len(public_key)}")
-    return Address(hashlib.sha256(public_key).digest()[:ADDRESS_LEN])
+    if len(_ADDRESSES) >= _ADDRESSES_MAX:
+        _ADDRESSES.clear()
+    address = _ADDRESSES[bytes(public_key)] = Address(hashlib.sha256(public_key).digest()[:ADDRESS_LEN])
+    return address
 
 
 def _length_prefixed(data: bytes) -> bytes:
     return struct.pack(">H", len(data)) + data
 
 
+@functools.lru_cache(maxsize=64)
+def _sign_prefix(domain: Domain, chain_id: str) -> bytes:
+    return _PREFIX + _length_prefixed(domain.value) + _length_prefixed(chain_id.encode())
+
+
 def sign_bytes(domain: Domain, chain_id: str, payload: bytes) -> bytes:
     """The canonical bytes that are signed: prefix, domain, chain id, then the payload."""
-    return _PREFIX + _length_prefixed(domain.value) + _length_prefixed(chain_id.encode()) + payload
+    return _sign_prefix(domain, chain_id) + payload
 
 
 def vote_payload(vote_type: int, height: int, round_: int, block_id: bytes) -> bytes:

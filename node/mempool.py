@@ -124,7 +124,8 @@ class Mempool:
         self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx hash
         self._bytes = 0
         self._verified = _LRU(config.cache_size)
-        self._verifying: dict[bytes, asyncio.Future[VerifiedTx | TxRejected]] = {}  # tx hash -> result
+        # tx hash -> the future of the batch verifying it right now, whose result maps hash -> outcome
+        self._verifying: dict[bytes, asyncio.Future[dict[bytes, VerifiedTx | TxRejected]]] = {}
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
         self.on_verified: Callable[[int, float], None] | None = None  # (signatures, seconds), for metrics
@@ -162,28 +163,32 @@ class Mempool:
         verified twice."""
         out: list[VerifiedTx | TxRejected | None] = [None] * len(raws)
         pending: list[tuple[int, DecodedTx]] = []
-        waits: list[tuple[int, asyncio.Future[VerifiedTx | TxRejected]]] = []
+        waits: list[tuple[int, bytes, asyncio.Future[dict[bytes, VerifiedTx | TxRejected]]]] = []
+        entries, recent, verifying = self._entries, self._verified, self._verifying
         for i, raw in enumerate(raws):
             tx_hash = txs.tx_hash(raw)
-            cached = self.verified(tx_hash)  # hash first: a known tx is not decoded again
+            # Hash first: a known tx is not decoded again (what verified() does, inlined: this loop
+            # runs for every transaction of every gossip batch and proposal).
+            entry = entries.get(tx_hash)
+            cached = entry.tx if entry is not None else recent.get(tx_hash)
             if cached is not None:
                 out[i] = cached
                 continue
-            in_flight = self._verifying.get(tx_hash)
+            in_flight = verifying.get(tx_hash)
             if in_flight is not None:
-                waits.append((i, in_flight))
+                waits.append((i, tx_hash, in_flight))
                 continue
             try:
-                decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes)
+                decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes, tx_hash)
             except TxRejected as exc:
                 out[i] = exc
                 continue
             pending.append((i, decoded))
         if pending:
             await self._verify_pending(pending, out)
-        for i, fut in waits:
+        for i, waited, fut in waits:
             try:
-                out[i] = await asyncio.shield(fut)
+                out[i] = (await asyncio.shield(fut))[waited]
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -199,13 +204,18 @@ class Mempool:
         for _, decoded in pending:
             items.extend(decoded.sign_items())
         started = time.perf_counter()
-        mine: dict[bytes, asyncio.Future[VerifiedTx | TxRejected]] = {}
+        # One future for the batch (one per transaction cost a tenth of admission's own CPU at --max).
+        batch: asyncio.Future[dict[bytes, VerifiedTx | TxRejected]] | None = None
+        mine: list[bytes] = []
         try:
             if self._executor is not None and len(items) >= VERIFY_OFFLOAD_MIN:
                 loop = asyncio.get_running_loop()
+                batch = loop.create_future()
+                verifying = self._verifying
                 for _, decoded in pending:  # others asking meanwhile wait for these results
-                    if decoded.tx_hash not in self._verifying:
-                        mine[decoded.tx_hash] = self._verifying[decoded.tx_hash] = loop.create_future()
+                    if decoded.tx_hash not in verifying:
+                        verifying[decoded.tx_hash] = batch
+                        mine.append(decoded.tx_hash)
                 # Split over the pool's threads directly (never through the loop's default executor,
                 # which the runtime keeps free for persistence).
                 workers = max(1, getattr(self._executor, "_max_workers", 2))
@@ -234,6 +244,7 @@ class Mempool:
             if self.on_verified is not None:
                 self.on_verified(len(items), time.perf_counter() - started)
             pos = 0
+            outcomes: dict[bytes, VerifiedTx | TxRejected] = {}
             for i, decoded in pending:
                 n = len(decoded.public_keys)
                 outcome: VerifiedTx | TxRejected
@@ -243,16 +254,18 @@ class Mempool:
                 except TxRejected as exc:
                     outcome = exc
                 out[i] = outcome
-                fut = mine.get(decoded.tx_hash)
-                if fut is not None and not fut.done():
-                    fut.set_result(outcome)
+                outcomes[decoded.tx_hash] = outcome
                 pos += n
+            if batch is not None and not batch.done():
+                batch.set_result(outcomes)
         finally:
-            for tx_hash, fut in mine.items():
-                if self._verifying.get(tx_hash) is fut:
-                    del self._verifying[tx_hash]
-                if not fut.done():
-                    fut.cancel()  # waiters verify for themselves
+            if batch is not None:
+                verifying = self._verifying
+                for tx_hash in mine:
+                    if verifying.get(tx_hash) is batch:
+                        del verifying[tx_hash]
+                if not batch.done():
+                    batch.cancel()  # waiters verify for themselves
 
     async def admit(
         self, raws: Sequence[bytes], *, gossip: bool = True, dry_run: bool = True
@@ -296,53 +309,55 @@ class Mempool:
         if vtx.tx_hash in self._entries:
             return Admitted(vtx.tx_hash, True, duplicate=True)
         body = vtx.body
-        sender = bytes(body.signer)
+        sender, nonce, ref = body.signer, body.nonce, body.client_ref  # protobuf fields, read once
         committed = self._committed_nonce(sender)
-        if body.nonce < committed:
+        if nonce < committed:
             return self._reject(
-                vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {body.nonce} already used (next is {committed})"
+                vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {nonce} already used (next is {committed})"
             )
-        if body.nonce >= committed + NONCE_WINDOW:
+        if nonce >= committed + NONCE_WINDOW:
             return self._reject(
                 vtx,
                 receipt_pb2.TX_STATUS_BAD_NONCE,
-                f"nonce {body.nonce} too far ahead (next is {committed})",
+                f"nonce {nonce} too far ahead (next is {committed})",
             )
-        pending = self._by_sender.get(sender, {})
-        if body.nonce in pending:
+        pending = self._by_sender.get(sender)
+        if pending is not None and nonce in pending:
+            return self._reject(vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {nonce} is already pending")
+        if ref and ((sender, ref) in self._refs or self._ref_committed(sender, ref)):
             return self._reject(
-                vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {body.nonce} is already pending"
+                vtx,
+                receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF,
+                f"client reference {ref!r} was already used",
             )
-        if body.client_ref:
-            key = (sender, body.client_ref)
-            if key in self._refs or self._ref_committed(sender, body.client_ref):
-                return self._reject(
-                    vtx,
-                    receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF,
-                    f"client reference {body.client_ref!r} was already used",
-                )
         if len(self._entries) >= self._cfg.max_txs:
             self._count(receipt_pb2.TX_STATUS_INTERNAL)
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {len(self._entries)} transactions (limit)")
         if self._bytes + vtx.size > self._cfg.max_bytes:
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {self._bytes} bytes (limit)")
-        if len(pending) >= self._cfg.max_per_sender:
-            raise MempoolFull("SENDER_LIMIT", f"sender has {len(pending)} pending transactions (limit)")
-        receipt = self._check(vtx, body.nonce) if dry_run else None
+        waiting = len(pending) if pending is not None else 0
+        if waiting >= self._cfg.max_per_sender:
+            raise MempoolFull("SENDER_LIMIT", f"sender has {waiting} pending transactions (limit)")
+        receipt = self._check(vtx, nonce) if dry_run else None
         if receipt is not None and receipt.status != receipt_pb2.TX_STATUS_OK:
             self._count(receipt.status)
             return Admitted(vtx.tx_hash, False, receipt.status, receipt.message, receipt)
-        self._insert(vtx, sender, body.nonce)
+        self._insert(vtx, sender, nonce, ref)
         if gossip:
             self._gossip.append(vtx.raw)
         return Admitted(vtx.tx_hash, True, receipt=receipt)
 
-    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int) -> None:
+    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str | None = None) -> None:
         self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce)
-        self._by_sender.setdefault(sender, {})[nonce] = vtx.tx_hash
-        if vtx.body.client_ref:
-            self._refs[(sender, vtx.body.client_ref)] = vtx.tx_hash
-        self._bytes += vtx.size
+        by_nonce = self._by_sender.get(sender)
+        if by_nonce is None:
+            by_nonce = self._by_sender[sender] = {}
+        by_nonce[nonce] = vtx.tx_hash
+        if ref is None:
+            ref = vtx.body.client_ref
+        if ref:
+            self._refs[(sender, ref)] = vtx.tx_hash
+        self._bytes += len(vtx.raw)
 
     def _remove(self, tx_hash: bytes) -> None:
         entry = self._entries.pop(tx_hash, None)

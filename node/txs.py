@@ -89,20 +89,25 @@ def sign_tx(body: tx_pb2.TxBody, keys: Sequence[SigningKey]) -> bytes:
     return envelope.SerializeToString(deterministic=True)
 
 
-def decode_tx(raw: bytes, chain_id: str, max_bytes: int = DEFAULT_MAX_TX_BYTES) -> DecodedTx:
-    """Parse and check the envelope (size, structure, chain id); raises TxRejected."""
+def decode_tx(
+    raw: bytes, chain_id: str, max_bytes: int = DEFAULT_MAX_TX_BYTES, known_hash: Hash | None = None
+) -> DecodedTx:
+    """Parse and check the envelope (size, structure, chain id); raises TxRejected. known_hash is
+    tx_hash(raw) when the caller has it already (it is not checked)."""
     if len(raw) > max_bytes:
         raise TxRejected(
             receipt_pb2.TX_STATUS_TOO_LARGE, f"transaction is {len(raw)} bytes, limit {max_bytes}"
         )
     envelope = tx_pb2.SignedTx()
     body = tx_pb2.TxBody()
+    # Each field is read once: a bytes field read from a protobuf message is a new copy every time.
     try:
         envelope.ParseFromString(raw)
-        body.ParseFromString(envelope.body)
+        body_bytes = envelope.body
+        body.ParseFromString(body_bytes)
     except DecodeError as exc:
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, f"cannot decode transaction: {exc}") from None
-    if not envelope.body:
+    if not body_bytes:
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, "empty transaction body")
     if body.chain_id != chain_id:
         raise TxRejected(
@@ -115,24 +120,26 @@ def decode_tx(raw: bytes, chain_id: str, max_bytes: int = DEFAULT_MAX_TX_BYTES) 
         raise TxRejected(
             receipt_pb2.TX_STATUS_MALFORMED, f"signer must be a {crypto.ADDRESS_LEN}-byte address"
         )
-    if not envelope.signatures:
+    sigs = envelope.signatures
+    if not sigs:
         raise TxRejected(receipt_pb2.TX_STATUS_MISSING_SIGNATURE, "transaction carries no signature")
-    if len(envelope.signatures) > MAX_SIGNATURES:
+    if len(sigs) > MAX_SIGNATURES:
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, f"more than {MAX_SIGNATURES} signatures")
     public_keys: list[PublicKey] = []
     signatures: list[bytes] = []
-    for sig in envelope.signatures:
-        if len(sig.public_key) != crypto.PUBLIC_KEY_LEN or len(sig.signature) != crypto.SIGNATURE_LEN:
+    for sig in sigs:
+        public_key, signature = sig.public_key, sig.signature
+        if len(public_key) != crypto.PUBLIC_KEY_LEN or len(signature) != crypto.SIGNATURE_LEN:
             raise TxRejected(receipt_pb2.TX_STATUS_BAD_SIGNATURE, "malformed public key or signature")
-        public_keys.append(PublicKey(sig.public_key))
-        signatures.append(sig.signature)
-    if len(set(public_keys)) != len(public_keys):
+        public_keys.append(PublicKey(public_key))
+        signatures.append(signature)
+    if len(public_keys) > 1 and len(set(public_keys)) != len(public_keys):
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, "the same key signed twice")
     return DecodedTx(
-        tx_hash=tx_hash(raw),
+        tx_hash=tx_hash(raw) if known_hash is None else known_hash,
         raw=raw,
         body=body,
-        signed_message=crypto.sign_bytes(Domain.TX, chain_id, envelope.body),
+        signed_message=crypto.sign_bytes(Domain.TX, chain_id, body_bytes),
         public_keys=tuple(public_keys),
         signatures=tuple(signatures),
     )

@@ -78,13 +78,17 @@ def account_touches_of(receipts: Sequence[receipt_pb2.Receipt]) -> list[tuple[by
     """(address, tx index) for per-account history, derived from receipts: the signer of each tx and
     every account named in its events, each pair once, in tx order. Failed txs count for their signer."""
     touches: list[tuple[bytes, int]] = []
-    for index, receipt in enumerate(receipts):
-        seen: set[bytes] = set()
-        candidates = [receipt.signer, *(acct for event in receipt.events for acct in event.accounts)]
-        for address in candidates:
-            if address and address not in seen:
-                seen.add(address)
-                touches.append((address, index))
+    append = touches.append
+    for index, receipt in enumerate(receipts):  # every committed tx: each field is read once
+        signer = receipt.signer
+        if signer:
+            append((signer, index))
+        seen = [signer]  # a handful of accounts: a list beats a set
+        for event in receipt.events:
+            for address in event.accounts:
+                if address and address not in seen:
+                    seen.append(address)
+                    append((address, index))
     return touches
 
 

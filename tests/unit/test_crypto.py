@@ -82,6 +82,19 @@ def test_address_is_derived_from_public_key() -> None:
         crypto.address_of(b"short")
 
 
+def test_the_address_memo_answers_as_the_hash_does_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crypto, "_ADDRESSES", {})
+    monkeypatch.setattr(crypto, "_ADDRESSES_MAX", 8)
+    keys = [bytes([i]) * 32 for i in range(20)]
+    for _ in range(2):  # computed, then remembered (or recomputed after the memo was emptied)
+        for pk in keys:
+            assert crypto.address_of(pk) == crypto.sha256(pk)[:20]
+            assert len(crypto._ADDRESSES) <= 8
+    with pytest.raises(crypto.CryptoError, match="public key must be 32 bytes"):
+        crypto.address_of(b"\x00" * 31)  # a wrong length is never remembered, so never answered
+    assert all(len(k) == 32 for k in crypto._ADDRESSES)
+
+
 def test_verify_batch_in_a_thread_pool_matches_serial() -> None:
     keys = [SigningKey.generate() for _ in range(4)]
     items = []

@@ -98,3 +98,15 @@ def test_body_without_operation_is_malformed() -> None:
     key = SigningKey.generate()
     body = tx_pb2.TxBody(chain_id=CHAIN, signer=key.address, nonce=0)
     _reject(txs.sign_tx(body, [key]), receipt_pb2.TX_STATUS_MALFORMED)
+
+
+def test_decode_takes_a_hash_the_caller_computed_and_computes_it_otherwise() -> None:
+    key = SigningKey.from_seed(b"\x05" * 32)
+    raw = txs.sign_tx(transfer_body(key), [key])
+    assert txs.decode_tx(raw, CHAIN).tx_hash == txs.tx_hash(raw)
+    assert txs.decode_tx(raw, CHAIN, known_hash=txs.tx_hash(raw)).tx_hash == txs.tx_hash(raw)
+    decoded = txs.decode_tx(raw, CHAIN)
+    assert decoded.signed_message.endswith(tx_pb2.SignedTx.FromString(raw).body)
+    assert decoded.sign_items() == [
+        (key.public_key, tx_pb2.SignedTx.FromString(raw).signatures[0].signature, decoded.signed_message)
+    ]
