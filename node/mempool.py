@@ -80,6 +80,7 @@ class _Entry:
     tx: VerifiedTx
     sender: bytes
     nonce: int
+    ref: str  # client reference ("" for none), kept here: reading it from the body copies it
 
 
 class _LRU:
@@ -348,13 +349,13 @@ class Mempool:
         return Admitted(vtx.tx_hash, True, receipt=receipt)
 
     def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str | None = None) -> None:
-        self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce)
+        if ref is None:
+            ref = vtx.body.client_ref
+        self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce, ref)
         by_nonce = self._by_sender.get(sender)
         if by_nonce is None:
             by_nonce = self._by_sender[sender] = {}
         by_nonce[nonce] = vtx.tx_hash
-        if ref is None:
-            ref = vtx.body.client_ref
         if ref:
             self._refs[(sender, ref)] = vtx.tx_hash
         self._bytes += len(vtx.raw)
@@ -363,14 +364,15 @@ class Mempool:
         entry = self._entries.pop(tx_hash, None)
         if entry is None:
             return
-        by_nonce = self._by_sender.get(entry.sender)
+        sender = entry.sender
+        by_nonce = self._by_sender.get(sender)
         if by_nonce is not None:
             by_nonce.pop(entry.nonce, None)
             if not by_nonce:
-                del self._by_sender[entry.sender]
-        if entry.tx.body.client_ref:
-            self._refs.pop((entry.sender, entry.tx.body.client_ref), None)
-        self._bytes -= entry.tx.size
+                del self._by_sender[sender]
+        if entry.ref:
+            self._refs.pop((sender, entry.ref), None)
+        self._bytes -= len(entry.tx.raw)
 
     # --- gossip -----------------------------------------------------------------------------------
 
