@@ -348,9 +348,7 @@ class Mempool:
             self._gossip.append(vtx.raw)
         return Admitted(vtx.tx_hash, True, receipt=receipt)
 
-    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str | None = None) -> None:
-        if ref is None:
-            ref = vtx.body.client_ref
+    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str) -> None:
         self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce, ref)
         by_nonce = self._by_sender.get(sender)
         if by_nonce is None:
