@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from cluster.client import builders
 from cluster.launcher import Launcher, node_status, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
-from cluster.profiling import ProfileError, Sampler, budget
+from cluster.profiling import THREAD_KINDS, ProfileError, Sampler, budget
 from node import crypto, txs
 from node.config import ConsensusConfig
 from node.threadname import thread_names
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plan = presign(network, args.accounts, total)
         launcher = Launcher(network)
         sampler: Sampler | None = None
-        samples: dict[str, Any] = {}
+        samples: dict[str, dict[str, Counter[str]]] = {}  # node -> thread kind -> category -> samples
         try:
             launcher.start_all()
             # A warm network: every node connected to every peer and committing. Right after launch a
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for kind, seconds in _thread_cpu(p).items():
                         used = (seconds - threads0[k].get(kind, 0.0)) / elapsed / len(pids)
                         by_thread[kind] = by_thread.get(kind, 0.0) + used
-            thread_cpu = {k: round(by_thread.get(k, 0.0), 3) for k in ("main", "verify", "io", "other")}
+            thread_cpu = {k: round(by_thread.get(k, 0.0), 3) for k in THREAD_KINDS}
             if sampler is not None:
                 samples = sampler.finish()
         finally:

@@ -41,6 +41,7 @@ CATEGORIES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 OTHER: Final = "asyncio/other"
 # gRPC's completion-queue poller is a Python thread whose work is all in C (no frame of its own).
 _GRPC_POLLER: Final = "_poll_wrapper"
+# The kinds of node threads the bench measures CPU for (cpu_per_node_by_thread).
 THREAD_KINDS: Final = ("main", "verify", "io", "other")
 SAMPLE_RATE: Final = 100
 
