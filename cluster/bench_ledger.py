@@ -127,7 +127,8 @@ class TxFactory:
             transfer=tx_pb2.Transfer(instrument=self.usd, to=dst, amount=amount),
         )
         raw = body.SerializeToString()
-        return VerifiedTx(Hash(hashlib.sha256(raw).digest()), raw, body, frozenset({Address(src)}), ())
+        digest = Hash(hashlib.sha256(raw).digest())
+        return VerifiedTx(digest, digest, raw, body, frozenset({Address(src)}), ())
 
 
 def bench_transfers(n_accounts: int, block: int, blocks: int, client_ref: bool) -> dict[str, float]:

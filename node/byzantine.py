@@ -77,7 +77,7 @@ class Byzantine:
             forged = tx_pb2.SignedTx(body=body.SerializeToString())
             forged.signatures.add(public_key=os.urandom(32), signature=os.urandom(64))
             block.body.txs.append(forged.SerializeToString())
-            block.header.tx_root = blocks.tx_root([txs.tx_hash(raw) for raw in block.body.txs])
+            block.header.tx_root = blocks.tx_root([txs.wire_hash(raw) for raw in block.body.txs])
         return block
 
     # --- sending ------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class Byzantine:
         twin.CopyFrom(proposal.block)
         twin.header.time_ms += 1
         # Re-execute so the twin is a valid block in its own right (the state root covers the time).
-        vtxs = [node.mempool.verified(txs.tx_hash(raw)) for raw in twin.body.txs]
+        vtxs = [node.mempool.verified(txs.wire_hash(raw)) for raw in twin.body.txs]
         if all(v is not None for v in vtxs):
             result = node.ledger.execute_block([v for v in vtxs if v is not None], twin.header.height,
                                                twin.header.time_ms)  # fmt: skip

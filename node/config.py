@@ -124,7 +124,14 @@ class MempoolConfig:
     max_per_sender: int = 10_000
     max_tx_bytes: int = 64 * 1024
     verify_threads: int = 2
+    # The cache of transactions whose signatures verified (so a proposal does not verify them
+    # again): bounded in count and in raw bytes.
     cache_size: int = 200_000
+    cache_bytes: int = 64 * 1024 * 1024
+    # A transaction whose nonce is ahead of its sender's next one (a gap) waits at most this long
+    # for the missing nonces, and a sender may park at most this many such transactions.
+    gap_max_age_s: float = 30.0
+    max_gap_per_sender: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +258,7 @@ def _check(cfg: NodeConfig) -> None:
         "[mempool] max_bytes": cfg.mempool.max_bytes,
         "[mempool] max_per_sender": cfg.mempool.max_per_sender,
         "[mempool] max_tx_bytes": cfg.mempool.max_tx_bytes,
+        "[mempool] cache_bytes": cfg.mempool.cache_bytes,
         "[mempool] verify_threads": cfg.mempool.verify_threads,
         "[consensus] timeout_propose_ms": cfg.consensus.timeout_propose_ms,
         "[consensus] timeout_prevote_ms": cfg.consensus.timeout_prevote_ms,

@@ -6,12 +6,22 @@ twice), check the nonce and client reference against committed state and what is
 then run the ledger's dry-run. Accepted transactions are queued for gossip to peers in batches.
 
 Per sender, pending transactions are kept by nonce; a proposer reaps them in arrival order, taking
-a sender's transaction only when all its lower nonces are taken (a short gap waits for the missing
-nonce instead of being rejected). After each commit the committed transactions are removed and the
-senders they touched are re-checked, so the mempool never proposes stale transactions.
+a sender's transaction only when all its lower nonces are taken. After each commit the committed
+transactions are removed and the senders they touched are re-checked, so the mempool never proposes
+stale transactions.
 
-Limits: total count and bytes and count per sender; when full, admission fails with
-`MempoolFull` (the API maps it to RESOURCE_EXHAUSTED with a reason).
+Gap transactions (a nonce ahead of the sender's next one with the nonces between missing) are
+*parked*: kept so a client may send its nonces out of order, but never gossiped, never proposed,
+and never a reason to produce a block (pacing asks `has_ready`). A sender may park at most
+`max_gap_per_sender` of them and each waits at most `gap_max_age_s`. Gap transactions are not
+gossiped because they are useless to every proposer until the gap fills, and when it does the node
+that receives the missing nonce gossips it together with the ones it unparks; a gossiped gap
+transaction would cost every validator a signature check and memory for nothing (the flood the
+hardening issue measured).
+
+Limits: total count and bytes, count per sender, parked per sender; when full, admission fails with
+`MempoolFull` (the API maps it to RESOURCE_EXHAUSTED with a reason). A rejected transaction leaves
+only a count behind. The verified-signature cache is bounded in count and bytes.
 """
 
 from __future__ import annotations
@@ -84,21 +94,40 @@ class _Entry:
 
 
 class _LRU:
-    """A bounded set of tx hashes whose signatures verified."""
+    """A bounded map of envelope hash -> transaction whose signatures verified, by count and by raw
+    bytes: a flood of large transactions evicts old entries instead of growing the node."""
 
-    __slots__ = ("_data", "_max")
+    __slots__ = ("_bytes", "_data", "_max", "_max_bytes")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, max_bytes: int) -> None:
         self._data: OrderedDict[bytes, VerifiedTx] = OrderedDict()
         self._max = max_size
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
 
     def get(self, key: bytes) -> VerifiedTx | None:
         return self._data.get(key)
 
     def put(self, key: bytes, value: VerifiedTx) -> None:
+        if key in self._data:
+            return
         self._data[key] = value
-        if len(self._data) > self._max:
-            self._data.popitem(last=False)
+        self._bytes += len(value.raw)
+        while len(self._data) > self._max or self._bytes > self._max_bytes:
+            _, old = self._data.popitem(last=False)
+            self._bytes -= len(old.raw)
+
+    def discard(self, key: bytes) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.raw)
 
 
 class Mempool:
@@ -112,6 +141,7 @@ class Mempool:
         ref_committed: RefSeenFn,
         executor: Executor | None,
         read_ahead: tuple[ReadAheadFn, AbsorbFn] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = config
         self._chain_id = chain_id
@@ -120,18 +150,28 @@ class Mempool:
         self._ref_committed = ref_committed
         self._executor = executor
         self._read_ahead = read_ahead
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # arrival order
-        self._by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> tx hash
-        self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx hash
+        self._clock = clock
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # tx id -> entry, arrival order
+        self._by_wire: dict[bytes, VerifiedTx] = {}  # envelope hash -> pending transaction
+        self._by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> tx id
+        self._refs: dict[tuple[bytes, str], bytes] = {}  # (sender, client_ref) -> tx id
         self._bytes = 0
-        self._verified = _LRU(config.cache_size)
-        # tx hash -> the future of the batch verifying it right now, whose result maps hash -> outcome
+        # Gap transactions (a lower nonce of the sender is neither committed nor pending): tx id ->
+        # when parked, oldest first; how many each sender has parked.
+        self._parked: OrderedDict[bytes, float] = OrderedDict()
+        self._parked_per_sender: dict[bytes, int] = {}
+        # Senders whose next nonce is pending: the mempool has something a proposer can take.
+        self._ready_senders: set[bytes] = set()
+        self._verified = _LRU(config.cache_size, config.cache_bytes)
+        # envelope hash -> the future of the batch verifying it right now, whose result maps
+        # envelope hash -> outcome
         self._verifying: dict[bytes, asyncio.Future[dict[bytes, VerifiedTx | TxRejected]]] = {}
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
+        self.expired_gaps = 0
         self.on_verified: Callable[[int, float], None] | None = None  # (signatures, seconds), for metrics
         self.new_tx_event = asyncio.Event()  # consumed by the gossip loop
-        self.tx_arrived = asyncio.Event()  # consumed by the runtime (empty-block pacing)
+        self.tx_arrived = asyncio.Event()  # an executable tx arrived (consumed by empty-block pacing)
 
     # --- introspection ----------------------------------------------------------------------------
 
@@ -142,6 +182,23 @@ class Mempool:
     def size_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def parked(self) -> int:
+        """Pending transactions waiting for a lower nonce (not gossiped, not proposable)."""
+        return len(self._parked)
+
+    @property
+    def cache_len(self) -> int:
+        return len(self._verified)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._verified.size_bytes
+
+    def has_ready(self) -> bool:
+        """True if a proposer could take a transaction now (some sender's next nonce is pending)."""
+        return bool(self._ready_senders)
+
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._entries
 
@@ -149,38 +206,42 @@ class Mempool:
         entry = self._entries.get(tx_hash)
         return entry.tx if entry else None
 
-    def verified(self, tx_hash: bytes) -> VerifiedTx | None:
-        """A transaction whose signatures this node already verified (pending or recently seen)."""
-        entry = self._entries.get(tx_hash)
-        return entry.tx if entry else self._verified.get(tx_hash)
+    def verified(self, wire_hash: bytes) -> VerifiedTx | None:
+        """The envelope with this hash if this node verified its signatures (pending or recently seen)."""
+        vtx = self._by_wire.get(wire_hash)
+        return vtx if vtx is not None else self._verified.get(wire_hash)
 
     # --- admission --------------------------------------------------------------------------------
 
     async def verify_many(self, raws: Sequence[bytes]) -> list[VerifiedTx | TxRejected]:
         """Decode and verify (in the thread pool, using the cache); no admission.
 
-        A transaction whose signatures another call is verifying right now (a proposal carrying
-        transactions of a gossip batch still in the pool) waits for that result instead of being
-        verified twice."""
+        The cache and the in-flight table are keyed by the envelope's exact bytes, never by the
+        transaction id: an envelope with a bad signature added must not be answered with the result
+        of the good one (or the other way round). A transaction whose signatures another call is
+        verifying right now (a proposal carrying transactions of a gossip batch still in the pool)
+        waits for that result instead of being verified twice."""
         out: list[VerifiedTx | TxRejected | None] = [None] * len(raws)
         pending: list[tuple[int, DecodedTx]] = []
         waits: list[tuple[int, bytes, asyncio.Future[dict[bytes, VerifiedTx | TxRejected]]]] = []
-        entries, recent, verifying = self._entries, self._verified, self._verifying
+        by_wire, recent, verifying = self._by_wire, self._verified, self._verifying
+        sha256 = crypto.sha256
         for i, raw in enumerate(raws):
-            tx_hash = txs.tx_hash(raw)
-            # Hash first: a known tx is not decoded again (what verified() does, inlined: this loop
-            # runs for every transaction of every gossip batch and proposal).
-            entry = entries.get(tx_hash)
-            cached = entry.tx if entry is not None else recent.get(tx_hash)
+            wire = sha256(raw)
+            # Hash first: a known envelope is not decoded again (what verified() does, inlined: this
+            # loop runs for every transaction of every gossip batch and proposal).
+            cached = by_wire.get(wire)
+            if cached is None:
+                cached = recent.get(wire)
             if cached is not None:
                 out[i] = cached
                 continue
-            in_flight = verifying.get(tx_hash)
+            in_flight = verifying.get(wire)
             if in_flight is not None:
-                waits.append((i, tx_hash, in_flight))
+                waits.append((i, wire, in_flight))
                 continue
             try:
-                decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes, tx_hash)
+                decoded = txs.decode_tx(raw, self._chain_id, self._cfg.max_tx_bytes, wire)
             except TxRejected as exc:
                 out[i] = exc
                 continue
@@ -214,9 +275,9 @@ class Mempool:
                 batch = loop.create_future()
                 verifying = self._verifying
                 for _, decoded in pending:  # others asking meanwhile wait for these results
-                    if decoded.tx_hash not in verifying:
-                        verifying[decoded.tx_hash] = batch
-                        mine.append(decoded.tx_hash)
+                    if decoded.wire_hash not in verifying:
+                        verifying[decoded.wire_hash] = batch
+                        mine.append(decoded.wire_hash)
                 # Split over the pool's threads directly (never through the loop's default executor,
                 # which the runtime keeps free for persistence).
                 workers = max(1, getattr(self._executor, "_max_workers", 2))
@@ -251,20 +312,20 @@ class Mempool:
                 outcome: VerifiedTx | TxRejected
                 try:
                     outcome = txs.accept_verified(decoded, results[pos : pos + n])
-                    self._verified.put(outcome.tx_hash, outcome)
+                    self._verified.put(outcome.wire_hash, outcome)
                 except TxRejected as exc:
                     outcome = exc
                 out[i] = outcome
-                outcomes[decoded.tx_hash] = outcome
+                outcomes[decoded.wire_hash] = outcome
                 pos += n
             if batch is not None and not batch.done():
                 batch.set_result(outcomes)
         finally:
             if batch is not None:
                 verifying = self._verifying
-                for tx_hash in mine:
-                    if verifying.get(tx_hash) is batch:
-                        del verifying[tx_hash]
+                for wire in mine:
+                    if verifying.get(wire) is batch:
+                        del verifying[wire]
                 if not batch.done():
                     batch.cancel()  # waiters verify for themselves
 
@@ -274,8 +335,12 @@ class Mempool:
         """Admit a batch of raw transactions; one result per input, in order.
 
         dry_run=False (transactions gossiped by validator peers, which dry-ran them on admission)
-        keeps every check but the ledger's dry run: size, signatures, nonce window, duplicates. A
-        transaction that would fail still cannot do harm: its block receipt records the failure.
+        keeps every check but the ledger's dry run: size, signatures, nonce window and gap rules,
+        duplicates. A transaction that would fail still cannot do harm: its block receipt records
+        the failure.
+
+        A rejected transaction leaves nothing behind but a count: its entry in the verified-signature
+        cache is dropped too (a flood of throwaway-key transactions must not fill the cache).
 
         Raises MempoolFull only for a single-transaction batch; in a larger batch a full mempool
         rejects the individual transactions with reason MEMPOOL_FULL.
@@ -288,15 +353,23 @@ class Mempool:
                 results.append(Admitted(txs.tx_hash(raw), False, item.status, item.message))
                 continue
             try:
-                results.append(self._admit_one(item, gossip, dry_run))
+                admitted = self._admit_one(item, gossip, dry_run)
             except MempoolFull:
+                self._forget(item)
                 if len(raws) == 1:
                     raise
-                results.append(Admitted(item.tx_hash, False, receipt_pb2.TX_STATUS_INTERNAL, "mempool full"))
-        if any(r.accepted and not r.duplicate for r in results):
+                admitted = Admitted(item.tx_hash, False, receipt_pb2.TX_STATUS_INTERNAL, "mempool full")
+            if not admitted.accepted:
+                self._forget(item)
+            results.append(admitted)
+        if self._gossip:
             self.new_tx_event.set()
-            self.tx_arrived.set()
         return results
+
+    def _forget(self, vtx: VerifiedTx) -> None:
+        """Drop a rejected transaction's cached verification (unless it is pending after all)."""
+        if vtx.wire_hash not in self._by_wire:
+            self._verified.discard(vtx.wire_hash)
 
     def _count(self, status: int) -> None:
         name = receipt_pb2.TxStatus.Name(receipt_pb2.TxStatus.ValueType(status)).removeprefix("TX_STATUS_")
@@ -325,11 +398,22 @@ class Mempool:
         pending = self._by_sender.get(sender)
         if pending is not None and nonce in pending:
             return self._reject(vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {nonce} is already pending")
+        # A gap: the nonce before this one is neither committed nor pending and executable.
+        gap = nonce != committed and (
+            pending is None or (nonce - 1) not in pending or pending[nonce - 1] in self._parked
+        )
+        if gap and self._parked_per_sender.get(sender, 0) >= self._cfg.max_gap_per_sender:
+            return self._reject(
+                vtx,
+                receipt_pb2.TX_STATUS_BAD_NONCE,
+                f"nonce {nonce} leaves a gap (next is {committed}) and the sender already has "
+                f"{self._cfg.max_gap_per_sender} transactions waiting for missing nonces",
+            )
         if ref and ((sender, ref) in self._refs or self._ref_committed(sender, ref)):
             return self._reject(
                 vtx,
                 receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF,
-                f"client reference {ref!r} was already used",
+                f"client reference {ref[:64]!r} was already used",
             )
         if len(self._entries) >= self._cfg.max_txs:
             self._count(receipt_pb2.TX_STATUS_INTERNAL)
@@ -343,13 +427,14 @@ class Mempool:
         if receipt is not None and receipt.status != receipt_pb2.TX_STATUS_OK:
             self._count(receipt.status)
             return Admitted(vtx.tx_hash, False, receipt.status, receipt.message, receipt)
-        self._insert(vtx, sender, nonce, ref)
-        if gossip:
-            self._gossip.append(vtx.raw)
+        self._insert(vtx, sender, nonce, ref, gap, committed, gossip)
         return Admitted(vtx.tx_hash, True, receipt=receipt)
 
-    def _insert(self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str) -> None:
+    def _insert(
+        self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str, gap: bool, committed: int, gossip: bool
+    ) -> None:
         self._entries[vtx.tx_hash] = _Entry(vtx, sender, nonce, ref)
+        self._by_wire[vtx.wire_hash] = vtx
         by_nonce = self._by_sender.get(sender)
         if by_nonce is None:
             by_nonce = self._by_sender[sender] = {}
@@ -357,25 +442,71 @@ class Mempool:
         if ref:
             self._refs[(sender, ref)] = vtx.tx_hash
         self._bytes += len(vtx.raw)
+        if gap:
+            # Parked: not gossiped and not proposable until the missing nonces arrive; expires.
+            self._parked[vtx.tx_hash] = self._clock()
+            self._parked_per_sender[sender] = self._parked_per_sender.get(sender, 0) + 1
+            return
+        if nonce == committed:
+            self._ready_senders.add(sender)
+        self.tx_arrived.set()
+        if gossip:
+            self._gossip.append(vtx.raw)
+        if sender in self._parked_per_sender:
+            self._unpark_after(sender, by_nonce, nonce + 1, gossip)
+
+    def _unpark_after(self, sender: bytes, by_nonce: dict[int, bytes], nonce: int, gossip: bool) -> None:
+        """The sender's transactions from nonce on, while contiguous, are executable now: gossip them."""
+        while nonce in by_nonce:
+            tx_hash = by_nonce[nonce]
+            if self._parked.pop(tx_hash, None) is not None:
+                self._unpark_count(sender)
+                if gossip:
+                    self._gossip.append(self._entries[tx_hash].tx.raw)
+            nonce += 1
+
+    def _unpark_count(self, sender: bytes) -> None:
+        left = self._parked_per_sender.get(sender, 0) - 1
+        if left > 0:
+            self._parked_per_sender[sender] = left
+        else:
+            self._parked_per_sender.pop(sender, None)
 
     def _remove(self, tx_hash: bytes) -> None:
         entry = self._entries.pop(tx_hash, None)
         if entry is None:
             return
         sender = entry.sender
+        self._by_wire.pop(entry.tx.wire_hash, None)
         by_nonce = self._by_sender.get(sender)
         if by_nonce is not None:
             by_nonce.pop(entry.nonce, None)
             if not by_nonce:
                 del self._by_sender[sender]
+                self._ready_senders.discard(sender)
         if entry.ref:
             self._refs.pop((sender, entry.ref), None)
+        if self._parked.pop(tx_hash, None) is not None:
+            self._unpark_count(sender)
         self._bytes -= len(entry.tx.raw)
+
+    def expire_gaps(self) -> int:
+        """Evict parked transactions older than [mempool] gap_max_age_s; returns how many."""
+        deadline = self._clock() - self._cfg.gap_max_age_s
+        expired = 0
+        while self._parked:
+            tx_hash, parked_at = next(iter(self._parked.items()))
+            if parked_at > deadline:
+                break
+            self._remove(tx_hash)
+            expired += 1
+        self.expired_gaps += expired
+        return expired
 
     # --- gossip -----------------------------------------------------------------------------------
 
     def take_gossip(self, max_count: int) -> list[bytes]:
-        """Transactions accepted since the last call, up to max_count, to send to peers."""
+        """Executable transactions accepted since the last call, up to max_count, to send to peers."""
         batch, self._gossip = self._gossip[:max_count], self._gossip[max_count:]
         return batch
 
@@ -409,9 +540,10 @@ class Mempool:
 
         Every pending transaction of a touched sender whose nonce is now used is evicted; the next
         one (the only one a proposer could take first) is dry-run again against the new state and
-        evicted if it now fails (the ones behind it wait for a resubmitted nonce). Re-running the dry run
-        for a sender's whole queue after every block would cost O(mempool) per block (the recheck
-        starvation CometBFT operators hit), so later transactions are checked when they come up.
+        evicted if it now fails (the ones behind it wait for a resubmitted nonce, parked). Re-running
+        the dry run for a sender's whole queue after every block would cost O(mempool) per block (the
+        recheck starvation CometBFT operators hit), so later transactions are checked when they come
+        up. Parked transactions past their maximum age are evicted here too.
         """
         for tx_hash in committed:
             self._remove(tx_hash)
@@ -426,12 +558,30 @@ class Mempool:
                     break
                 self._remove(by_nonce[nonce])
                 evicted += 1
-            head = self._by_sender.get(sender, {}).get(floor)
+            by_nonce = self._by_sender.get(sender, {})
+            head = by_nonce.get(floor)
+            if head is not None:
+                receipt = self._check(self._entries[head].tx, floor)
+                if receipt.status != receipt_pb2.TX_STATUS_OK:
+                    self._count(receipt.status)
+                    self._remove(head)
+                    evicted += 1
+                    head = None
             if head is None:
-                continue
-            receipt = self._check(self._entries[head].tx, floor)
-            if receipt.status != receipt_pb2.TX_STATUS_OK:
-                self._count(receipt.status)
-                self._remove(head)
-                evicted += 1
-        return evicted
+                self._ready_senders.discard(sender)
+                self._repark(sender, by_nonce)
+            else:
+                self._ready_senders.add(sender)
+                if sender in self._parked_per_sender:
+                    self._unpark_after(sender, by_nonce, floor, gossip=True)
+        if self._gossip:
+            self.new_tx_event.set()
+        return evicted + self.expire_gaps()
+
+    def _repark(self, sender: bytes, by_nonce: dict[int, bytes]) -> None:
+        """The sender's next nonce is missing: everything it has pending waits (parked) again."""
+        now = self._clock()
+        for tx_hash in by_nonce.values():
+            if tx_hash not in self._parked:
+                self._parked[tx_hash] = now
+                self._parked_per_sender[sender] = self._parked_per_sender.get(sender, 0) + 1

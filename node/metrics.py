@@ -52,6 +52,20 @@ class NodeMetrics:
         self.rejections = Gauge(
             "clearline_mempool_rejections", "Mempool rejections by reason", ["reason"], registry=r
         )
+        self.peer_faults = Gauge(
+            "clearline_peer_faults",
+            "Invalid messages by peer and kind (invalid proposals and votes, blocks served by block"
+            " sync that did not verify, heights claimed and not served, stalled fetches)",
+            ["peer", "kind"],
+            registry=r,
+        )
+        self.mempool_parked = Gauge(
+            "clearline_mempool_parked", "Pending transactions waiting for a missing nonce", registry=r
+        )
+        self.mempool_bytes = Gauge("clearline_mempool_bytes", "Raw bytes of pending transactions", registry=r)
+        self.verified_cache_bytes = Gauge(
+            "clearline_verified_cache_bytes", "Raw bytes in the verified-signature cache", registry=r
+        )
         self._last_commit = time.monotonic()
         self._server: Any = None
         if listen:
@@ -72,9 +86,14 @@ class NodeMetrics:
         self.round.set(node.core.round if node.core is not None else 0)
         self.peers.set(len(node.network.connected))
         self.mempool.set(len(node.mempool))
-        self.syncing.set(1 if node._syncing else 0)
+        self.syncing.set(1 if node.blocksync.active else 0)
         for reason, count in node.mempool.rejections.items():
             self.rejections.labels(reason=reason).set(count)
+        for (peer, kind), count in node.peer_fault_counts.items():
+            self.peer_faults.labels(peer=peer, kind=kind).set(count)
+        self.mempool_parked.set(node.mempool.parked)
+        self.mempool_bytes.set(node.mempool.size_bytes)
+        self.verified_cache_bytes.set(node.mempool.cache_bytes)
 
     def close(self) -> None:
         if self._server is not None:

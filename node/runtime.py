@@ -15,8 +15,15 @@ O(1), restores its last-signed state (so it never signs a conflicting message) a
 of the height in progress.
 
 A node that is behind (peers report a higher committed height) fetches blocks with their commit
-certificates (block sync), verifies each certificate against the validator set it knows, executes
-the block, checks the state root, commits, and joins consensus when caught up.
+certificates in the background (node/blocksync.py) while consensus goes on; each fetched block is
+verified here by the same rules as a proposal (header chain, body against header, certificate
+against the validator set of its height) before any of its transactions is taken as verified, then
+applied. A block that does not verify is the serving peer's fault, never the node's.
+
+Whatever a peer or client can make the node hold is bounded in count and bytes (node/budget.py
+adds the bounds up). Cheap checks come before expensive ones: a proposal's proposer, round and
+signature are checked before its transactions' signatures, and a peer that sends invalid proposals
+or votes is counted and, past a limit, banned for a while.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from clearline.v1 import (
     receipt_pb2,
     wal_pb2,
 )
-from node import blocks, crypto, txs, wire
+from node import blocks, budget, crypto, txs, wire
+from node.blocksync import SYNC_BATCH, BlockSync, PeerFault
 from node.byzantine import Byzantine
 from node.config import NodeConfig
 from node.consensus import (
@@ -87,7 +95,20 @@ log = logging.getLogger("clearline.node")
 VERSION = "0.1.0"
 MAX_CLOCK_DRIFT_MS = 10_000
 MAX_EVIDENCE_PER_BLOCK = 64
-SYNC_BATCH = 200
+# Evidence waiting to be included: per equivocating validator and in all (one proof per validator
+# is enough to hold it accountable; a Byzantine validator can sign any number of conflicting votes).
+MAX_PENDING_EVIDENCE = 256
+MAX_PENDING_EVIDENCE_PER_VALIDATOR = 4
+# A proposal for a round further than this beyond the current one is not verified (its proposer
+# sends it again; f+1 votes of a later round move this node there first).
+PROPOSAL_ROUND_WINDOW = 4
+# Proposals executed per height at most (each costs an execution and holds a block and its result).
+MAX_EXECUTED_PER_HEIGHT = 16
+# A peer that sent this many invalid proposals or votes within PEER_FAULT_WINDOW_S is banned for
+# PEER_BAN_S (its stream closed and its reconnections refused).
+PEER_FAULT_LIMIT = 20
+PEER_FAULT_WINDOW_S = 60.0
+PEER_BAN_S = 30.0
 # A decided block of at most this many transactions is written on the event loop (a few ms): the
 # hand-off to the io thread and back costs more than that when the loop is busy (the io thread
 # waits for the GIL; at 1000 tx/s decide -> persisted went from 7 to 3.4 ms). A bigger block is
@@ -100,9 +121,6 @@ STATUS_MIN_INTERVAL_S = 0.2
 STATUS_INTERVAL_S = 0.25
 # Peers' messages for two heights on, held until this node starts the next height (bounded).
 MAX_LATER_EVENTS = 1000
-# A peer has committed the height this node is still working on for this long: fetch the block by
-# block sync (this node missed the proposal or the precommits; heights take tens of milliseconds).
-BEHIND_SYNC_S = 0.3
 # Transaction batches from peers are verified and admitted in the background, so a peer's votes and
 # proposals do not wait behind the signature checks of the transactions it sent just before them
 # (at --max, shorter queues at the same throughput; at 1000 tx/s no measurable change). Beyond this
@@ -120,6 +138,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _event_size(event: object) -> int:
+    """About how many bytes a held consensus event keeps alive."""
+    if isinstance(event, ProposalReceived) and isinstance(event.proposal.block, block_pb2.Block):
+        return event.proposal.block.ByteSize() + 256
+    return 256
+
+
 def _event_height(event: object) -> int:
     """The height a peer's consensus message is for (0 for anything else)."""
     if isinstance(event, VoteReceived):
@@ -127,6 +152,12 @@ def _event_height(event: object) -> int:
     if isinstance(event, ProposalReceived):
         return event.proposal.height
     return 0
+
+
+def _duplicate_problem(vtxs: Sequence[VerifiedTx]) -> str | None:
+    """Two envelopes of one transaction (same id) in a block."""
+    ids = {t.tx_hash for t in vtxs}
+    return "duplicate transaction in block" if len(ids) != len(vtxs) else None
 
 
 class NodeSigner:
@@ -232,10 +263,12 @@ class Node:
         self._committed_evidence: set[tuple[bytes, int, int, int]] = set()
         self._waiters: dict[bytes, list[asyncio.Future[tuple[receipt_pb2.Receipt, int]]]] = {}
         self._block_listeners: set[asyncio.Queue[int]] = set()
-        self._peer_heights: dict[str, int] = {}
-        self._behind_since: float | None = None
-        self._syncing = False
-        self._sync_requested = False
+        self._later_bytes = 0
+        self._gossip_bytes = 0  # raw bytes of peers' batches being admitted
+        self._peer_faults: dict[str, list[float]] = {}  # peer -> times of its recent invalid messages
+        self.peer_fault_counts: dict[tuple[str, str], int] = {}  # (peer, kind) -> count, for metrics
+        self._core_stale = False  # block sync moved the height on: the core restarts before its next event
+        self.blocksync = BlockSync(self, on_fault=self._on_sync_fault)
         self._tasks: list[asyncio.Task[Any]] = []
         self._vs_cache: dict[int, block_pb2.ValidatorSet] = {}
         self._member_cache: dict[int, dict[bytes, bytes]] = {}
@@ -439,6 +472,7 @@ class Node:
             asyncio.create_task(self._consensus_loop(), name="consensus"),
             asyncio.create_task(self._gossip_loop(), name="gossip"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self.blocksync.run(), name="blocksync"),
         ]
         if self.byz is not None and self.byz.mode == "garbage":
             self._tasks.append(asyncio.create_task(self.byz.flood(), name="byzantine"))
@@ -486,6 +520,21 @@ class Node:
         while True:
             kind, payload = await self._queue.get()
             assert self.core is not None
+            if kind == "synced":
+                peer, sb, fut = payload
+                try:
+                    applied = await self._apply_synced_block(peer, sb)
+                except PeerFault as exc:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    continue
+                if not fut.done():
+                    fut.set_result(applied)
+                if applied and self._queue.empty():
+                    await self._restart_core()
+                continue
+            if self._core_stale:
+                await self._restart_core()
             if kind == "start":
                 await self._execute(self.core.start())
                 await self._replay_wal()
@@ -494,9 +543,15 @@ class Node:
                     continue
                 if _event_height(payload) > self.core.height + 1:
                     # The core keeps only the next height's messages; peers that are two heights on
-                    # (this node is finishing a commit) would not send these again: hold them.
-                    if len(self._later) < MAX_LATER_EVENTS:
+                    # (this node is finishing a commit) would not send these again: hold them
+                    # (bounded in count and bytes).
+                    size = _event_size(payload)
+                    if (
+                        len(self._later) < MAX_LATER_EVENTS
+                        and self._later_bytes + size <= budget.LATER_EVENTS_BYTES
+                    ):
                         self._later.append(payload)
+                        self._later_bytes += size
                     continue
                 await self._execute(self.core.step(payload))
             elif kind == "start_height":
@@ -508,11 +563,17 @@ class Node:
                     self.core.step(StartHeight(height, to_core_set(self.validator_set(height))))
                 )
                 later, self._later = self._later, []
+                self._later_bytes = 0
                 for ev in later:  # back in line: now within reach (or held again)
                     if _event_height(ev) >= height:
                         self._queue.put_nowait(("event", ev))
-            elif kind == "sync":
-                await self._sync()
+
+    async def _restart_core(self) -> None:
+        """Start consensus afresh at the height after the last committed one (after block sync)."""
+        self._core_stale = False
+        self.core = self._new_core(self.height + 1)
+        self._new_height_bookkeeping()
+        await self._execute(self.core.start())
 
     def _new_height_bookkeeping(self) -> None:
         """Forget the finished height. A proposal for the new height that arrived (and was executed)
@@ -649,7 +710,7 @@ class Node:
             height=height,
             time_ms=time_ms,
             prev_block_hash=self.last_block_hash,
-            tx_root=blocks.tx_root([t.tx_hash for t in vtxs]),
+            tx_root=blocks.tx_root([t.wire_hash for t in vtxs]),
             state_root=result.state_root,
             validator_set_hash=blocks.validator_set_hash(self.validator_set(height)),
             next_validator_set_hash=blocks.validator_set_hash(self.validator_set(height + 1)),
@@ -673,19 +734,20 @@ class Node:
         return block_id, block
 
     def validate_block(self, height: int, block_id: bytes, block: object) -> bool:
+        """The core asks whether a proposed block is valid. Normally a cache lookup: peers'
+        proposals are verified and executed before the core sees them (_on_proposal)."""
         if block_id in self._executed:
             return self._executed[block_id] is not None
         if not isinstance(block, block_pb2.Block):
             return False
         vtxs: list[VerifiedTx] = []
         for raw in block.body.txs:
-            h = txs.tx_hash(raw)
-            vtx = self.mempool.verified(h)
+            vtx = self.mempool.verified(txs.wire_hash(raw))
             if vtx is None:
                 try:
                     vtx = txs.verify_tx(raw, self.chain_id, self.cfg.mempool.max_tx_bytes)
                 except TxRejected as exc:
-                    log.warning("block %d: invalid transaction %s: %s", height, h.hex()[:16], exc)
+                    log.warning("block %d: invalid transaction: %s", height, exc)
                     self._executed[block_id] = None
                     return False
             vtxs.append(vtx)
@@ -694,7 +756,8 @@ class Node:
     def _check_block(
         self, height: int, block_id: bytes, block: block_pb2.Block, vtxs: list[VerifiedTx]
     ) -> bool:
-        problem = self._block_problem(height, block, vtxs)
+        """Validate a proposed block and execute it; the result is cached by block id."""
+        problem = self.block_problem(height, block, live=True) or _duplicate_problem(vtxs)
         if problem is None:
             result = self.ledger.execute_block(vtxs, height, block.header.time_ms)
             if result.state_root != block.header.state_root:
@@ -702,14 +765,36 @@ class Node:
             elif blocks.receipts_root(result.receipts) != block.header.receipts_root:
                 problem = "receipts root differs from re-execution"
             else:
-                self._executed[block_id] = result
-                self._blocks_by_id[block_id] = block
+                self._remember_executed(block_id, result, block)
                 return True
         log.warning("block %d (%s) is invalid: %s", height, block_id.hex()[:16], problem)
-        self._executed[block_id] = None
+        self._remember_executed(block_id, None, None)
         return False
 
-    def _block_problem(self, height: int, block: block_pb2.Block, vtxs: list[VerifiedTx]) -> str | None:
+    def _remember_executed(
+        self, block_id: bytes, result: BlockResult | None, block: block_pb2.Block | None
+    ) -> None:
+        if len(self._executed) >= MAX_EXECUTED_PER_HEIGHT:
+            # Forget an invalid verdict first (it is recomputed if asked again), else the oldest.
+            victim = next((k for k, r in self._executed.items() if r is None), next(iter(self._executed)))
+            self._executed.pop(victim, None)
+            if self._blocks_by_id.get(victim) is not None and not self._is_core_block(victim):
+                self._blocks_by_id.pop(victim, None)
+        self._executed[block_id] = result
+        if block is not None:
+            self._blocks_by_id[block_id] = block
+
+    def _is_core_block(self, block_id: bytes) -> bool:
+        core = self.core
+        return core is not None and block_id in (core.locked[1], core.valid[1])
+
+    def block_problem(self, height: int, block: block_pb2.Block, *, live: bool) -> str | None:
+        """The one block-validation path, for proposals (live) and block sync: None if `block` may
+        follow the last committed block, else what is wrong. Header chain (chain id, height,
+        previous hash, strictly increasing time, validator sets, proposer), size limits, and the
+        body against the header (transaction root over the exact envelopes, last commit and its
+        certificate, evidence). Execution (state and receipts roots) is the caller's. Only a live
+        proposal is held to this node's clock: a certified block was accepted by the network."""
         h = block.header
         c = self.cfg.consensus
         if h.chain_id != self.chain_id or h.height != height:
@@ -723,18 +808,19 @@ class Node:
         )
         if h.time_ms <= prev_time:
             return "time does not increase"
-        if h.time_ms > now_ms() + MAX_CLOCK_DRIFT_MS:
+        if live and h.time_ms > now_ms() + MAX_CLOCK_DRIFT_MS:
             return "time is too far in the future"
-        if h.validator_set_hash != blocks.validator_set_hash(self.validator_set(height)):
+        vs = self.validator_set(height)
+        if h.validator_set_hash != blocks.validator_set_hash(vs):
             return "validator set hash does not match"
         if h.next_validator_set_hash != blocks.validator_set_hash(self.validator_set(height + 1)):
             return "next validator set hash does not match"
-        if self.validator_set(height) and not any(
-            v.address == h.proposer for v in self.validator_set(height).validators
-        ):
+        if not any(v.address == h.proposer for v in vs.validators):
             return "proposer is not a validator"
         if len(block.body.txs) > c.max_block_txs or block.ByteSize() > c.max_block_bytes + 64 * 1024:
             return "block too large"
+        if h.tx_root != blocks.tx_root([crypto.sha256(raw) for raw in block.body.txs]):
+            return "tx root does not match the body"
         if height > 1:
             if h.last_commit_hash != blocks.commit_hash(block.last_commit):
                 return "last commit hash does not match"
@@ -748,13 +834,8 @@ class Node:
                 )
             except blocks.CommitError as exc:
                 return f"last commit invalid: {exc}"
-        if h.tx_root != blocks.tx_root([t.tx_hash for t in vtxs]):
-            return "tx root does not match"
-        seen: set[bytes] = set()
-        for t in vtxs:
-            if t.tx_hash in seen:
-                return "duplicate transaction in block"
-            seen.add(t.tx_hash)
+        elif h.last_commit_hash != blocks.commit_hash(None) or block.HasField("last_commit"):
+            return "the first block carries a last commit"
         if len(block.body.evidence) > MAX_EVIDENCE_PER_BLOCK:
             return "too much evidence"
         ev_bytes = [e.SerializeToString(deterministic=True) for e in block.body.evidence]
@@ -790,6 +871,11 @@ class Node:
         key = wire.evidence_key(evidence)
         if key in self._committed_evidence or key in self._pending_evidence:
             return
+        if len(self._pending_evidence) >= MAX_PENDING_EVIDENCE:
+            return
+        same = sum(1 for k in self._pending_evidence if k[0] == key[0])
+        if same >= MAX_PENDING_EVIDENCE_PER_VALIDATOR:
+            return
         self._pending_evidence[key] = evidence
         log.warning("equivocation by %s at height %d round %d", evidence.validator.hex()[:16], key[1], key[2])
         if gossip:
@@ -804,7 +890,7 @@ class Node:
         if self.metrics is not None:
             self.metrics.height_duration.observe(time.monotonic() - self._round_started)
             self.metrics.rounds.observe(cert.round + 1)
-        await self._apply_block(height, block_id, block, wire.cert_to_pb(cert), trusted=True)
+        await self._apply_block(height, block_id, block, wire.cert_to_pb(cert))
         self._schedule_next_height()
 
     def _schedule_next_height(self) -> None:
@@ -816,7 +902,9 @@ class Node:
 
         async def start_later() -> None:
             await asyncio.sleep(delay)
-            if len(self.mempool) == 0 and not self._pending_evidence and idle > delay:
+            # Only a transaction a proposer could take counts: parked gap transactions never make
+            # the network produce heights.
+            if not self.mempool.has_ready() and not self._pending_evidence and idle > delay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.mempool.tx_arrived.wait(), timeout=idle - delay)
             self._queue.put_nowait(("start_height", height))
@@ -831,23 +919,16 @@ class Node:
         block_id: bytes,
         block: block_pb2.Block,
         cert: block_pb2.CommitCertificate,
-        *,
-        trusted: bool,
     ) -> None:
-        """Execute (or take the cached execution of) a decided block and commit it durably."""
+        """Execute (or take the cached execution of) a decided or verified synced block and commit it
+        durably."""
         if height != self.height + 1:
             raise FatalError(f"asked to commit height {height} at height {self.height}")
         result = self._executed.get(block_id)
         if result is None or result.base_root != self.ledger.state_root or result.height != height:
-            vtxs: list[VerifiedTx] = []
-            for raw in block.body.txs:
-                # A verified commit certificate stands for the signatures of the transactions inside.
-                vtx = self.mempool.verified(txs.tx_hash(raw))
-                if vtx is None:
-                    decoded = txs.decode_tx(raw, self.chain_id, max_bytes=len(raw) + 1)
-                    vtx = txs.accept_verified(decoded, [True] * len(decoded.public_keys))
-                vtxs.append(vtx)
-            result = self.ledger.execute_block(vtxs, height, block.header.time_ms)
+            result = self.ledger.execute_block(
+                self._certified_txs(height, block), height, block.header.time_ms
+            )
         if result.state_root != block.header.state_root:
             raise FatalError(
                 f"state root mismatch at height {height}: block says {block.header.state_root.hex()}, "
@@ -919,6 +1000,67 @@ class Node:
         if time.monotonic() - self._status_sent >= STATUS_MIN_INTERVAL_S:
             self._broadcast_status()
 
+    def _certified_txs(self, height: int, block: block_pb2.Block) -> list[VerifiedTx]:
+        """The transactions of a block whose body was checked against a certified header: the
+        certificate's quorum verified their signatures and the header's tx root fixes every byte of
+        the envelopes, so they are decoded, not verified again. A certified block this node cannot
+        decode is not a peer's fault (the body matches the header): more than a third of the
+        validators signed garbage, or this node's code differs from theirs."""
+        vtxs: list[VerifiedTx] = []
+        for raw in block.body.txs:
+            vtx = self.mempool.verified(txs.wire_hash(raw))
+            if vtx is None:
+                try:
+                    decoded = txs.decode_tx(raw, self.chain_id, max_bytes=len(raw) + 1)
+                    vtx = txs.accept_verified(decoded, [True] * len(decoded.public_keys))
+                except TxRejected as exc:
+                    raise FatalError(
+                        f"certified block {height} carries a transaction this node rejects: {exc}"
+                    ) from None
+            vtxs.append(vtx)
+        if _duplicate_problem(vtxs) is not None:
+            raise FatalError(f"certified block {height} carries one transaction twice")
+        return vtxs
+
+    # --- block sync (the reactor is node/blocksync.py) -----------------------------------------------
+
+    def fetch_blocks(
+        self, peer: str, from_height: int, to_height: int, max_bytes: int
+    ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        return self.network.fetch_blocks(peer, from_height, to_height, max_bytes)
+
+    async def apply_synced(self, peer: str, block: peer_pb2.SyncBlock) -> bool:
+        """Hand a fetched block to the consensus task; True once it is applied, False if the node
+        already has its height. Raises PeerFault if it does not verify."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("synced", (peer, block, fut)))
+        return await fut
+
+    async def _apply_synced_block(self, peer: str, sb: peer_pb2.SyncBlock) -> bool:
+        """Verify a fetched block by the rules every block meets, then apply it (consensus task)."""
+        block, cert = sb.block, sb.commit
+        height = block.header.height
+        if height <= self.height:
+            return False
+        if height != self.height + 1:
+            raise PeerFault("wrong_height", f"sent height {height}, expected {self.height + 1}")
+        block_id = blocks.block_hash(block.header)
+        try:
+            blocks.verify_commit(
+                self.chain_id, self.validator_set(height), cert, height=height, block_hash=block_id
+            )
+        except blocks.CommitError as exc:
+            raise PeerFault("bad_certificate", f"block {height}: {exc}") from None
+        problem = self.block_problem(height, block, live=False)
+        if problem is not None:
+            raise PeerFault("bad_block", f"block {height}: {problem}")
+        await self._apply_block(height, block_id, block, cert)
+        self._core_stale = True
+        return True
+
+    def _on_sync_fault(self, peer: str, reason: str) -> None:
+        self._count_peer_fault(peer, f"sync_{reason}")
+
     # --- peers ------------------------------------------------------------------------------------
 
     def make_hello(self) -> peer_pb2.Hello:
@@ -964,7 +1106,7 @@ class Node:
             self.network.send(peer, msg)
 
     def on_peer_disconnected(self, peer: str) -> None:
-        self._peer_heights.pop(peer, None)
+        self.blocksync.on_disconnected(peer)
 
     async def on_peer_message(self, peer: str, msg: peer_pb2.PeerMessage) -> None:
         kind = msg.WhichOneof("msg")
@@ -973,12 +1115,18 @@ class Node:
         elif kind == "proposal":
             await self._on_proposal(peer, msg.proposal)
         elif kind == "txs":
-            if len(msg.txs.txs) > 10 * self.cfg.p2p.tx_gossip_batch:
-                log.warning("peer %s sent an oversized tx batch (%d); dropped", peer, len(msg.txs.txs))
+            raws = list(msg.txs.txs)
+            if len(raws) > 10 * self.cfg.p2p.tx_gossip_batch:
+                self._count_peer_fault(peer, "oversized_batch", f"a batch of {len(raws)} transactions")
                 return
-            admission = self._admit_gossip(list(msg.txs.txs))
-            if len(self._gossip_admits) >= MAX_GOSSIP_ADMITS:
-                await admission
+            size = sum(len(r) for r in raws)
+            admission = self._admit_gossip(raws, size)
+            self._gossip_bytes += size
+            if (
+                len(self._gossip_admits) >= MAX_GOSSIP_ADMITS
+                or self._gossip_bytes > budget.GOSSIP_INFLIGHT_BYTES
+            ):
+                await admission  # back-pressure: the peer's stream waits
                 return
             task = asyncio.create_task(admission)
             self._gossip_admits.add(task)
@@ -987,8 +1135,8 @@ class Node:
             problem = self._evidence_problem(msg.evidence)
             if problem is None:
                 self._add_evidence(wire.evidence_from_pb(msg.evidence), gossip=False)
-            elif problem != "already committed":
-                log.warning("peer %s sent invalid evidence: %s", peer, problem)
+            elif problem not in ("already committed", "unknown height"):
+                self._count_peer_fault(peer, "invalid_evidence", problem)
         elif kind == "status":
             self._on_status(peer, msg.status)
         elif kind is None:
@@ -996,19 +1144,37 @@ class Node:
         else:
             log.debug("peer %s sent unexpected %s", peer, kind)
 
+    def _count_peer_fault(self, peer: str, kind: str, detail: str = "") -> None:
+        """A peer sent something invalid: count it (metric), log it (the first few), and ban the
+        peer for PEER_BAN_S once it sent PEER_FAULT_LIMIT within PEER_FAULT_WINDOW_S. Block-sync
+        faults are counted here but penalized by block sync itself (the peer is not asked again)."""
+        key = (peer, kind)
+        self.peer_fault_counts[key] = self.peer_fault_counts.get(key, 0) + 1
+        if kind.startswith("sync_"):
+            return
+        now = time.monotonic()
+        recent = [t for t in self._peer_faults.get(peer, []) if now - t < PEER_FAULT_WINDOW_S]
+        recent.append(now)
+        self._peer_faults[peer] = recent
+        if len(recent) <= 3:
+            log.warning("peer %s sent an invalid message (%s): %s", peer, kind, detail)
+        if len(recent) >= PEER_FAULT_LIMIT:
+            self._peer_faults.pop(peer, None)
+            self.network.ban(peer, PEER_BAN_S, f"{len(recent)} invalid messages, the last: {kind}")
+
     def _in_window(self, height: int) -> bool:
         return self.height < height <= self.height + 2
 
     def _signed_by_member(
         self, peer: str, what: str, height: int, signer: bytes, signature: bytes, message: bytes
     ) -> bool:
-        """True if signer is a validator at height and signed message; else log why and drop it."""
+        """True if signer is a validator at height and signed message; else count the fault and drop it."""
         public_key = self.validator_key(height, signer)
         if public_key is None:
-            log.warning("peer %s sent a %s from a non-validator", peer, what)
+            self._count_peer_fault(peer, f"{what}_not_a_validator", f"signer {signer.hex()[:16]}")
             return False
         if not crypto.verify_raw(public_key, signature, message):
-            log.warning("peer %s sent a %s with a bad signature", peer, what)
+            self._count_peer_fault(peer, f"{what}_bad_signature", f"height {height}")
             return False
         return True
 
@@ -1016,7 +1182,7 @@ class Node:
         try:
             vote = wire.vote_from_pb(pb)
         except wire.WireError as exc:
-            log.warning("peer %s sent a malformed vote: %s", peer, exc)
+            self._count_peer_fault(peer, "malformed_vote", str(exc))
             return
         if not self._in_window(vote.height):
             return
@@ -1031,11 +1197,38 @@ class Node:
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._enqueue(VoteReceived(vote))
 
+    def _proposal_problem(self, proposal: Proposal, block: block_pb2.Block) -> str | None:
+        """The cheap checks of a peer's proposal, before any of its transactions' signatures: it is
+        from the round's proposer, for a round within reach, its block is for this height, by that
+        proposer, on this chain's last block, within the size limits, with a body that matches its
+        header. None if the expensive checks are worth doing."""
+        height = proposal.height
+        vs = to_core_set(self.validator_set(height))
+        expected = vs.proposer(height, proposal.round).address
+        if proposal.proposer != expected:
+            return f"from {proposal.proposer.hex()[:16]}, not the proposer of round {proposal.round}"
+        if not -1 <= proposal.pol_round < proposal.round:
+            return f"pol_round {proposal.pol_round} for round {proposal.round}"
+        h = block.header
+        if h.height != height or h.proposer != proposal.proposer or h.chain_id != self.chain_id:
+            return "its block's height, proposer or chain differs from the proposal's"
+        if blocks.block_hash(h) != proposal.block_id:
+            return "its block does not hash to the proposal's block id"
+        c = self.cfg.consensus
+        if len(block.body.txs) > c.max_block_txs or block.ByteSize() > c.max_block_bytes + 64 * 1024:
+            return "its block is too large"
+        if height == self.height + 1:
+            if h.prev_block_hash != self.last_block_hash:
+                return "its block does not follow the last committed block"
+            if h.tx_root != blocks.tx_root([crypto.sha256(raw) for raw in block.body.txs]):
+                return "its block's transactions do not match the header's tx root"
+        return None
+
     async def _on_proposal(self, peer: str, pb: block_pb2.Proposal) -> None:
         try:
             proposal = wire.proposal_from_pb(pb)
         except wire.WireError as exc:
-            log.warning("peer %s sent a malformed proposal: %s", peer, exc)
+            self._count_peer_fault(peer, "malformed_proposal", str(exc))
             return
         if not self._in_window(proposal.height):
             return
@@ -1046,22 +1239,38 @@ class Node:
             peer, "proposal", proposal.height, proposal.proposer, proposal.signature, msg
         ):
             return
+        problem = self._proposal_problem(proposal, pb.block)
+        if problem is not None:
+            self._count_peer_fault(peer, "invalid_proposal", problem)
+            return
+        core = self.core
+        current_round = core.round if core is not None and core.height == proposal.height else 0
+        if proposal.round > current_round + PROPOSAL_ROUND_WINDOW:
+            log.debug(
+                "proposal %d/%d is beyond this node's round %d; dropped",
+                proposal.height,
+                proposal.round,
+                current_round,
+            )
+            return
         if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
             # Verify the block's transactions in the thread pool and execute it before the core asks.
             verified = await self.mempool.verify_many(list(pb.block.body.txs))
             if proposal.height == self.height + 1 and proposal.block_id not in self._executed:
                 bad = next((v for v in verified if isinstance(v, TxRejected)), None)
                 if bad is not None:
-                    log.warning(
-                        "proposal %d/%d carries an invalid transaction: %s",
-                        proposal.height,
-                        proposal.round,
-                        bad,
+                    self._count_peer_fault(
+                        peer,
+                        "invalid_proposal",
+                        f"{proposal.height}/{proposal.round} carries an invalid transaction: {bad}",
                     )
-                    self._executed[proposal.block_id] = None
+                    self._remember_executed(proposal.block_id, None, None)
                 else:
                     vtxs = [v for v in verified if isinstance(v, VerifiedTx)]
-                    self._check_block(proposal.height, proposal.block_id, pb.block, vtxs)
+                    if not self._check_block(proposal.height, proposal.block_id, pb.block, vtxs):
+                        self._count_peer_fault(
+                            peer, "invalid_proposal", f"{proposal.height}/{proposal.round}: invalid block"
+                        )
         if self.byz is not None:
             self.byz.on_proposal(proposal)
         self.wal.append(wal_pb2.WalRecord(message=wal_pb2.WalMessage(proposal=pb)))
@@ -1070,7 +1279,7 @@ class Node:
             self._note_proposal(proposal.height)
         self._enqueue(ProposalReceived(proposal))
 
-    async def _admit_gossip(self, raws: list[bytes]) -> None:
+    async def _admit_gossip(self, raws: list[bytes], size: int) -> None:
         try:
             # Peers dry-ran these on admission; signatures, nonces and duplicates are checked here.
             await self.mempool.admit(raws, gossip=False, dry_run=False)
@@ -1078,6 +1287,8 @@ class Node:
             pass
         except Exception:  # a bad batch must never stop the node
             log.exception("error admitting transactions from a peer")
+        finally:
+            self._gossip_bytes -= size
 
     def _status_message(self) -> peer_pb2.PeerMessage:
         core = self.core
@@ -1092,81 +1303,7 @@ class Node:
         self.network.broadcast(self._status_message())
 
     def _on_status(self, peer: str, status: peer_pb2.PeerStatus) -> None:
-        self._peer_heights[peer] = status.last_committed
-        self._maybe_sync()
-
-    def _maybe_sync(self) -> None:
-        best = max(self._peer_heights.values(), default=0)
-        if best <= self.height:
-            self._behind_since = None
-            return
-        now = time.monotonic()
-        if self._behind_since is None:
-            self._behind_since = now
-            # Look again when the wait is over, even if no status arrives meanwhile (peers that wait
-            # for this node's proposal or vote send none until the status loop's next second).
-            asyncio.get_running_loop().call_later(BEHIND_SYNC_S + 0.01, self._maybe_sync)
-        if (best >= self.height + 2 or now - self._behind_since > BEHIND_SYNC_S) and not self._sync_requested:
-            self._sync_requested = True
-            self._queue.put_nowait(("sync", None))
-
-    # --- block sync -------------------------------------------------------------------------------
-
-    async def _sync(self) -> None:
-        """Fetch and apply blocks from the most advanced peers until caught up."""
-        self._sync_requested = False
-        self._syncing = True
-        started_height = self.height
-        t0 = time.monotonic()
-        try:
-            while True:
-                candidates = sorted(self._peer_heights.items(), key=lambda kv: -kv[1])
-                candidates = [(p, h) for p, h in candidates if h > self.height]
-                if not candidates:
-                    break
-                progressed = False
-                for peer, target in candidates:
-                    try:
-                        progressed = await self._sync_from(peer, min(target, self.height + SYNC_BATCH))
-                    except FatalError:
-                        raise
-                    except Exception as exc:
-                        log.warning("block sync from %s failed: %s", peer, exc)
-                        continue
-                    if progressed:
-                        break
-                if not progressed:
-                    break
-        finally:
-            self._syncing = False
-            self._behind_since = None
-        if self.height > started_height:
-            log.info(
-                "block sync: %d blocks in %.2fs, now at %d",
-                self.height - started_height,
-                time.monotonic() - t0,
-                self.height,
-            )
-            self.core = self._new_core(self.height + 1)
-            self._new_height_bookkeeping()
-            await self._execute(self.core.start())
-
-    async def _sync_from(self, peer: str, target: int) -> bool:
-        progressed = False
-        async for sb in self.network.fetch_blocks(peer, self.height + 1, target):
-            block = sb.block
-            height = block.header.height
-            if height != self.height + 1:
-                raise ValueError(f"peer sent height {height}, expected {self.height + 1}")
-            block_id = blocks.block_hash(block.header)
-            blocks.verify_commit(
-                self.chain_id, self.validator_set(height), sb.commit, height=height, block_hash=block_id
-            )
-            if self.last_header is not None:
-                blocks.verify_header_chain(self.last_header, block.header)
-            await self._apply_block(height, block_id, block, sb.commit, trusted=True)
-            progressed = True
-        return progressed
+        self.blocksync.on_status(peer, status.last_committed)
 
     async def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
         last = self.height if request.to_height == 0 else min(request.to_height, self.height)
@@ -1217,7 +1354,7 @@ class Node:
                 if self.core is not None and self.core.height == self.height + 1:
                     for vote in self.core.relay_votes():
                         self.network.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(vote)))
-            self._maybe_sync()
+            self.blocksync.poke()
             if self.metrics is not None:
                 self.metrics.on_status(self)
 
@@ -1411,7 +1548,7 @@ class Node:
             validators=self.validator_set(self.height + 1),
             peers=len(self.network.connected),
             mempool_size=len(self.mempool),
-            syncing=self._syncing,
+            syncing=self.blocksync.active,
             node_address=self.key.address,
             version=VERSION,
             name=self.cfg.moniker,

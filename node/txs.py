@@ -1,8 +1,16 @@
 """Transaction envelopes: build and sign, decode and verify.
 
 A `SignedTx` carries the serialized `TxBody` exactly as it was signed plus (public key, signature)
-pairs, so verification never depends on re-serializing anything. The tx hash is the SHA-256 of the
-serialized envelope as submitted.
+pairs, so verification never depends on re-serializing anything.
+
+Two hashes, for two jobs:
+- the transaction's identity (`tx_hash`, in receipts, indexes, the client API) is the SHA-256 of the
+  serialized body, which is what the signatures cover. A third party can add a signature or an
+  unknown field to an envelope, but cannot change the id of a transaction it did not sign: the
+  client that signed it always finds it under the id it computed (no malleability).
+- the envelope hash (`wire_hash`, SHA-256 of the exact bytes) keys the cache of verified
+  signatures and is what a block's tx_root commits to, so a certified header fixes every byte of
+  its body, signatures included.
 
 Decoding and verification are split so the mempool can verify many transactions in a thread pool
 (`DecodedTx.sign_items`) and cache the result by tx hash. The ledger only ever sees a `VerifiedTx`.
@@ -43,7 +51,8 @@ class TxRejected(Exception):
 class DecodedTx:
     """A well-formed envelope for this chain whose signatures are not yet verified."""
 
-    tx_hash: Hash
+    tx_hash: Hash  # the id: sha256 of the signed body
+    wire_hash: Hash  # sha256 of the envelope's bytes
     raw: bytes
     body: tx_pb2.TxBody
     signed_message: bytes
@@ -61,7 +70,8 @@ class DecodedTx:
 class VerifiedTx:
     """A transaction whose every signature verified. signers are the signing addresses."""
 
-    tx_hash: Hash
+    tx_hash: Hash  # the id: sha256 of the signed body
+    wire_hash: Hash  # sha256 of the envelope's bytes (what tx_root commits to)
     raw: bytes
     body: tx_pb2.TxBody
     signers: frozenset[Address]
@@ -73,7 +83,20 @@ class VerifiedTx:
 
 
 def tx_hash(raw: bytes) -> Hash:
-    """The hash that identifies a transaction: SHA-256 of its serialized envelope."""
+    """The id of a transaction: SHA-256 of its serialized body (what its signatures cover). For bytes
+    that are not an envelope (a client's mistake, a fuzzer), the SHA-256 of the bytes themselves,
+    so every rejection can still name what it rejected."""
+    envelope = tx_pb2.SignedTx()
+    try:
+        envelope.ParseFromString(raw)
+    except DecodeError:
+        return crypto.sha256(raw)
+    body = envelope.body
+    return crypto.sha256(body) if body else crypto.sha256(raw)
+
+
+def wire_hash(raw: bytes) -> Hash:
+    """The hash of an envelope's exact bytes (the verified-signature cache key; tx_root's leaves)."""
     return crypto.sha256(raw)
 
 
@@ -90,10 +113,10 @@ def sign_tx(body: tx_pb2.TxBody, keys: Sequence[SigningKey]) -> bytes:
 
 
 def decode_tx(
-    raw: bytes, chain_id: str, max_bytes: int = DEFAULT_MAX_TX_BYTES, known_hash: Hash | None = None
+    raw: bytes, chain_id: str, max_bytes: int = DEFAULT_MAX_TX_BYTES, known_wire_hash: Hash | None = None
 ) -> DecodedTx:
-    """Parse and check the envelope (size, structure, chain id); raises TxRejected. known_hash is
-    tx_hash(raw) when the caller has it already (it is not checked)."""
+    """Parse and check the envelope (size, structure, chain id); raises TxRejected.
+    known_wire_hash is wire_hash(raw) when the caller has it already (it is not checked)."""
     if len(raw) > max_bytes:
         raise TxRejected(
             receipt_pb2.TX_STATUS_TOO_LARGE, f"transaction is {len(raw)} bytes, limit {max_bytes}"
@@ -136,7 +159,8 @@ def decode_tx(
     if len(public_keys) > 1 and len(set(public_keys)) != len(public_keys):
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, "the same key signed twice")
     return DecodedTx(
-        tx_hash=tx_hash(raw) if known_hash is None else known_hash,
+        tx_hash=crypto.sha256(body_bytes),
+        wire_hash=crypto.sha256(raw) if known_wire_hash is None else known_wire_hash,
         raw=raw,
         body=body,
         signed_message=crypto.sign_bytes(Domain.TX, chain_id, body_bytes),
@@ -154,6 +178,7 @@ def accept_verified(decoded: DecodedTx, results: Sequence[bool]) -> VerifiedTx:
         raise TxRejected(receipt_pb2.TX_STATUS_MISSING_SIGNATURE, "the signer account did not sign")
     return VerifiedTx(
         tx_hash=decoded.tx_hash,
+        wire_hash=decoded.wire_hash,
         raw=decoded.raw,
         body=decoded.body,
         signers=signers,

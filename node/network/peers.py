@@ -31,7 +31,15 @@ from node.config import NodeConfig, Peer
 log = logging.getLogger("clearline.peers")
 
 VALIDATOR_URI_PREFIX = "clearline:validator:"
+# A peer's send queue holds at most this many messages and bytes; beyond, the oldest are dropped
+# (consensus re-gossips what matters), so a slow or paused peer costs this node bounded memory.
 SEND_QUEUE_MAX = 20_000
+SEND_QUEUE_BYTES = 32 << 20
+# The deadline of one block-sync request (block sync also bounds the wait for each block).
+FETCH_DEADLINE_S = 60.0
+# Block-sync requests served at once; more are refused with RESOURCE_EXHAUSTED (each streams up to
+# SYNC_BATCH blocks from disk).
+MAX_CONCURRENT_SERVES = 4
 
 
 class PeerHandler(Protocol):
@@ -75,17 +83,28 @@ def validator_address_of_cert(cert_pem: bytes) -> bytes | None:
 @dataclass
 class _Conn:
     name: str
-    queue: asyncio.Queue[peer_pb2.PeerMessage] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_MAX))
+    queue: asyncio.Queue[tuple[peer_pb2.PeerMessage, int]] = field(
+        default_factory=lambda: asyncio.Queue(SEND_QUEUE_MAX)
+    )
     dropped: int = 0
+    queued_bytes: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def send(self, msg: peer_pb2.PeerMessage) -> None:
-        try:
-            self.queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
+    def send(self, msg: peer_pb2.PeerMessage, size: int | None = None) -> None:
+        n = msg.ByteSize() if size is None else size
+        while self.queue.full() or (self.queued_bytes + n > SEND_QUEUE_BYTES and not self.queue.empty()):
+            try:
+                _old, old_size = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queued_bytes -= old_size
             self.dropped += 1
-            self.queue.put_nowait(msg)
+        self.queue.put_nowait((msg, n))
+        self.queued_bytes += n
+
+    def take(self, item: tuple[peer_pb2.PeerMessage, int]) -> peer_pb2.PeerMessage:
+        self.queued_bytes -= item[1]
+        return item[0]
 
 
 BATCH_MAX_MESSAGES = 64
@@ -171,8 +190,23 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
         await net.run_stream(name, reads(), context.write)
 
     async def GetBlocks(self, request: peer_pb2.GetBlocksRequest, context: grpc.aio.ServicerContext) -> Any:
-        async for block in self._net.handler.serve_blocks(request):
-            yield block
+        net = self._net
+        if net.tls:
+            pems = context.auth_context().get("x509_pem_cert") or []
+            address = validator_address_of_cert(pems[0]) if pems else None
+            if address is None or net.name_of(address) is None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer certificate binds no validator")
+            name = net.name_of(address) if address is not None else None
+            if name is not None and net.is_banned(name):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid messages")
+        if net._serving.locked():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"serving {MAX_CONCURRENT_SERVES} block-sync requests already; retry later",
+            )
+        async with net._serving:
+            async for block in net.handler.serve_blocks(request):
+                yield block
 
     async def GetSyncStatus(
         self, request: peer_pb2.SyncStatusRequest, context: grpc.aio.ServicerContext
@@ -193,6 +227,8 @@ class PeerNetwork:
         self._tasks: list[asyncio.Task[None]] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stopping = False
+        self._banned_until: dict[str, float] = {}
+        self._serving = asyncio.Semaphore(MAX_CONCURRENT_SERVES)
         self.port: int = 0
         if self.tls:
             self._ca = cfg.path(cfg.tls.ca_cert).read_bytes()
@@ -237,8 +273,28 @@ class PeerNetwork:
         return self._names_by_address.get(validator)
 
     def broadcast(self, msg: peer_pb2.PeerMessage) -> None:
+        if not self._conns:
+            return
+        size = msg.ByteSize()
         for conn in self._conns.values():
-            conn.send(msg)
+            conn.send(msg, size)
+
+    def ban(self, peer: str, seconds: float, reason: str) -> None:
+        """Close the stream with peer and refuse it for `seconds` (it sent invalid messages)."""
+        self._banned_until[peer] = asyncio.get_running_loop().time() + seconds
+        log.warning("peer %s banned for %.0f s: %s", peer, seconds, reason)
+        conn = self._conns.get(peer)
+        if conn is not None:
+            conn.closed.set()
+
+    def is_banned(self, peer: str) -> bool:
+        until = self._banned_until.get(peer)
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() >= until:
+            del self._banned_until[peer]
+            return False
+        return True
 
     def send(self, peer: str, msg: peer_pb2.PeerMessage) -> bool:
         conn = self._conns.get(peer)
@@ -250,20 +306,24 @@ class PeerNetwork:
     # --- streams ----------------------------------------------------------------------------------
 
     async def run_stream(self, name: str, incoming: AsyncIterator[peer_pb2.PeerMessage], write: Any) -> None:
-        """Move messages on one established stream until either side ends it."""
+        """Move messages on one established stream until either side ends it (or this node bans
+        the peer)."""
+        if self.is_banned(name):
+            log.info("refusing banned peer %s", name)
+            return
         old = self._conns.get(name)
         conn = _Conn(name)
         self._conns[name] = conn
         if old is not None:
-            old.send(peer_pb2.PeerMessage())  # wake its writer so it notices it was replaced
+            old.send(peer_pb2.PeerMessage(), 0)  # wake its writer so it notices it was replaced
         self.handler.on_peer_connected(name)
         log.info("peer %s connected", name)
 
         async def writer() -> None:
             queue = conn.queue
             while self._conns.get(name) is conn:
-                msg = await queue.get()
-                if self._conns.get(name) is not conn:
+                msg = conn.take(await queue.get())
+                if self._conns.get(name) is not conn or conn.closed.is_set():
                     return
                 if queue.empty():
                     await write(msg)
@@ -271,14 +331,14 @@ class PeerNetwork:
                 # More messages are waiting (they queued during the last write): fewer, larger writes.
                 msgs = [msg]
                 while len(msgs) < BATCH_MAX_MESSAGES and not queue.empty():
-                    msgs.append(queue.get_nowait())
+                    msgs.append(conn.take(queue.get_nowait()))
                 for out in batched(msgs):
                     await write(out)
 
         write_task = asyncio.create_task(writer(), name=f"peer-write-{name}")
         try:
             async for msg in incoming:
-                if write_task.done():
+                if write_task.done() or conn.closed.is_set():
                     break
                 if msg.WhichOneof("msg") == "batch":
                     inner = msg.batch.messages
@@ -378,14 +438,23 @@ class PeerNetwork:
     # --- block sync client ------------------------------------------------------------------------
 
     async def fetch_blocks(
-        self, peer_name: str, from_height: int, to_height: int, timeout_s: float = 30
+        self, peer_name: str, from_height: int, to_height: int, max_bytes: int
     ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        """The blocks peer_name serves for [from_height, to_height] (at most max_bytes of them, at
+        least one). Transport failures are ConnectionError; timeouts are the caller's (block sync
+        bounds the wait for each block)."""
         peer = next((p for p in self.cfg.p2p.peers if p.name == peer_name), None)
         if peer is None:
-            return
+            raise ConnectionError(f"{peer_name} is not a configured peer")
         stub = peer_pb2_grpc.PeerStub(self._channel(peer))
         call = stub.GetBlocks(
-            peer_pb2.GetBlocksRequest(from_height=from_height, to_height=to_height), timeout=timeout_s
+            peer_pb2.GetBlocksRequest(from_height=from_height, to_height=to_height, max_bytes=max_bytes),
+            timeout=FETCH_DEADLINE_S,
         )
-        async for block in call:
-            yield block
+        try:
+            async for block in call:
+                yield block
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
+        finally:
+            call.cancel()

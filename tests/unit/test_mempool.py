@@ -317,5 +317,5 @@ async def test_waiters_verify_for_themselves_when_the_verifying_call_is_cancelle
         gated.gate.set()
         (result,) = await asyncio.wait_for(waiter, timeout=10)
     assert isinstance(result, VerifiedTx) and result.raw == batch[1]
-    assert pool.verified(result.tx_hash) is not None
+    assert pool.verified(result.wire_hash) is not None
     assert not pool._verifying

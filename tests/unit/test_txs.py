@@ -104,7 +104,8 @@ def test_decode_takes_a_hash_the_caller_computed_and_computes_it_otherwise() -> 
     key = SigningKey.from_seed(b"\x05" * 32)
     raw = txs.sign_tx(transfer_body(key), [key])
     assert txs.decode_tx(raw, CHAIN).tx_hash == txs.tx_hash(raw)
-    assert txs.decode_tx(raw, CHAIN, known_hash=txs.tx_hash(raw)).tx_hash == txs.tx_hash(raw)
+    assert txs.decode_tx(raw, CHAIN).wire_hash == txs.wire_hash(raw)
+    assert txs.decode_tx(raw, CHAIN, known_wire_hash=txs.wire_hash(raw)).wire_hash == txs.wire_hash(raw)
     decoded = txs.decode_tx(raw, CHAIN)
     assert decoded.signed_message.endswith(tx_pb2.SignedTx.FromString(raw).body)
     assert decoded.sign_items() == [

@@ -138,6 +138,7 @@ class World:
         who = [signer, *cosigners] if signers is None else list(signers)
         return VerifiedTx(
             tx_hash=Hash(hashlib.sha256(raw).digest()),
+            wire_hash=Hash(hashlib.sha256(raw).digest()),
             raw=raw,
             body=body,
             signers=frozenset(k.address for k in who),
