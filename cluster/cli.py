@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clearline.v1 import tx_pb2
-from cluster.netgen import DEFAULT_BASE_PORT, DEFAULT_CHAIN_ID, Network, NetworkExistsError, init_network
+from cluster.netgen import DEFAULT_BASE_PORT, Network, NetworkExistsError, init_network
 
 DEFAULT_HOME = os.environ.get("CLEARLINE_HOME", "net")
 
@@ -224,6 +224,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"starting {len(launcher.network.nodes)} nodes, waiting for the first block...", file=sys.stderr
         )
     try:
+        for node in launcher.network.nodes:
+            launcher.wait_serving(node.name, timeout=args.wait)
         launcher.wait_until(_healthy, timeout=args.wait, what="committing blocks", progress=progress)
     except LaunchError as exc:
         raise CliError("NODE_UNHEALTHY", str(exc)) from None
@@ -310,6 +312,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    """One node's process. start and restart wait until the node serves its client API: a node that
+    refuses to start (bad config, missing genesis, address in use, ...) is reported with its reason
+    and a non-zero exit, not as a pid."""
+    from cluster.launcher import LaunchError, NodeRefusedError
+
     launcher = _launcher(args)
     node = launcher.network.node(args.node_id)
     action: Callable[..., Any] = getattr(launcher, args.action)
@@ -325,6 +332,13 @@ def cmd_node(args: argparse.Namespace) -> int:
     pid = action(node.name, **extra)
     if pid is None:
         raise CliError("NOT_RUNNING", f"{node.name} is not running")
+    if args.action in ("start", "restart"):
+        try:
+            launcher.wait_serving(node.name, timeout=args.wait)
+        except NodeRefusedError as exc:
+            raise CliError("NODE_REFUSED", str(exc)) from None
+        except LaunchError as exc:
+            raise CliError("NODE_NOT_SERVING", str(exc)) from None
     _emit(
         args, {"node": node.name, "action": args.action, "pid": pid}, f"{args.action} {node.name} (pid {pid})"
     )
@@ -622,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--validators", type=int, default=4)
     sp.add_argument("--hosts", default="", help="comma-separated hosts, one per validator")
-    sp.add_argument("--chain-id", default=DEFAULT_CHAIN_ID)
+    sp.add_argument(
+        "--chain-id", default=None, help="the network's chain id (default: a fresh clearline-<8 hex digits>)"
+    )
     sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     sp.add_argument(
         "--faults", action="store_true", help="allow fault injection (Byzantine modes, link proxies)"
@@ -656,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["kill", "stop", "start", "restart", "pause", "resume"])
     sp.add_argument("node_id")
     sp.add_argument("--byzantine", default="", help="test-only misbehaviour (networks made with --faults)")
+    sp.add_argument(
+        "--wait", type=float, default=30.0, help="start/restart: seconds to wait for the node to serve"
+    )
     sp.set_defaults(func=cmd_node)
 
     faults = sub.add_parser("fault", help="network and disk faults (networks made with init --faults)")

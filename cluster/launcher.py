@@ -3,7 +3,9 @@
 Each node runs `python -m node --home <node home>` with its output in `<node home>/stdout.log` and its
 pid in `<node home>/node.pid`. `stop` sends SIGTERM, waits, then SIGKILL; `kill` is SIGKILL at once;
 `pause`/`resume` are SIGSTOP/SIGCONT. Only processes this network started (by recorded pid, checked
-against the command line) are ever signalled.
+against the command line) are ever signalled. `wait_serving` waits until a started node serves its
+client API, or reports why it did not: a node that refuses to start prints one line
+`clearline-node: <reason>` to stderr (node/__main__.py) and exits non-zero.
 
 A fault-testing network with proxies (`clearline init --faults`) also has its fault proxy process
 (cluster/faults/proxy.py): start_all starts it (and waits until it listens) before the nodes, stop_all
@@ -30,6 +32,22 @@ from cluster.netgen import Network, NodeInfo
 
 class LaunchError(Exception):
     """A node did not start or become healthy; the message names it and quotes its log."""
+
+
+class NodeRefusedError(LaunchError):
+    """A node exited instead of serving: its exit status, its stated reason and its last output."""
+
+    def __init__(self, name: str, exit_code: int | None, reason: str, output: str) -> None:
+        status = "" if exit_code is None else f" (exit status {exit_code})"
+        super().__init__(f"{name} refused to start{status}: {reason}")
+        self.name = name
+        self.exit_code = exit_code
+        self.reason = reason
+        self.output = output
+
+
+REFUSAL_PREFIX = "clearline-node: "
+LEDGER_SERVICE = "clearline.v1.Ledger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +100,29 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data[-lines:])
 
 
+def refusal_reason(output: str) -> str:
+    """The reason a node gave for stopping: its last `clearline-node: ...` line, else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(REFUSAL_PREFIX):
+            return line.removeprefix(REFUSAL_PREFIX)
+    return lines[-1] if lines else "it printed nothing"
+
+
+def ledger_serving(target: str, timeout: float = 1.0) -> bool:
+    """Whether the node at target reports its Ledger service SERVING (it does once it runs)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=LEDGER_SERVICE), timeout=timeout
+            )
+    except grpc.RpcError:
+        return False
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def stop_nodes_on_sigterm() -> None:
     """Make SIGTERM end this process as Ctrl-C does (SystemExit, so `finally: stop_all()` runs): a
     benchmark or chaos run that is terminated stops the nodes it started instead of leaving them."""
@@ -107,6 +148,8 @@ class Launcher:
         # A command prefix per node, e.g. ["ip", "netns", "exec", "ns1"] to run it in a namespace.
         self.wrappers = dict(wrappers or {})
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # Where each node's stdout.log ended when this launcher last started it.
+        self._log_offsets: dict[str, int] = {}
 
     # --- one node ---------------------------------------------------------------------------------
 
@@ -119,6 +162,7 @@ class Launcher:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 old.wait(timeout=5)
         log = open(_log_file(node), "ab")  # noqa: SIM115 - handed to the child
+        self._log_offsets[node.name] = log.tell()
         full_env = {**os.environ, **self.extra_env, **(env or {})}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen(
@@ -133,6 +177,38 @@ class Launcher:
         self._children[node.name] = proc
         _pid_file(node).write_text(f"{proc.pid}\n")
         return proc.pid
+
+    def output_since_start(self, name: str, max_bytes: int = 64 * 1024) -> str:
+        """What the node wrote to stdout.log since this launcher last started it (its last max_bytes)."""
+        node = self.network.node(name)
+        start = self._log_offsets.get(node.name, 0)
+        try:
+            with open(_log_file(node), "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(start, end - max_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_serving(self, name: str, timeout: float = 30.0, poll_s: float = 0.1) -> None:
+        """Wait until the node started by this launcher serves its client API. NodeRefusedError if it
+        exits first (with the reason it printed), LaunchError if it does not serve within timeout."""
+        node = self.network.node(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            child = self._children.get(node.name)
+            if self.pid(node.name) is None:
+                code = child.wait(timeout=5) if child is not None else None
+                output = self.output_since_start(node.name)
+                raise NodeRefusedError(node.name, code, refusal_reason(output), output)
+            if ledger_serving(node.api_target, timeout=min(1.0, max(0.1, deadline - time.monotonic()))):
+                return
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"{node.name} is running but does not serve its client API at {node.api_target} "
+                    f"after {timeout:.0f}s; last lines of its log:\n{tail(_log_file(node))}"
+                )
+            time.sleep(poll_s)
 
     def _signal(self, name: str, sig: signal.Signals) -> int | None:
         node = self.network.node(name)

@@ -11,6 +11,9 @@ A fault-testing network (`faults=True`, local hosts only) gets one fault-proxy p
 validators (see cluster/faults/proxy.py): node A's config lists peer B at the port of link A->B, and
 network.json records the layout under "proxies".
 
+Every network gets its own chain id unless one is given (`clearline-<8 random hex digits>`): a
+transaction signs its chain id, so one signed for one network is refused by every other.
+
 Used by `clearline init` and by the tests that start real clusters.
 """
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import secrets
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,11 +41,14 @@ from node.config import (
     P2PConfig,
     Peer,
     TlsConfig,
+    max_block_response_bytes,
     render_config,
 )
 from node.crypto import SigningKey
 
-DEFAULT_CHAIN_ID = "clearline-local"
+CHAIN_ID_PREFIX = "clearline-"
+# Letters, digits, '.', '_' and '-', starting with a letter or digit; at most 50 characters.
+_CHAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
 DEFAULT_BASE_PORT = 26600
 VALIDATOR_POWER = 10
 
@@ -135,6 +143,21 @@ class Network:
         )
 
 
+def new_chain_id() -> str:
+    """A fresh chain id, e.g. clearline-3f9a61c2 (32 random bits)."""
+    return CHAIN_ID_PREFIX + secrets.token_hex(4)
+
+
+def check_chain_id(chain_id: str) -> str:
+    """chain_id if it is a valid one; ValueError saying why not."""
+    if not _CHAIN_ID.fullmatch(chain_id):
+        raise ValueError(
+            f"chain id {chain_id[:60]!r} must be 1..50 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return chain_id
+
+
 def instrument(issuer: bytes, symbol: str) -> tx_pb2.InstrumentId:
     return tx_pb2.InstrumentId(issuer=issuer, symbol=symbol)
 
@@ -220,7 +243,7 @@ def init_network(
     *,
     validators: int = 4,
     hosts: list[str] | None = None,
-    chain_id: str = DEFAULT_CHAIN_ID,
+    chain_id: str | None = None,
     base_port: int = DEFAULT_BASE_PORT,
     demo_accounts: tuple[str, ...] = ("alice", "bob", "carol", "dave"),
     funded: dict[str, list[tuple[str, str, int]]] | None = None,
@@ -230,11 +253,13 @@ def init_network(
     tls: bool = True,
     proxy_base_port: int | None = None,
 ) -> Network:
-    """Create a network directory; refuses to overwrite an existing one unless force.
+    """Create a network directory; refuses to overwrite an existing one unless force. Without
+    chain_id the network gets a fresh one (new_chain_id).
 
     With faults=True and no hosts (all nodes on this machine), peers reach each other through fault
     proxies on ports proxy_base_port + i*n + j (default: just above the nodes' ports,
     base_port + 10*n); multi-host networks get no proxies."""
+    chain_id = new_chain_id() if chain_id is None else check_chain_id(chain_id)
     root = Path(home).resolve()
     if (root / "network.json").exists() or (root / "nodes").exists():
         if not force:
@@ -284,6 +309,12 @@ def init_network(
                 metrics_port=port + 2,
             )
         )
+    consensus = consensus or ConsensusConfig()
+    # Responses must carry the largest block of this consensus configuration (node.config checks it).
+    api_max_message_bytes = max(
+        ApiConfig().max_message_bytes,
+        max_block_response_bytes(consensus.max_block_bytes, consensus.max_block_txs),
+    )
     proxies: tuple[ProxyLink, ...] = ()
     if faults and not hosts:
         proxies = layout_fault_proxies(
@@ -312,9 +343,9 @@ def init_network(
             chain_id=chain_id,
             moniker=info.name,
             p2p=P2PConfig(listen=f"{bind}:{info.p2p_port}", peers=peers),
-            api=ApiConfig(listen=f"{bind}:{info.api_port}"),
+            api=ApiConfig(listen=f"{bind}:{info.api_port}", max_message_bytes=api_max_message_bytes),
             metrics=MetricsConfig(listen=f"{bind}:{info.metrics_port}"),
-            consensus=consensus or ConsensusConfig(),
+            consensus=consensus,
         )
         if not tls:
             cfg = dataclasses.replace(cfg, tls=TlsConfig(enabled=False))

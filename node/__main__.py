@@ -1,10 +1,17 @@
-"""`clearline-node --home DIR` (also `python -m node --home DIR`): run one validator."""
+"""`clearline-node --home DIR` (also `python -m node --home DIR`): run one validator.
+
+A node that cannot start or has to stop says why in one line on stderr, prefixed `clearline-node:`,
+and exits non-zero: 2 for a refusal of its configuration or arguments (bad config.toml, --byzantine
+on a network not made for fault testing), 1 for anything else (missing genesis or key, a corrupt
+store, an address in use, a broken invariant). `clearline node start` shows that line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import traceback
 from pathlib import Path
 
 from node.config import ConfigError, load_config
@@ -21,16 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refused(reason: str) -> None:
+    print(f"clearline-node: {reason}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(Path(args.home))
     except ConfigError as exc:
-        print(f"clearline-node: configuration error: {exc}", file=sys.stderr)
+        _refused(f"configuration error: {exc}")
         return 2
     from node.byzantine import ByzantineRefused
     from node.crypto import KeyFileError
     from node.gctune import tune_gc
+    from node.network.api import ApiListenError
     from node.runtime import FatalError, Node
     from node.storage import StorageError
 
@@ -38,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(Node(cfg, byzantine=args.byzantine).run())
     except ByzantineRefused as exc:
-        print(f"clearline-node: {exc}", file=sys.stderr)
+        _refused(str(exc))
         return 2
-    except (FatalError, KeyFileError, StorageError) as exc:
-        print(f"clearline-node: {exc}", file=sys.stderr)
+    except (FatalError, KeyFileError, StorageError, ApiListenError) as exc:
+        _refused(str(exc))
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:  # the process's edge: an unexpected error still ends in one line
+        traceback.print_exc()
+        _refused(f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
+        return 1
     return 0
 
 

@@ -6,7 +6,7 @@ Relative paths are resolved against the home directory.
 
 Example (what `clearline init` writes):
 
-    chain_id = "clearline-local"
+    chain_id = "clearline-3f9a61c2"
     moniker = "node0"
     genesis = "genesis.json"
 
@@ -25,6 +25,8 @@ Example (what `clearline init` writes):
 
     [api]
     listen = "127.0.0.1:26601"
+    max_message_bytes = 30433280
+    max_request_bytes = 4194304
 
     [metrics]
     listen = "127.0.0.1:26602"
@@ -44,6 +46,43 @@ from typing import Any
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and the setting."""
+
+
+# --- the client API's message limits ----------------------------------------------------------------
+# A response may carry the largest block a validator accepts, with its receipts and certificate, so
+# its limit follows from [consensus] max_block_bytes and max_block_txs; a request is bounded on its own.
+
+DEFAULT_MAX_BLOCK_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BLOCK_TXS = 5000
+# A block may exceed max_block_bytes (its transactions) by this much: header, evidence and the
+# previous height's commit certificate. Validators refuse a larger proposal.
+BLOCK_OVERHEAD_BYTES = 64 * 1024
+# A commit certificate: about 90 bytes per signature, at most 150 validators
+# (node.ledger.ops.MAX_VALIDATORS); tests/unit/test_api_limits.py measures it.
+MAX_COMMIT_BYTES = 16 * 1024
+# A receipt is at most RECEIPT_BASE_BYTES (its fixed fields) plus RECEIPT_BYTES_PER_TX_BYTE per byte
+# of its transaction: events copy the transaction's accounts, instruments and references (a
+# settlement's leg events are under twice its legs), and a failure's message may repr a client
+# string whole (up to 4 characters per byte) besides the receipt's own copy of client_ref.
+# tests/unit/test_api_limits.py checks it on the largest receipts the ledger makes.
+RECEIPT_BASE_BYTES = 1024
+RECEIPT_BYTES_PER_TX_BYTE = 5
+# Field tags and lengths of the response, the block hash.
+RESPONSE_MARGIN_BYTES = 64 * 1024
+# A request: a SubmitTxs batch of about a block's worth of transactions at most.
+DEFAULT_API_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# One transaction of [mempool] max_tx_bytes in a SubmitTx request: the tx field's tag and length, wait.
+SUBMIT_OVERHEAD_BYTES = 64
+
+
+def max_block_response_bytes(max_block_bytes: int, max_block_txs: int) -> int:
+    """The largest GetBlock response (one StreamBlocks message) a node may have to send: a block of
+    max_block_bytes of transactions, with the receipts of max_block_txs and its commit certificate."""
+    receipts = max_block_txs * RECEIPT_BASE_BYTES + max_block_bytes * RECEIPT_BYTES_PER_TX_BYTE
+    return max_block_bytes + BLOCK_OVERHEAD_BYTES + MAX_COMMIT_BYTES + receipts + RESPONSE_MARGIN_BYTES
+
+
+DEFAULT_API_MAX_MESSAGE_BYTES = max_block_response_bytes(DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_BLOCK_TXS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +130,11 @@ class P2PConfig:
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     listen: str = "127.0.0.1:26601"
-    max_message_bytes: int = 4 * 1024 * 1024
+    # The largest response; at least max_block_response_bytes of the [consensus] limits, so that a
+    # full block is readable by GetBlock and StreamBlocks.
+    max_message_bytes: int = DEFAULT_API_MAX_MESSAGE_BYTES
+    # The largest request (a SubmitTxs batch): what anyone who reaches the port can make the node read.
+    max_request_bytes: int = DEFAULT_API_MAX_REQUEST_BYTES
     max_batch_txs: int = 5000
     default_commit_timeout_s: float = 30.0
 
@@ -113,8 +156,8 @@ class ConsensusConfig:
     timeout_commit_ms: int = 50
     # Empty blocks are produced at most this often when there is nothing to do.
     create_empty_blocks_interval_ms: int = 1000
-    max_block_txs: int = 5000
-    max_block_bytes: int = 4 * 1024 * 1024
+    max_block_txs: int = DEFAULT_MAX_BLOCK_TXS
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,16 +311,37 @@ def _check(cfg: NodeConfig) -> None:
         "[p2p] max_message_bytes": cfg.p2p.max_message_bytes,
         "[p2p] reconnect_min_ms": cfg.p2p.reconnect_min_ms,
         "[api] max_message_bytes": cfg.api.max_message_bytes,
+        "[api] max_request_bytes": cfg.api.max_request_bytes,
+        "[api] max_batch_txs": cfg.api.max_batch_txs,
     }
     for setting, number in positive.items():
         if number <= 0:
             raise ConfigError(f"{setting}: must be > 0")
+    _check_api_limits(cfg)
     if cfg.p2p.reconnect_max_ms < cfg.p2p.reconnect_min_ms:
         raise ConfigError("[p2p] reconnect_max_ms: must be >= reconnect_min_ms")
     if cfg.log.level not in _LOG_LEVELS:
         raise ConfigError(f"[log] level: {cfg.log.level!r} is not one of {sorted(_LOG_LEVELS)}")
     if cfg.byzantine not in BYZANTINE_MODES:
         raise ConfigError(f"byzantine: {cfg.byzantine!r} is not one of {sorted(BYZANTINE_MODES - {''})}")
+
+
+def _check_api_limits(cfg: NodeConfig) -> None:
+    """A full block must fit in a response; a request must fit one transaction."""
+    c = cfg.consensus
+    need = max_block_response_bytes(c.max_block_bytes, c.max_block_txs)
+    if cfg.api.max_message_bytes < need:
+        raise ConfigError(
+            f"[api] max_message_bytes: {cfg.api.max_message_bytes} is too small for the largest block "
+            f"response ([consensus] max_block_bytes {c.max_block_bytes}, max_block_txs {c.max_block_txs}, "
+            f"with receipts and certificate): set it to at least {need}"
+        )
+    need = cfg.mempool.max_tx_bytes + SUBMIT_OVERHEAD_BYTES
+    if cfg.api.max_request_bytes < need:
+        raise ConfigError(
+            f"[api] max_request_bytes: {cfg.api.max_request_bytes} cannot carry one transaction of "
+            f"[mempool] max_tx_bytes {cfg.mempool.max_tx_bytes}: set it to at least {need}"
+        )
 
 
 def parse_config(text: str, home: Path, source: str = "config.toml") -> NodeConfig:

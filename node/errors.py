@@ -3,11 +3,47 @@
 `ApiError` carries a gRPC status code name (e.g. "INVALID_ARGUMENT"), a machine-readable reason
 (e.g. "BAD_SIGNATURE", "UNKNOWN_ACCOUNT", "MEMPOOL_FULL") and a human message. node/network/api.py
 maps it to a gRPC status whose trailing metadata carries `clearline-reason`.
+
+Client input is never echoed whole: a message quotes it with `quote` (a bounded prefix and its size),
+and `ApiError` cuts any message to `MAX_MESSAGE_CHARS` as a backstop, so no request, however large,
+makes a large error.
 """
 
 from __future__ import annotations
 
 from clearline.v1 import receipt_pb2
+
+# What `quote` shows of a value: about this many characters of its repr (or hex).
+QUOTE_CHARS = 64
+# The longest message an ApiError (and so a gRPC status detail) carries.
+MAX_MESSAGE_CHARS = 512
+
+
+def quote(value: str | bytes, limit: int = QUOTE_CHARS) -> str:
+    """value for an error message: repr(value) for text, hex for bytes. A longer one is cut to limit
+    characters and followed by its size, as in "'hold-aaaa...(1048576 bytes)". Reads only a prefix
+    of value (and, for a long text, its UTF-8 length)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value[: limit // 2]).hex()
+        if len(value) <= limit // 2:
+            return text
+        size = len(value)
+    else:
+        # A character's repr is at most 10 characters: a prefix of limit characters suffices.
+        text = repr(value[:limit])
+        if len(value) <= limit and len(text) <= limit:
+            return text
+        size = len(value.encode("utf-8", "surrogatepass"))
+    return f"{text[:limit]}...({size} bytes)"
+
+
+def bound_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """message cut to at most limit characters (the cut marked with its full length)."""
+    if len(message) <= limit:
+        return message
+    suffix = f"...({len(message)} characters)"
+    return message[: limit - len(suffix)] + suffix
+
 
 # Which gRPC code a rejected transaction's status maps to.
 _INVALID = {
@@ -28,6 +64,7 @@ _ALREADY = {receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF}
 
 class ApiError(Exception):
     def __init__(self, code: str, reason: str, message: str) -> None:
+        message = bound_message(message)
         super().__init__(f"{code} {reason}: {message}")
         self.code = code
         self.reason = reason

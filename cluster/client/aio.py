@@ -31,6 +31,9 @@ from node import txs
 from node.crypto import Hash, SigningKey
 
 DEFAULT_TIMEOUT_S = 10.0
+# The largest response the client accepts: above a node's largest block response with the default
+# limits (node.config.DEFAULT_API_MAX_MESSAGE_BYTES, about 29 MiB), so a full block is readable.
+# A network configured with larger blocks passes max_message_bytes to connect.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _R = TypeVar("_R")
@@ -57,13 +60,17 @@ class Client:
         chain_id: str | None = None,
         tls: TlsConfig | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> Client:
-        """Open a channel to target ("host:port"); without chain_id, ask the node (GetStatus)."""
+        """Open a channel to target ("host:port"); without chain_id, ask the node (GetStatus).
+        max_message_bytes bounds what the client sends and receives in one message."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
         options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
         ]
         if tls is None:
             channel = grpc.aio.insecure_channel(target, options=options)

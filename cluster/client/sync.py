@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from clearline.v1 import block_pb2, ledger_api_pb2, tx_pb2
 from cluster.client import builders
-from cluster.client.aio import DEFAULT_TIMEOUT_S, Client
+from cluster.client.aio import DEFAULT_TIMEOUT_S, MAX_MESSAGE_BYTES, Client
 from cluster.client.proofs import latest_agreeing, verify_account_proof
 from cluster.client.tls import TlsConfig
 from cluster.client.values import SubmitResult, VerifiedAccount, WaitFor
@@ -85,10 +85,19 @@ class SyncClient:
         chain_id: str | None = None,
         tls: TlsConfig | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> SyncClient:
         runner = _LoopThread(f"clearline-client-{target}")
         try:
-            client = runner.run(Client.connect(target, chain_id=chain_id, tls=tls, timeout_s=timeout_s))
+            client = runner.run(
+                Client.connect(
+                    target,
+                    chain_id=chain_id,
+                    tls=tls,
+                    timeout_s=timeout_s,
+                    max_message_bytes=max_message_bytes,
+                )
+            )
         except BaseException:
             runner.stop()
             raise

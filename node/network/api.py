@@ -3,6 +3,13 @@
 Servicers only decode, validate and hand over to the node (`NodeApi`, implemented by the runtime);
 they never touch consensus state. A failure is a gRPC status with a machine-readable reason in the
 trailing metadata key `clearline-reason`, so `grpcurl` users and the Python client see both.
+
+Message limits: a response may be as large as the largest block with its receipts and commit
+certificate (`[api] max_message_bytes`, checked against the consensus limits by node.config), while a
+request is bounded separately and much lower (`[api] max_request_bytes`): it is what a stranger can
+make the node read. Fields that name something of a bounded size (a hash, a hold id, a symbol) are
+checked here, so an oversized one is refused without reaching the node, and errors quote client
+input only through `node.errors.quote`.
 """
 
 from __future__ import annotations
@@ -16,11 +23,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
-from node.errors import ApiError
+from node.config import DEFAULT_API_MAX_REQUEST_BYTES
+from node.errors import MAX_MESSAGE_CHARS, ApiError, bound_message, quote
+from node.ledger.ops import MAX_REF_LEN, MAX_SYMBOL_LEN
 
 log = logging.getLogger("clearline.api")
 
 REASON_KEY = "clearline-reason"
+HASH_LEN = 32
+
+
+class ApiListenError(Exception):
+    """The client API cannot listen on its configured address (in use, or not an address of this host)."""
 
 
 class NodeApi(Protocol):
@@ -64,6 +78,21 @@ def _address(value: bytes, what: str = "address") -> bytes:
     return value
 
 
+def _hash(value: bytes, what: str) -> bytes:
+    if len(value) != HASH_LEN:
+        raise ApiError(
+            "INVALID_ARGUMENT", "INVALID_HASH", f"{what} must be {HASH_LEN} bytes, got {len(value)}"
+        )
+    return value
+
+
+def _bounded_text(value: str, limit: int, what: str, reason: str) -> str:
+    """A name the ledger never stores longer than limit characters: a longer one cannot exist."""
+    if len(value) > limit:
+        raise ApiError("INVALID_ARGUMENT", reason, f"{what} {quote(value)} is longer than {limit} characters")
+    return value
+
+
 class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
     def __init__(self, node: NodeApi, max_batch: int) -> None:
         self._node = node
@@ -98,6 +127,9 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
                     f"{len(request.txs)} txs in one batch, limit {self._max_batch}",
                 )
             results = await self._node.submit(list(request.txs), request.wait, context.time_remaining())
+            for result in results:
+                if len(result.message) > MAX_MESSAGE_CHARS:
+                    result.message = bound_message(result.message)
             return ledger_api_pb2.SubmitTxsResponse(results=results)
         except ApiError as err:
             return await _abort(context, err)
@@ -112,9 +144,7 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
 
     async def GetTx(self, request: ledger_api_pb2.GetTxRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if len(request.tx_hash) != 32:
-                raise ApiError("INVALID_ARGUMENT", "INVALID_HASH", "tx_hash must be 32 bytes")
-            return self._node.get_tx(request.tx_hash)
+            return self._node.get_tx(_hash(request.tx_hash, "tx_hash"))
         except ApiError as err:
             return await _abort(context, err)
 
@@ -131,13 +161,16 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
     ) -> Any:
         try:
             _address(request.instrument.issuer, "instrument issuer")
+            _bounded_text(request.instrument.symbol, MAX_SYMBOL_LEN, "instrument symbol", "INVALID_SYMBOL")
             return self._node.get_instrument(request)
         except ApiError as err:
             return await _abort(context, err)
 
     async def GetHold(self, request: ledger_api_pb2.GetHoldRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return self._node.get_hold(request.hold_id)
+            return self._node.get_hold(
+                _bounded_text(request.hold_id, MAX_REF_LEN, "hold_id", "INVALID_HOLD_ID")
+            )
         except ApiError as err:
             return await _abort(context, err)
 
@@ -153,6 +186,8 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.GetBlockRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            if request.WhichOneof("by") == "hash":
+                _hash(request.hash, "block hash")
             return self._node.get_block(request)
         except ApiError as err:
             return await _abort(context, err)
@@ -186,11 +221,24 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
 class ApiServer:
     """The client-facing gRPC server: Ledger + health + reflection."""
 
-    def __init__(self, node: NodeApi, listen: str, *, max_message_bytes: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        node: NodeApi,
+        listen: str,
+        *,
+        max_message_bytes: int,
+        max_batch: int,
+        max_request_bytes: int = DEFAULT_API_MAX_REQUEST_BYTES,
+    ) -> None:
+        """max_message_bytes bounds a response (sized for the largest block), max_request_bytes a
+        request. Raises ApiListenError if listen cannot be bound."""
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # gRPC binds with SO_REUSEPORT by default: a second node configured with the same
+                # address would share the port (and half the clients) instead of refusing to start.
+                ("grpc.so_reuseport", 0),
             ]
         )
         ledger_api_pb2_grpc.add_LedgerServicer_to_server(LedgerService(node, max_batch), self._server)
@@ -202,9 +250,14 @@ class ApiServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self._server)
-        self.port = self._server.add_insecure_port(listen)
+        try:
+            self.port = self._server.add_insecure_port(listen)
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {listen} for the client API")
+            raise ApiListenError(
+                f"[api] listen: cannot listen on {listen} (address in use, or not of this host)"
+            )
 
     async def start(self) -> None:
         await self._server.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.launcher import Launcher
+from cluster.launcher import Launcher, ledger_serving
 from cluster.netgen import Network
 from cluster.ports import free_base_port
 
@@ -198,3 +199,38 @@ def test_make_run_with_a_bounded_run_time(tmp_path: Path) -> None:
     assert "block " in out.split("Committed blocks")[1]
     net = Network.load(tmp_path / "run")
     assert all(Launcher(net).pid(n.name) is None for n in net.nodes)
+
+
+def test_node_start_reports_a_refusal_with_its_reason_and_a_non_zero_exit(home: Path) -> None:
+    cli(home, "init", "--validators", "1", "--base-port", str(free_base_port(1)))
+    net = Network.load(home)
+    node = net.nodes[0]
+    config = Path(node.home) / "config.toml"
+    good = config.read_text()
+
+    # A corrupted config.toml: the node's own reason, its exit status, and nothing left running.
+    config.write_text(good + "[api\n")
+    proc = cli(home, "node", "start", "node0", ok=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error NODE_REFUSED: node0 refused to start (exit status 2): configuration error:" in proc.stderr
+    assert "config.toml: not valid TOML" in proc.stderr
+    assert "pid" not in proc.stdout
+    assert Launcher(net).pid("node0") is None
+
+    # Its client API port held by another process.
+    config.write_text(good)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", node.api_port))
+        held.listen()
+        proc = cli(home, "node", "start", "node0", "--json", ok=False)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["error"] == "NODE_REFUSED"
+    assert f"(exit status 1): [api] listen: cannot listen on {node.api_target}" in doc["message"]
+    assert Launcher(net).pid("node0") is None
+
+    # Nothing wrong: start returns once the node serves its client API.
+    started = json.loads(cli(home, "node", "start", "node0", "--json").stdout)
+    assert started["pid"] == Launcher(net).pid("node0")
+    assert ledger_serving(node.api_target)
+    cli(home, "node", "stop", "node0")

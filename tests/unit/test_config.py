@@ -15,7 +15,7 @@ BASE = 'chain_id = "c"\n'
 def test_generated_config_round_trips(tmp_path: Path) -> None:
     net = init_network(tmp_path / "net", validators=2, base_port=31000)
     cfg = load_config(net.nodes[0].home)
-    assert cfg.chain_id == "clearline-local"
+    assert cfg.chain_id == net.chain_id
     assert [p.name for p in cfg.p2p.peers] == ["node1"]
     assert parse_config(render_config(cfg), cfg.home) == cfg
 
