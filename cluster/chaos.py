@@ -2,15 +2,20 @@
 then the checker.
 
     clearline chaos --duration 120 --seed 7 [--validators 4]
-                    [--faults kill,pause,partition,link,disk,byzantine] [--json]
+                    [--faults kill,pause,partition,link,disk,byzantine,flood] [--json]
 
 The schedule is a pure function of the seed (printed with the result): a sequence of episodes, each
 one fault held for a few seconds and then healed. Never more than f validators are Byzantine at
-once; crashes, pauses and partitions may take down more than f, since every episode heals. After
-each heal the time until every node has committed two more blocks is measured (recovery). At the end
-everything is healed, the workload stops, and the checker reads every node: no fork, no acknowledged
-transaction lost, nothing committed twice, supplies conserved, every equivocation as evidence.
-Exit status 0 only if there is no violation and every recovery stayed within the bound.
+once; crashes, pauses and partitions may take down more than f, since every episode heals. A flood
+is a hostile client (cluster/faults/attacks.py: throwaway-key, nonce-gap or oversized transactions)
+hammering one node's client API for the episode. After each heal the time until every node has
+committed two more blocks is measured (recovery). At the end everything is healed, the workload
+stops, and the checker reads every node: no fork, no acknowledged transaction lost, nothing
+committed twice, supplies conserved, every equivocation as evidence; and two properties observed
+during the run: while at most f validators were faulty the chain never went longer than the
+liveness bound without a commit (`max_commit_gap_s`), and no node's RSS, sampled every second,
+exceeded its memory budget (`max_rss_mib`). Exit status 0 only if there is no violation and every
+recovery stayed within the bound.
 """
 
 from __future__ import annotations
@@ -27,18 +32,51 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.checker import check
+from cluster.checker import (
+    FaultWindow,
+    check,
+    compute_liveness,
+    compute_memory,
+    liveness_bound_s,
+)
+from cluster.client import ClientError
 from cluster.faults import Nemesis
+from cluster.faults.attacks import (
+    ATTACKS,
+    CALL_TIMEOUT_S,
+    AttackError,
+    RssSampler,
+    load_senders,
+    node_budgets,
+    run_attack,
+)
 from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.workload import Workload, funded, workload_accounts
-from node.config import ConsensusConfig
+from node.config import ConfigError, ConsensusConfig
 
-FAULT_KINDS = ("kill", "pause", "partition", "link", "disk", "byzantine")
-BYZANTINE_MODES = ("equivocate", "double-vote", "bad-state-root", "forged-tx", "garbage", "silent")
+FAULT_KINDS = ("kill", "pause", "partition", "link", "disk", "byzantine", "flood")
+BYZANTINE_MODES = (
+    "equivocate",
+    "double-vote",
+    "bad-state-root",
+    "forged-tx",
+    "garbage",
+    "silent",
+    "lying-status",
+    "stall-sync",
+    "tamper-sync",
+    "out-of-turn",
+)
 EQUIVOCATING = {"equivocate", "double-vote"}
 RECOVERY_BOUND_S = 60.0
+# The hostile clients' accounts (funded at genesis, never used by the workload): the gap flood's
+# senders, whose missing nonces never come.
+ATTACKERS = ("mallory0", "mallory1", "mallory2")
+# Transactions per flood episode, by attack (the flood also stops when the episode's hold ends).
+FLOOD_COUNTS = {"throwaway": (500, 1000, 2500), "gap": (150, 600, 1500), "oversized": (100, 300)}
+RSS_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -51,6 +89,26 @@ class Episode:
     started_at: float = 0.0
     applied: bool = False
     recovery_s: float | None = None
+    # Wall-clock span (time.time()) from the fault's start to the end of its recovery: the fault
+    # window the liveness check sees.
+    wall_start: float = 0.0
+    wall_end: float = 0.0
+    result: dict[str, Any] | None = None  # a flood's summary
+
+
+def faulty_count(ep: Episode, n: int) -> int:
+    """How many of n validators an episode counts as faulty, conservatively: killed, paused,
+    Byzantine and stopped nodes; for a partition, everyone outside the largest group (one-way: the
+    smaller side); a link fault with message loss on every link, all n. A flood (a hostile client)
+    and delays or duplicates alone make no validator faulty: the chain must stay live through them."""
+    if ep.kind in ("kill", "pause", "byzantine", "disk"):
+        return len(ep.nodes)
+    if ep.kind == "partition":
+        sizes = [len(g) for g in ep.params["groups"]]
+        return min(sizes) if ep.params.get("one_way") else n - max(sizes)
+    if ep.kind == "link":
+        return n if ep.params.get("loss", 0.0) > 0 else 0
+    return 0
 
 
 def make_schedule(seed: int, duration: float, names: list[str], kinds: list[str]) -> list[Episode]:
@@ -88,6 +146,10 @@ def make_schedule(seed: int, duration: float, names: list[str], kinds: list[str]
         elif kind == "disk":
             nodes = [rng.choice(names)]
             params = {"truncate_bytes": rng.randint(1, 24)}
+        elif kind == "flood":  # one hostile client against one node's API
+            nodes = [rng.choice(names)]
+            attack = rng.choice(ATTACKS)
+            params = {"attack": attack, "count": rng.choice(FLOOD_COUNTS[attack])}
         else:  # byzantine: at most f at once
             nodes = rng.sample(names, max(1, f))
             params = {"mode": rng.choice(BYZANTINE_MODES)}
@@ -117,6 +179,7 @@ class Chaos:
         self.nemesis = nemesis
         self.log = log
         self.equivocators: set[bytes] = set()
+        self._floods: dict[int, threading.Thread] = {}
 
     def apply(self, ep: Episode) -> None:
         n = self.nemesis
@@ -150,6 +213,23 @@ class Chaos:
                 self.launcher.start(name, args=["--byzantine", mode])
                 if mode in EQUIVOCATING:
                     self.equivocators.add(bytes.fromhex(self.network.node(name).address))
+        elif ep.kind == "flood":
+            thread = threading.Thread(target=self._flood, args=(ep,), name="flood", daemon=True)
+            self._floods[id(ep)] = thread
+            thread.start()
+
+    def _flood(self, ep: Episode) -> None:
+        """Runs in its own thread for at most the episode's hold; its summary goes to ep.result."""
+        try:
+            senders = load_senders(self.network, [a for a in ATTACKERS if a in self.network.accounts])
+            summary = run_attack(
+                self.network, ep.params["attack"], ep.nodes[0], count=ep.params["count"],
+                max_seconds=ep.hold_s, senders=senders,
+            )  # fmt: skip
+            ep.result = summary.as_dict()
+        except (AttackError, ClientError, ConfigError, OSError) as exc:
+            # Reported with the episode: a flood that could not run does not stop the run.
+            ep.result = {"error": f"{type(exc).__name__}: {exc}"}
 
     def heal(self, ep: Episode) -> None:
         n = self.nemesis
@@ -163,6 +243,13 @@ class Chaos:
             for name in ep.nodes:
                 self.launcher.stop(name)
                 self.launcher.start(name)
+        elif ep.kind == "flood":
+            thread = self._floods.pop(id(ep), None)
+            if thread is not None:
+                thread.join(timeout=ep.hold_s + CALL_TIMEOUT_S + 30)
+                if ep.result is None:
+                    ep.result = {"error": "the flood did not finish (see the traceback above)"}
+                self.log(f"    flood: {ep.result}")
 
     def heal_all(self) -> None:
         self.nemesis.heal()
@@ -193,6 +280,20 @@ def _run_workload(workload: Workload, stop: threading.Event) -> threading.Thread
     return thread
 
 
+CHAOS_CONSENSUS = ConsensusConfig(
+    timeout_propose_ms=1500, timeout_prevote_ms=500, timeout_precommit_ms=500, timeout_commit_ms=50
+)
+
+
+def fault_windows(schedule: list[Episode], n: int) -> list[FaultWindow]:
+    """The applied episodes as fault windows (fault start to end of recovery) for compute_liveness."""
+    return [
+        FaultWindow(ep.wall_start, ep.wall_end, faulty_count(ep, n), f"{ep.kind} {','.join(ep.nodes)}")
+        for ep in schedule
+        if ep.applied and ep.wall_end > ep.wall_start
+    ]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
@@ -205,15 +306,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(line, file=sys.stderr, flush=True)
 
     names = [f"node{i}" for i in range(args.validators)]
+    f = (args.validators - 1) // 3
     schedule = make_schedule(args.seed, args.duration, names, kinds)
     accounts = workload_accounts(args.clients)
+    bound_s = liveness_bound_s(CHAOS_CONSENSUS, f)
     with tempfile.TemporaryDirectory(prefix="clearline-chaos-") as tmp:
         home = Path(args.home) if args.home else Path(tmp) / "net"
         network = init_network(
             home, validators=args.validators, base_port=free_base_port(args.validators * 4, stride=10),
-            demo_accounts=accounts, funded=funded(accounts), faults=True, force=True,
-            consensus=ConsensusConfig(timeout_propose_ms=1500, timeout_prevote_ms=500, timeout_precommit_ms=500,
-                                      timeout_commit_ms=50),
+            demo_accounts=accounts + ATTACKERS, funded=funded(accounts + ATTACKERS), faults=True, force=True,
+            consensus=CHAOS_CONSENSUS,
         )  # fmt: skip
         launcher = Launcher(network)
         nemesis = Nemesis(network, launcher, seed=args.seed)
@@ -221,16 +323,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         history = Path(home) / "history.jsonl"
         stop = threading.Event()
         started = time.monotonic()
+        sampler = RssSampler(names, launcher.pid, interval_s=RSS_INTERVAL_S)
+        budgets = node_budgets(network)
         try:
             launcher.start_all()
             launcher.wait_until(
                 lambda n: (node_height(n.api_target) or 0) >= 1, timeout=90, what="committing"
             )
+            sampler.start()
             log(f"chaos: seed {args.seed}, {len(schedule)} episodes over {args.duration:.0f}s, "
                 f"{args.validators} validators, faults {','.join(kinds)}")  # fmt: skip
             workload = Workload(network, accounts, seed=args.seed, history=history, think_s=0.05)
             thread = _run_workload(workload, stop)
             t0 = time.monotonic()
+            observed_from = time.time()
             for i, ep in enumerate(schedule):
                 if time.monotonic() - t0 > args.duration:
                     break
@@ -238,24 +344,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(
                     f"  [{ep.started_at:6.1f}s] {i + 1}/{len(schedule)} {ep.kind} {ep.nodes} {ep.params or ''}"
                 )
+                ep.wall_start = time.time()
                 chaos.apply(ep)
                 ep.applied = True
                 time.sleep(ep.hold_s)
                 chaos.heal(ep)
                 ep.recovery_s = wait_recovery(network, RECOVERY_BOUND_S)
+                ep.wall_end = time.time()
                 log(f"           healed; recovered in {ep.recovery_s}s" if ep.recovery_s is not None
                     else f"           NOT recovered within {RECOVERY_BOUND_S:.0f}s")  # fmt: skip
                 time.sleep(ep.pause_after_s)
             chaos.heal_all()
             final_recovery = wait_recovery(network, RECOVERY_BOUND_S)
+            observed_to = time.time()
             time.sleep(1.0)
             stop.set()
             thread.join(timeout=60)
             # Let every node reach the same height before reading them.
             time.sleep(2.0)
+            sampler.stop()
             report = check(network, Workload.load_history(history), equivocators=chaos.equivocators)
+            report.add_liveness(
+                compute_liveness(
+                    (t / 1000 for t in report.block_times_ms), fault_windows(schedule, len(names)), f=f,
+                    start_s=observed_from, end_s=observed_to, bound_s=bound_s,
+                )
+            )  # fmt: skip
+            report.add_memory(compute_memory(sampler.peak_bytes(), budgets, sampler.samples))
         finally:
             stop.set()
+            sampler.stop()
             launcher.stop_all()
         recoveries = [ep.recovery_s for ep in schedule if ep.applied]
         not_recovered = sum(1 for ep in schedule if ep.applied and ep.recovery_s is None)
@@ -272,6 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             final_recovery_s=final_recovery,
             not_recovered=not_recovered,
+            floods=[ep.result for ep in schedule if ep.applied and ep.kind == "flood"],
             schedule=[asdict(ep) for ep in schedule],
         )
         if not_recovered:
@@ -282,12 +401,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
+    rss = ", ".join(f"{n} {v:.0f}" for n, v in r["max_rss_mib"].items())
+    budget = max(r["memory_budget_mib"].values(), default=0.0)
     lines = [
         f"chaos seed {r['seed']}: {r['episodes']} fault episodes on {r['validators']} validators in {r['duration_s']}s",
         f"  acknowledged {r['acknowledged']}, committed {r['committed']}, unknown {r['unknown']}, failed {r['failed']}",
         f"  lost {r['lost']}, duplicated {r['duplicated']}, forks {r['forks']}, supply ok {r['supply_ok']}, "
         f"evidence ok {r['evidence_ok']} ({r['evidence']} on chain)",
-        f"  max recovery {r['max_recovery_s']}s",
+        f"  max recovery {r['max_recovery_s']}s; longest time without a commit with at most f faulty "
+        f"{r['max_commit_gap_s']}s (bound {r['liveness_bound_s']}s)",
+        f"  peak RSS MiB: {rss} (budget {budget:.0f}); {len(r['floods'])} floods",
         "  RESULT: " + ("OK" if r["ok"] else "VIOLATIONS:\n    " + "\n    ".join(r["violations"])),
     ]
     return "\n".join(lines)

@@ -8,12 +8,22 @@
     evidence_ok   every validator that was made to equivocate has evidence against it on chain
 
 The history comes from cluster/workload.py; the chain is read block by block from the honest nodes.
+Two more properties are computed from what a run observed (pure functions, given the data):
+
+    liveness      while at most f validators are faulty, the chain never goes longer than a bound
+                  without a commit (compute_liveness: the block times on the chain against the spans
+                  of time when more than f were faulty, which are left out; liveness_bound_s derives
+                  the bound from the consensus timeouts)
+    memory        no node's resident memory grew past its documented budget (compute_memory: the
+                  peak RSS sampled during the run against node/budget.py's memory_budget_bytes)
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,13 @@ from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, state
 from cluster.netgen import Network
 from cluster.workload import Op
 from node import crypto
+from node.config import ConsensusConfig
+
+MIB = 1 << 20
+# Added to the worst case the consensus timeouts allow (liveness_bound_s): four validators, the fault
+# proxy, the workload and a flooding client share two cores, so a garbage-collection pause or a
+# busy scheduler costs seconds that no timeout accounts for.
+LIVENESS_SLACK_S = 2.5
 
 
 @dataclass
@@ -40,13 +57,30 @@ class Report:
     evidence_ok: bool = True
     evidence_count: int = 0
     violations: list[str] = field(default_factory=list)
+    # Header time of each block read (height 1 first), in ms: the commit times compute_liveness needs.
+    block_times_ms: list[int] = field(default_factory=list, repr=False)
+    liveness: LivenessResult | None = None
+    memory: MemoryResult | None = None
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
+    def add_liveness(self, result: LivenessResult) -> None:
+        self.liveness = result
+        self.violations.extend(result.violations)
+
+    def add_memory(self, result: MemoryResult) -> None:
+        self.memory = result
+        self.violations.extend(result.violations)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {}
+        if self.liveness is not None:
+            extra.update(self.liveness.as_dict())
+        if self.memory is not None:
+            extra.update(self.memory.as_dict())
+        return extra | {
             "acknowledged": self.acknowledged,
             "committed": self.committed,
             "unknown": self.unknown,
@@ -99,6 +133,7 @@ def check(
         blocks: list[ledger_api_pb2.GetBlockResponse] = []
         for h in range(1, top + 1):
             blocks.append(ref_stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=30))
+        report.block_times_ms = [b.block.header.time_ms for b in blocks]
         for name, height in heights.items():
             if name == reference:
                 continue
@@ -210,3 +245,171 @@ def _check_supply(
                 f"{inst.id.symbol} of {inst.id.issuer.hex()[:8]}: supply {supply}, minted-redeemed {expected[key]}, "
                 f"sum of balances {balances[key]}"
             )
+
+
+# --- liveness under at most f faulty validators -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FaultWindow:
+    """A span of wall-clock time (time.time() seconds) during which `faulty` validators were counted
+    as faulty: crashed, paused, Byzantine, or cut off from the majority."""
+
+    start_s: float
+    end_s: float
+    faulty: int
+    what: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessResult:
+    """The longest time without a commit outside the spans when more than f were faulty."""
+
+    max_commit_gap_s: float
+    gap_from_s: float  # the longest counted gap, in seconds from the start of the observation
+    gap_to_s: float
+    bound_s: float
+    commits: int  # commits observed in the window
+    excluded_s: float  # seconds left out because more than f validators were faulty
+    violations: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_commit_gap_s": round(self.max_commit_gap_s, 2),
+            "max_commit_gap_at_s": [round(self.gap_from_s, 1), round(self.gap_to_s, 1)],
+            "liveness_bound_s": round(self.bound_s, 2),
+            "liveness_excluded_s": round(self.excluded_s, 1),
+        }
+
+
+def liveness_bound_s(consensus: ConsensusConfig, f: int) -> float:
+    """The longest a healthy chain may go without a commit while at most f validators are faulty.
+
+    With f faulty validators the proposers of up to f consecutive rounds may be faulty, so rounds
+    0..f-1 can each run out all three timeouts (each growing by its delta per round) before round f
+    commits (counted at its full timeouts too); then the pause after a commit, and an idle chain
+    commits an empty block only every create_empty_blocks_interval_ms; plus LIVENESS_SLACK_S.
+    """
+    c = consensus
+    rounds_ms = sum(
+        c.timeout_propose_ms + r * c.timeout_propose_delta_ms
+        + c.timeout_prevote_ms + r * c.timeout_prevote_delta_ms
+        + c.timeout_precommit_ms + r * c.timeout_precommit_delta_ms
+        for r in range(f + 1)
+    )  # fmt: skip
+    return (rounds_ms + c.timeout_commit_ms + c.create_empty_blocks_interval_ms) / 1000 + LIVENESS_SLACK_S
+
+
+def compute_excluded(windows: Iterable[FaultWindow], f: int) -> list[tuple[float, float]]:
+    """The spans during which more than f validators were faulty at once (overlapping windows add
+    up), merged and in order."""
+    events: list[tuple[float, int]] = []
+    for w in windows:
+        if w.end_s > w.start_s and w.faulty > 0:
+            events += [(w.start_s, w.faulty), (w.end_s, -w.faulty)]
+    events.sort(key=lambda e: (e[0], e[1]))  # at one instant, ends before starts
+    spans: list[tuple[float, float]] = []
+    faulty = 0
+    opened: float | None = None
+    for at, delta in events:
+        faulty += delta
+        if faulty > f and opened is None:
+            opened = at
+        elif faulty <= f and opened is not None:
+            if spans and spans[-1][1] >= opened:
+                spans[-1] = (spans[-1][0], at)
+            else:
+                spans.append((opened, at))
+            opened = None
+    return spans
+
+
+def _longest_uncovered(a: float, b: float, spans: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The longest sub-interval of [a, b] that no span covers (spans merged and in order)."""
+    best = (a, a)
+    cursor = a
+    for lo, hi in spans:
+        if hi <= cursor or lo >= b:
+            continue
+        if lo > cursor and lo - cursor > best[1] - best[0]:
+            best = (cursor, lo)
+        cursor = max(cursor, hi)
+        if cursor >= b:
+            break
+    if b > cursor and b - cursor > best[1] - best[0]:
+        best = (cursor, b)
+    return best
+
+
+def compute_liveness(
+    commit_times_s: Iterable[float],
+    windows: Iterable[FaultWindow],
+    *,
+    f: int,
+    start_s: float,
+    end_s: float,
+    bound_s: float,
+) -> LivenessResult:
+    """The longest stretch of [start_s, end_s] without a commit, counting only time when at most f
+    validators were faulty: a gap between two commits (or the observation's edges) that spans a time
+    of more than f faulty counts only its longest part outside that time. Above bound_s: a violation.
+    """
+    times = sorted(t for t in commit_times_s if start_s <= t <= end_s)
+    excluded = compute_excluded(windows, f)
+    clipped = [(max(lo, start_s), min(hi, end_s)) for lo, hi in excluded if hi > start_s and lo < end_s]
+    longest = (start_s, start_s)
+    for a, b in pairwise([start_s, *times, end_s]):
+        lo, hi = _longest_uncovered(a, b, clipped)
+        if hi - lo > longest[1] - longest[0]:
+            longest = (lo, hi)
+    gap = longest[1] - longest[0]
+    violations: tuple[str, ...] = ()
+    if gap > bound_s:
+        violations = (
+            f"no commit for {gap:.1f}s (from {longest[0] - start_s:.1f}s to {longest[1] - start_s:.1f}s "
+            f"of the run) while at most f={f} validators were faulty; bound {bound_s:.1f}s",
+        )
+    return LivenessResult(
+        max_commit_gap_s=gap,
+        gap_from_s=longest[0] - start_s,
+        gap_to_s=longest[1] - start_s,
+        bound_s=bound_s,
+        commits=len(times),
+        excluded_s=sum(hi - lo for lo, hi in clipped),
+        violations=violations,
+    )
+
+
+# --- memory ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryResult:
+    """Each node's peak resident memory during the run next to its budget."""
+
+    max_rss_bytes: dict[str, int]
+    budget_bytes: dict[str, int]
+    samples: int
+    violations: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_rss_mib": {n: round(v / MIB, 1) for n, v in sorted(self.max_rss_bytes.items())},
+            "memory_budget_mib": {n: round(v / MIB, 1) for n, v in sorted(self.budget_bytes.items())},
+            "rss_samples": self.samples,
+        }
+
+
+def compute_memory(peaks: dict[str, int], budgets: dict[str, int], samples: int) -> MemoryResult:
+    """A violation for every node whose peak RSS exceeds its budget, and for every node with a
+    budget that was never sampled (its memory cannot have been checked)."""
+    violations = []
+    for name in sorted(budgets):
+        peak = peaks.get(name)
+        if peak is None:
+            violations.append(f"{name}: no RSS sample, its memory was not checked")
+        elif peak > budgets[name]:
+            violations.append(
+                f"{name}: RSS reached {peak / MIB:.0f} MiB, over its memory budget of {budgets[name] / MIB:.0f} MiB"
+            )
+    return MemoryResult(dict(peaks), dict(budgets), samples, tuple(violations))
