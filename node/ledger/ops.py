@@ -8,12 +8,37 @@ transfer path, whose effects come after all its checks and cannot fail, writes t
 directly (StateView.account_direct) to save a copy per transaction.
 
 Authority (who may sign what):
-    admin       create instrument, grant/revoke role, change validator
+    admin       create instrument, grant/revoke role (of another account), change validator
     issuer      mint of its own instruments, set KYC, set limits on its own instruments
     compliance  set KYC, freeze/unfreeze (account or amount), pause/unpause, forced transfer,
-                recovery, set limits, holds on behalf of a payer
+                recovery (of accounts without a privileged role), set limits, holds on behalf of a payer
     payer       transfer, redeem, create hold, every paying leg of a settlement (must be a tx signer)
-    notary      execute a hold; the notary or the payee releases it
+    notary      execute a hold (not while frozen); the notary or the payee releases it
+
+Freezes. A freeze is an authority's stop on an account's money, so it must hold on every path out:
+    - No value leaves a frozen account but by compliance's forced transfer (a court order). Transfer,
+      redeem, every paying settlement leg and a hold the payer creates require an active payer. A hold
+      made before the freeze (or by compliance on the frozen payer's behalf) is not executed while
+      the payer is frozen (ACCOUNT_FROZEN); it can still be released or expire, which returns its
+      value to the frozen account, and it executes normally once the account is unfrozen.
+    - A frozen notary does not execute holds: its authority over other accounts' money is suspended
+      with its account. Releasing (value back to the payer) stays open to it and to the payee.
+    - Frozen and held are disjoint parts of a balance (frozen + held <= balance): freeze_amount only
+      freezes available funds and a hold only holds available funds. Executing a hold takes its held
+      part only, never the frozen part, so a hold made before a partial freeze stays executable.
+    - Recovery moves a frozen account whole: the new key inherits the freeze and the frozen parts.
+
+Roles. One compromised key must not take over a role it does not hold (admin also controls the
+validator set and every role):
+    - Only an admin grants or revokes roles, never to or from itself (no self-grant, no revoking its
+      own admin role): at least one admin always remains, and a role comes from another key.
+    - Recovery re-keys an account with its roles to a key compliance names, so compliance recovers
+      only accounts whose roles are at most participant. An account holding admin, issuer, compliance
+      or auditor is refused (UNAUTHORIZED): privileged keys are rotated by an admin (grant the role to
+      the new key, revoke it from the old one); if such an account also holds funds, an admin revokes
+      its roles first and compliance then recovers it (two parties, each within its role).
+    - Not covered here: an admin can grant any role to another key it controls (admin is the root of
+      trust; a multi-party admin would need multi-signature rules).
 """
 
 from __future__ import annotations
@@ -57,6 +82,8 @@ S = receipt_pb2
 ADMIN: Final = tx_pb2.ROLE_ADMIN
 ISSUER: Final = tx_pb2.ROLE_ISSUER
 COMPLIANCE: Final = tx_pb2.ROLE_COMPLIANCE
+RECOVERABLE_ROLES: Final = frozenset((tx_pb2.ROLE_PARTICIPANT,))
+"""The roles an account may hold and still be recovered by compliance (the others are privileged)."""
 VALID_ROLES: Final = frozenset(
     (
         tx_pb2.ROLE_ADMIN,
@@ -642,14 +669,24 @@ def process_execute_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> N
     hold = _get_active_hold(st, op.hold_id)
     if signer.address != hold.notary:
         raise fail(S.TX_STATUS_UNAUTHORIZED, "only the hold's notary executes it")
+    if signer.frozen:
+        raise fail(
+            S.TX_STATUS_ACCOUNT_FROZEN, f"notary {signer.address.hex()} is frozen: it cannot execute holds"
+        )
     amount = op.amount or hold.amount
     if amount > hold.amount:
         raise fail(S.TX_STATUS_INSUFFICIENT_FUNDS, f"hold has {hold.amount}, cannot execute {amount}")
     ik, _ = get_instrument_checked(st, hold.instrument)
+    # No value leaves a frozen account, even held for a hold made before the freeze.
+    if get_account_checked(st, hold.payer, "payer").frozen:
+        raise fail(
+            S.TX_STATUS_ACCOUNT_FROZEN,
+            f"payer {hold.payer.hex()} is frozen: its holds can be released or expire, not be executed",
+        )
     payee = get_account_checked(st, hold.payee, "payee")
     check_active(payee, ctx, "payee")
     check_can_credit(payee, ik, amount)
-    # Effects: the held part leaves the payer's balance and reaches the payee.
+    # Effects: the held part (never the frozen part) leaves the payer's balance and reaches the payee.
     payer = st.account_mut(hold.payer)
     bal, frozen, held = payer.balances[ik]
     payer.balances[ik] = (bal, frozen, held - amount)
@@ -762,6 +799,14 @@ def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a recovery needs a reason")
     lost = get_account_checked(st, op.lost_account, "lost account")
     check_not_closed(lost, "lost account")
+    privileged = lost.roles - RECOVERABLE_ROLES
+    if privileged:
+        names = ", ".join(tx_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in sorted(privileged))  # type: ignore[arg-type]
+        raise fail(
+            S.TX_STATUS_UNAUTHORIZED,
+            f"lost account {op.lost_account.hex()} holds {names}: compliance does not recover a privileged "
+            "account; an admin rotates its key (grant the role to a new key, revoke it from the old one)",
+        )
     if st.account(op.new_account) is not None:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"new account {op.new_account.hex()} already exists")
     _check_new_account_key(op.new_account, op.new_public_key)
@@ -810,6 +855,10 @@ def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> Non
 def process_grant_role(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.grant_role
     check_role(signer, ADMIN)
+    if op.account == signer.address:
+        raise fail(
+            S.TX_STATUS_UNAUTHORIZED, "an admin cannot grant a role to itself; another admin grants it"
+        )
     if op.role not in VALID_ROLES:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"unknown role {op.role}")
     acct = st.account(op.account)

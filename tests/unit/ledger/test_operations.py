@@ -304,3 +304,119 @@ def test_executed_hold_is_skipped_by_expiry() -> None:
     result = w.execute()  # height 3: the bucket holds an executed hold, nothing to release
     w.commit(result)
     assert not result.events and w.balance(A) == (990, 0, 0)
+
+
+# --- a freeze and pending holds ----------------------------------------------------------------------
+
+
+def freeze_a(w: World) -> object:
+    return w.tx(COMPLIANCE, "freeze_account", T.FreezeAccount(account=A.address, reason="order"))
+
+
+def test_frozen_payers_hold_released_returns_funds_to_it() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300), hold(w, "h2", 200, nonce=1))
+    ok(w, freeze_a(w))
+    (r1,) = ok(w, w.tx(NOTARY, "release_hold", T.ReleaseHold(hold_id="h1")))
+    (r2,) = ok(w, w.tx(BOB, "release_hold", T.ReleaseHold(hold_id="h2")))
+    assert r1.events[0].kind == r2.events[0].kind == "hold_released"
+    assert w.balance(A) == (1000, 0, 0) and w.balance(BOB) == (500, 0, 0)
+    acct = w.ledger.get_account(A.address)
+    assert acct is not None and acct.frozen  # the value is back, and still frozen
+    assert w.run1(transfer(w, 1)).status == R.TX_STATUS_ACCOUNT_FROZEN
+
+
+def test_frozen_payers_hold_expires_back_to_it() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300, height=3))  # block 1
+    ok(w, freeze_a(w))  # block 2
+    result = w.execute()  # block 3: the hold expires at the block's start
+    w.commit(result)
+    assert [e.kind for e in result.events] == ["hold_expired"]
+    assert w.balance(A) == (1000, 0, 0) and w.balance(BOB) == (500, 0, 0)
+
+
+def test_hold_executes_once_the_payer_is_unfrozen() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    ok(w, freeze_a(w))
+    assert (
+        w.run1(w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1"))).status == R.TX_STATUS_ACCOUNT_FROZEN
+    )
+    h = w.ledger.get_hold("h1")
+    assert h is not None and h.state == state_pb2.HOLD_STATE_ACTIVE and h.amount == 300
+    ok(w, w.tx(COMPLIANCE, "unfreeze_account", T.UnfreezeAccount(account=A.address)))
+    ok(w, w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")))
+    assert w.balance(A) == (700, 0, 0) and w.balance(BOB) == (800, 0, 0)
+
+
+def test_hold_execution_never_takes_the_frozen_part() -> None:
+    """Held and frozen are disjoint parts of a balance: a partial freeze leaves a hold made before it
+    executable, and the execution takes only the held part."""
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    freeze = T.FreezeAmount(account=A.address, instrument=USD, amount=700)
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", freeze))  # all that is not held
+    assert w.balance(A) == (1000, 700, 300)
+    ok(w, w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")))
+    assert w.balance(A) == (700, 700, 0) and w.balance(BOB) == (800, 0, 0)
+    assert w.run1(transfer(w, 1)).status == R.TX_STATUS_INSUFFICIENT_FUNDS
+
+
+def test_forced_transfer_out_of_a_frozen_account() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    ok(w, freeze_a(w))
+    (r,) = ok(w, forced(w, 700))  # everything not held: a court order may take frozen funds
+    assert r.events[0].kind == "forced_transfer" and r.events[0].flagged
+    assert w.balance(A) == (300, 0, 300) and w.balance(BOB) == (1200, 0, 0)
+
+
+def test_recovery_of_a_frozen_account_keeps_the_freeze() -> None:
+    w = World.create()
+    freeze = T.FreezeAmount(account=A.address, instrument=USD, amount=100)
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", freeze))
+    ok(w, freeze_a(w))
+    new = key("alice-new")
+    ok(w, recover(w))
+    acct = w.ledger.get_account(new.address)
+    assert acct is not None and acct.frozen and w.balance(new) == (1000, 100, 0)
+    tx = w.tx(new, "transfer", T.Transfer(instrument=USD, to=BOB.address, amount=1))
+    assert w.run1(tx).status == R.TX_STATUS_ACCOUNT_FROZEN
+
+
+# --- role separation ---------------------------------------------------------------------------------
+
+
+def test_admin_rotates_a_privileged_key() -> None:
+    """Privileged keys are rotated by the admin, not recovered by compliance: grant the role to the
+    new key, revoke it from the old one. The new admin can then retire the old admin."""
+    w = World.create()
+    admin2 = key("admin-new")
+    compliance2 = key("compliance-new")
+    grant = T.GrantRole(account=admin2.address, role=T.ROLE_ADMIN, public_key=admin2.public_key)
+    ok(w, w.tx(ADMIN, "grant_role", grant))
+    ok(w, w.tx(admin2, "revoke_role", T.RevokeRole(account=ADMIN.address, role=T.ROLE_ADMIN)))
+    grant = T.GrantRole(
+        account=compliance2.address, role=T.ROLE_COMPLIANCE, public_key=compliance2.public_key
+    )
+    ok(w, w.tx(admin2, "grant_role", grant))
+    ok(w, w.tx(admin2, "revoke_role", T.RevokeRole(account=COMPLIANCE.address, role=T.ROLE_COMPLIANCE)))
+    old_admin = w.tx(ADMIN, "grant_role", T.GrantRole(account=BOB.address, role=T.ROLE_ADMIN))
+    assert w.run1(old_admin).status == R.TX_STATUS_UNAUTHORIZED
+    old_compliance = w.tx(COMPLIANCE, "freeze_account", T.FreezeAccount(account=A.address))
+    assert w.run1(old_compliance).status == R.TX_STATUS_UNAUTHORIZED
+    ok(w, w.tx(compliance2, "freeze_account", T.FreezeAccount(account=A.address)))
+
+
+def test_account_stripped_of_its_roles_by_the_admin_can_be_recovered() -> None:
+    """A privileged account that also holds funds: the admin revokes its roles, then compliance
+    recovers its funds to a new key (two parties, each acting within its own role)."""
+    w = World.create()
+    ok(w, w.tx(ADMIN, "grant_role", T.GrantRole(account=A.address, role=T.ROLE_ISSUER)))
+    assert w.run1(recover(w)).status == R.TX_STATUS_UNAUTHORIZED
+    ok(w, w.tx(ADMIN, "revoke_role", T.RevokeRole(account=A.address, role=T.ROLE_ISSUER)))
+    new = key("alice-new")
+    ok(w, recover(w, new_name="alice-new"))
+    acct = w.ledger.get_account(new.address)
+    assert acct is not None and list(acct.roles) == [T.ROLE_PARTICIPANT] and w.balance(new) == (1000, 0, 0)

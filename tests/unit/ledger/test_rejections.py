@@ -452,6 +452,20 @@ def grant_role_new_account_without_key(w: World) -> tuple[VerifiedTx, int]:
 
 
 @case
+def grant_role_to_self(w: World) -> tuple[VerifiedTx, int]:
+    return w.tx(
+        ADMIN, "grant_role", T.GrantRole(account=ADMIN.address, role=T.ROLE_COMPLIANCE)
+    ), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def grant_held_role_to_self(w: World) -> tuple[VerifiedTx, int]:
+    return w.tx(
+        ADMIN, "grant_role", T.GrantRole(account=ADMIN.address, role=T.ROLE_ADMIN)
+    ), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
 def revoke_missing_role(w: World) -> tuple[VerifiedTx, int]:
     return w.tx(
         ADMIN, "revoke_role", T.RevokeRole(account=BOB.address, role=T.ROLE_ISSUER)
@@ -584,10 +598,11 @@ def recover(
     signer: Any = COMPLIANCE,
     reason: str = "lost key",
     new_key: Any = None,
+    lost: bytes = A.address,
 ) -> VerifiedTx:
     new = key(new_name)
     pk = new.public_key if new_key is None else new_key
-    op = T.RecoverAccount(lost_account=A.address, new_account=new.address, new_public_key=pk, reason=reason)
+    op = T.RecoverAccount(lost_account=lost, new_account=new.address, new_public_key=pk, reason=reason)
     return w.tx(signer, "recover_account", op)
 
 
@@ -621,6 +636,44 @@ def recover_with_active_hold(w: World) -> tuple[VerifiedTx, int]:
 def recover_closed(w: World) -> tuple[VerifiedTx, int]:
     ok(w, recover(w))
     return recover(w, new_name="alice-newer"), R.TX_STATUS_ACCOUNT_CLOSED
+
+
+# Role separation: compliance cannot take over a privileged account (and its role) by recovering it.
+
+
+@case
+def recover_admin(w: World) -> tuple[VerifiedTx, int]:
+    return recover(w, new_name="compliance-controlled", lost=ADMIN.address), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def recover_issuer(w: World) -> tuple[VerifiedTx, int]:
+    return recover(w, new_name="compliance-controlled", lost=BANK.address), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def recover_own_compliance_account(w: World) -> tuple[VerifiedTx, int]:
+    return recover(w, new_name="compliance-new", lost=COMPLIANCE.address), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def recover_other_compliance_account(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, w.tx(ADMIN, "grant_role", T.GrantRole(account=BOB.address, role=T.ROLE_COMPLIANCE)))
+    return recover(w, new_name="bob-new", lost=BOB.address), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def recover_auditor(w: World) -> tuple[VerifiedTx, int]:
+    aud = key("auditor")
+    grant = T.GrantRole(account=aud.address, role=T.ROLE_AUDITOR, public_key=aud.public_key)
+    ok(w, w.tx(ADMIN, "grant_role", grant))
+    return recover(w, new_name="auditor-new", lost=aud.address), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def recover_participant_also_granted_issuer(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, w.tx(ADMIN, "grant_role", T.GrantRole(account=A.address, role=T.ROLE_ISSUER)))
+    return recover(w), R.TX_STATUS_UNAUTHORIZED
 
 
 @case
@@ -731,6 +784,34 @@ def execute_released_hold(w: World) -> tuple[VerifiedTx, int]:
 @case
 def execute_hold_payee_frozen(w: World) -> tuple[VerifiedTx, int]:
     ok(w, hold(w), freeze(w, BOB.address))
+    return w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")), R.TX_STATUS_ACCOUNT_FROZEN
+
+
+# No value leaves a frozen account through a hold made before the freeze (nor through a frozen notary).
+
+
+@case
+def execute_hold_payer_frozen(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, hold(w), freeze(w, A.address))
+    return w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")), R.TX_STATUS_ACCOUNT_FROZEN
+
+
+@case
+def execute_hold_in_part_payer_frozen(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, hold(w), freeze(w, A.address))
+    return w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1", amount=1)), R.TX_STATUS_ACCOUNT_FROZEN
+
+
+@case
+def execute_hold_on_behalf_payer_frozen(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, freeze(w, A.address))
+    ok(w, hold(w, signer=COMPLIANCE, payer=A.address))
+    return w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")), R.TX_STATUS_ACCOUNT_FROZEN
+
+
+@case
+def execute_hold_notary_frozen(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, hold(w), freeze(w, NOTARY.address))
     return w.tx(NOTARY, "execute_hold", T.ExecuteHold(hold_id="h1")), R.TX_STATUS_ACCOUNT_FROZEN
 
 
