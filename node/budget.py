@@ -53,8 +53,8 @@ def budget_lines(cfg: NodeConfig) -> list[BudgetLine]:
         BudgetLine("block sync in flight", SYNC_INFLIGHT_BYTES),
         BudgetLine(f"send queues ({peers} peers)", PEER_SEND_QUEUE_BYTES * peers),
         BudgetLine(
-            "gRPC receive buffers (one max message per peer stream and API stream limit)",
-            cfg.p2p.max_message_bytes * peers + cfg.api.max_message_bytes * 4,
+            "gRPC buffers (one max message per peer stream, a few client requests and responses)",
+            cfg.p2p.max_message_bytes * peers + cfg.api.max_request_bytes * 8 + cfg.api.max_message_bytes * 2,
         ),
     ]
 

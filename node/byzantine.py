@@ -13,6 +13,16 @@ Refused unless the genesis was created for fault testing (`clearline init --faul
                     than f colluders can fork the chain -- used to prove the fault checker bites
     fake-ack        acknowledge SubmitTx(wait=COMMITTED) without committing -- a mutant node used
                     to prove the checker catches lost acknowledged transactions
+    lying-status    claim to have committed height 2**64-1 in every status, and never answer a
+                    block-sync request (the attack that once halted the network)
+    stall-sync      claim a few heights more than it has, and hold every block-sync request open
+                    without sending a block
+    tamper-sync     serve block sync with bodies that do not match their certified headers (a
+                    transaction dropped or a junk one added), claiming a few heights more than it has
+                    so that peers ask it
+    out-of-turn     send proposals for rounds it is not the proposer of, each carrying a block of
+                    freshly signed transactions (costly to verify, if anyone did before checking who
+                    proposes)
 
 The hooks sit where the runtime builds and sends messages; honest code paths are unchanged.
 """
@@ -22,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from clearline.v1 import block_pb2, ledger_api_pb2, peer_pb2, receipt_pb2, tx_pb2
-from node import blocks, txs, wire
+from node import blocks, crypto, txs, wire
 from node.consensus import Proposal, Vote, VoteType
 
 if TYPE_CHECKING:
@@ -42,7 +53,14 @@ MODES = (
     "silent",
     "collude",
     "fake-ack",
+    "lying-status",
+    "stall-sync",
+    "tamper-sync",
+    "out-of-turn",
 )
+# How far ahead of its real height a stall-sync or tamper-sync node claims to be.
+CLAIM_AHEAD = 3
+LIE_HEIGHT = 2**64 - 1
 
 
 class ByzantineRefused(Exception):
@@ -182,6 +200,93 @@ class Byzantine:
             results.append(ledger_api_pb2.SubmitTxResult(tx_hash=item.tx_hash, accepted=True, receipt=receipt,
                                                          height=self.node.height + 1))  # fmt: skip
         return results
+
+    # --- status and block sync -------------------------------------------------------------------
+
+    def status(self, pm: peer_pb2.PeerMessage) -> peer_pb2.PeerMessage:
+        """The status this node sends peers (lying-status, stall-sync and tamper-sync claim more)."""
+        if self.mode == "lying-status":
+            pm.status.last_committed = LIE_HEIGHT
+            pm.status.height = LIE_HEIGHT
+        elif self.mode in ("stall-sync", "tamper-sync"):
+            pm.status.last_committed += CLAIM_AHEAD
+            pm.status.height += CLAIM_AHEAD
+        return pm
+
+    async def serve_blocks(
+        self, honest: AsyncIterator[peer_pb2.SyncBlock]
+    ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        """What a block-sync request gets: nothing for ever (lying-status, stall-sync), tampered
+        bodies (tamper-sync), else the honest answer."""
+        if self.mode in ("lying-status", "stall-sync"):
+            await asyncio.Event().wait()  # hold the request open until the peer gives up
+        async for sb in honest:
+            if self.mode == "tamper-sync":
+                self._tamper_body(sb.block)
+            yield sb
+
+    def _tamper_body(self, block: block_pb2.Block) -> None:
+        """Change the body and leave the certified header: a junk transaction replaces the last one."""
+        body = tx_pb2.TxBody(
+            chain_id=self.node.chain_id, signer=os.urandom(20), nonce=0, client_ref="tampered"
+        )
+        body.transfer.to = os.urandom(20)
+        body.transfer.amount = 1
+        junk = tx_pb2.SignedTx(body=body.SerializeToString())
+        junk.signatures.add(public_key=os.urandom(32), signature=os.urandom(64))
+        if block.body.txs:
+            block.body.txs[-1] = junk.SerializeToString()
+        else:
+            block.body.txs.append(junk.SerializeToString())
+
+    # --- proposals out of turn --------------------------------------------------------------------
+
+    async def propose_out_of_turn(self, txs_per_block: int = 200, per_second: float = 5.0) -> None:
+        """out-of-turn: every 1/per_second s, sign a proposal for the current height and a round this
+        validator is not the proposer of, carrying a block of freshly signed transactions."""
+        node = self.node
+        keys = [crypto.SigningKey.generate() for _ in range(16)]
+        serial = 0
+        while True:
+            await asyncio.sleep(1 / per_second)
+            core = node.core
+            if core is None:
+                continue
+            height = node.height + 1
+            vs = core.validators
+            round_ = next(
+                r
+                for r in range(core.round, core.round + 64)
+                if vs.proposer(height, r).address != node.key.address
+            )
+            raws = []
+            for _ in range(txs_per_block):
+                serial += 1
+                key = keys[serial % len(keys)]
+                body = tx_pb2.TxBody(
+                    chain_id=node.chain_id,
+                    signer=key.address,
+                    nonce=serial,
+                    client_ref=f"out-of-turn-{serial}",
+                )
+                body.transfer.to = os.urandom(20)
+                body.transfer.amount = 1
+                raws.append(txs.sign_tx(body, [key]))
+            header = block_pb2.Header(
+                chain_id=node.chain_id,
+                height=height,
+                time_ms=node.last_header.time_ms + 1 if node.last_header is not None else 1,
+                prev_block_hash=node.last_block_hash,
+                tx_root=blocks.tx_root([txs.wire_hash(r) for r in raws]),
+                proposer=node.key.address,
+            )
+            block = block_pb2.Block(header=header, body=block_pb2.BlockBody(txs=raws))
+            block_id = blocks.block_hash(header)
+            unsigned = Proposal(height, round_, -1, block_id, block, node.key.address)
+            signed = Proposal(
+                height, round_, -1, block_id, block, node.key.address, node.signer.sign_proposal(unsigned)
+            )
+            node.network.broadcast(peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed)))
 
     # --- garbage ------------------------------------------------------------------------------------
 

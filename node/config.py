@@ -224,7 +224,19 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 _TOP_LEVEL = {"chain_id": str, "moniker": str, "genesis": Path, "byzantine": str}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
-BYZANTINE_MODES = {"", "equivocate", "double-vote", "bad-state-root", "forged-tx", "garbage", "silent"}
+BYZANTINE_MODES = {
+    "",
+    "equivocate",
+    "double-vote",
+    "bad-state-root",
+    "forged-tx",
+    "garbage",
+    "silent",
+    "lying-status",
+    "stall-sync",
+    "tamper-sync",
+    "out-of-turn",
+}
 
 
 def _parse_address(name: str, value: str) -> None:

@@ -74,7 +74,11 @@ class ApiError(Exception):
     def for_status(cls, status: int, message: str) -> ApiError:
         """The error for a transaction rejected with a TxStatus."""
         reason = receipt_pb2.TxStatus.Name(receipt_pb2.TxStatus.ValueType(status)).removeprefix("TX_STATUS_")
-        if status == receipt_pb2.TX_STATUS_TOO_LARGE:
+        if status in (
+            receipt_pb2.TX_STATUS_TOO_LARGE,
+            receipt_pb2.TX_STATUS_MEMPOOL_FULL,
+            receipt_pb2.TX_STATUS_NONCE_GAP_LIMIT,
+        ):
             code = "RESOURCE_EXHAUSTED"
         elif status in _INVALID:
             code = "INVALID_ARGUMENT"

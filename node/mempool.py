@@ -358,7 +358,9 @@ class Mempool:
                 self._forget(item)
                 if len(raws) == 1:
                     raise
-                admitted = Admitted(item.tx_hash, False, receipt_pb2.TX_STATUS_INTERNAL, "mempool full")
+                admitted = Admitted(
+                    item.tx_hash, False, receipt_pb2.TX_STATUS_MEMPOOL_FULL, "the mempool is full; retry later"
+                )
             if not admitted.accepted:
                 self._forget(item)
             results.append(admitted)
@@ -405,7 +407,7 @@ class Mempool:
         if gap and self._parked_per_sender.get(sender, 0) >= self._cfg.max_gap_per_sender:
             return self._reject(
                 vtx,
-                receipt_pb2.TX_STATUS_BAD_NONCE,
+                receipt_pb2.TX_STATUS_NONCE_GAP_LIMIT,
                 f"nonce {nonce} leaves a gap (next is {committed}) and the sender already has "
                 f"{self._cfg.max_gap_per_sender} transactions waiting for missing nonces",
             )
@@ -416,7 +418,7 @@ class Mempool:
                 f"client reference {ref[:64]!r} was already used",
             )
         if len(self._entries) >= self._cfg.max_txs:
-            self._count(receipt_pb2.TX_STATUS_INTERNAL)
+            self._count(receipt_pb2.TX_STATUS_MEMPOOL_FULL)
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {len(self._entries)} transactions (limit)")
         if self._bytes + vtx.size > self._cfg.max_bytes:
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {self._bytes} bytes (limit)")

@@ -48,9 +48,10 @@ from clearline.v1 import (
     wal_pb2,
 )
 from node import blocks, budget, crypto, txs, wire
+from node.blockserve import blocks_to_serve
 from node.blocksync import SYNC_BATCH, BlockSync, PeerFault
 from node.byzantine import Byzantine
-from node.config import NodeConfig
+from node.config import BLOCK_OVERHEAD_BYTES, NodeConfig
 from node.consensus import (
     Broadcast,
     CommitCertificate,
@@ -72,7 +73,7 @@ from node.consensus import (
     Vote,
     VoteReceived,
 )
-from node.errors import ApiError
+from node.errors import ApiError, quote
 from node.gctune import PauseWatch
 from node.ledger import BlockResult, Ledger, parse_genesis
 from node.mempool import Mempool, MempoolFull
@@ -458,6 +459,7 @@ class Node:
             self,
             self.cfg.api.listen,
             max_message_bytes=self.cfg.api.max_message_bytes,
+            max_request_bytes=self.cfg.api.max_request_bytes,
             max_batch=self.cfg.api.max_batch_txs,
         )
         loop = asyncio.get_running_loop()
@@ -476,6 +478,8 @@ class Node:
         ]
         if self.byz is not None and self.byz.mode == "garbage":
             self._tasks.append(asyncio.create_task(self.byz.flood(), name="byzantine"))
+        if self.byz is not None and self.byz.mode == "out-of-turn":
+            self._tasks.append(asyncio.create_task(self.byz.propose_out_of_turn(), name="byzantine"))
         await self._queue.put(("start", None))
         await self.api.set_serving(True)
         self.started = True
@@ -817,7 +821,10 @@ class Node:
             return "next validator set hash does not match"
         if not any(v.address == h.proposer for v in vs.validators):
             return "proposer is not a validator"
-        if len(block.body.txs) > c.max_block_txs or block.ByteSize() > c.max_block_bytes + 64 * 1024:
+        if (
+            len(block.body.txs) > c.max_block_txs
+            or block.ByteSize() > c.max_block_bytes + BLOCK_OVERHEAD_BYTES
+        ):
             return "block too large"
         if h.tx_root != blocks.tx_root([crypto.sha256(raw) for raw in block.body.txs]):
             return "tx root does not match the body"
@@ -1078,7 +1085,7 @@ class Node:
         self, hello: peer_pb2.Hello, expected_name: str | None, cert_address: bytes | None
     ) -> str | None:
         if hello.chain_id != self.chain_id:
-            return f"peer is on chain {hello.chain_id!r}"
+            return f"peer is on chain {quote(hello.chain_id)}"
         if len(hello.public_key) != 32 or crypto.address_of(hello.public_key) != hello.validator:
             return "hello validator does not match its public key"
         if not crypto.verify(
@@ -1215,7 +1222,10 @@ class Node:
         if blocks.block_hash(h) != proposal.block_id:
             return "its block does not hash to the proposal's block id"
         c = self.cfg.consensus
-        if len(block.body.txs) > c.max_block_txs or block.ByteSize() > c.max_block_bytes + 64 * 1024:
+        if (
+            len(block.body.txs) > c.max_block_txs
+            or block.ByteSize() > c.max_block_bytes + BLOCK_OVERHEAD_BYTES
+        ):
             return "its block is too large"
         if height == self.height + 1:
             if h.prev_block_hash != self.last_block_hash:
@@ -1292,11 +1302,12 @@ class Node:
 
     def _status_message(self) -> peer_pb2.PeerMessage:
         core = self.core
-        return peer_pb2.PeerMessage(
+        pm = peer_pb2.PeerMessage(
             status=peer_pb2.PeerStatus(
                 height=self.height + 1, round=core.round if core else 0, last_committed=self.height
             )
         )
+        return pm if self.byz is None else self.byz.status(pm)
 
     def _broadcast_status(self) -> None:
         self._status_sent = time.monotonic()
@@ -1305,15 +1316,15 @@ class Node:
     def _on_status(self, peer: str, status: peer_pb2.PeerStatus) -> None:
         self.blocksync.on_status(peer, status.last_committed)
 
-    async def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
-        last = self.height if request.to_height == 0 else min(request.to_height, self.height)
-        last = min(last, request.from_height + SYNC_BATCH - 1)
-        for height in range(max(1, request.from_height), last + 1):
-            block = self.store.load_block(height)
-            commit = self.store.load_commit(height)
-            if block is None or commit is None:
-                return
-            yield peer_pb2.SyncBlock(block=block, commit=commit)
+    def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        honest = self._serve_blocks(request)
+        return honest if self.byz is None else self.byz.serve_blocks(honest)
+
+    async def _serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        for item in blocks_to_serve(
+            request, self.height, self.store.load_block, self.store.load_commit, SYNC_BATCH
+        ):
+            yield item
 
     def sync_status(self) -> peer_pb2.SyncStatusResponse:
         return peer_pb2.SyncStatusResponse(base_height=1 if self.height else 0, height=self.height)
@@ -1493,14 +1504,14 @@ class Node:
             raise ApiError(
                 "NOT_FOUND",
                 "UNKNOWN_INSTRUMENT",
-                f"no instrument {req.instrument.symbol} of issuer {req.instrument.issuer.hex()}",
+                f"no instrument {quote(req.instrument.symbol)} of issuer {quote(req.instrument.issuer)}",
             )
         return ledger_api_pb2.GetInstrumentResponse(exists=True, instrument=inst, height=self.height)
 
     def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
         hold = self.ledger.get_hold(hold_id)
         if hold is None:
-            raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {hold_id!r}")
+            raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {quote(hold_id)}")
         return ledger_api_pb2.GetHoldResponse(exists=True, hold=hold, height=self.height)
 
     def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse:
@@ -1525,7 +1536,7 @@ class Node:
         if req.WhichOneof("by") == "hash":
             height = self.store.height_of_hash(req.hash)
             if height is None:
-                raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {req.hash.hex()}")
+                raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {quote(req.hash)}")
         else:
             height = req.height or self.height
         resp = self._block_response(height) if height else None

@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from clearline.v1 import receipt_pb2, tx_pb2
 from node import crypto
 from node.crypto import Address, Domain, Hash, PublicKey, SigningKey
+from node.errors import quote
 
 DEFAULT_MAX_TX_BYTES = 64 * 1024
 MAX_SIGNATURES = 16
@@ -135,7 +136,7 @@ def decode_tx(
     if body.chain_id != chain_id:
         raise TxRejected(
             receipt_pb2.TX_STATUS_WRONG_CHAIN,
-            f"transaction is for chain {body.chain_id!r}, this is {chain_id!r}",
+            f"transaction is for chain {quote(body.chain_id)}, this is {chain_id!r}",
         )
     if body.WhichOneof("op") is None:
         raise TxRejected(receipt_pb2.TX_STATUS_MALFORMED, "transaction has no operation")

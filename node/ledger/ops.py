@@ -51,6 +51,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
 from node import crypto
+from node.errors import quote
 from node.ledger.errors import TxInvalid
 from node.ledger.state import (
     ACCOUNT,
@@ -148,7 +149,7 @@ def fail(status: receipt_pb2.TxStatus.ValueType, message: str) -> TxInvalid:
 def get_account_checked(st: StateView, address: bytes, who: str) -> AccountRec:
     acct = st.account(address)
     if acct is None:
-        raise fail(S.TX_STATUS_UNKNOWN_ACCOUNT, f"{who} {address.hex()} does not exist")
+        raise fail(S.TX_STATUS_UNKNOWN_ACCOUNT, f"{who} {quote(address)} does not exist")
     return acct
 
 
@@ -198,9 +199,11 @@ def get_instrument_checked(
     ik = (instrument.issuer, instrument.symbol)
     inst = st.instrument(ik)
     if inst is None:
-        raise fail(S.TX_STATUS_UNKNOWN_INSTRUMENT, f"instrument {ik[1]!r} of {ik[0].hex()} does not exist")
+        raise fail(
+            S.TX_STATUS_UNKNOWN_INSTRUMENT, f"instrument {quote(ik[1])} of {quote(ik[0])} does not exist"
+        )
     if inst.paused and not allow_paused:
-        raise fail(S.TX_STATUS_INSTRUMENT_PAUSED, f"instrument {ik[1]!r} is paused")
+        raise fail(S.TX_STATUS_INSTRUMENT_PAUSED, f"instrument {quote(ik[1])} is paused")
     return ik, inst
 
 
@@ -215,7 +218,7 @@ def check_available(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
     if available < amount:
         raise fail(
             S.TX_STATUS_INSUFFICIENT_FUNDS,
-            f"account {acct.address.hex()} has {available} available of {ik[1]}, needs {amount}",
+            f"account {acct.address.hex()} has {available} available of {quote(ik[1])}, needs {amount}",
         )
 
 
@@ -318,7 +321,7 @@ def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec)
     issuer = get_account_checked(st, ik[0], "issuer")
     check_role(issuer, ISSUER)
     if st.instrument(ik) is not None:
-        raise fail(S.TX_STATUS_INSTRUMENT_EXISTS, f"instrument {ik[1]!r} of {ik[0].hex()} exists")
+        raise fail(S.TX_STATUS_INSTRUMENT_EXISTS, f"instrument {quote(ik[1])} of {quote(ik[0])} exists")
     st.put(
         instrument_key(ik),
         state_pb2.Instrument(
@@ -375,7 +378,7 @@ def process_mint(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     if first is not None:
         raise fail(
             S.TX_STATUS_DUPLICATE_DEPOSIT_REF,
-            f"deposit {op.deposit_ref!r} was minted by {first.tx_hash.hex()}",
+            f"deposit {quote(op.deposit_ref)} was minted by {first.tx_hash.hex()}",
         )
     to = get_account_checked(st, op.to, "recipient")
     check_active(to, ctx, "recipient")
@@ -405,7 +408,7 @@ def process_redeem(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     if first is not None:
         raise fail(
             S.TX_STATUS_DUPLICATE_REDEMPTION_REF,
-            f"redemption {op.redemption_ref!r} was recorded by {first.tx_hash.hex()}",
+            f"redemption {quote(op.redemption_ref)} was recorded by {first.tx_hash.hex()}",
         )
     check_active(signer, ctx, "holder")
     check_available(signer, ik, op.amount)
@@ -571,7 +574,7 @@ def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> No
     ik, _ = get_instrument_checked(st, op.instrument)
     check_amount(op.amount)
     if st.hold(op.hold_id) is not None:
-        raise fail(S.TX_STATUS_HOLD_EXISTS, f"hold {op.hold_id!r} exists")
+        raise fail(S.TX_STATUS_HOLD_EXISTS, f"hold {quote(op.hold_id)} exists")
     if not op.expires_at_height and not op.expires_at_time:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "a hold needs an expiry height or time")
     if op.expires_at_height and op.expires_at_height <= ctx.height:
@@ -640,13 +643,13 @@ def process_create_hold(st: StateView, ctx: TxContext, signer: AccountRec) -> No
 def _get_active_hold(st: StateView, hold_id: str) -> state_pb2.Hold:
     hold = st.hold(hold_id)
     if hold is None:
-        raise fail(S.TX_STATUS_UNKNOWN_HOLD, f"hold {hold_id!r} does not exist")
+        raise fail(S.TX_STATUS_UNKNOWN_HOLD, f"hold {quote(hold_id)} does not exist")
     if hold.state == state_pb2.HOLD_STATE_EXPIRED:
-        raise fail(S.TX_STATUS_HOLD_EXPIRED, f"hold {hold_id!r} expired")
+        raise fail(S.TX_STATUS_HOLD_EXPIRED, f"hold {quote(hold_id)} expired")
     if hold.state != state_pb2.HOLD_STATE_ACTIVE:
         raise fail(
             S.TX_STATUS_INVALID_ARGUMENT,
-            f"hold {hold_id!r} is {state_pb2.HoldState.Name(hold.state).removeprefix('HOLD_STATE_').lower()}",
+            f"hold {quote(hold_id)} is {state_pb2.HoldState.Name(hold.state).removeprefix('HOLD_STATE_').lower()}",
         )
     return hold
 
@@ -722,14 +725,14 @@ def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     if first is not None:
         raise fail(
             S.TX_STATUS_DUPLICATE_SETTLEMENT_REF,
-            f"settlement {op.settlement_ref!r} was recorded by {first.tx_hash.hex()}",
+            f"settlement {quote(op.settlement_ref)} was recorded by {first.tx_hash.hex()}",
         )
     signers = ctx.tx.signers
     for n, leg in enumerate(op.legs):
         if getattr(leg, "from") not in signers:
             raise fail(
                 S.TX_STATUS_MISSING_SIGNATURE,
-                f"leg {n}: paying party {getattr(leg, 'from').hex()} did not sign",
+                f"leg {n}: paying party {quote(getattr(leg, 'from'))} did not sign",
             )
     day = ctx.day
     # Legs apply in order inside the transaction layer: any failing check drops them all.
@@ -808,7 +811,7 @@ def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -
             "account; an admin rotates its key (grant the role to a new key, revoke it from the old one)",
         )
     if st.account(op.new_account) is not None:
-        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"new account {op.new_account.hex()} already exists")
+        raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"new account {quote(op.new_account)} already exists")
     _check_new_account_key(op.new_account, op.new_public_key)
     if st.hold_list(payer_holds_key(op.lost_account)):
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, "the lost account has active holds; release them first")
@@ -988,7 +991,7 @@ def apply_tx(
         first = st.ref(ref_key)
         if first is not None:
             receipt.status = S.TX_STATUS_DUPLICATE_CLIENT_REF
-            receipt.message = f"client reference {client_ref!r} was used by {first.tx_hash.hex()}"
+            receipt.message = f"client reference {quote(client_ref)} was used by {first.tx_hash.hex()}"
             emit(
                 receipt.events,
                 "duplicate_client_ref",

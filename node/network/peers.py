@@ -144,6 +144,8 @@ def _grpc_options(cfg: NodeConfig) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # A second process configured with the same port must fail to bind, not share the port.
+        ("grpc.so_reuseport", 0),
     ]
 
 

@@ -319,3 +319,115 @@ async def test_waiters_verify_for_themselves_when_the_verifying_call_is_cancelle
     assert isinstance(result, VerifiedTx) and result.raw == batch[1]
     assert pool.verified(result.wire_hash) is not None
     assert not pool._verifying
+
+
+# --- hardening: what a stranger can make the pool hold ------------------------------------------
+
+
+def make_clocked(ledger: FakeLedger, now: list[float], **limits: object) -> Mempool:
+    return Mempool(
+        MempoolConfig(**limits),  # type: ignore[arg-type]
+        CHAIN,
+        check=ledger.check,
+        committed_nonce=ledger.nonce,
+        ref_committed=lambda s, r: False,
+        executor=None,
+        clock=lambda: now[0],
+    )
+
+
+async def test_rejected_transactions_leave_nothing_but_a_count() -> None:
+    """Throwaway keys, large memos, rejected by the dry run: the verified cache keeps none of them."""
+    ledger = FakeLedger()
+    ledger.balance = 0  # every transfer fails the dry run, as an unknown sender's does
+    pool = make(ledger)
+    raws = []
+    for i in range(50):
+        key = SigningKey.generate()
+        body = tx_pb2.TxBody(chain_id=CHAIN, signer=key.address, nonce=0, memo="x" * 60_000)
+        body.transfer.to = b"\x02" * 20
+        body.transfer.amount = 1 + i
+        raws.append(txs.sign_tx(body, [key]))
+    results = await pool.admit(raws)
+    assert not any(r.accepted for r in results)
+    assert {r.reason for r in results} == {"INSUFFICIENT_FUNDS"}
+    assert pool.cache_len == 0 and pool.cache_bytes == 0
+    assert len(pool) == 0 and pool.size_bytes == 0
+    assert pool.rejections["INSUFFICIENT_FUNDS"] == 50
+
+
+async def test_the_verified_cache_is_bounded_in_bytes() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger, cache_bytes=200_000)
+    raws = []
+    for n in range(20):
+        body = tx_pb2.TxBody(chain_id=CHAIN, signer=key.address, nonce=n, memo="y" * 30_000)
+        body.transfer.to = b"\x02" * 20
+        body.transfer.amount = 1
+        raws.append(txs.sign_tx(body, [key]))
+    verified = await pool.verify_many(raws)  # a proposal's transactions: verified and cached
+    assert all(isinstance(v, VerifiedTx) for v in verified)
+    assert pool.cache_bytes <= 200_000 and 0 < pool.cache_len < 20
+
+
+async def test_a_gap_transaction_is_parked_not_gossiped_not_ready_and_unparked_by_its_missing_nonce() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    (r,) = await pool.admit([tx(key, 2)])
+    assert r.accepted and pool.parked == 1
+    assert pool.take_gossip(100) == [] and not pool.has_ready()
+    assert not pool.tx_arrived.is_set(), "a gap transaction must not wake empty-block pacing"
+    assert pool.reap(10**6, 100) == []
+    await pool.admit([tx(key, 0)])
+    assert pool.parked == 1 and pool.has_ready()  # nonce 1 still missing
+    assert len(pool.take_gossip(100)) == 1
+    await pool.admit([tx(key, 1)])
+    assert pool.parked == 0
+    assert pool.take_gossip(100) == [tx(key, 1), tx(key, 2)]  # nonce 2 goes out once executable
+    assert [t.body.nonce for t in pool.reap(10**6, 100)] == [0, 1, 2]
+
+
+async def test_gap_transactions_are_capped_per_sender_and_expire() -> None:
+    now = [100.0]
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make_clocked(ledger, now, max_gap_per_sender=3, gap_max_age_s=30.0)
+    results = await pool.admit([tx(key, n) for n in (5, 7, 9, 11)])
+    assert [r.accepted for r in results] == [True, True, True, False]
+    assert results[3].reason == "NONCE_GAP_LIMIT" and "missing nonces" in results[3].message
+    assert pool.parked == 3 and len(pool) == 3
+    now[0] += 29.0
+    assert pool.expire_gaps() == 0
+    now[0] += 2.0
+    assert pool.expire_gaps() == 3
+    assert len(pool) == 0 and pool.parked == 0 and pool.size_bytes == 0
+    # Expiry runs after every commit too.
+    await pool.admit([tx(key, 20)])
+    now[0] += 31.0
+    pool.update([], [])
+    assert len(pool) == 0
+
+
+async def test_a_failed_head_parks_its_followers_again() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    await pool.admit([tx(key, 0), tx(key, 1), tx(key, 2)])
+    assert pool.parked == 0 and pool.has_ready()
+    ledger.balance = 0  # the head now fails its recheck after a commit of someone else's
+    pool.update([], [key.address])
+    assert len(pool) == 2 and pool.parked == 2 and not pool.has_ready()
+
+
+async def test_an_envelope_with_a_bad_extra_signature_does_not_poison_the_good_one() -> None:
+    """The cache and in-flight table are keyed by the envelope's bytes: a third party's variant of a
+    transaction (same id) with a bad signature added is refused, and the original still verifies."""
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    good = tx(key, 0)
+    envelope = tx_pb2.SignedTx.FromString(good)
+    envelope.signatures.add(public_key=SigningKey.generate().public_key, signature=b"\x00" * 64)
+    bad = envelope.SerializeToString()
+    assert txs.tx_hash(bad) == txs.tx_hash(good)
+    results = await pool.admit([bad, good])
+    assert [r.accepted for r in results] == [False, True]
+    assert results[0].reason == "BAD_SIGNATURE"
+    assert results[0].tx_hash == results[1].tx_hash

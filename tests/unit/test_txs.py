@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clearline.v1 import receipt_pb2, tx_pb2
-from node import txs
+from node import crypto, txs
 from node.crypto import SigningKey
 from node.txs import TxRejected
 
@@ -111,3 +111,38 @@ def test_decode_takes_a_hash_the_caller_computed_and_computes_it_otherwise() -> 
     assert decoded.sign_items() == [
         (key.public_key, tx_pb2.SignedTx.FromString(raw).signatures[0].signature, decoded.signed_message)
     ]
+
+
+def test_a_third_party_cannot_change_a_transactions_id() -> None:
+    """The id is the hash of what was signed: adding a signature (its own, valid, or garbage) or an
+    unknown field to someone else's envelope leaves the id as the signer computed it."""
+    key, stranger = SigningKey.from_seed(b"\x07" * 32), SigningKey.from_seed(b"\x08" * 32)
+    raw = txs.sign_tx(transfer_body(key), [key])
+    original = txs.tx_hash(raw)
+    envelope = tx_pb2.SignedTx.FromString(raw)
+    decoded = txs.decode_tx(raw, CHAIN)
+    envelope.signatures.add(
+        public_key=stranger.public_key, signature=stranger.sign_raw(decoded.signed_message)
+    )
+    with_signature = envelope.SerializeToString()
+    with_unknown_field = raw + b"\xf8\x3f\x01"  # field 1023, varint 1: unknown to SignedTx
+    for variant in (with_signature, with_unknown_field):
+        assert variant != raw
+        assert txs.tx_hash(variant) == original
+        assert txs.wire_hash(variant) != txs.wire_hash(raw)
+        verified = txs.verify_tx(variant, CHAIN)
+        assert verified.tx_hash == original
+    # A garbage signature makes the envelope invalid, and still does not change the id it is refused under.
+    envelope.signatures.add(public_key=b"\x01" * 32, signature=b"\x02" * 64)
+    garbage = envelope.SerializeToString()
+    assert txs.tx_hash(garbage) == original
+    with pytest.raises(txs.TxRejected):
+        txs.verify_tx(garbage, CHAIN)
+
+
+def test_the_id_is_the_hash_of_the_signed_body() -> None:
+    key = SigningKey.from_seed(b"\x09" * 32)
+    raw = txs.sign_tx(transfer_body(key), [key])
+    body = tx_pb2.SignedTx.FromString(raw).body
+    assert txs.tx_hash(raw) == crypto.sha256(body)
+    assert txs.tx_hash(b"not an envelope\xff") == crypto.sha256(b"not an envelope\xff")
