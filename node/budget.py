@@ -53,8 +53,12 @@ def budget_lines(cfg: NodeConfig) -> list[BudgetLine]:
         BudgetLine("block sync in flight", SYNC_INFLIGHT_BYTES),
         BudgetLine(f"send queues ({peers} peers)", PEER_SEND_QUEUE_BYTES * peers),
         BudgetLine(
-            "gRPC buffers (one max message per peer stream, a few client requests and responses)",
-            cfg.p2p.max_message_bytes * peers + cfg.api.max_request_bytes * 8 + cfg.api.max_message_bytes * 2,
+            "peer streams (one maximum message each)",
+            cfg.p2p.max_message_bytes * peers,
+        ),
+        BudgetLine(
+            "client calls in flight ([api] max_concurrent_rpcs requests, a few maximum responses)",
+            cfg.api.max_request_bytes * cfg.api.max_concurrent_rpcs + cfg.api.max_message_bytes * 2,
         ),
     ]
 

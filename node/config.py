@@ -137,6 +137,11 @@ class ApiConfig:
     max_request_bytes: int = DEFAULT_API_MAX_REQUEST_BYTES
     max_batch_txs: int = 5000
     default_commit_timeout_s: float = 30.0
+    # Calls served at once (beyond, gRPC answers RESOURCE_EXHAUSTED): each may hold a request of up
+    # to max_request_bytes, so this bounds what clients can make the node hold. Block and event
+    # streams count too, and are capped at max_streams of them.
+    max_concurrent_rpcs: int = 256
+    max_streams: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +330,8 @@ def _check(cfg: NodeConfig) -> None:
         "[api] max_message_bytes": cfg.api.max_message_bytes,
         "[api] max_request_bytes": cfg.api.max_request_bytes,
         "[api] max_batch_txs": cfg.api.max_batch_txs,
+        "[api] max_concurrent_rpcs": cfg.api.max_concurrent_rpcs,
+        "[api] max_streams": cfg.api.max_streams,
     }
     for setting, number in positive.items():
         if number <= 0:

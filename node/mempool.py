@@ -359,7 +359,10 @@ class Mempool:
                 if len(raws) == 1:
                     raise
                 admitted = Admitted(
-                    item.tx_hash, False, receipt_pb2.TX_STATUS_MEMPOOL_FULL, "the mempool is full; retry later"
+                    item.tx_hash,
+                    False,
+                    receipt_pb2.TX_STATUS_MEMPOOL_FULL,
+                    "the mempool is full; retry later",
                 )
             if not admitted.accepted:
                 self._forget(item)

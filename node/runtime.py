@@ -460,6 +460,7 @@ class Node:
             self.cfg.api.listen,
             max_message_bytes=self.cfg.api.max_message_bytes,
             max_request_bytes=self.cfg.api.max_request_bytes,
+            max_concurrent_rpcs=self.cfg.api.max_concurrent_rpcs,
             max_batch=self.cfg.api.max_batch_txs,
         )
         loop = asyncio.get_running_loop()
@@ -1566,6 +1567,12 @@ class Node:
         )
 
     async def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        if len(self._block_listeners) >= self.cfg.api.max_streams:
+            raise ApiError(
+                "RESOURCE_EXHAUSTED",
+                "TOO_MANY_STREAMS",
+                f"this node serves {self.cfg.api.max_streams} block and event streams already; retry later",
+            )
         q: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
         self._block_listeners.add(q)
         try:

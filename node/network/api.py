@@ -229,17 +229,19 @@ class ApiServer:
         max_message_bytes: int,
         max_batch: int,
         max_request_bytes: int = DEFAULT_API_MAX_REQUEST_BYTES,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         """max_message_bytes bounds a response (sized for the largest block), max_request_bytes a
         request. Raises ApiListenError if listen cannot be bound."""
         self._server = grpc.aio.server(
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # gRPC binds with SO_REUSEPORT by default: a second node configured with the same
                 # address would share the port (and half the clients) instead of refusing to start.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         ledger_api_pb2_grpc.add_LedgerServicer_to_server(LedgerService(node, max_batch), self._server)
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
