@@ -1207,9 +1207,10 @@ class Node:
 
     def _proposal_problem(self, proposal: Proposal, block: block_pb2.Block) -> str | None:
         """The cheap checks of a peer's proposal, before any of its transactions' signatures: it is
-        from the round's proposer, for a round within reach, its block is for this height, by that
-        proposer, on this chain's last block, within the size limits, with a body that matches its
-        header. None if the expensive checks are worth doing."""
+        from the round's proposer, its block is for this height (its header may name an earlier
+        round's proposer: a valid value is proposed again), on this chain's last block, within the
+        size limits, with a body that matches its header. None if the expensive checks are worth
+        doing. Each failure is the sender's own doing, so it counts against the peer."""
         height = proposal.height
         vs = to_core_set(self.validator_set(height))
         expected = vs.proposer(height, proposal.round).address
@@ -1218,8 +1219,9 @@ class Node:
         if not -1 <= proposal.pol_round < proposal.round:
             return f"pol_round {proposal.pol_round} for round {proposal.round}"
         h = block.header
-        if h.height != height or h.proposer != proposal.proposer or h.chain_id != self.chain_id:
-            return "its block's height, proposer or chain differs from the proposal's"
+        # The block's own proposer may differ: a later round's proposer re-proposes its valid value.
+        if h.height != height or h.chain_id != self.chain_id:
+            return "its block's height or chain differs from the proposal's"
         if blocks.block_hash(h) != proposal.block_id:
             return "its block does not hash to the proposal's block id"
         c = self.cfg.consensus

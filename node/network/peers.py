@@ -311,7 +311,7 @@ class PeerNetwork:
         """Move messages on one established stream until either side ends it (or this node bans
         the peer)."""
         if self.is_banned(name):
-            log.info("refusing banned peer %s", name)
+            log.debug("refusing banned peer %s", name)
             return
         old = self._conns.get(name)
         conn = _Conn(name)

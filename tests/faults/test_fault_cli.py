@@ -47,5 +47,5 @@ def test_chaos_schedule_is_a_function_of_the_seed() -> None:
     a, b, c = schedule(5), schedule(5), schedule(6)
     assert a == b and a != c
     kinds = {ep["kind"] for ep in a}
-    assert len(a) >= 8 and kinds <= {"kill", "pause", "partition", "link", "disk", "byzantine"}
+    assert len(a) >= 8 and kinds <= {"kill", "pause", "partition", "link", "disk", "byzantine", "flood"}
     assert all(len(ep["nodes"]) <= 1 for ep in a if ep["kind"] == "byzantine")  # never more than f of 4
