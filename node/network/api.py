@@ -26,6 +26,7 @@ from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from node.config import DEFAULT_API_MAX_REQUEST_BYTES
 from node.errors import MAX_MESSAGE_CHARS, ApiError, bound_message, quote
 from node.ledger.ops import MAX_REF_LEN, MAX_SYMBOL_LEN
+from node.network.tolerant import add_tolerant
 
 log = logging.getLogger("clearline.api")
 
@@ -243,7 +244,9 @@ class ApiServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        ledger_api_pb2_grpc.add_LedgerServicer_to_server(LedgerService(node, max_batch), self._server)
+        add_tolerant(
+            ledger_api_pb2_grpc.add_LedgerServicer_to_server, LedgerService(node, max_batch), self._server
+        )
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = (

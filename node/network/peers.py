@@ -27,6 +27,7 @@ from cryptography import x509
 
 from clearline.v1 import peer_pb2, peer_pb2_grpc
 from node.config import NodeConfig, Peer
+from node.network.tolerant import add_tolerant
 
 log = logging.getLogger("clearline.peers")
 
@@ -171,7 +172,11 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
             or not isinstance(first, peer_pb2.PeerMessage)
             or not first.HasField("hello")
         ):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message must be a hello",
+                trailing_metadata=(("clearline-reason", "MALFORMED"),),
+            )
         hello = first.hello
         problem = net.handler.check_hello(hello, None, cert_address)
         if problem is not None:
@@ -186,6 +191,9 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
             while True:
                 msg = await context.read()
                 if msg is grpc.aio.EOF:
+                    return
+                if not isinstance(msg, peer_pb2.PeerMessage):  # tolerant.Malformed: end the stream
+                    log.warning("peer %s sent a message that does not parse; stream closed", name)
                     return
                 yield msg
 
@@ -241,7 +249,7 @@ class PeerNetwork:
 
     async def start(self) -> None:
         server = grpc.aio.server(options=_grpc_options(self.cfg))
-        peer_pb2_grpc.add_PeerServicer_to_server(_PeerServicer(self), server)
+        add_tolerant(peer_pb2_grpc.add_PeerServicer_to_server, _PeerServicer(self), server)
         if self.tls:
             creds = grpc.ssl_server_credentials([(self._key, self._cert)], self._ca, require_client_auth=True)
             self.port = server.add_secure_port(self.cfg.p2p.listen, creds)
