@@ -54,21 +54,9 @@ from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.workload import Workload, funded, workload_accounts
-from node.config import ConfigError, ConsensusConfig
+from node.config import BYZANTINE_MODES, ConfigError, ConsensusConfig
 
 FAULT_KINDS = ("kill", "pause", "partition", "link", "disk", "byzantine", "flood")
-BYZANTINE_MODES = (
-    "equivocate",
-    "double-vote",
-    "bad-state-root",
-    "forged-tx",
-    "garbage",
-    "silent",
-    "lying-status",
-    "stall-sync",
-    "tamper-sync",
-    "out-of-turn",
-)
 EQUIVOCATING = {"equivocate", "double-vote"}
 RECOVERY_BOUND_S = 60.0
 # The hostile clients' accounts (funded at genesis, never used by the workload): the gap flood's
