@@ -1,0 +1,171 @@
+"""What every command group of `clearline` shares: the error every command fails with, output (readable
+text or one JSON document), the options common to all commands, and resolving the names a user types
+(account and key names, ISSUER:SYMBOL instruments, node names) into what the network knows."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from clearline.v1 import tx_pb2
+from cluster.netgen import Network
+
+DEFAULT_HOME = os.environ.get("CLEARLINE_HOME", "net")
+
+
+class CliError(Exception):
+    """A command failed; reason is a machine-readable code printed with the message."""
+
+    def __init__(self, reason: str, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+def common_opts(sp: argparse.ArgumentParser) -> None:
+    """--home and --json, which every command takes."""
+    sp.add_argument("--home", default=DEFAULT_HOME, help=f"network directory (default {DEFAULT_HOME})")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def client_opts(sp: argparse.ArgumentParser) -> None:
+    """The common options plus the node to talk to, for commands that call a node's client API."""
+    common_opts(sp)
+    sp.add_argument("--node", default=None, help="node name or index to talk to (default node0)")
+    sp.add_argument("--target", default=None, help="host:port of a node's client API (instead of --node)")
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(doc, indent=None if isinstance(doc, dict) and len(doc) > 20 else 2, default=str))
+    else:
+        print(text)
+
+
+def msg_dict(msg: Message) -> dict[str, Any]:
+    """A protobuf message as a dict with bytes in hex (not base64) for people and scripts."""
+    return hexify(msg, json_format.MessageToDict(msg, preserving_proto_field_name=True))
+
+
+def hexify(msg: Message, doc: dict[str, Any]) -> dict[str, Any]:
+    for field in msg.DESCRIPTOR.fields:
+        name = field.name
+        if name not in doc:
+            continue
+        if field.type == field.TYPE_BYTES:
+            if isinstance(doc[name], list):
+                doc[name] = [base64.b64decode(v).hex() for v in doc[name]]
+            else:
+                doc[name] = base64.b64decode(doc[name]).hex()
+        elif (
+            field.type == field.TYPE_MESSAGE
+            and field.message_type is not None
+            and not field.message_type.GetOptions().map_entry
+        ):
+            value = getattr(msg, name)
+            if isinstance(doc[name], list):
+                doc[name] = [hexify(v, d) for v, d in zip(value, doc[name], strict=False)]
+            elif isinstance(doc[name], dict):
+                doc[name] = hexify(value, doc[name])
+    return doc
+
+
+# --- resolving names ------------------------------------------------------------------------------
+
+
+def network(args: argparse.Namespace) -> Network:
+    try:
+        return Network.load(args.home)
+    except FileNotFoundError as exc:
+        raise CliError("NO_NETWORK", str(exc), 2) from None
+
+
+def network_accounts(args: argparse.Namespace) -> dict[str, str]:
+    """The network's account names and their key files; none without a network."""
+    try:
+        return Network.load(args.home).accounts
+    except FileNotFoundError:
+        return {}
+
+
+def launcher(args: argparse.Namespace) -> Any:
+    from cluster.launcher import Launcher
+
+    return Launcher(network(args))
+
+
+def load_key(args: argparse.Namespace, name: str) -> Any:
+    """The signing key of a key file or of an account name of the network."""
+    from node.crypto import KeyFileError, load_key_file
+
+    path = Path(name)
+    if not path.exists():
+        try:
+            net = Network.load(args.home)
+            path = Path(net.accounts.get(name, name))
+        except FileNotFoundError:
+            pass
+    try:
+        return load_key_file(path)
+    except KeyFileError as exc:
+        raise CliError("BAD_KEY", str(exc), 2) from None
+
+
+def account_address(args: argparse.Namespace, text: str) -> bytes:
+    """A 20-byte address from hex, an account name of the network or a key file."""
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+        if len(raw) == 20:
+            return raw
+    except ValueError:
+        pass
+    try:
+        net = Network.load(args.home)
+    except FileNotFoundError:
+        net = None
+    if net is not None and text in net.accounts:
+        return bytes(load_key(args, text).address)
+    if Path(text).exists():
+        return bytes(load_key(args, text).address)
+    raise CliError(
+        "UNKNOWN_ACCOUNT", f"{text!r} is neither a 20-byte hex address nor a known account name", 2
+    )
+
+
+def instrument_id(args: argparse.Namespace, text: str) -> tx_pb2.InstrumentId:
+    """The InstrumentId of ISSUER:SYMBOL, the issuer named as `account_address` accepts."""
+    issuer, sep, symbol = text.rpartition(":")
+    if not sep or not issuer or not symbol:
+        raise CliError("BAD_INSTRUMENT", f"instrument {text!r} must be ISSUER:SYMBOL (e.g. bank-a:USD)", 2)
+    return tx_pb2.InstrumentId(issuer=account_address(args, issuer), symbol=symbol)
+
+
+def target(args: argparse.Namespace) -> str:
+    if getattr(args, "target", None):
+        return str(args.target)
+    net = network(args)
+    return net.node(args.node if args.node is not None else 0).api_target
+
+
+def client(args: argparse.Namespace) -> Any:
+    from cluster.client import ClientError, SyncClient
+
+    try:
+        return SyncClient.connect(target(args), timeout_s=args.timeout)
+    except ClientError as exc:
+        raise CliError(exc.reason, f"cannot reach {target(args)}: {exc.message}") from None

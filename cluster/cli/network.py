@@ -1,0 +1,245 @@
+"""`clearline init | up | down | status | logs | node`: create a network directory and run its nodes as
+real processes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.cli.common import CliError, common_opts, emit, launcher, network
+from cluster.netgen import DEFAULT_BASE_PORT, Network, NetworkExistsError, init_network
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    hosts = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
+    if args.force and (Path(args.home) / "network.json").exists():
+        from cluster.launcher import Launcher
+
+        running = [
+            n.name for n in Network.load(args.home).nodes if Launcher(Network.load(args.home)).pid(n.name)
+        ]
+        if running:
+            raise CliError(
+                "NETWORK_RUNNING", f"nodes {', '.join(running)} are running; `clearline down` first", 2
+            )
+    try:
+        net = init_network(
+            args.home,
+            validators=args.validators,
+            hosts=hosts,
+            chain_id=args.chain_id,
+            base_port=args.base_port,
+            faults=args.faults,
+            force=args.force,
+            tls=not args.no_tls,
+        )
+    except NetworkExistsError as exc:
+        raise CliError("NETWORK_EXISTS", str(exc), 2) from None
+    except ValueError as exc:
+        raise CliError("BAD_ARGUMENT", str(exc), 2) from None
+    doc = {
+        "home": net.home,
+        "chain_id": net.chain_id,
+        "nodes": [
+            {"name": n.name, "api": n.api_target, "p2p": n.p2p_target, "address": n.address}
+            for n in net.nodes
+        ],
+        "accounts": sorted(net.accounts),
+        "faults": net.faults,
+    }
+    lines = [f"initialized {len(net.nodes)} validators of {net.chain_id} in {net.home}"]
+    lines += [
+        f"  {n.name}: api {n.api_target}  p2p {n.p2p_target}  validator {n.address[:16]}" for n in net.nodes
+    ]
+    lines.append(f"  accounts: {', '.join(sorted(net.accounts))} (keys in {net.home}/accounts)")
+    emit(args, doc, "\n".join(lines))
+    return 0
+
+
+def _healthy(node: Any) -> bool:
+    from cluster.client import SyncClient
+
+    with SyncClient.connect(node.api_target, timeout_s=1.0) as client:
+        return bool(client.status().height >= 1)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from cluster.launcher import LaunchError
+
+    runner = launcher(args)
+    runner.start_all()
+    progress = (lambda line: print(f"  {line}", file=sys.stderr)) if not args.json else None
+    if progress:
+        print(f"starting {len(runner.network.nodes)} nodes, waiting for the first block...", file=sys.stderr)
+    try:
+        for node in runner.network.nodes:
+            runner.wait_serving(node.name, timeout=args.wait)
+        runner.wait_until(_healthy, timeout=args.wait, what="committing blocks", progress=progress)
+    except LaunchError as exc:
+        raise CliError("NODE_UNHEALTHY", str(exc)) from None
+    return cmd_status(args)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    runner = launcher(args)
+    runner.stop_all(timeout=args.grace)
+    left = [n.name for n in runner.network.nodes if runner.status(n.name).alive]
+    if left:
+        raise CliError("STILL_RUNNING", f"nodes still running: {', '.join(left)}")
+    emit(args, {"stopped": [n.name for n in runner.network.nodes]}, "all nodes stopped")
+    return 0
+
+
+def _node_status(node: Any, runner: Any) -> dict[str, Any]:
+    from cluster.client import ClientError, SyncClient
+
+    proc = runner.status(node.name)
+    row: dict[str, Any] = {
+        "node": node.name,
+        "pid": proc.pid,
+        "alive": proc.alive,
+        "paused": proc.paused,
+        "api": node.api_target,
+        "height": None,
+        "round": None,
+        "peers": None,
+        "mempool": None,
+        "last_block_age_s": None,
+        "syncing": None,
+    }
+    if proc.alive and not proc.paused:
+        try:
+            with SyncClient.connect(node.api_target, timeout_s=1.5) as client:
+                st = client.status()
+            row.update(
+                height=st.height,
+                round=st.round,
+                step=st.step,
+                peers=st.peers,
+                mempool=st.mempool_size,
+                syncing=st.syncing,
+                last_block_age_s=round(time.time() - st.latest_block_time_ms / 1000, 1)
+                if st.latest_block_time_ms
+                else None,
+            )
+        except ClientError as exc:
+            row["error"] = exc.reason
+    return row
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    runner = launcher(args)
+    rows = [_node_status(n, runner) for n in runner.network.nodes]
+    header = f"{'node':<8}{'pid':>8}  {'alive':<6}{'height':>8}{'round':>6}{'peers':>6}{'mempool':>9}{'age s':>8}  syncing"
+    lines = [header]
+    for r in rows:
+        alive = "paused" if r["paused"] else ("yes" if r["alive"] else "no")
+
+        def cell(key: str, r: dict[str, Any] = r) -> str:
+            return "-" if r.get(key) is None else str(r[key])
+
+        lines.append(
+            f"{r['node']:<8}{cell('pid'):>8}  {alive:<6}{cell('height'):>8}{cell('round'):>6}{cell('peers'):>6}"
+            f"{cell('mempool'):>9}{cell('last_block_age_s'):>8}  {cell('syncing')}"
+        )
+    emit(args, {"nodes": rows}, "\n".join(lines))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from cluster.launcher import tail
+
+    net = network(args)
+    nodes = [net.node(args.node_id)] if args.node_id is not None else list(net.nodes)
+    for node in nodes:
+        for name in ("stdout.log", "node.log"):
+            path = Path(node.home) / name
+            print(f"==> {node.name}/{name} <==")
+            print(tail(path, args.lines))
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """One node's process. start and restart wait until the node serves its client API: a node that
+    refuses to start (bad config, missing genesis, address in use, ...) is reported with its reason
+    and a non-zero exit, not as a pid."""
+    from cluster.launcher import LaunchError, NodeRefusedError
+
+    runner = launcher(args)
+    node = runner.network.node(args.node_id)
+    action: Callable[..., Any] = getattr(runner, args.action)
+    extra = {}
+    if args.action in ("start", "restart") and args.byzantine:
+        if not runner.network.faults:
+            raise CliError(
+                "FAULTS_DISABLED", "--byzantine needs a network created with `clearline init --faults`", 2
+            )
+        extra["args"] = ["--byzantine", args.byzantine]
+    if args.action == "start" and runner.status(node.name).alive:
+        raise CliError("ALREADY_RUNNING", f"{node.name} is already running")
+    pid = action(node.name, **extra)
+    if pid is None:
+        raise CliError("NOT_RUNNING", f"{node.name} is not running")
+    if args.action in ("start", "restart"):
+        try:
+            runner.wait_serving(node.name, timeout=args.wait)
+        except NodeRefusedError as exc:
+            raise CliError("NODE_REFUSED", str(exc)) from None
+        except LaunchError as exc:
+            raise CliError("NODE_NOT_SERVING", str(exc)) from None
+    emit(
+        args, {"node": node.name, "action": args.action, "pid": pid}, f"{args.action} {node.name} (pid {pid})"
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """init, up, down, status, logs and node, in that order."""
+    sp = sub.add_parser("init", help="create a network directory")
+    common_opts(sp)
+    sp.add_argument("--validators", type=int, default=4)
+    sp.add_argument("--hosts", default="", help="comma-separated hosts, one per validator")
+    sp.add_argument(
+        "--chain-id", default=None, help="the network's chain id (default: a fresh clearline-<8 hex digits>)"
+    )
+    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    sp.add_argument(
+        "--faults", action="store_true", help="allow fault injection (Byzantine modes, link proxies)"
+    )
+    sp.add_argument("--force", action="store_true", help="replace an existing network")
+    sp.add_argument("--no-tls", action="store_true", help="plaintext peer links (development only)")
+    sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser("up", help="start every node and wait until all commit blocks")
+    common_opts(sp)
+    sp.add_argument("--wait", type=float, default=90.0, help="seconds to wait for health")
+    sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
+    common_opts(sp)
+    sp.add_argument("--grace", type=float, default=10.0)
+    sp.set_defaults(func=cmd_down)
+
+    sp = sub.add_parser("status", help="a table of the nodes")
+    common_opts(sp)
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("logs", help="the tail of each node's logs")
+    common_opts(sp)
+    sp.add_argument("node_id", nargs="?", default=None)
+    sp.add_argument("-n", "--lines", type=int, default=20)
+    sp.set_defaults(func=cmd_logs)
+
+    sp = sub.add_parser("node", help="kill | stop | start | restart | pause | resume one node")
+    common_opts(sp)
+    sp.add_argument("action", choices=["kill", "stop", "start", "restart", "pause", "resume"])
+    sp.add_argument("node_id")
+    sp.add_argument("--byzantine", default="", help="test-only misbehaviour (networks made with --faults)")
+    sp.add_argument(
+        "--wait", type=float, default=30.0, help="start/restart: seconds to wait for the node to serve"
+    )
+    sp.set_defaults(func=cmd_node)

@@ -1,0 +1,445 @@
+"""`clearline tx OP`: sign and submit one ledger operation, by default waiting until it is committed.
+
+Every operation is declared once, in TX_OPS: its name, its help, its flags (each with the kind of
+value it takes) and how the resolved values become the operation message (one of the builders of
+cluster.client.builders). The `clearline tx` subcommands are made from the table, and so is the
+operation a command line builds:
+
+    TxOp("transfer", "pay another account", (INSTRUMENT, TO, AMOUNT),
+         lambda v: b.transfer(v.instrument, v.to, v.amount))
+
+A flag's kind turns its text into the builder's value: an account name, key file or hex address into
+20 bytes (ADDRESS), ISSUER:SYMBOL into an InstrumentId (INSTRUMENT_ID), digits into an int (INTEGER),
+and so on. A value that cannot be read fails the command with the kind's reason code (UNKNOWN_ACCOUNT,
+BAD_INSTRUMENT, BAD_ARGUMENT, ...) and exit status 2, as does a value the builder refuses (BAD_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from google.protobuf import json_format
+
+from clearline.v1 import tx_pb2
+from cluster.cli import common
+from cluster.cli.common import CliError, client_opts, emit, hexify
+
+if TYPE_CHECKING:
+    from cluster.client import builders as b
+else:
+
+    class _Builders:
+        """cluster.client.builders, imported when an operation is first built: the client library (and
+        gRPC) stays out of `clearline --help`, init, status and every other command that needs none."""
+
+        def __getattr__(self, name: str) -> Any:
+            from cluster.client import builders
+
+            return getattr(builders, name)
+
+    b = _Builders()
+
+# --- kinds of value -------------------------------------------------------------------------------
+
+
+class Malformed(ValueError):
+    """The text of a flag is not a value of its kind (BAD_ARGUMENT, the flag named in the message)."""
+
+
+class Party(NamedTuple):
+    """An account, with its public key when it is named by one of the network's account names (so a
+    transaction can register the key of a new account)."""
+
+    address: bytes
+    public_key: bytes | None
+
+
+def _integer(args: argparse.Namespace, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise Malformed(f"{text!r} is not an integer") from None
+
+
+def _hex(args: argparse.Namespace, text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise Malformed(f"{text!r} is not hex") from None
+
+
+def _party(args: argparse.Namespace, text: str) -> Party:
+    address = common.account_address(args, text)
+    known = text in common.network_accounts(args)
+    return Party(address, common.load_key(args, text).public_key if known else None)
+
+
+def _leg(args: argparse.Namespace, text: str) -> tx_pb2.Leg:
+    parts = text.split(",")
+    try:
+        if len(parts) != 4:
+            raise ValueError(text)
+        amount = int(parts[3])
+    except ValueError:
+        raise CliError("BAD_LEG", f"leg {text!r} must be INSTRUMENT,FROM,TO,AMOUNT", 2) from None
+    return b.leg(
+        common.instrument_id(args, parts[0]),
+        common.account_address(args, parts[1]),
+        common.account_address(args, parts[2]),
+        amount,
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a flag's text means: convert reads it (raising CliError with its own reason code, or
+    Malformed); choices, when given, are the only texts argparse accepts, each naming its value; a
+    switch takes no text (present = True)."""
+
+    name: str
+    convert: Callable[[argparse.Namespace, str], Any]
+    choices: Mapping[str, Any] | None = None
+    switch: bool = False
+
+
+_KYC = {"approved": tx_pb2.KYC_STATUS_APPROVED, "pending": tx_pb2.KYC_STATUS_PENDING,
+        "rejected": tx_pb2.KYC_STATUS_REJECTED, "revoked": tx_pb2.KYC_STATUS_REVOKED}  # fmt: skip
+_ROLES = {"admin": tx_pb2.ROLE_ADMIN, "issuer": tx_pb2.ROLE_ISSUER, "compliance": tx_pb2.ROLE_COMPLIANCE,
+          "auditor": tx_pb2.ROLE_AUDITOR, "participant": tx_pb2.ROLE_PARTICIPANT}  # fmt: skip
+
+TEXT = Kind("text", lambda args, text: text)
+INTEGER = Kind("integer", _integer)
+HEX = Kind("hex", _hex)
+ADDRESS = Kind("account", common.account_address)  # name, key file or 20-byte hex -> bytes
+PARTY = Kind("account", _party)  # as ADDRESS, plus the public key of a network account name
+INSTRUMENT_ID = Kind("instrument", common.instrument_id)  # ISSUER:SYMBOL -> InstrumentId
+KEY = Kind("key", common.load_key)  # account name or key file -> SigningKey
+LEG = Kind("leg", _leg)  # INSTRUMENT,FROM,TO,AMOUNT -> Leg
+KYC_STATUS = Kind("kyc status", lambda args, text: _KYC[text], choices=_KYC)
+ROLE = Kind("role", lambda args, text: _ROLES[text], choices=_ROLES)
+SWITCH = Kind("switch", lambda args, text: bool(text), switch=True)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One flag of an operation: absent, its value is default; repeat collects every occurrence in
+    a list. dest is the name of the value (default: the flag without dashes, - as _)."""
+
+    flag: str
+    kind: Kind
+    required: bool = False
+    default: Any = None
+    help: str | None = None
+    repeat: bool = False
+    dest: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.dest or self.flag.removeprefix("--").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        kw: dict[str, Any] = {"dest": self.name, "help": self.help}
+        if self.kind.switch:
+            kw["action"] = "store_true"
+        else:
+            kw.update(default=None, required=self.required)
+            if self.repeat:
+                kw["action"] = "append"
+            if self.kind.choices is not None:
+                kw["choices"] = sorted(self.kind.choices)
+        parser.add_argument(self.flag, **kw)
+
+    def value(self, args: argparse.Namespace) -> Any:
+        raw = getattr(args, self.name)
+        if self.kind.switch:
+            return bool(raw)
+        if raw is None:
+            return self.default
+        try:
+            if self.repeat:
+                return [self.kind.convert(args, text) for text in raw]
+            return self.kind.convert(args, raw)
+        except Malformed as exc:
+            raise CliError("BAD_ARGUMENT", f"{self.flag}: {exc}", 2) from None
+
+
+@dataclass(frozen=True)
+class TxOp:
+    """One `clearline tx` operation: build makes its message from the values of args (attributes
+    named by Arg.name); the keys of the arg named cosigners, if any, also sign the transaction."""
+
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    build: Callable[[Any], b.Op]
+    cosigners: str | None = None
+
+    def values(self, args: argparse.Namespace) -> SimpleNamespace:
+        return SimpleNamespace(**{arg.name: arg.value(args) for arg in self.args})
+
+
+# Flags several operations share.
+INSTRUMENT = Arg("--instrument", INSTRUMENT_ID, required=True)
+ACCOUNT = Arg("--account", ADDRESS, required=True)
+TO = Arg("--to", ADDRESS, required=True)
+AMOUNT = Arg("--amount", INTEGER, required=True)
+REASON = Arg("--reason", TEXT, required=True)
+HOLD_ID = Arg("--hold-id", TEXT, required=True)
+
+
+def _kind(asset: bool) -> tx_pb2.InstrumentKind.ValueType:
+    return tx_pb2.INSTRUMENT_KIND_ASSET if asset else tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN
+
+
+TX_OPS: tuple[TxOp, ...] = (
+    TxOp(
+        "create-instrument",
+        "admin registers an instrument",
+        (
+            INSTRUMENT,
+            Arg("--name", TEXT, required=True),
+            Arg("--currency", TEXT, required=True),
+            Arg("--decimals", INTEGER, default=2),
+            Arg("--supply-cap", INTEGER, default=0),
+            Arg("--asset", SWITCH, help="a tokenized asset rather than deposit tokens"),
+        ),
+        lambda v: b.create_instrument(
+            v.instrument,
+            name=v.name,
+            currency=v.currency,
+            decimals=v.decimals,
+            supply_cap=v.supply_cap,
+            kind=_kind(v.asset),
+        ),
+    ),
+    TxOp(
+        "kyc",
+        "set an account's KYC status",
+        (
+            Arg("--account", PARTY, required=True),
+            Arg("--status", KYC_STATUS, default=tx_pb2.KYC_STATUS_APPROVED),
+            Arg("--expires-at", INTEGER, default=0),
+            Arg("--public-key", HEX),
+        ),
+        lambda v: b.set_kyc(
+            v.account.address,
+            v.status,
+            public_key=v.public_key or v.account.public_key,
+            expires_at=v.expires_at,
+        ),
+    ),
+    TxOp(
+        "mint",
+        "issuer mints against a deposit reference",
+        (INSTRUMENT, TO, AMOUNT, Arg("--deposit-ref", TEXT, required=True)),
+        lambda v: b.mint(v.instrument, v.to, v.amount, v.deposit_ref),
+    ),
+    TxOp(
+        "redeem",
+        "holder redeems tokens to the issuer",
+        (INSTRUMENT, AMOUNT, Arg("--redemption-ref", TEXT, required=True)),
+        lambda v: b.redeem(v.instrument, v.amount, v.redemption_ref),
+    ),
+    TxOp(
+        "transfer",
+        "pay another account",
+        (INSTRUMENT, TO, AMOUNT),
+        lambda v: b.transfer(v.instrument, v.to, v.amount),
+    ),
+    TxOp(
+        "freeze",
+        "freeze an account (compliance)",
+        (ACCOUNT, REASON),
+        lambda v: b.freeze_account(v.account, v.reason),
+    ),
+    TxOp(
+        "unfreeze",
+        "unfreeze an account (compliance)",
+        (ACCOUNT, REASON),
+        lambda v: b.unfreeze_account(v.account, v.reason),
+    ),
+    TxOp(
+        "freeze-amount",
+        "freeze amount of a balance (compliance)",
+        (ACCOUNT, INSTRUMENT, AMOUNT, REASON),
+        lambda v: b.freeze_amount(v.account, v.instrument, v.amount, v.reason),
+    ),
+    TxOp(
+        "unfreeze-amount",
+        "unfreeze amount of a balance (compliance)",
+        (ACCOUNT, INSTRUMENT, AMOUNT, REASON),
+        lambda v: b.unfreeze_amount(v.account, v.instrument, v.amount, v.reason),
+    ),
+    TxOp(
+        "pause",
+        "pause an instrument",
+        (INSTRUMENT, REASON),
+        lambda v: b.pause_instrument(v.instrument, v.reason),
+    ),
+    TxOp(
+        "unpause",
+        "unpause an instrument",
+        (INSTRUMENT, REASON),
+        lambda v: b.unpause_instrument(v.instrument, v.reason),
+    ),
+    TxOp(
+        "hold-create",
+        "escrow funds for a payee under a notary",
+        (
+            HOLD_ID,
+            INSTRUMENT,
+            Arg("--payee", ADDRESS, required=True),
+            Arg("--notary", ADDRESS, required=True),
+            AMOUNT,
+            Arg("--expires-at-height", INTEGER, default=0),
+            Arg("--expires-at-time", INTEGER, default=0),
+        ),
+        lambda v: b.create_hold(
+            v.hold_id,
+            v.instrument,
+            payee=v.payee,
+            notary=v.notary,
+            amount=v.amount,
+            expires_at_height=v.expires_at_height,
+            expires_at_time=v.expires_at_time,
+        ),
+    ),
+    TxOp(
+        "hold-execute",
+        "the notary executes a hold (in part with --amount)",
+        (HOLD_ID, Arg("--amount", INTEGER, default=0)),
+        lambda v: b.execute_hold(v.hold_id, v.amount),
+    ),
+    TxOp(
+        "hold-release",
+        "release a hold to the payer",
+        (HOLD_ID,),
+        lambda v: b.release_hold(v.hold_id),
+    ),
+    TxOp(
+        "settle",
+        "atomic multi-leg settlement (DvP/PvP)",
+        (
+            Arg("--settlement-ref", TEXT, required=True),
+            Arg("--leg", LEG, required=True, repeat=True, help="INSTRUMENT,FROM,TO,AMOUNT (repeat)"),
+            Arg("--cosign", KEY, repeat=True, default=(), help="key of another paying party (repeat)"),
+        ),
+        lambda v: b.settle(v.settlement_ref, v.leg),
+        cosigners="cosign",
+    ),
+    TxOp(
+        "forced-transfer",
+        "compliance moves funds (flagged)",
+        (INSTRUMENT, Arg("--from", ADDRESS, required=True, dest="from_"), TO, AMOUNT, REASON),
+        lambda v: b.forced_transfer(v.instrument, v.from_, v.to, v.amount, v.reason),
+    ),
+    TxOp(
+        "recover",
+        "compliance recovers a lost wallet to a new key",
+        (
+            Arg("--lost", ADDRESS, required=True),
+            Arg("--new-key", KEY, required=True, help="key file of the new wallet"),
+            REASON,
+        ),
+        lambda v: b.recover_account(v.lost, v.new_key.public_key, v.reason),
+    ),
+    TxOp(
+        "set-limits",
+        "per-transaction and per-day limits",
+        (
+            ACCOUNT,
+            INSTRUMENT,
+            Arg("--max-per-tx", INTEGER, default=0),
+            Arg("--max-per-day", INTEGER, default=0),
+        ),
+        lambda v: b.set_limits(v.account, v.instrument, max_per_tx=v.max_per_tx, max_per_day=v.max_per_day),
+    ),
+    TxOp(
+        "grant-role",
+        "admin grants a role",
+        (Arg("--account", PARTY, required=True), Arg("--role", ROLE, required=True)),
+        lambda v: b.grant_role(v.account.address, v.role, public_key=v.account.public_key),
+    ),
+    TxOp(
+        "revoke-role",
+        "admin revokes a role",
+        (ACCOUNT, Arg("--role", ROLE, required=True)),
+        lambda v: b.revoke_role(v.account, v.role),
+    ),
+    TxOp(
+        "change-validator",
+        "admin adds, re-weights or removes a validator (power 0)",
+        (Arg("--public-key", HEX, required=True), Arg("--power", INTEGER, required=True)),
+        lambda v: b.change_validator(v.public_key, v.power),
+    ),
+)
+
+TX_OPS_BY_NAME: dict[str, TxOp] = {op.name: op for op in TX_OPS}
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def build_op(args: argparse.Namespace) -> tuple[b.Op, list[Any]]:
+    """The operation message of a parsed `clearline tx OP` command line, and the keys that cosign."""
+    spec = TX_OPS_BY_NAME[args.op]
+    try:
+        values = spec.values(args)
+        op = spec.build(values)
+    except b.BuildError as exc:
+        raise CliError("BAD_ARGUMENT", str(exc), 2) from None
+    cosigners = list(getattr(values, spec.cosigners)) if spec.cosigners else []
+    return op, cosigners
+
+
+def cmd_tx(args: argparse.Namespace) -> int:
+    from cluster.client import ClientError, WaitFor
+
+    key = common.load_key(args, args.as_)
+    op, cosigners = build_op(args)
+    wait = WaitFor.NONE if args.no_wait else WaitFor.COMMITTED
+    with common.client(args) as client:
+        try:
+            result = client.send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait)
+        except ClientError as exc:
+            raise CliError(exc.reason, exc.message) from None
+    doc: dict[str, Any] = {
+        "tx_hash": result.tx_hash.hex(),
+        "accepted": result.accepted,
+        "status": result.reason,
+        "height": result.height,
+        "message": result.message,
+    }
+    if result.receipt is not None:
+        doc["receipt"] = hexify(
+            result.receipt, json_format.MessageToDict(result.receipt, preserving_proto_field_name=True)
+        )
+    if not result.ok:
+        message = result.receipt.message if result.receipt is not None else result.message
+        emit(
+            args,
+            doc,
+            f"FAILED {result.reason}: {message} (tx {result.tx_hash.hex()[:16]}, height {result.height})",
+        )
+        return 1
+    where = f"committed at height {result.height}" if result.height else "accepted"
+    emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`clearline tx` and one subcommand per operation of TX_OPS, in table order."""
+    tx = sub.add_parser("tx", help="sign and submit a transaction").add_subparsers(dest="op", metavar="OP")
+    for spec in TX_OPS:
+        sp = tx.add_parser(spec.name, help=spec.help)
+        client_opts(sp)
+        sp.add_argument("--as", dest="as_", required=True, help="signing key: account name or key file")
+        sp.add_argument("--ref", default=None, help="client reference (idempotency key)")
+        sp.add_argument("--no-wait", action="store_true", help="return once accepted, not committed")
+        for arg in spec.args:
+            arg.add_to(sp)
+        sp.set_defaults(func=cmd_tx)
