@@ -2,10 +2,9 @@
 
 py-spy attaches to every node process for the timed window and, a hundred times a second and
 without pausing it, records the stack of the thread holding the GIL (`--gil`): what runs Python
-code. A tracing profiler (cProfile, used before) distorted what it measured: it doubled the event
-loop's CPU and reported three times the real total, most of it on code that makes many small
-Python calls. Sampling every thread that is not idle was no better: a thread waiting for the disk
-(fdatasync) counts as busy, which made storage a third of the event loop.
+code. Not a tracing profiler (cProfile): its cost per call distorts what it measures, most of all
+on code that makes many small Python calls. Not every thread that is not idle either: a thread
+waiting for the disk (fdatasync) would count as busy and inflate storage.
 
 Each sample is charged to a category by its innermost frame that belongs to one, so a helper (a hash,
 a dataclass constructor, a list comprehension in the standard library) is charged to the code that

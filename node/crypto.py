@@ -3,7 +3,7 @@
 Everything that is signed goes through `sign_bytes(domain, chain_id, payload)`: a fixed prefix, the
 message kind (the domain) and the chain id come first, so a signed vote can never pass as a
 transaction, and nothing signed for one chain verifies on another. Signatures and verification use
-PyNaCl (libsodium), which measured ~2x `cryptography` here and releases the GIL, so `verify_batch`
+PyNaCl (libsodium), which verifies faster than `cryptography` and releases the GIL, so `verify_batch`
 spreads a batch over a thread pool. `cryptography` stays for X.509 and TLS (cluster/pki.py).
 
 Key files are JSON, written atomically with mode 0600; loading a missing or malformed one raises

@@ -90,11 +90,10 @@ def value_hash(value: bytes) -> bytes:
 #
 # A node's encoding (what its hash covers) holds up to 256 entries of 66 bytes: 16.5 KiB. Stored
 # whole, every block would rewrite each big node on the paths of its changed keys in full, so the
-# bytes written per block grow with the state (a 70-transfer block: 34 KB of node writes at 500
-# keys, 890 KB at 38,000), and LevelDB spends the cores syncing and compacting them. So a node of
-# more than WHOLE_MAX bytes is stored as 16 chunks, one per run of 16 child indexes
-# (`CHUNK_PREFIX | len(path) | path | chunk`), and a block writes only the chunks it changed; a
-# smaller node (most of them, below the upper levels) is stored whole under NODE_PREFIX + path, one
+# bytes written per block grow with the state, and LevelDB spends the cores syncing and compacting
+# them. So a node of more than WHOLE_MAX bytes is stored as 16 chunks, one per run of 16 child
+# indexes (`CHUNK_PREFIX | len(path) | path | chunk`), and a block writes only the chunks it changed;
+# a smaller node (most of them, below the upper levels) is stored whole under NODE_PREFIX + path, one
 # read. The tree, its hashes and its proofs are unchanged: MerkleTree works on whole encodings,
 # read through ChunkedNodes and written through stored_node_writes.
 

@@ -466,7 +466,7 @@ def process_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
             if dst is None:
                 dst = block[key] = payee.copy()
             increase_balance(dst, ik, amount)  # type: ignore[arg-type]
-            # The event as encoded bytes: half the cost of building it field by field (hot path).
+            # The event as encoded bytes: cheaper than building it field by field (hot path).
             ctx.receipt.MergeFromString(encode_transfer_event(payer.address, to, ik, amount))
             return
     # Some rule fails (or the payer has limits): the checks in their order, then the general path.

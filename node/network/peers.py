@@ -384,8 +384,9 @@ class PeerNetwork:
         if channel is None:
             options = _grpc_options(self.cfg)
             # The channel reconnects on its own schedule too (by default 1 s growing 1.6x to 120 s,
-            # during which every dial fails at once): a peer restarted after a 20 s outage was
-            # reached again only 15 s later. Both back-offs follow [p2p] reconnect_min/max_ms.
+            # during which every dial fails at once), so a peer back after a long outage would be
+            # reached again long after [p2p] reconnect_max_ms. Both back-offs follow
+            # [p2p] reconnect_min/max_ms.
             low, high = self.cfg.p2p.reconnect_min_ms, self.cfg.p2p.reconnect_max_ms
             options += [
                 ("grpc.initial_reconnect_backoff_ms", low),

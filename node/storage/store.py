@@ -36,9 +36,9 @@ StateWrites = Mapping[bytes, bytes | None]
 """What the ledger hands over (node.ledger.kv.Writes is a dict of this shape): key -> value, None =
 delete. Declared here rather than imported so that opening the store never loads the ledger package."""
 
-# LevelDB tuning, measured with node/storage/bench.py (500-tx blocks): a 16 MiB write buffer (default 4)
-# cut the worst synced batch from ~1.7 s (level-0 write stalls) to ~0.16 s; opening replays at most one
-# write buffer of log, so restart stays bounded (~0.4 s) whatever the chain length. Bloom filters make
+# LevelDB tuning (node/storage/bench.py measures it): a 16 MiB write buffer (LevelDB's default is 4)
+# makes level-0 write stalls, the cause of the slowest synced batches, rare; opening replays at most
+# one write buffer of log, so the restart cost does not grow with the chain. Bloom filters make
 # lookups of absent keys (new accounts, unknown tx hashes) skip disk reads.
 #
 # No compression: most bytes written are hashes, signatures and public keys (Merkle node chunks,
@@ -57,8 +57,8 @@ def staggered_write_buffer(seed: bytes) -> int:
 
     Validators write the same data at the same rate, so with equal write buffers they flush and
     compact LevelDB at the same heights. Where they share cores (a local cluster), all of them then
-    stall at once and the chain stops for the duration (0.3-0.7 s at 1,000 tx/s). Staggered sizes
-    spread the flushes, so the others keep a quorum while one compacts."""
+    stall at once and the chain stops for the duration. Staggered sizes spread the flushes, so the
+    others keep a quorum while one compacts."""
     base = int(LEVELDB_OPTIONS["write_buffer_size"])
     step = base // WRITE_BUFFER_STAGGER
     return base + (seed[0] % WRITE_BUFFER_STAGGER) * step if seed else base

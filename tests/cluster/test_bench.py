@@ -153,7 +153,7 @@ def test_a_terminated_benchmark_stops_the_nodes_it_started(tmp_path: Path) -> No
 
 def test_the_bench_starts_its_load_only_on_a_warm_network() -> None:
     """Every node connected to all its peers and past height 1: a peer still in its dial back-off
-    right after launch is no steady state (it cost the first second of a run up to 1.4 s)."""
+    right after launch is no steady state (the first second of a run would measure the back-off)."""
     fake = FakeLedger(height=1, peers=3)
     with FakeServerThread(fake) as server:
         node = SimpleNamespace(api_target=server.target)

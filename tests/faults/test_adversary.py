@@ -70,7 +70,8 @@ def test_a_validator_claiming_height_2_pow_64_does_not_stall_the_chain(make_netw
     net = make_network(4, faults=True)
     _start_byzantine(net, "lying-status")
     net.wait_height(status(net.target(0)).height + 2, HONEST, timeout=60)
-    # Idle, the network commits an empty block about every second; the lie once stopped it for 63 s.
+    # Idle, the network commits an empty block about every second: a gap of several seconds means
+    # the lie stalls it.
     gap, progressed = _longest_commit_gap(net, "node0", 12.0)
     print(f"lying-status: node0's longest commit gap {gap:.2f} s over 12 s, {progressed} heights")
     assert progressed >= 5, f"only {progressed} heights in 12 s while one validator lies"

@@ -53,7 +53,7 @@ ACCOUNTS = ("alice", "bob", "carol", "dave", *ATTACKERS)
 CLEAR_REASONS = set(receipt_pb2.TxStatus.keys()) - {"TX_STATUS_UNSPECIFIED", "TX_STATUS_INTERNAL"}
 CLEAR_REASONS = {name.removeprefix("TX_STATUS_") for name in CLEAR_REASONS}
 # What refusing a flood may grow a node by: 2,500 rejected 60 KB transactions are 150 MB it must not
-# keep (the code before the fix grew about 300 MiB).
+# keep.
 REFUSED_GROWTH_MIB = 100
 FLOOD_SECONDS = 60.0
 
