@@ -39,20 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         _refused(f"configuration error: {exc}")
         return 2
-    from node.byzantine import ByzantineRefused
+    from node.byzantine import ByzantineBehaviour, ByzantineRefused
     from node.crypto import KeyFileError
+    from node.errors import CannotStart, InvariantBroken
     from node.gctune import tune_gc
     from node.network.api import ApiListenError
-    from node.runtime import FatalError, Node
+    from node.runtime import Node
     from node.storage import StorageError
 
     tune_gc()
     try:
-        asyncio.run(Node(cfg, byzantine=args.byzantine).run())
+        # Test-only misbehaviour is chosen here, once: the node is built with a Byzantine
+        # behaviour's parts instead of the honest ones, and never asks which it has.
+        mode = args.byzantine or cfg.byzantine
+        behaviour = ByzantineBehaviour(mode) if mode else None
+        asyncio.run(Node(cfg, behaviour=behaviour).run())
     except ByzantineRefused as exc:
         _refused(str(exc))
         return 2
-    except (FatalError, KeyFileError, StorageError, ApiListenError) as exc:
+    except (CannotStart, InvariantBroken, KeyFileError, StorageError, ApiListenError) as exc:
         _refused(str(exc))
         return 1
     except KeyboardInterrupt:

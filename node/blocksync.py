@@ -1,4 +1,4 @@
-"""Block sync: catch up from peers in the background, trusting none of them.
+"""Block sync: catch up from peers in the background, trusting none of them; serve peers that do.
 
 A node that is behind (a peer says it committed more) fetches the missing blocks with their commit
 certificates and hands them, one at a time, to the consensus task, which verifies each against
@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from clearline.v1 import peer_pb2
+from clearline.v1 import block_pb2, peer_pb2
+from node.blockserve import blocks_to_serve
+from node.clock import Clock, SystemClock, wait_event
+from node.errors import PeerFault
 
 log = logging.getLogger("clearline.blocksync")
 
@@ -47,15 +49,6 @@ BACKOFF_MAX_S = 60.0
 BEHIND_ONE_S = 0.3
 
 
-class PeerFault(Exception):
-    """A peer served something that does not verify; reason is a short machine-readable code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
 class SyncHost(Protocol):
     """What block sync needs from the node."""
 
@@ -74,6 +67,17 @@ class SyncHost(Protocol):
         ...
 
 
+class BlockSource(Protocol):
+    """The committed blocks this node serves (the block store)."""
+
+    def load_block(self, height: int) -> block_pb2.Block | None: ...
+
+    def load_commit(self, height: int) -> block_pb2.CommitCertificate | None: ...
+
+
+__all__ = ["SYNC_BATCH", "BlockSource", "BlockSync", "PeerFault", "SyncHost"]
+
+
 @dataclass
 class SyncPeer:
     claimed: int = 0  # the last committed height the peer claims
@@ -90,13 +94,16 @@ class BlockSync:
         self,
         host: SyncHost,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        source: BlockSource | None = None,
+        clock: Clock | None = None,
         on_fault: Callable[[str, str], None] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._host = host
-        self._clock = clock
-        self._sleep = sleep
+        self._source = source
+        clock = clock or SystemClock()
+        self._clock_of = clock
+        self._clock = clock.monotonic
+        self._sleep = clock.sleep
         self._on_fault = on_fault
         self.peers: dict[str, SyncPeer] = {}
         self._wake = asyncio.Event()
@@ -172,6 +179,21 @@ class BlockSync:
         if self._on_fault is not None:
             self._on_fault(peer, reason)
 
+    # --- serving peers ----------------------------------------------------------------------------
+
+    async def serve(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        """A peer's GetBlocks: committed blocks with their certificates (node/blockserve.py)."""
+        if self._source is None:
+            return
+        for item in blocks_to_serve(
+            request, self._host.height, self._source.load_block, self._source.load_commit, SYNC_BATCH
+        ):
+            yield item
+
+    def sync_status(self) -> peer_pb2.SyncStatusResponse:
+        height = self._host.height
+        return peer_pb2.SyncStatusResponse(base_height=1 if height else 0, height=height)
+
     # --- the task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -180,8 +202,7 @@ class BlockSync:
                 self._wake.clear()
                 # Wait for a status, or look again soon (a penalty may expire; one height behind
                 # becomes worth fetching after BEHIND_ONE_S).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=BEHIND_ONE_S)
+                await wait_event(self._clock_of, self._wake, BEHIND_ONE_S)
                 continue
             progressed = False
             self.active = True

@@ -24,23 +24,36 @@ Refused unless the genesis was created for fault testing (`clearline init --faul
                     freshly signed transactions (costly to verify, if anyone did before checking who
                     proposes)
 
-The hooks sit where the runtime builds and sends messages; honest code paths are unchanged.
+Each mode is a wrapper chosen when the node is built (`ByzantineBehaviour`, a `node.runtime.Behaviour`):
+a tampering block executor (bad-state-root, forged-tx), a transport that lies, withholds or
+duplicates what the node sends (silent, double-vote, equivocate, collude, lying-status, stall-sync,
+tamper-sync), a peer handler that serves block sync badly or colludes with what it hears, a client
+API that acknowledges without committing (fake-ack), and extra tasks (garbage, out-of-turn). The
+honest node's code never asks whether it is Byzantine; this module imports the node's types, the
+node never imports this module (node/__main__.py picks the behaviour).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from clearline.v1 import block_pb2, ledger_api_pb2, peer_pb2, receipt_pb2, tx_pb2
 from node import blocks, crypto, txs, wire
 from node.consensus import Proposal, Vote, VoteType
 
 if TYPE_CHECKING:
+    from node.consensus import Application
+    from node.execution import BlockExecutor
+    from node.network.api import NodeApi
+    from node.network.peers import PeerHandler, PeerNetwork
+    from node.router import PeerRouter, Transport
     from node.runtime import Node
+    from node.service import ClientService
 
 log = logging.getLogger("clearline.byzantine")
 
@@ -67,18 +80,58 @@ class ByzantineRefused(Exception):
     """--byzantine on a network that was not created for fault testing, or an unknown mode."""
 
 
-class Byzantine:
-    def __init__(self, node: Node, mode: str) -> None:
+class ByzantineBehaviour:
+    """The parts of a misbehaving validator (see the module docstring for the modes)."""
+
+    def __init__(self, mode: str) -> None:
         if mode not in MODES:
             raise ByzantineRefused(f"unknown Byzantine mode {mode!r} (modes: {', '.join(MODES)})")
+        self.mode = mode
+        self._node: Node | None = None
+        self._colluded: set[tuple[int, int, bytes, bytes]] = set()
+        self._net: Transport | None = None
+
+    @property
+    def node(self) -> Node:
+        assert self._node is not None
+        return self._node
+
+    @property
+    def net(self) -> Transport:
+        assert self._net is not None
+        return self._net
+
+    # --- the Behaviour ----------------------------------------------------------------------------
+
+    def attach(self, node: Node) -> None:
         if not node.genesis.fault_testing:
             raise ByzantineRefused(
                 "--byzantine is refused: this network was not created for fault testing (clearline init --faults)"
             )
-        self.node = node
-        self.mode = mode
-        self._colluded: set[tuple[int, int, bytes, bytes]] = set()
-        log.warning("BYZANTINE MODE %s: this validator misbehaves on purpose (fault testing)", mode)
+        self._node = node
+        log.warning("BYZANTINE MODE %s: this validator misbehaves on purpose (fault testing)", self.mode)
+
+    def app(self, executor: BlockExecutor) -> Application:
+        if self.mode in ("bad-state-root", "forged-tx"):
+            return _TamperingApp(executor, self)
+        return executor
+
+    def transport(self, network: PeerNetwork) -> Transport:
+        self._net = network
+        return _LyingTransport(network, self)
+
+    def peer_handler(self, router: PeerRouter) -> PeerHandler:
+        return _ByzantineHandler(router, self)
+
+    def client_api(self, service: ClientService) -> NodeApi:
+        return _FakeAckApi(service, self) if self.mode == "fake-ack" else service
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        if self.mode == "garbage":
+            return [self.flood()]
+        if self.mode == "out-of-turn":
+            return [self.propose_out_of_turn()]
+        return []
 
     # --- proposals ----------------------------------------------------------------------------------
 
@@ -100,22 +153,31 @@ class Byzantine:
 
     # --- sending ------------------------------------------------------------------------------------
 
-    def intercept(self, message: object, pm: peer_pb2.PeerMessage) -> bool:
-        """Called before an own message is broadcast; True if this hook sent (or suppressed) it."""
-        node = self.node
+    def withheld(self, pm: peer_pb2.PeerMessage) -> bool:
+        """silent sends no consensus message; colluders vote only through targeted votes (on_vote)."""
+        kind = pm.WhichOneof("msg")
         if self.mode == "silent":
+            return kind in ("vote", "proposal", "evidence")
+        return self.mode == "collude" and kind == "vote" and pm.vote.validator == self.node.key.address
+
+    def intercept(self, pm: peer_pb2.PeerMessage) -> bool:
+        """Called for each broadcast; True if this hook sent (or withheld) it."""
+        if self.withheld(pm):
             return True
-        if self.mode == "double-vote" and isinstance(message, Vote) and message.block_id is not None:
-            node.network.broadcast(pm)
-            node.network.broadcast(
-                peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(message)))
-            )
+        kind = pm.WhichOneof("msg")
+        own = self.node.key.address
+        if kind == "status":
+            self.net.broadcast(self.status(pm))
             return True
-        if self.mode in ("equivocate", "collude") and isinstance(message, Proposal):
-            self._equivocate(message, pm)
+        if self.mode == "double-vote" and kind == "vote" and pm.vote.validator == own and pm.vote.block_id:
+            self.net.broadcast(pm)
+            conflicting = self._conflicting_vote(wire.vote_from_pb(pm.vote))
+            self.net.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(conflicting)))
             return True
-        # Colluders vote only through targeted votes (on_vote).
-        return self.mode == "collude" and isinstance(message, Vote)
+        if self.mode in ("equivocate", "collude") and kind == "proposal" and pm.proposal.proposer == own:
+            self._equivocate(wire.proposal_from_pb(pm.proposal), pm)
+            return True
+        return False
 
     def _conflicting_vote(self, vote: Vote, block_id: bytes | None = None) -> Vote:
         other = block_id or blocks.block_hash(
@@ -147,20 +209,17 @@ class Byzantine:
             node.signer.sign_proposal(unsigned),
         )  # fmt: skip
         twin_pm = peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed))
-        peers = node.network.connected
+        peers = self.net.connected
         half = len(peers) // 2
         for i, peer in enumerate(peers):
-            node.network.send(peer, pm if i < half else twin_pm)
+            self.net.send(peer, pm if i < half else twin_pm)
         if self.mode == "collude":
             return
         # Prevote for the twin too, to everyone: a double vote that honest nodes must turn into evidence.
         prevote = Vote(VoteType.PREVOTE, proposal.height, proposal.round, twin_id, node.key.address)
-        node.network.broadcast(
+        self.net.broadcast(
             peer_pb2.PeerMessage(vote=wire.vote_to_pb(self._conflicting_vote(prevote, twin_id)))
         )
-
-    def on_proposal(self, proposal: Proposal) -> None:
-        """Hook for proposals received from peers (no behaviour yet beyond the vote hook)."""
 
     def on_vote(self, vote: Vote) -> None:
         """collude: answer each honest validator's vote for X with our prevote and precommit for X,
@@ -179,7 +238,7 @@ class Byzantine:
             unsigned = Vote(vote_type, vote.height, vote.round, vote.block_id, self.node.key.address)
             signed = Vote(vote_type, vote.height, vote.round, vote.block_id, unsigned.validator,
                           self.node.signer.sign_vote(unsigned))  # fmt: skip
-            self.node.network.send(peer, peer_pb2.PeerMessage(vote=wire.vote_to_pb(signed)))
+            self.net.send(peer, peer_pb2.PeerMessage(vote=wire.vote_to_pb(signed)))
 
     async def fake_ack(self, raws: list[bytes]) -> list[ledger_api_pb2.SubmitTxResult]:
         """fake-ack: answer every submission as committed OK, and drop it (never gossiped or proposed)."""
@@ -205,6 +264,8 @@ class Byzantine:
 
     def status(self, pm: peer_pb2.PeerMessage) -> peer_pb2.PeerMessage:
         """The status this node sends peers (lying-status, stall-sync and tamper-sync claim more)."""
+        if pm.WhichOneof("msg") != "status":
+            return pm
         if self.mode == "lying-status":
             pm.status.last_committed = LIE_HEIGHT
             pm.status.height = LIE_HEIGHT
@@ -249,7 +310,7 @@ class Byzantine:
         serial = 0
         while True:
             await asyncio.sleep(1 / per_second)
-            core = node.core
+            core = node.driver.core if node.driver is not None else None
             if core is None:
                 continue
             height = node.height + 1
@@ -275,8 +336,8 @@ class Byzantine:
             header = block_pb2.Header(
                 chain_id=node.chain_id,
                 height=height,
-                time_ms=node.last_header.time_ms + 1 if node.last_header is not None else 1,
-                prev_block_hash=node.last_block_hash,
+                time_ms=node.chain.last_time_ms + 1 if node.chain is not None else 1,
+                prev_block_hash=node.chain.last_block_hash if node.chain is not None else b"",
                 tx_root=blocks.tx_root([txs.wire_hash(r) for r in raws]),
                 proposer=node.key.address,
             )
@@ -286,7 +347,7 @@ class Byzantine:
             signed = Proposal(
                 height, round_, -1, block_id, block, node.key.address, node.signer.sign_proposal(unsigned)
             )
-            node.network.broadcast(peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed)))
+            self.net.broadcast(peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed)))
 
     # --- garbage ------------------------------------------------------------------------------------
 
@@ -310,5 +371,108 @@ class Byzantine:
                 ),
             ]
             for msg in junk:
-                self.node.network.broadcast(msg)
+                self.net.broadcast(msg)
             await asyncio.sleep(0.02)
+
+
+# --- the wrappers ---------------------------------------------------------------------------------
+
+
+class _TamperingApp:
+    """The block executor as the core sees it, with this node's proposals tampered with."""
+
+    def __init__(self, executor: BlockExecutor, byz: ByzantineBehaviour) -> None:
+        self._executor = executor
+        self._byz = byz
+
+    def propose_block(self, height: int, round: int) -> tuple[bytes, object]:
+        block_id, block = self._executor.propose_block(height, round)
+        assert isinstance(block, block_pb2.Block)
+        tampered = self._byz.tamper_block(block)
+        tampered_id = blocks.block_hash(tampered.header)
+        # This node takes its own block as valid (its honest execution), as a liar would.
+        self._executor.remember(tampered_id, self._executor.result_of(block_id), tampered)
+        return tampered_id, tampered
+
+    def validate_block(self, height: int, block_id: bytes, block: object) -> bool:
+        return self._executor.validate_block(height, block_id, block)
+
+
+class _LyingTransport:
+    """The peer network as the node's parts see it: what they send is withheld, duplicated, split
+    or changed according to the mode."""
+
+    def __init__(self, network: PeerNetwork, byz: ByzantineBehaviour) -> None:
+        self._net = network
+        self._byz = byz
+
+    @property
+    def connected(self) -> list[str]:
+        return self._net.connected
+
+    def broadcast(self, msg: peer_pb2.PeerMessage) -> None:
+        if not self._byz.intercept(msg):
+            self._net.broadcast(msg)
+
+    def send(self, peer: str, msg: peer_pb2.PeerMessage) -> bool:
+        if self._byz.withheld(msg):
+            return False
+        return self._net.send(peer, self._byz.status(msg))
+
+    def ban(self, peer: str, seconds: float, reason: str) -> None:
+        self._net.ban(peer, seconds, reason)
+
+    def fetch_blocks(
+        self, peer: str, from_height: int, to_height: int, max_bytes: int
+    ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        return self._net.fetch_blocks(peer, from_height, to_height, max_bytes)
+
+
+class _ByzantineHandler:
+    """The peer router as the network sees it: block sync served badly, votes heard by colluders."""
+
+    def __init__(self, router: PeerRouter, byz: ByzantineBehaviour) -> None:
+        self._router = router
+        self._byz = byz
+
+    def make_hello(self) -> peer_pb2.Hello:
+        return self._router.make_hello()
+
+    def check_hello(
+        self, hello: peer_pb2.Hello, expected_name: str | None, cert_address: bytes | None
+    ) -> str | None:
+        return self._router.check_hello(hello, expected_name, cert_address)
+
+    async def on_peer_message(self, peer: str, msg: peer_pb2.PeerMessage) -> None:
+        await self._router.on_peer_message(peer, msg)
+        if msg.WhichOneof("msg") == "vote":
+            with contextlib.suppress(wire.WireError):
+                self._byz.on_vote(wire.vote_from_pb(msg.vote))
+
+    def on_peer_connected(self, peer: str) -> None:
+        self._router.on_peer_connected(peer)
+
+    def on_peer_disconnected(self, peer: str) -> None:
+        self._router.on_peer_disconnected(peer)
+
+    def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        return self._byz.serve_blocks(self._router.serve_blocks(request))
+
+    def sync_status(self) -> peer_pb2.SyncStatusResponse:
+        return self._router.sync_status()
+
+
+class _FakeAckApi:
+    """The client service with SubmitTx answered as committed and nothing submitted (fake-ack)."""
+
+    def __init__(self, service: ClientService, byz: ByzantineBehaviour) -> None:
+        self._service = service
+        self._byz = byz
+
+    async def submit(
+        self, raws: list[bytes], wait: int, timeout_s: float | None
+    ) -> list[ledger_api_pb2.SubmitTxResult]:
+        return await self._byz.fake_ack(raws)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)

@@ -1,4 +1,21 @@
-"""Errors the node reports to clients, independent of the transport.
+"""The node's one error tree, and the errors it reports to clients independent of the transport.
+
+    NodeError
+    ├── BadInput            something from outside (a peer, a client) is invalid: it is rejected,
+    │   │                   logged and counted, and the node goes on with its state unchanged
+    │   ├── PeerFault       a peer's message or served block; `kind` names the metric label
+    │   ├── InvalidBlock    a block that does not follow the chain (the caller decides whose fault:
+    │   │                   a proposal's or a synced block's peer, or, for a certified block this
+    │   │                   node decided itself, a broken invariant)
+    │   └── ApiError        a client's request; carries the gRPC code and reason the API answers with
+    ├── CannotStart         the node cannot start as configured (no genesis, a genesis of another
+    │                       chain, a store that lacks its own latest block)
+    └── InvariantBroken     this node's own state contradicts itself (a store behind the ledger, a
+                            decided block whose execution differs): the node stops, naming the
+                            reason and the height, rather than go on from a wrong state
+
+Every handler at an edge catches `BadInput` (or one of its kinds) and never `InvariantBroken`: an
+unexpected exception anywhere in a task ends the node (runtime.py), it is not logged and skipped.
 
 `ApiError` carries a gRPC status code name (e.g. "INVALID_ARGUMENT"), a machine-readable reason
 (e.g. "BAD_SIGNATURE", "UNKNOWN_ACCOUNT", "MEMPOOL_FULL") and a human message. node/network/api.py
@@ -62,7 +79,50 @@ _NOT_FOUND = {
 _ALREADY = {receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF}
 
 
-class ApiError(Exception):
+class NodeError(Exception):
+    """The root of the node's errors."""
+
+
+class BadInput(NodeError):
+    """Input from outside the node is invalid: reject it, count it, go on."""
+
+
+class PeerFault(BadInput):
+    """A peer sent something invalid; kind is a short machine-readable code (a metric label)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        return self.kind
+
+
+class InvalidBlock(BadInput):
+    """A block that may not follow the last committed one; reason says which rule it breaks."""
+
+    def __init__(self, reason: str, height: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.height = height
+
+
+class CannotStart(NodeError):
+    """The node refuses to start; the message says what to fix."""
+
+
+class InvariantBroken(NodeError):
+    """This node's own state is wrong: it stops with the reason and the height."""
+
+    def __init__(self, reason: str, height: int | None = None) -> None:
+        super().__init__(reason if height is None else f"at height {height}: {reason}")
+        self.reason = reason
+        self.height = height
+
+
+class ApiError(BadInput):
     def __init__(self, code: str, reason: str, message: str) -> None:
         message = bound_message(message)
         super().__init__(f"{code} {reason}: {message}")

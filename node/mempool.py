@@ -38,6 +38,7 @@ from typing import Any
 from clearline.v1 import receipt_pb2, tx_pb2
 from node import crypto, txs
 from node.config import MempoolConfig
+from node.errors import BadInput
 from node.txs import DecodedTx, TxRejected, VerifiedTx
 
 log = logging.getLogger("clearline.mempool")
@@ -58,7 +59,7 @@ NonceFn = Callable[[bytes], int]
 RefSeenFn = Callable[[bytes, str], bool]
 
 
-class MempoolFull(Exception):
+class MempoolFull(BadInput):
     """The mempool (or one sender's share of it) is full; retry later."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -26,13 +26,13 @@ from google.protobuf.message import DecodeError
 from clearline.v1 import receipt_pb2, tx_pb2
 from node import crypto
 from node.crypto import Address, Domain, Hash, PublicKey, SigningKey
-from node.errors import quote
+from node.errors import BadInput, quote
 
 DEFAULT_MAX_TX_BYTES = 64 * 1024
 MAX_SIGNATURES = 16
 
 
-class TxRejected(Exception):
+class TxRejected(BadInput):
     """A transaction is rejected before execution; status is a receipt_pb2.TxStatus value."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -31,7 +31,7 @@ from node.consensus.messages import (
     TimeoutFired,
     VoteReceived,
 )
-from node.consensus.schedule import ACTIVATION_DELAY, ValidatorSchedule
+from node.consensus.schedule import ACTIVATION_DELAY, ValidatorSchedule, activation_height
 from node.consensus.tendermint import BUFFER_PER_SENDER, MAX_PROPOSALS_PER_ROUND, ROUND_WINDOW, Tendermint
 from node.consensus.types import (
     NO_ROUND,
@@ -96,4 +96,5 @@ __all__ = [
     "Vote",
     "VoteReceived",
     "VoteType",
+    "activation_height",
 ]

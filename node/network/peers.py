@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from cryptography import x509
 
 from clearline.v1 import peer_pb2, peer_pb2_grpc
 from node.config import NodeConfig, Peer
+from node.errors import BadInput
 from node.network.tolerant import add_tolerant
 
 log = logging.getLogger("clearline.peers")
@@ -239,6 +240,7 @@ class PeerNetwork:
         self._stopping = False
         self._banned_until: dict[str, float] = {}
         self._serving = asyncio.Semaphore(MAX_CONCURRENT_SERVES)
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None  # set by the node
         self.port: int = 0
         if self.tls:
             self._ca = cfg.path(cfg.tls.ca_cert).read_bytes()
@@ -374,10 +376,15 @@ class PeerNetwork:
                 log.info("peer %s disconnected", name)
 
     async def _deliver(self, name: str, msg: peer_pb2.PeerMessage) -> None:
+        """The handler counts a peer's bad input itself; what escapes it is this node's failure,
+        which stops the node (on_fatal) rather than being logged and skipped."""
         try:
             await self.handler.on_peer_message(name, msg)
-        except Exception:  # a bad message must never stop the node
-            log.exception("error handling a message from %s", name)
+        except BadInput as exc:
+            log.warning("peer %s sent an invalid message: %s", name, exc)
+        except Exception as exc:
+            self.on_fatal(exc)
+            raise
 
     def _channel(self, peer: Peer) -> grpc.aio.Channel:
         channel = self._channels.get(peer.name)

@@ -12,7 +12,7 @@ import grpc
 
 from clearline.v1 import ledger_api_pb2, receipt_pb2, state_pb2, tx_pb2
 from cluster.client import builders
-from node import runtime
+from node import execution
 from tests.cluster.conftest import RunningNetwork, status
 from tests.cluster.helpers import block_hashes, get_block, key, setup_funded, signed, stub, submit, usd
 
@@ -271,7 +271,7 @@ def test_blocks_over_the_inline_limit_are_written_in_the_io_thread_and_survive_a
     alice, bob, dollars = key(net.network, "alice"), key(net.network, "bob"), usd(net.network)
     nonce = _account(net.target(0), alice.address).nonce
     bob_before = _usd_balance(_account(net.target(0), bob.address), dollars)
-    count = 3 * runtime.INLINE_COMMIT_MAX_TXS
+    count = 3 * execution.INLINE_COMMIT_MAX_TXS
     raws = [
         signed(net.network, alice, nonce + i, builders.transfer(dollars, bob.address, 1))
         for i in range(count)
@@ -288,7 +288,7 @@ def test_blocks_over_the_inline_limit_are_written_in_the_io_thread_and_survive_a
         time.sleep(0.1)
     top = status(net.target(0)).height
     sizes = [len(get_block(net.target(0), h).block.body.txs) for h in range(1, top + 1)]
-    assert max(sizes) > runtime.INLINE_COMMIT_MAX_TXS, sizes[-10:]
+    assert max(sizes) > execution.INLINE_COMMIT_MAX_TXS, sizes[-10:]
     net.launcher.kill("node1")
     net.launcher.start("node1")
     net.wait_height(top + 2, [f"node{i}" for i in range(4)], timeout=60)

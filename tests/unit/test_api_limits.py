@@ -26,8 +26,8 @@ from node.config import (
     parse_config,
 )
 from node.ledger.ops import MAX_LEGS, MAX_REF_LEN, MAX_VALIDATORS
-from node.runtime import MAX_EVIDENCE_PER_BLOCK
 from node.txs import VerifiedTx
+from node.validation import MAX_EVIDENCE_PER_BLOCK
 from tests.unit.ledger.helpers import ALICE, BOB, COMPLIANCE, USD, World
 
 BASE = 'chain_id = "c"\n'

@@ -8,7 +8,7 @@ import pytest
 
 from clearline.v1 import block_pb2, receipt_pb2
 from node import blocks, crypto
-from node.blocks import CommitError, CommitFailure, HeaderChainError, HeaderFailure
+from node.blocks import CommitError, CommitFailure
 from node.crypto import SigningKey
 
 CHAIN = "clearline-test"
@@ -295,76 +295,3 @@ def test_invalid_validator_sets_are_rejected() -> None:
     reject(cert, CommitFailure.INVALID_VALIDATOR_SET, mislabelled)
     powerless = validator_set((1, 1, 1, 0))
     reject(cert, CommitFailure.INVALID_VALIDATOR_SET, powerless)
-
-
-# --- header chain ------------------------------------------------------------------------------
-
-
-def child_of(prev: block_pb2.Header) -> block_pb2.Header:
-    header = make_header(height=prev.height + 1, time_ms=prev.time_ms + 1)
-    header.prev_block_hash = blocks.block_hash(prev)
-    return header
-
-
-def test_header_chain_accepts_the_next_header() -> None:
-    prev = make_header()
-    blocks.verify_header_chain(prev, child_of(prev))
-    same_ms = child_of(prev)
-    same_ms.time_ms = prev.time_ms
-    blocks.verify_header_chain(prev, same_ms)
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "reason"),
-    [
-        ("chain_id", "other", HeaderFailure.CHAIN_ID),
-        ("height", 7, HeaderFailure.HEIGHT),
-        ("height", 5, HeaderFailure.HEIGHT),
-        ("prev_block_hash", b"\x00" * 32, HeaderFailure.PREV_HASH),
-        ("time_ms", 999, HeaderFailure.TIME),
-    ],
-)
-def test_header_chain_rejects_broken_links(field: str, value: object, reason: HeaderFailure) -> None:
-    prev = make_header()
-    header = child_of(prev)
-    setattr(header, field, value)
-    with pytest.raises(HeaderChainError) as info:
-        blocks.verify_header_chain(prev, header)
-    assert info.value.reason is reason
-    assert isinstance(info.value, ValueError)
-
-
-def full_block(tx_count: int = 3) -> block_pb2.Block:
-    block = block_pb2.Block()
-    block.body.txs.extend(bytes([i]) * 50 for i in range(tx_count))
-    block.last_commit.CopyFrom(certificate([precommit(k) for k in KEYS[:3]]))
-    block.header.CopyFrom(make_header())
-    block.header.tx_root = blocks.tx_root([h(raw) for raw in block.body.txs])
-    block.header.last_commit_hash = h(block.last_commit.SerializeToString(deterministic=True))
-    return block
-
-
-def test_block_contents_match_their_header() -> None:
-    blocks.verify_block_contents(full_block())
-    first = block_pb2.Block()
-    first.header.tx_root = h(b"")
-    first.header.last_commit_hash = h(b"")  # height 1: no transactions, no previous commit
-    blocks.verify_block_contents(first)
-
-
-def test_block_with_changed_transactions_or_commit_is_rejected() -> None:
-    dropped = full_block()
-    del dropped.body.txs[1]
-    with pytest.raises(HeaderChainError) as info:
-        blocks.verify_block_contents(dropped)
-    assert info.value.reason is HeaderFailure.TX_ROOT
-    reordered = full_block()
-    reordered.body.txs[0], reordered.body.txs[1] = reordered.body.txs[1], reordered.body.txs[0]
-    with pytest.raises(HeaderChainError) as info:
-        blocks.verify_block_contents(reordered)
-    assert info.value.reason is HeaderFailure.TX_ROOT
-    swapped = full_block()
-    swapped.last_commit.round += 1
-    with pytest.raises(HeaderChainError) as info:
-        blocks.verify_block_contents(swapped)
-    assert info.value.reason is HeaderFailure.LAST_COMMIT_HASH

@@ -11,6 +11,7 @@ import pytest
 from clearline.v1 import block_pb2, peer_pb2
 from node import blocksync
 from node.blocksync import BlockSync, PeerFault
+from node.clock import SystemClock
 
 
 def _block(height: int) -> peer_pb2.SyncBlock:
@@ -56,9 +57,19 @@ def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocksync, "NEXT_BLOCK_TIMEOUT_S", 0.05)
 
 
+class ListClock(SystemClock):
+    """Real sleeps, but a monotonic time the test sets (now[0])."""
+
+    def __init__(self, now: list[float]) -> None:
+        self._now = now
+
+    def monotonic(self) -> float:
+        return self._now[0]
+
+
 def _sync(host: Host, now: list[float]) -> BlockSync:
     faults: list[tuple[str, str]] = []
-    sync = BlockSync(host, clock=lambda: now[0], on_fault=lambda p, r: faults.append((p, r)))
+    sync = BlockSync(host, clock=ListClock(now), on_fault=lambda p, r: faults.append((p, r)))
     sync.faults_seen = faults  # type: ignore[attr-defined]
     return sync
 

@@ -1,0 +1,313 @@
+"""The client service: the Ledger API's implementation (node/network/api.py decodes and validates
+requests, then calls this), with the waiters of `SubmitTx(wait=COMMITTED)` and the block and event
+streams.
+
+It hears of commits through `on_commit` (a listener of the consensus driver): waiters get their
+receipts and streams wake up; the commit path never touches a client's future itself. Reads come
+from the committed ledger and the block store, never from a block in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from clearline.v1 import ledger_api_pb2, receipt_pb2
+from node import blocks, crypto
+from node.chain import Chain
+from node.clock import Clock, now_ms
+from node.config import ApiConfig
+from node.errors import ApiError, quote
+from node.execution import Committed
+from node.ledger import Ledger
+from node.mempool import Mempool, MempoolFull
+from node.storage import NodeStore
+from node.txs import TxRejected
+
+VERSION = "0.1.0"
+Waiter = asyncio.Future[tuple[receipt_pb2.Receipt, int]]
+
+
+class ClientService:
+    """Implements node.network.api.NodeApi."""
+
+    def __init__(
+        self,
+        *,
+        cfg: ApiConfig,
+        moniker: str,
+        key: crypto.SigningKey,
+        chain: Chain,
+        ledger: Ledger,
+        store: NodeStore,
+        mempool: Mempool,
+        clock: Clock,
+        consensus_state: Callable[[], tuple[int, str]],
+        peers: Callable[[], int],
+        syncing: Callable[[], bool],
+    ) -> None:
+        self._cfg = cfg
+        self._moniker = moniker
+        self._address = key.address
+        self._chain = chain
+        self._ledger = ledger
+        self._store = store
+        self.mempool = mempool
+        self._clock = clock
+        self._consensus_state = consensus_state
+        self._peers = peers
+        self._syncing = syncing
+        self._waiters: dict[bytes, list[Waiter]] = {}
+        self._streams: set[asyncio.Queue[int]] = set()
+        self.started = False
+
+    # --- commits ----------------------------------------------------------------------------------
+
+    def on_commit(self, committed: Committed) -> None:
+        for receipt in committed.receipts:
+            for fut in self._waiters.pop(receipt.tx_hash, []):
+                if not fut.done():
+                    fut.set_result((receipt, committed.height))
+        for q in list(self._streams):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(committed.height)
+
+    # --- submitting -------------------------------------------------------------------------------
+
+    def _committed_result(self, tx_hash: bytes) -> ledger_api_pb2.SubmitTxResult | None:
+        loc = self._store.tx_location(tx_hash)
+        if loc is None:
+            return None
+        receipt = self._store.load_receipt(tx_hash)
+        return ledger_api_pb2.SubmitTxResult(tx_hash=tx_hash, accepted=True, receipt=receipt, height=loc[0])
+
+    async def submit(
+        self, raws: list[bytes], wait: int, timeout_s: float | None
+    ) -> list[ledger_api_pb2.SubmitTxResult]:
+        if not self.started:
+            raise ApiError("UNAVAILABLE", "STARTING", "the node is starting")
+        try:
+            admitted = await self.mempool.admit(raws)
+        except MempoolFull as exc:
+            raise ApiError("RESOURCE_EXHAUSTED", exc.reason, exc.message) from None
+        results: list[ledger_api_pb2.SubmitTxResult] = []
+        waits: list[tuple[int, Waiter]] = []
+        loop = asyncio.get_running_loop()
+        for i, a in enumerate(admitted):
+            if not a.accepted:
+                committed = self._committed_result(a.tx_hash)
+                if committed is not None:  # a resubmission of a committed transaction: idempotent
+                    results.append(committed)
+                    continue
+                results.append(
+                    ledger_api_pb2.SubmitTxResult(
+                        tx_hash=a.tx_hash,
+                        accepted=False,
+                        status=receipt_pb2.TxStatus.ValueType(a.status),
+                        message=a.message,
+                        receipt=a.receipt,
+                    )
+                )
+                continue
+            result = ledger_api_pb2.SubmitTxResult(
+                tx_hash=a.tx_hash, accepted=True, status=receipt_pb2.TX_STATUS_OK
+            )
+            if wait == ledger_api_pb2.WAIT_FOR_CHECKED and a.receipt is not None:
+                result.receipt.CopyFrom(a.receipt)
+            if wait == ledger_api_pb2.WAIT_FOR_COMMITTED:
+                fut: Waiter = loop.create_future()
+                self._waiters.setdefault(a.tx_hash, []).append(fut)
+                waits.append((i, fut))
+            results.append(result)
+        if waits:
+            timeout = timeout_s if timeout_s is not None else self._cfg.default_commit_timeout_s
+            await self._await_commits(results, waits, max(0.0, timeout - 0.05), single=len(raws) == 1)
+        return results
+
+    async def _await_commits(
+        self,
+        results: list[ledger_api_pb2.SubmitTxResult],
+        waits: list[tuple[int, Waiter]],
+        seconds: float,
+        single: bool,
+    ) -> None:
+        done, _pending = await asyncio.wait([f for _, f in waits], timeout=seconds)
+        timed_out = False
+        for i, fut in waits:
+            if fut in done:
+                receipt, height = fut.result()
+                results[i].receipt.CopyFrom(receipt)
+                results[i].height = height
+                results[i].status = receipt.status
+                continue
+            timed_out = True
+            fut.cancel()
+            waiters = self._waiters.get(results[i].tx_hash, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(results[i].tx_hash, None)
+        if timed_out and single:
+            raise ApiError(
+                "DEADLINE_EXCEEDED",
+                "COMMIT_TIMEOUT",
+                "accepted but not committed before the deadline; query GetTx",
+            )
+
+    async def check_tx(self, raw: bytes) -> ledger_api_pb2.SubmitTxResponse:
+        item = (await self.mempool.verify_many([raw]))[0]
+        if isinstance(item, TxRejected):
+            raise ApiError.for_status(item.status, item.message)
+        receipt = self._ledger.check_tx(item, time_ms=now_ms(self._clock))
+        return ledger_api_pb2.SubmitTxResponse(
+            tx_hash=item.tx_hash, accepted=receipt.status == receipt_pb2.TX_STATUS_OK, receipt=receipt
+        )
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def get_tx(self, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse:
+        loc = self._store.tx_location(tx_hash)
+        if loc is not None:
+            return ledger_api_pb2.GetTxResponse(
+                state=ledger_api_pb2.TX_STATE_COMMITTED,
+                receipt=self._store.load_receipt(tx_hash),
+                height=loc[0],
+                index=loc[1],
+                tx=self._store.load_tx(tx_hash) or b"",
+            )
+        pending = self.mempool.get(tx_hash)
+        if pending is not None:
+            return ledger_api_pb2.GetTxResponse(state=ledger_api_pb2.TX_STATE_PENDING, tx=pending.raw)
+        raise ApiError(
+            "NOT_FOUND", "UNKNOWN_TX", f"transaction {tx_hash.hex()} is neither committed nor pending here"
+        )
+
+    def get_account(self, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
+        chain = self._chain
+        account = self._ledger.get_account(address)
+        resp = ledger_api_pb2.GetAccountResponse(exists=account is not None, height=chain.height)
+        if account is not None:
+            resp.account.CopyFrom(account)
+            resp.holds.extend(self._ledger.list_holds(address))
+        elif not prove:
+            raise ApiError("NOT_FOUND", "UNKNOWN_ACCOUNT", f"no account {address.hex()}")
+        if prove:
+            if chain.height == 0 or chain.last_header is None:
+                raise ApiError("UNAVAILABLE", "NO_BLOCKS", "no block committed yet to prove against")
+            resp.proof.CopyFrom(self._ledger.prove_account(address))
+            resp.header.CopyFrom(chain.last_header)
+            resp.commit.CopyFrom(chain.last_commit)
+            resp.validators.CopyFrom(chain.validator_set(chain.height))
+        return resp
+
+    def get_instrument(
+        self, req: ledger_api_pb2.GetInstrumentRequest
+    ) -> ledger_api_pb2.GetInstrumentResponse:
+        inst = self._ledger.get_instrument(req.instrument)
+        if inst is None:
+            raise ApiError(
+                "NOT_FOUND",
+                "UNKNOWN_INSTRUMENT",
+                f"no instrument {quote(req.instrument.symbol)} of issuer {quote(req.instrument.issuer)}",
+            )
+        return ledger_api_pb2.GetInstrumentResponse(exists=True, instrument=inst, height=self._chain.height)
+
+    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
+        hold = self._ledger.get_hold(hold_id)
+        if hold is None:
+            raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {quote(hold_id)}")
+        return ledger_api_pb2.GetHoldResponse(exists=True, hold=hold, height=self._chain.height)
+
+    def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse:
+        h = height or self._chain.height + 1
+        vs = self._store.load_validator_set(h)
+        if vs is None:
+            raise ApiError("NOT_FOUND", "UNKNOWN_HEIGHT", f"no validator set for height {h}")
+        return ledger_api_pb2.GetValidatorsResponse(height=h, validators=vs)
+
+    def _block_response(self, height: int) -> ledger_api_pb2.GetBlockResponse | None:
+        block = self._store.load_block(height)
+        if block is None:
+            return None
+        return ledger_api_pb2.GetBlockResponse(
+            block=block,
+            commit=self._store.load_commit(height),
+            block_hash=self._store.load_block_hash(height) or blocks.block_hash(block.header),
+            receipts=self._store.load_block_receipts(height),
+        )
+
+    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse:
+        if req.WhichOneof("by") == "hash":
+            found = self._store.height_of_hash(req.hash)
+            if found is None:
+                raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {quote(req.hash)}")
+            height = found
+        else:
+            height = req.height or self._chain.height
+        resp = self._block_response(height) if height else None
+        if resp is None:
+            raise ApiError(
+                "NOT_FOUND", "UNKNOWN_BLOCK", f"no block at height {height} (latest {self._chain.height})"
+            )
+        return resp
+
+    def status(self) -> ledger_api_pb2.GetStatusResponse:
+        chain = self._chain
+        round_, step = self._consensus_state()
+        return ledger_api_pb2.GetStatusResponse(
+            chain_id=chain.chain_id,
+            height=chain.height,
+            round=round_,
+            step=step,
+            latest_block_hash=chain.last_block_hash,
+            latest_block_time_ms=chain.last_header.time_ms if chain.last_header else 0,
+            state_root=self._ledger.state_root,
+            validators=chain.validator_set(chain.height + 1),
+            peers=self._peers(),
+            mempool_size=len(self.mempool),
+            syncing=self._syncing(),
+            node_address=self._address,
+            version=VERSION,
+            name=self._moniker,
+        )
+
+    # --- streams ----------------------------------------------------------------------------------
+
+    async def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        if len(self._streams) >= self._cfg.max_streams:
+            raise ApiError(
+                "RESOURCE_EXHAUSTED",
+                "TOO_MANY_STREAMS",
+                f"this node serves {self._cfg.max_streams} block and event streams already; retry later",
+            )
+        q: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
+        self._streams.add(q)
+        try:
+            next_height = max(1, from_height or self._chain.height)
+            while True:
+                while next_height <= self._chain.height:
+                    resp = self._block_response(next_height)
+                    if resp is None:
+                        break
+                    yield resp
+                    next_height += 1
+                await q.get()
+        finally:
+            self._streams.discard(q)
+
+    async def subscribe_events(
+        self, req: ledger_api_pb2.SubscribeEventsRequest
+    ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]:
+        has_instrument = req.HasField("instrument") and bool(req.instrument.symbol)
+        async for block in self.stream_blocks(req.from_height):
+            height = block.block.header.height
+            for index, receipt in enumerate(block.receipts):
+                for event in receipt.events:
+                    if req.account and req.account not in event.accounts:
+                        continue
+                    if has_instrument and event.instrument != req.instrument:
+                        continue
+                    yield ledger_api_pb2.EventEnvelope(
+                        height=height, tx_hash=receipt.tx_hash, tx_index=index, event=event
+                    )
