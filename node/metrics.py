@@ -99,5 +99,6 @@ class NodeMetrics:
         if self._server is not None:
             server, thread = self._server if isinstance(self._server, tuple) else (self._server, None)
             server.shutdown()
+            server.server_close()
             if thread is not None:
                 thread.join(timeout=2)
