@@ -280,13 +280,19 @@ class PeerRouter:
                 "proposal %d/%d is beyond round %d; dropped", proposal.height, proposal.round, current_round
             )
             return
-        await self._pre_execute(proposal, pb.block)
+        fault: PeerFault | None = None
+        try:
+            await self._pre_execute(proposal, pb.block)
+        except PeerFault as exc:
+            fault = exc  # counted below; the core still gets the proposal and prevotes nil on it
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._driver.put(PeerInput(ProposalReceived(proposal), wal_pb2.WalMessage(proposal=pb)))
+        if fault is not None:
+            raise fault
 
     async def _pre_execute(self, proposal: Proposal, block: block_pb2.Block) -> None:
-        """Verify the block's transactions in the thread pool and execute it before the core asks.
-        An invalid block is still handed to the core (it prevotes nil on it) and counted."""
+        """Verify the block's transactions in the thread pool and execute it before the core asks;
+        the verdict is cached for the core's validate_block. Raises PeerFault if it is invalid."""
         if proposal.height != self._chain.height + 1 or self._executor.is_executed(proposal.block_id):
             return
         verified = await self.mempool.verify_many(list(block.body.txs))

@@ -18,11 +18,11 @@ import pytest
 
 from clearline.v1 import block_pb2, peer_pb2
 from cluster.netgen import init_network
+from node import blocks, crypto, wire
 from node import router as router_mod
-from node import wire
 from node.clock import ManualClock
 from node.config import load_config
-from node.consensus.types import Vote, VoteType
+from node.consensus.types import Proposal, Vote, VoteType
 from node.mempool import MempoolFull
 from node.router import PeerRouter
 from node.runtime import Node
@@ -96,6 +96,10 @@ def node(tmp_path: Path) -> Iterator[Node]:
     net = init_network(tmp_path / "net", validators=4, tls=False)
     n = Node(load_config(net.node(0).home), clock=ManualClock())
     n.open()
+    homes = [load_config(net.node(i).home) for i in range(4)]
+    n.validator_keys = {  # type: ignore[attr-defined]
+        k.address: k for k in (crypto.load_key_file(c.path(c.keys.validator_key)) for c in homes)
+    }
     yield n
     for task in n.router.gossip_admits:
         task.cancel()
@@ -239,3 +243,26 @@ async def test_a_stalled_height_relays_the_votes_the_core_names(node: Node) -> N
         await asyncio.gather(loop, return_exceptions=True)
     relayed = [m.vote for m in transport.sent if m.WhichOneof("msg") == "vote"]
     assert relayed[: len(votes)] == [wire.vote_to_pb(v) for v in votes]
+
+
+async def test_an_invalid_proposal_is_counted_and_still_reaches_consensus(node: Node) -> None:
+    """The core must see a proposal it will prevote nil on (not wait out its propose timeout), and
+    the verdict is cached so the core does not execute it again; the sender is counted."""
+    assert node.chain is not None
+    driver = StalledDriver([])
+    router, _t, _f = make_router(node, driver, node.mempool)
+    _id, block = node.executor.propose_block(1, 0)
+    assert isinstance(block, block_pb2.Block)
+    block.header.state_root = b"\x0b" * 32  # executes to a different root
+    block_id = blocks.block_hash(block.header)
+    proposer = node.chain.core_set(1).proposer(1, 0).address
+    unsigned = Proposal(1, 0, -1, block_id, block, proposer)
+    key = node.validator_keys[proposer]  # type: ignore[attr-defined]
+    signature = key.sign_raw(blocks.proposal_sign_bytes(node.chain_id, 1, 0, -1, block_id))
+    signed = Proposal(1, 0, -1, block_id, block, proposer, signature)
+    assert unsigned.block_id == signed.block_id
+    await router.on_peer_message("node1", peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed)))
+    assert [type(e).__name__ for e in driver.put_events] == ["PeerInput"]
+    assert router.faults.counts == {("node1", "invalid_proposal"): 1}
+    assert node.executor.is_executed(block_id) and node.executor.result_of(block_id) is None
+    assert not node.executor.validate_block(1, block_id, block)
