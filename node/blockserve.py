@@ -2,7 +2,8 @@
 them, and at most `max_bytes` of them.
 
 Pure: the caller passes the store's readers, so the rule is tested without a node or a socket.
-`Node.serve_blocks` streams what `blocks_to_serve` yields.
+`BlockSync.serve` (a peer's `GetBlocks`, through `PeerRouter.serve_blocks`) streams what
+`blocks_to_serve` yields.
 """
 
 from __future__ import annotations

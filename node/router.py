@@ -135,7 +135,6 @@ class PeerRouter:
         self._status_sent = -1e9
         # This node's own failure in a background admission (not a peer's fault): the node stops.
         self.on_fatal: Callable[[BaseException], None] = _reraise
-        self.status_filter: Callable[[peer_pb2.PeerMessage], peer_pb2.PeerMessage] = lambda pm: pm
 
     def _net(self) -> Transport:
         assert self.transport is not None, "the router is used before its transport is attached"
@@ -340,10 +339,9 @@ class PeerRouter:
 
     def status_message(self) -> peer_pb2.PeerMessage:
         h = self._chain.height
-        pm = peer_pb2.PeerMessage(
+        return peer_pb2.PeerMessage(
             status=peer_pb2.PeerStatus(height=h + 1, round=self._driver.round, last_committed=h)
         )
-        return self.status_filter(pm)
 
     def broadcast_status(self) -> None:
         self._status_sent = self._clock.monotonic()

@@ -1,6 +1,6 @@
 """The one block-validation path: may this block follow the last committed one?
 
-Used for a peer's proposal (`live=True`: also held to this node's clock), for a block fetched by
+Used for a peer's proposal (with `now_ms`: also held to this node's clock), for a block fetched by
 block sync, and for this node's own proposals in tests. The rules, in the order they are checked
 (cheap before expensive):
 

@@ -225,63 +225,11 @@ class NodeStore:
             )
             raise StorageError(path, f"cannot open LevelDB{hint}: {exc}") from exc
         try:
-            stored_chain, latest = cls._validate(db, path, chain_id)
+            stored_chain, latest = _validate_opened(db, path, chain_id)
         except BaseException:
             db.close()
             raise
         return cls(db, path, stored_chain, latest)
-
-    @staticmethod
-    def _validate(db: Any, path: Path, expected_chain: str | None) -> tuple[str | None, int]:
-        schema = db.get(keys.META_SCHEMA)
-        if schema is None:
-            with db.iterator(include_value=False) as it:
-                first = next(it, None)
-            if first is not None:
-                raise StoreCorruptError(
-                    path,
-                    f"no schema version key but the database holds keys (first {first!r}): not a Clearline store",
-                )
-            db.put(keys.META_SCHEMA, keys.encode_u32(keys.SCHEMA_VERSION), sync=True)
-            return None, 0
-        try:
-            version = keys.decode_u32(schema)
-        except ValueError as exc:
-            raise StoreCorruptError(path, f"schema version key is malformed: {schema!r}") from exc
-        if version != keys.SCHEMA_VERSION:
-            raise StoreCorruptError(
-                path, f"schema version {version}, this node reads version {keys.SCHEMA_VERSION}"
-            )
-        raw_chain = db.get(keys.META_CHAIN_ID)
-        raw_latest = db.get(keys.META_LATEST)
-        if raw_chain is None:
-            if raw_latest is not None:
-                raise StoreCorruptError(path, "latest height is recorded but no chain id (genesis) is")
-            return None, 0
-        try:
-            stored_chain = raw_chain.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise StoreCorruptError(path, f"stored chain id is not UTF-8: {raw_chain!r}") from exc
-        if expected_chain is not None and stored_chain != expected_chain:
-            raise StoreCorruptError(
-                path,
-                f"store belongs to chain {stored_chain!r}, this node is configured for {expected_chain!r}",
-            )
-        if raw_latest is None:
-            raise StoreCorruptError(path, "genesis is recorded but the latest height key is missing")
-        try:
-            latest = keys.decode_height(raw_latest)
-        except ValueError as exc:
-            raise StoreCorruptError(path, f"latest height key is malformed: {raw_latest!r}") from exc
-        if db.get(keys.META_GENESIS) is None:
-            raise StoreCorruptError(path, "chain id is recorded but the genesis document is missing")
-        if latest > 0 and (db.get(keys.block_key(latest)) is None or db.get(keys.commit_key(latest)) is None):
-            raise StoreCorruptError(path, f"latest height is {latest} but its block or commit is missing")
-        if db.get(keys.block_key(latest + 1)) is not None:
-            raise StoreCorruptError(path, f"a block above the latest height {latest} is stored")
-        if _find_valset(db, latest + 1) is None:
-            raise StoreCorruptError(path, f"no validator set is stored for height {latest + 1}")
-        return stored_chain, latest
 
     def close(self) -> None:
         """Close the database. Idempotent; any later call raises StorageError."""
@@ -366,7 +314,7 @@ class NodeStore:
         Checks the invariants first (next height, hashes, receipts match txs, ...) and raises
         InvalidCommitError without writing anything if one fails."""
         db = self._live()
-        self._check_commit(db, c)
+        _check_commit(db, self._path, self._chain_id, self._latest, c)
         height = c.height
         batch = db.write_batch(sync=True)
         batch.put(keys.block_key(height), c.block.SerializeToString(deterministic=True))
@@ -392,51 +340,6 @@ class NodeStore:
         batch.write()
         crash_point("commit:after-batch")
         self._latest = height
-
-    def _check_commit(self, db: Any, c: BlockCommit) -> None:
-        def bad(detail: str) -> InvalidCommitError:
-            return InvalidCommitError(self._path, c.height, detail)
-
-        if self._chain_id is None:
-            raise bad("the store has no genesis yet")
-        if c.height != self._latest + 1:
-            raise bad(f"the next height is {self._latest + 1}")
-        header = c.block.header
-        if header.height != c.height:
-            raise bad(f"block header says height {header.height}")
-        if header.chain_id != self._chain_id:
-            raise bad(f"block is for chain {header.chain_id!r}, the store for {self._chain_id!r}")
-        if compute_block_hash(header) != c.block_hash:
-            raise bad(f"block_hash {c.block_hash.hex()} is not the hash of the block's header")
-        if c.height > 1:
-            prev = db.get(keys.block_hash_key(c.height - 1))
-            if header.prev_block_hash != prev:
-                raise bad(
-                    f"prev_block_hash {header.prev_block_hash.hex()} does not match block {c.height - 1}"
-                )
-        if c.commit.height != c.height or c.commit.block_id != c.block_hash:
-            raise bad(
-                f"commit certificate is for height {c.commit.height} block {c.commit.block_id.hex()}, "
-                f"not this block {c.block_hash.hex()}"
-            )
-        txs = c.block.body.txs
-        if len(c.receipts) != len(txs):
-            raise bad(f"{len(c.receipts)} receipts for {len(txs)} txs")
-        for index, (raw, receipt) in enumerate(zip(txs, c.receipts, strict=True)):
-            if receipt.tx_hash != compute_tx_hash(raw):
-                raise bad(f"receipt {index} has tx_hash {receipt.tx_hash.hex()}, not the hash of tx {index}")
-        for address, index in c.account_touches:
-            if not 0 <= index < len(txs):
-                raise bad(f"account touch ({address.hex()}, {index}) names no tx of the block")
-            if not 0 < len(address) <= keys.MAX_ADDRESS_LEN:
-                raise bad(f"account touch address of length {len(address)}")
-        for at_height, vs in c.next_validator_sets.items():
-            if at_height <= c.height:
-                raise bad(
-                    f"a validator set for height {at_height} cannot change once height {c.height} commits"
-                )
-            if not vs.validators:
-                raise bad(f"empty validator set for height {at_height}")
 
     def _put_valset_if_changed(
         self, db: Any, batch: Any, height: int, vs: block_pb2.ValidatorSet, pending: dict[int, bytes]
@@ -635,6 +538,102 @@ class NodeStore:
         """Heights at which a new validator set takes effect (1 = genesis), ascending."""
         with self._live().iterator(prefix=keys.P_VALSET, include_value=False) as it:
             return [keys.decode_height(key[1:]) for key in it]
+
+
+def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[str | None, int]:
+    schema = db.get(keys.META_SCHEMA)
+    if schema is None:
+        with db.iterator(include_value=False) as it:
+            first = next(it, None)
+        if first is not None:
+            raise StoreCorruptError(
+                path,
+                f"no schema version key but the database holds keys (first {first!r}): not a Clearline store",
+            )
+        db.put(keys.META_SCHEMA, keys.encode_u32(keys.SCHEMA_VERSION), sync=True)
+        return None, 0
+    try:
+        version = keys.decode_u32(schema)
+    except ValueError as exc:
+        raise StoreCorruptError(path, f"schema version key is malformed: {schema!r}") from exc
+    if version != keys.SCHEMA_VERSION:
+        raise StoreCorruptError(
+            path, f"schema version {version}, this node reads version {keys.SCHEMA_VERSION}"
+        )
+    raw_chain = db.get(keys.META_CHAIN_ID)
+    raw_latest = db.get(keys.META_LATEST)
+    if raw_chain is None:
+        if raw_latest is not None:
+            raise StoreCorruptError(path, "latest height is recorded but no chain id (genesis) is")
+        return None, 0
+    try:
+        stored_chain = raw_chain.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StoreCorruptError(path, f"stored chain id is not UTF-8: {raw_chain!r}") from exc
+    if expected_chain is not None and stored_chain != expected_chain:
+        raise StoreCorruptError(
+            path,
+            f"store belongs to chain {stored_chain!r}, this node is configured for {expected_chain!r}",
+        )
+    if raw_latest is None:
+        raise StoreCorruptError(path, "genesis is recorded but the latest height key is missing")
+    try:
+        latest = keys.decode_height(raw_latest)
+    except ValueError as exc:
+        raise StoreCorruptError(path, f"latest height key is malformed: {raw_latest!r}") from exc
+    if db.get(keys.META_GENESIS) is None:
+        raise StoreCorruptError(path, "chain id is recorded but the genesis document is missing")
+    if latest > 0 and (db.get(keys.block_key(latest)) is None or db.get(keys.commit_key(latest)) is None):
+        raise StoreCorruptError(path, f"latest height is {latest} but its block or commit is missing")
+    if db.get(keys.block_key(latest + 1)) is not None:
+        raise StoreCorruptError(path, f"a block above the latest height {latest} is stored")
+    if _find_valset(db, latest + 1) is None:
+        raise StoreCorruptError(path, f"no validator set is stored for height {latest + 1}")
+    return stored_chain, latest
+
+
+def _check_commit(db: Any, path: Path, chain_id: str | None, latest: int, c: BlockCommit) -> None:
+    """The invariants a block commit must meet before anything of it is written."""
+
+    def bad(detail: str) -> InvalidCommitError:
+        return InvalidCommitError(path, c.height, detail)
+
+    if chain_id is None:
+        raise bad("the store has no genesis yet")
+    if c.height != latest + 1:
+        raise bad(f"the next height is {latest + 1}")
+    header = c.block.header
+    if header.height != c.height:
+        raise bad(f"block header says height {header.height}")
+    if header.chain_id != chain_id:
+        raise bad(f"block is for chain {header.chain_id!r}, the store for {chain_id!r}")
+    if compute_block_hash(header) != c.block_hash:
+        raise bad(f"block_hash {c.block_hash.hex()} is not the hash of the block's header")
+    if c.height > 1:
+        prev = db.get(keys.block_hash_key(c.height - 1))
+        if header.prev_block_hash != prev:
+            raise bad(f"prev_block_hash {header.prev_block_hash.hex()} does not match block {c.height - 1}")
+    if c.commit.height != c.height or c.commit.block_id != c.block_hash:
+        raise bad(
+            f"commit certificate is for height {c.commit.height} block {c.commit.block_id.hex()}, "
+            f"not this block {c.block_hash.hex()}"
+        )
+    txs = c.block.body.txs
+    if len(c.receipts) != len(txs):
+        raise bad(f"{len(c.receipts)} receipts for {len(txs)} txs")
+    for index, (raw, receipt) in enumerate(zip(txs, c.receipts, strict=True)):
+        if receipt.tx_hash != compute_tx_hash(raw):
+            raise bad(f"receipt {index} has tx_hash {receipt.tx_hash.hex()}, not the hash of tx {index}")
+    for address, index in c.account_touches:
+        if not 0 <= index < len(txs):
+            raise bad(f"account touch ({address.hex()}, {index}) names no tx of the block")
+        if not 0 < len(address) <= keys.MAX_ADDRESS_LEN:
+            raise bad(f"account touch address of length {len(address)}")
+    for at_height, vs in c.next_validator_sets.items():
+        if at_height <= c.height:
+            raise bad(f"a validator set for height {at_height} cannot change once height {c.height} commits")
+        if not vs.validators:
+            raise bad(f"empty validator set for height {at_height}")
 
 
 def _find_valset(reader: Any, height: int) -> tuple[int, bytes] | None:

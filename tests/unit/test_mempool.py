@@ -292,7 +292,7 @@ async def test_a_transaction_being_verified_is_not_verified_again(monkeypatch: p
     assert second[0] is first[5] and second[3] is first[0]
     assert isinstance(second[1], txs.TxRejected) and second[1] is first[2]
     assert isinstance(second[2], VerifiedTx) and second[2].raw == newcomer
-    assert not pool._verifying  # nothing left in flight
+    assert pool.verifier.in_flight == 0  # nothing left in flight
 
 
 async def test_waiters_verify_for_themselves_when_the_verifying_call_is_cancelled(
@@ -318,7 +318,7 @@ async def test_waiters_verify_for_themselves_when_the_verifying_call_is_cancelle
         (result,) = await asyncio.wait_for(waiter, timeout=10)
     assert isinstance(result, VerifiedTx) and result.raw == batch[1]
     assert pool.verified(result.wire_hash) is not None
-    assert not pool._verifying
+    assert pool.verifier.in_flight == 0
 
 
 # --- hardening: what a stranger can make the pool hold ------------------------------------------
