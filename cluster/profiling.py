@@ -32,10 +32,24 @@ CATEGORIES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("execute", ("(node/ledger/",)),
     ("storage", ("(node/storage/", "(plyvel")),
     ("decode", ("(node/txs", "(google/protobuf")),
-    ("mempool", ("(node/mempool",)),
+    ("mempool", ("(node/mempool", "(node/verifier")),
     ("consensus", ("(node/consensus/", "(node/wire", "(node/blocks")),
     ("network", ("(node/network/", "(grpc/")),
-    ("runtime", ("(node/runtime",)),
+    (
+        "runtime",
+        (
+            "(node/runtime",
+            "(node/driver",
+            "(node/router",
+            "(node/execution",
+            "(node/validation",
+            "(node/chain",
+            "(node/evidence",
+            "(node/service",
+            "(node/blocksync",
+            "(node/clock",
+        ),
+    ),
 )
 OTHER: Final = "asyncio/other"
 # gRPC's completion-queue poller is a Python thread whose work is all in C (no frame of its own).

@@ -4,7 +4,7 @@ The network has 1 + PEERS validators: node0 with three quarters of the voting po
 sharing the last quarter. Only node0 runs: it commits on its own (> 2/3 of the power), and the
 fuzzer holds the other validators' keys and TLS certificates, so it can open real authenticated
 peer streams to node0 and send whatever it likes after a valid hello. Several identities because
-the node bans a peer that sends too many invalid messages (node.runtime PEER_FAULT_LIMIT): the
+the node bans a peer that sends too many invalid messages (node.router PEER_FAULT_LIMIT): the
 fuzzer spreads its messages over them so its streams keep being read. The absent validators are
 the scheduled proposers of one round in four; node0 times out on them and goes on.
 

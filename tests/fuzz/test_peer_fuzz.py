@@ -54,7 +54,7 @@ CONNECT = f"/{PEER.full_name}/Connect"
 GET_BLOCKS = f"/{PEER.full_name}/GetBlocks"
 GET_SYNC_STATUS = f"/{PEER.full_name}/GetSyncStatus"
 CALL_TIMEOUT_S = 5.0
-SYNC_BATCH = 200  # node.runtime.SYNC_BATCH: the most blocks one GetBlocks call returns
+SYNC_BATCH = 200  # node.blocksync.SYNC_BATCH: the most blocks one GetBlocks call returns
 STALL_WINDOW_S = 4.0
 REFUSALS = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT}
 

@@ -1,0 +1,75 @@
+"""node.service: the client service hears of commits through `on_commit` (the consensus driver's
+listener) and resolves SubmitTx(wait=COMMITTED) from it; nothing else reaches into its waiters.
+On a node whose state is opened for real (LevelDB in a temporary directory), no network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clearline.v1 import block_pb2, ledger_api_pb2, receipt_pb2, tx_pb2
+from cluster.client import builders
+from cluster.netgen import init_network
+from node import crypto
+from node.clock import ManualClock
+from node.config import load_config
+from node.errors import ApiError
+from node.execution import Committed
+from node.runtime import Node
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    net = init_network(tmp_path / "net", validators=4, tls=False)
+    n = Node(load_config(net.node(0).home), clock=ManualClock())
+    n.open()
+    n.accounts = tmp_path / "net" / "accounts"  # type: ignore[attr-defined]
+    yield n
+    n.wal.close()
+    n.sign_state.close()
+    n.store.close()
+    n.verify_pool.shutdown(wait=False)
+    n.io_pool.shutdown(wait=False)
+
+
+def _kyc_tx(node: Node, nonce: int = 0) -> bytes:
+    bank = crypto.load_key_file(node.accounts / "bank-a.json")  # type: ignore[attr-defined]
+    alice = crypto.load_key_file(node.accounts / "alice.json")  # type: ignore[attr-defined]
+    body = builders.make_body(
+        node.chain_id,
+        bank.address,
+        nonce,
+        f"kyc-{nonce}",
+        builders.set_kyc(alice.address, tx_pb2.KYC_STATUS_APPROVED),
+    )
+    return builders.sign(body, bank)
+
+
+def _committed(tx_hash: bytes, height: int) -> Committed:
+    receipt = receipt_pb2.Receipt(tx_hash=tx_hash, status=receipt_pb2.TX_STATUS_OK, height=height)
+    return Committed(height, block_pb2.Block(), b"\x01" * 32, block_pb2.CommitCertificate(), (receipt,), 0.0)
+
+
+async def test_a_commit_notification_resolves_the_waiting_submission(node: Node) -> None:
+    service = node.service
+    service.started = True
+    submit = asyncio.create_task(service.submit([_kyc_tx(node)], ledger_api_pb2.WAIT_FOR_COMMITTED, 30.0))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if len(service.mempool):
+            break
+    assert not submit.done() and len(service.mempool) == 1
+    (pending,) = [e for e in service.mempool.reap(1 << 20, 10)]
+    service.on_commit(_committed(pending.tx_hash, 7))
+    (result,) = await asyncio.wait_for(submit, timeout=5)
+    assert result.accepted and result.height == 7 and result.receipt.tx_hash == pending.tx_hash
+
+
+async def test_a_submission_before_the_node_is_started_is_refused(node: Node) -> None:
+    with pytest.raises(ApiError) as info:
+        await node.service.submit([_kyc_tx(node)], ledger_api_pb2.WAIT_FOR_COMMITTED, 1.0)
+    assert (info.value.code, info.value.reason) == ("UNAVAILABLE", "STARTING")
+    assert len(node.service.mempool) == 0
