@@ -48,6 +48,7 @@ MAX_INFLIGHT = 8  # concurrent SubmitTxs calls in --max mode
 class Plan:
     raws: list[bytes]
     hashes: list[bytes]
+    senders: list[int]  # the sending account's index, per transaction
 
 
 def measure_verify_rate(seconds: float = 1.0) -> float:
@@ -87,6 +88,7 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
         issuer=crypto.load_key_file(Path(network.accounts["bank-a"])).address, symbol="USD"
     )
     raws: list[bytes] = []
+    senders: list[int] = []
     per = (total + accounts - 1) // accounts
     for nonce in range(per):
         for i, key in enumerate(keys):
@@ -97,7 +99,24 @@ def presign(network: Network, accounts: int, total: int) -> Plan:
                 network.chain_id, key.address, nonce, f"b{i}-{nonce}", builders.transfer(usd, to, 1)
             )
             raws.append(txs.sign_tx(body, [key]))
-    return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws])
+            senders.append(i)
+    return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws], senders=senders)
+
+
+def batches_by_node(plan: Plan, nodes: int, size: int) -> list[tuple[int, list[int]]]:
+    """(node, indexes into plan) of each batch, in sending order. Each sender's transactions all go
+    to one node, as a bank's client sends to its bank's node: a sender whose consecutive nonces
+    went to different nodes would leave gaps at each until gossip filled them, and a node parks at
+    most `[mempool] max_gap_per_sender` of them (the rest are refused)."""
+    queues: list[list[int]] = [[] for _ in range(nodes)]
+    for k, sender in enumerate(plan.senders):
+        queues[sender % nodes].append(k)
+    out: list[tuple[int, list[int]]] = []
+    for start in range(0, max((len(q) for q in queues), default=0), size):
+        for node, queue in enumerate(queues):
+            if start < len(queue):
+                out.append((node, queue[start : start + size]))
+    return out
 
 
 def _cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -161,8 +180,9 @@ async def run_load(
     end = t0 + duration
     # Open loop: at a given rate, a batch every ~20 ms (so batching adds little latency); at --max, big batches.
     size = BATCH if rate is None else max(1, min(BATCH, int(rate * 0.02)))
-    batches = [plan.raws[i : i + size] for i in range(0, len(plan.raws), size)]
-    hashes = [plan.hashes[i : i + size] for i in range(0, len(plan.hashes), size)]
+    routed = batches_by_node(plan, len(stubs), size)
+    batches = [[plan.raws[k] for k in idxs] for _node, idxs in routed]
+    hashes = [[plan.hashes[k] for k in idxs] for _node, idxs in routed]
     inflight: set[asyncio.Task[Any]] = set()
     window = 20_000  # outstanding (submitted, not committed) transactions in --max mode
 
@@ -172,7 +192,7 @@ async def run_load(
         for h in hashes[i]:
             submitted_at[h] = now
         try:
-            resp = await stubs[i % len(stubs)].SubmitTxs(
+            resp = await stubs[routed[i][0]].SubmitTxs(
                 ledger_api_pb2.SubmitTxsRequest(txs=batches[i], wait=ledger_api_pb2.WAIT_FOR_NONE), timeout=30
             )
             rejected += sum(1 for r in resp.results if not r.accepted)
