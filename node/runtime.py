@@ -60,8 +60,6 @@ log = logging.getLogger("clearline.node")
 
 # The WAL appends end-of-height markers up to this size, then starts a fresh file (bounded replay).
 WAL_ROTATE_BYTES = 4 << 20
-# Kept for callers of the old names: a broken invariant stops the node.
-FatalError = InvariantBroken
 
 
 class NodeSigner:
