@@ -31,7 +31,8 @@ import json
 import logging
 import signal
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 from clearline.v1 import block_pb2
@@ -53,6 +54,7 @@ from node.network.peers import PeerHandler, PeerNetwork
 from node.router import PeerRouter, Transport
 from node.service import ClientService
 from node.storage import WAL, NodeStore, SignStateFile, staggered_write_buffer
+from node.storage.wal import WalReplay
 from node.threadname import name_this_thread
 from node.txs import VerifiedTx
 
@@ -102,6 +104,28 @@ class Behaviour(Protocol):
     def tasks(self) -> list[Coroutine[Any, Any, None]]: ...
 
 
+class Storage(Protocol):
+    """Where the node keeps its state: LevelDB and files (`FileStorage`), or the node simulation's
+    in-memory disk."""
+
+    def open_store(self, path: Path, chain_id: str, address: bytes) -> NodeStore: ...
+
+    def open_sign_state(self, path: Path) -> SignStateFile: ...
+
+    def open_wal(self, path: Path, rotate_bytes: int) -> tuple[WAL, WalReplay]: ...
+
+
+class FileStorage:
+    def open_store(self, path: Path, chain_id: str, address: bytes) -> NodeStore:
+        return NodeStore.open(path, chain_id=chain_id, write_buffer_size=staggered_write_buffer(address))
+
+    def open_sign_state(self, path: Path) -> SignStateFile:
+        return SignStateFile.open(path)
+
+    def open_wal(self, path: Path, rotate_bytes: int) -> tuple[WAL, WalReplay]:
+        return WAL.open(path, rotate_bytes=rotate_bytes)
+
+
 class Honest:
     def attach(self, node: Node) -> None:
         pass
@@ -149,9 +173,15 @@ class Node:
     """One validator. `await Node(cfg).run()` until SIGTERM/SIGINT or `stop()`."""
 
     def __init__(
-        self, cfg: NodeConfig, behaviour: Behaviour | None = None, clock: Clock | None = None
+        self,
+        cfg: NodeConfig,
+        behaviour: Behaviour | None = None,
+        clock: Clock | None = None,
+        storage: Storage | None = None,
+        pools: tuple[Executor, Executor] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.storage: Storage = storage or FileStorage()
         self.chain_id = cfg.chain_id
         self.behaviour: Behaviour = behaviour or Honest()
         self.clock: Clock = clock or SystemClock()
@@ -162,16 +192,19 @@ class Node:
         self._failure: BaseException | None = None
         self._closers: list[Any] = []
         self._gc_watch = PauseWatch(log.warning)
-        self.verify_pool = ThreadPoolExecutor(
-            max_workers=cfg.mempool.verify_threads,
-            thread_name_prefix="verify",
-            initializer=name_this_thread,
-            initargs=("verify",),
-        )
-        # Persistence (block batches) has its own thread: it never queues behind verification.
-        self.io_pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="io", initializer=name_this_thread, initargs=("io",)
-        )
+        if pools is not None:
+            self.verify_pool, self.io_pool = pools
+        else:
+            self.verify_pool = ThreadPoolExecutor(
+                max_workers=cfg.mempool.verify_threads,
+                thread_name_prefix="verify",
+                initializer=name_this_thread,
+                initargs=("verify",),
+            )
+            # Persistence (block batches) has its own thread: it never queues behind verification.
+            self.io_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="io", initializer=name_this_thread, initargs=("io",)
+            )
 
     @property
     def height(self) -> int:
@@ -181,26 +214,27 @@ class Node:
     # --- opening the state --------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the key, genesis, store, ledger, sign state and WAL, and build the parts."""
+        """Read the key and genesis files, then open the state (`open_with`)."""
         cfg = self.cfg
-        self.key = crypto.load_key_file(cfg.path(cfg.keys.validator_key))
+        key = crypto.load_key_file(cfg.path(cfg.keys.validator_key))
         genesis_path = cfg.path(cfg.genesis)
         try:
             genesis_text = genesis_path.read_text()
         except FileNotFoundError:
             raise CannotStart(f"genesis file {genesis_path} does not exist") from None
+        self.open_with(key, genesis_text)
+
+    def open_with(self, key: crypto.SigningKey, genesis_text: str) -> None:
+        """Open the store, ledger, sign state and WAL through `storage`, and build the parts."""
+        cfg = self.cfg
+        self.key = key
         self.genesis = parse_genesis(genesis_text)
         if self.genesis.chain_id != cfg.chain_id:
             raise CannotStart(
                 f"genesis chain id {self.genesis.chain_id!r} differs from config {cfg.chain_id!r}"
             )
         data_dir = cfg.path(cfg.storage.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = NodeStore.open(
-            data_dir / "blockstore",
-            chain_id=cfg.chain_id,
-            write_buffer_size=staggered_write_buffer(self.key.address),
-        )
+        self.store = self.storage.open_store(data_dir / "blockstore", cfg.chain_id, self.key.address)
         self._closers.append(self.store.close)
         if not self.store.is_initialized():
             writes, _root = Ledger.genesis_writes(self.genesis)
@@ -224,14 +258,20 @@ class Node:
         }
         self.evidence = EvidencePool(self.chain)
         self.evidence.load_committed(self.store)
-        self.sign_state = SignStateFile.open(data_dir / "sign_state.bin")
+        self.sign_state = self.storage.open_sign_state(data_dir / "sign_state.bin")
         self._closers.append(self.sign_state.close)
-        self.wal, wal_replay = WAL.open(data_dir / "consensus.wal", rotate_bytes=WAL_ROTATE_BYTES)
+        self.wal, wal_replay = self.storage.open_wal(data_dir / "consensus.wal", WAL_ROTATE_BYTES)
         self._closers.append(self.wal.close)
         if wal_replay.repaired:
             log.warning("WAL repaired: %s", wal_replay.repaired)
         self._build(wal_replay)
         self.behaviour.attach(self)
+
+    def close(self) -> None:
+        """Close what `open` opened (the store, sign state, WAL), newest first."""
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
 
     def _build(self, wal_replay: Any) -> None:
         cfg, chain, ledger, clock = self.cfg, self.chain, self.ledger, self.clock
@@ -328,8 +368,7 @@ class Node:
         finally:
             with contextlib.suppress(ValueError):
                 gc.callbacks.remove(self._gc_watch)
-            for close in reversed(self._closers):
-                close()
+            self.close()
             self.verify_pool.shutdown(wait=False, cancel_futures=True)
             self.io_pool.shutdown(wait=True)
         if self._failure is not None:
@@ -342,12 +381,9 @@ class Node:
         self.metrics = metrics.NodeMetrics(cfg.metrics.listen)
         self._closers.append(self.metrics.close)
         self.mempool.on_verified = lambda _n, seconds: self.metrics.verify_seconds.observe(seconds)
-        self.network = PeerNetwork(cfg, self.behaviour.peer_handler(self.router), self.names_by_address)
+        self.network = PeerNetwork(cfg, self.peer_handler(), self.names_by_address)
         self.network.on_fatal = self._fail
-        transport = self.behaviour.transport(self.network)
-        self.router.transport = transport
-        assert self.driver is not None
-        self.driver.outbox = transport
+        self.attach_transport(self.network)
         self.api = ApiServer(
             self.behaviour.client_api(self.service),
             cfg.api.listen,
@@ -371,7 +407,20 @@ class Node:
             await self.api.stop(0.5)
             await self.network.stop()
 
-    async def _run_tasks(self) -> None:
+    def peer_handler(self) -> PeerHandler:
+        """What the peer network hands peers' messages to (the router, or the behaviour's wrapper)."""
+        return self.behaviour.peer_handler(self.router)
+
+    def attach_transport(self, network: Any) -> None:
+        """Give the parts that send to peers the network (through the behaviour's wrapper)."""
+        transport = self.behaviour.transport(network)
+        self.router.transport = transport
+        assert self.driver is not None
+        self.driver.outbox = transport
+
+    def coroutines(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The node's tasks, by name: the consensus driver, gossip, status, block sync (and a
+        behaviour's own)."""
         assert self.driver is not None
         coros: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("consensus", self.driver.run()),
@@ -379,7 +428,10 @@ class Node:
             ("status", self.router.status_loop(self._on_tick)),
             ("blocksync", self.blocksync.run()),
         ]
-        coros += [("byzantine", c) for c in self.behaviour.tasks()]
+        return coros + [("byzantine", c) for c in self.behaviour.tasks()]
+
+    async def _run_tasks(self) -> None:
+        coros = self.coroutines()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(coro, name=name) for name, coro in coros]

@@ -231,6 +231,14 @@ class NodeStore:
             raise
         return cls(db, path, stored_chain, latest)
 
+    @classmethod
+    def open_on(cls, db: Any, path: str | Path, *, chain_id: str | None = None) -> NodeStore:
+        """The store on an already open database with plyvel's interface (the node simulation's
+        in-memory one), validated as `open` does; `path` only names it in errors."""
+        path = Path(path)
+        stored_chain, latest = _validate_opened(db, path, chain_id)
+        return cls(db, path, stored_chain, latest)
+
     def close(self) -> None:
         """Close the database. Idempotent; any later call raises StorageError."""
         if not self._closed:
