@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/clearline/v1/*.proto)
 GEN    := proto/clearline/v1/.generated
 PYTEST_ARGS ?=
 
-.PHONY: all install proto test test-all lint fmt run sim bench bench-ledger bench-sync chaos clean
+.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync chaos clean
 
 all: test
 
@@ -58,6 +58,11 @@ bench: $(GEN)
 ARGS ?=
 sim: $(GEN)
 	$(PY) -m cluster.sim $(ARGS)
+
+# The whole node (real runtime) on a simulated network, disk and clock:
+# make sim-node ARGS="--validators 4 --byzantine 1 --seeds 200 --seed-start 0 [--mutant NAME]"
+sim-node: $(GEN)
+	$(PY) -m cluster.simnode $(ARGS)
 
 # Throughput and latency for 4, 7 and 10 validators (one JSON line each).
 bench-scaling: $(GEN)
