@@ -40,6 +40,15 @@ class EvidencePool:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def is_known(self, pb: block_pb2.Evidence) -> bool:
+        """Is this evidence pending or committed already? (Cheap: no signature is checked, so a
+        validator that gossips one proof again and again costs its peers nothing.)"""
+        try:
+            key = wire.evidence_key(wire.evidence_from_pb(pb))
+        except wire.WireError:
+            return False
+        return key in self._pending or key in self._committed
+
     def problem(self, pb: block_pb2.Evidence) -> str | None:
         """What is wrong with this evidence, or None if a block may carry it."""
         try:

@@ -214,6 +214,8 @@ class PeerRouter:
         elif kind == "txs":
             await self._on_txs(list(msg.txs.txs))
         elif kind == "evidence":
+            if self._evidence.is_known(msg.evidence):
+                return
             problem = self._evidence.problem(msg.evidence)
             if problem is None:
                 self._evidence.add(wire.evidence_from_pb(msg.evidence))

@@ -20,7 +20,7 @@ import logging
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ from cluster.client import builders
 from cluster.netgen import build_genesis
 from cluster.simnode.loop import SimClock, SimLoop
 from cluster.simnode.memdb import MemDB
+from cluster.simnode.mutants import MUTANTS
 from cluster.simnode.net import SimNet, SimTransport
-from node import txs
+from node import crypto, txs
 from node.byzantine import ByzantineBehaviour
 from node.config import ConsensusConfig, MempoolConfig, NodeConfig, StorageConfig
 from node.crypto import SigningKey
@@ -56,6 +57,9 @@ BYZANTINE_MODES = (
     "garbage",
 )
 FUNDS = 10**12
+# The verified-signature cache of a simulated node (small, so a flood would overflow an unbounded one).
+SIM_CACHE_BYTES = 256 * 1024
+FLOOD_TXS = 2500
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -165,14 +169,17 @@ class World:
         consensus = ConsensusConfig(timeout_commit_ms=50)
         byz = set(self.names[n - f :])
         self.slots: dict[str, _Slot] = {}
+        self.mutant = MUTANTS[settings.mutant] if settings.mutant else None
         for i, name in enumerate(self.names):
             mode = self.rng.choice(BYZANTINE_MODES) if name in byz else ""
+            if mode and self.mutant is not None and self.mutant.adversary:
+                mode = self.mutant.adversary
             cfg = NodeConfig(
                 home=workdir / name,
                 chain_id=self.chain_id,
                 moniker=name,
                 consensus=consensus,
-                mempool=MempoolConfig(),
+                mempool=MempoolConfig(cache_bytes=SIM_CACHE_BYTES),
                 storage=StorageConfig(),
             )
             self.slots[name] = _Slot(name, validator_keys[i], cfg, mode)
@@ -180,6 +187,7 @@ class World:
         self.last_fault_end = 0.0
         self.heights_at_heal: dict[str, int] = {}
         self.max_gap = 0.0
+        self.memory_violations: dict[str, str] = {}  # node -> its first memory violation
 
     def log(self, text: str) -> None:
         self.trace.append(f"{self.loop.time():9.3f} {text}")
@@ -194,6 +202,8 @@ class World:
             slot.cfg, behaviour=behaviour, clock=clock, storage=SimStorage(slot.db), pools=(pool, pool)
         )
         node.open_with(slot.key, self.genesis_text)
+        if self.mutant is not None and slot.honest:
+            self.mutant.apply(node)
         node.attach_transport(SimTransport(self.net, slot.name))
         node.service.started = True
         assert node.driver is not None
@@ -279,7 +289,7 @@ class World:
         end = self.s.duration_s - self.s.liveness_bound_s - 5
         await asyncio.sleep(2.0)
         while self.loop.time() < end:
-            kind = self.rng.choice(("crash", "power", "partition", "links", "skew", "one-way"))
+            kind = self.rng.choice(("crash", "power", "partition", "links", "skew", "one-way", "flood"))
             hold = self.rng.uniform(0.5, 5.0)
             victim = self.rng.choice(honest)
             if kind in ("crash", "power"):
@@ -307,6 +317,8 @@ class World:
                 )
                 await asyncio.sleep(hold)
                 self.net.heal()
+            elif kind == "flood":
+                await self.flood(victim)
             else:
                 victim.skew = self.rng.uniform(-2.0, 2.0)
                 self.log(f"{victim.name} clock skew {victim.skew:+.2f} s (from its next restart)")
@@ -315,10 +327,50 @@ class World:
         self.heights_at_heal = {s.name: s.node.height for s in honest if s.node is not None}
         self.log(f"last fault healed; heights {self.heights_at_heal}")
 
+    async def flood(self, victim: _Slot) -> None:
+        """A client floods a node with validly signed transactions from accounts that do not exist
+        (each costs a signature check, and is refused)."""
+        node = victim.node
+        if node is None:
+            return
+        key = _key(self.s.seed, f"flood-{self.loop.time()}")
+        raws = [
+            txs.sign_tx(
+                builders.make_body(
+                    self.chain_id, key.address, i, f"f{i}", builders.transfer(self.usd, key.address[::-1], 1)
+                ),
+                [key],
+            )
+            for i in range(FLOOD_TXS)
+        ]
+        self.log(f"flood of {len(raws)} throwaway transactions at {victim.name}")
+        for i in range(0, len(raws), 250):
+            with contextlib.suppress(ApiError):
+                await node.service.submit(raws[i : i + 250], ledger_api_pb2.WAIT_FOR_NONE, None)
+            await asyncio.sleep(0.01)
+
     async def ticker(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             self.net.refresh()  # bans expire
+            self.check_memory()
+
+    def check_memory(self) -> None:
+        """What a flood can fill is bounded: the verified cache and the mempool within their limits."""
+        for s in self.slots.values():
+            node = s.node
+            if node is None or not s.honest:
+                continue
+            cfg = node.cfg.mempool
+            cache = node.mempool.cache_bytes
+            if cache > cfg.cache_bytes:
+                self.memory_violations.setdefault(
+                    s.name, f"{s.name}: verified cache {cache} bytes > {cfg.cache_bytes}"
+                )
+            if node.mempool.size_bytes > cfg.max_bytes:
+                self.memory_violations.add(
+                    f"{s.name}: mempool {node.mempool.size_bytes} bytes > {cfg.max_bytes}"
+                )
 
     # --- the run ----------------------------------------------------------------------------------
 
@@ -352,7 +404,7 @@ class World:
     # --- the properties ---------------------------------------------------------------------------
 
     def check(self) -> Outcome:
-        violations: list[str] = []
+        violations: list[str] = sorted(self.memory_violations.values())
         honest = [s for s in self.slots.values() if s.honest]
         for s in honest:
             if s.failure is not None:
@@ -426,6 +478,30 @@ class World:
         )
 
 
+@contextlib.contextmanager
+def _memoized_signatures() -> Iterator[None]:
+    """Every node verifies every vote: in one process the same (key, signature, message) is checked
+    by each of them. Ed25519 verification is a pure function, so the simulation remembers answers
+    (bounded) instead of paying for them n times; what the nodes decide is unchanged."""
+    real = crypto.verify_raw
+    memo: dict[tuple[bytes, bytes, bytes], bool] = {}
+
+    def verify_raw(public_key: bytes, signature: bytes, message: bytes) -> bool:
+        key = (public_key, signature, message)
+        known = memo.get(key)
+        if known is None:
+            if len(memo) >= 200_000:
+                memo.clear()
+            known = memo[key] = real(public_key, signature, message)
+        return known
+
+    crypto.verify_raw = verify_raw
+    try:
+        yield
+    finally:
+        crypto.verify_raw = real
+
+
 def run_seed(settings: Settings) -> Outcome:
     logging.getLogger("clearline").setLevel(logging.CRITICAL)
     root = Path(
@@ -434,7 +510,8 @@ def run_seed(settings: Settings) -> Outcome:
         )
     )
     try:
-        return World(settings, root).run()
+        with _memoized_signatures():
+            return World(settings, root).run()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
