@@ -368,8 +368,8 @@ class World:
                     s.name, f"{s.name}: verified cache {cache} bytes > {cfg.cache_bytes}"
                 )
             if node.mempool.size_bytes > cfg.max_bytes:
-                self.memory_violations.add(
-                    f"{s.name}: mempool {node.mempool.size_bytes} bytes > {cfg.max_bytes}"
+                self.memory_violations.setdefault(
+                    s.name, f"{s.name}: mempool {node.mempool.size_bytes} bytes > {cfg.max_bytes}"
                 )
 
     # --- the run ----------------------------------------------------------------------------------
