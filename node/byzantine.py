@@ -88,7 +88,7 @@ class ByzantineBehaviour:
             raise ByzantineRefused(f"unknown Byzantine mode {mode!r} (modes: {', '.join(MODES)})")
         self.mode = mode
         self._node: Node | None = None
-        self._colluded: set[tuple[int, int, bytes, bytes]] = set()
+        self._colluded: set[tuple[int, int, bytes | None, bytes]] = set()
         self._net: Transport | None = None
 
     @property
@@ -224,8 +224,11 @@ class ByzantineBehaviour:
     def on_vote(self, vote: Vote) -> None:
         """collude: answer each honest validator's vote for X with our prevote and precommit for X,
         sent to that validator only. With more than f colluders, honest validators that were shown
-        different blocks each see a quorum for their own block: a fork the checker must report."""
-        if self.mode != "collude" or vote.block_id is None or vote.validator == self.node.key.address:
+        different blocks each see a quorum for their own block: a fork the checker must report.
+        A nil vote is answered with nil votes: colluders never vote in the open, so without this an
+        honest validator that timed out on a proposal would wait for a prevote quorum forever and
+        the round (and the next colluder's proposal, the fork) would never come."""
+        if self.mode != "collude" or vote.validator == self.node.key.address:
             return
         key = (vote.height, vote.round, vote.block_id, vote.validator)
         if key in self._colluded:

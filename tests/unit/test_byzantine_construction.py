@@ -14,10 +14,11 @@ import pytest
 
 from clearline.v1 import block_pb2, peer_pb2
 from cluster.netgen import init_network
-from node import blocks
+from node import blocks, wire
 from node.byzantine import LIE_HEIGHT, ByzantineBehaviour, ByzantineRefused
 from node.clock import ManualClock
 from node.config import load_config
+from node.consensus import Vote, VoteType
 from node.runtime import Honest, Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,3 +143,31 @@ def test_fake_ack_is_a_client_api_and_tampering_sync_a_peer_handler(
     opened.append(node)
     assert node.behaviour.client_api(node.service) is not node.service
     assert node.behaviour.peer_handler(node.router) is not node.router
+
+
+@pytest.mark.parametrize("block_id", [b"\x11" * 32, None], ids=["block", "nil"])
+def test_a_colluder_answers_an_honest_vote_with_its_own_to_that_validator_only(
+    tmp_path: Path, opened: list[Node], block_id: bytes | None
+) -> None:
+    """Colluders never vote in the open; each honest vote, for a block or nil, is answered with a prevote
+    and a precommit for the same thing sent to that validator alone, once. Were nil left unanswered,
+    an honest validator that timed out on a proposal would never see a prevote quorum again and the
+    network would stall instead of forking (the fork test's flake)."""
+    node = _open(tmp_path, ByzantineBehaviour("collude"))
+    opened.append(node)
+    net = RecordingNetwork()
+    transport = node.behaviour.transport(net)  # type: ignore[arg-type]
+    behaviour = node.behaviour
+    assert isinstance(behaviour, ByzantineBehaviour)
+    other = next(a for a in node.names_by_address if a != node.key.address)
+    own = Vote(VoteType.PREVOTE, 2, 1, block_id, node.key.address)
+    transport.broadcast(peer_pb2.PeerMessage(vote=wire.vote_to_pb(own)))
+    assert net.sent == []  # its own votes are withheld
+    honest_vote = Vote(VoteType.PREVOTE, 2, 1, block_id, other)
+    behaviour.on_vote(honest_vote)
+    behaviour.on_vote(honest_vote)  # answered once
+    answers = [wire.vote_from_pb(m.vote) for m in net.sent]
+    assert [(v.type, v.height, v.round, v.block_id, v.validator) for v in answers] == [
+        (VoteType.PREVOTE, 2, 1, block_id, node.key.address),
+        (VoteType.PRECOMMIT, 2, 1, block_id, node.key.address),
+    ]
