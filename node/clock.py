@@ -82,6 +82,10 @@ class ManualClock:
     def time(self) -> float:
         return self._now + self._wall_offset
 
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock jumps (a time source corrected or gone wrong); monotonic time does not."""
+        self._wall_offset += seconds
+
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> _ManualTimer:
         timer = _ManualTimer()
         heapq.heappush(self._due, (self._now + max(0.0, delay), next(self._seq), timer, callback, args))

@@ -109,6 +109,12 @@ class InvalidBlock(BadInput):
         self.height = height
 
 
+class BlockFromTheFuture(InvalidBlock):
+    """A block timed past this node's clock plus the allowed drift. Whose clock is wrong is not
+    known here, so the verdict is neither cached nor held against the peer: asked again once this
+    node's clock is right (or with a certificate, in block sync), the same block may be valid."""
+
+
 class CannotStart(NodeError):
     """The node refuses to start; the message says what to fix."""
 

@@ -26,7 +26,7 @@ from node import blocks, txs, validation
 from node.chain import Chain
 from node.clock import Clock, now_ms
 from node.config import ConsensusConfig
-from node.errors import InvalidBlock, InvariantBroken
+from node.errors import BlockFromTheFuture, InvalidBlock, InvariantBroken
 from node.evidence import EvidencePool
 from node.ledger import BlockResult, Ledger
 from node.mempool import Mempool
@@ -101,6 +101,11 @@ class BlockExecutor:
 
     def result_of(self, block_id: bytes) -> BlockResult | None:
         return self._executed.get(block_id)
+
+    @property
+    def executed_count(self) -> int:
+        """Verdicts cached for the current height (bounded by MAX_EXECUTED_PER_HEIGHT)."""
+        return len(self._executed)
 
     def is_executed(self, block_id: bytes) -> bool:
         return block_id in self._executed
@@ -200,6 +205,11 @@ class BlockExecutor:
             )
             validation.check_no_duplicates(vtxs, block.header.height)
             self._execute_and_compare(block_id, block, vtxs)
+        except BlockFromTheFuture as exc:
+            log.warning(
+                "block %d (%s) is not valid yet: %s", block.header.height, block_id.hex()[:16], exc.reason
+            )
+            raise  # not cached: the verdict depends on this node's clock
         except InvalidBlock as exc:
             log.warning("block %d (%s) is invalid: %s", block.header.height, block_id.hex()[:16], exc.reason)
             self.remember(block_id, None, None)

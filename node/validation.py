@@ -28,7 +28,7 @@ from node import blocks, crypto
 from node.chain import Chain
 from node.config import BLOCK_OVERHEAD_BYTES, ConsensusConfig
 from node.consensus import Proposal
-from node.errors import InvalidBlock
+from node.errors import BlockFromTheFuture, InvalidBlock
 from node.txs import VerifiedTx
 
 # A live proposal's time may be at most this far ahead of this node's clock.
@@ -55,7 +55,7 @@ def check_header_chain(chain: Chain, header: block_pb2.Header, *, now_ms: int | 
     if header.time_ms <= chain.last_time_ms:
         raise InvalidBlock("time does not increase", height)
     if now_ms is not None and header.time_ms > now_ms + MAX_CLOCK_DRIFT_MS:
-        raise InvalidBlock("time is too far in the future", height)
+        raise BlockFromTheFuture("time is too far in the future", height)
     vs = chain.validator_set(height)
     if header.validator_set_hash != blocks.validator_set_hash(vs):
         raise InvalidBlock("validator set hash does not match", height)

@@ -477,6 +477,9 @@ class Tendermint:
         if not self._has_quorum(power):
             self._drop(DropReason.BAD_CERTIFICATE, f"power {power} of {self._validators.total_power}")
             return
+        # Asked afresh: a verdict cached in a round may have depended on this node's clock (a block
+        # from its future), and 2f+1 validators have since signed the block.
+        self._valid_cache.pop(cert.block_id, None)
         if not self._is_valid(cert.block_id, block):
             self._drop(DropReason.BAD_CERTIFICATE, "block does not validate")
             return

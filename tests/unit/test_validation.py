@@ -15,7 +15,7 @@ from cluster.netgen import init_network
 from node import blocks, crypto, validation
 from node.clock import ManualClock, now_ms
 from node.config import load_config
-from node.errors import BadInput, InvalidBlock
+from node.errors import BadInput, BlockFromTheFuture, InvalidBlock
 from node.runtime import Node
 
 
@@ -124,6 +124,28 @@ def test_only_a_live_proposal_is_held_to_this_nodes_clock(node: Node) -> None:
     with pytest.raises(InvalidBlock, match="too far in the future"):
         check(node, future)
     check(node, future, live=False)  # a certified block was accepted by the network: no clock rule
+
+
+def test_a_block_from_this_nodes_future_is_refused_for_now_and_neither_remembered_nor_blamed(
+    node: Node,
+) -> None:
+    """Whose clock is wrong is not known: a proposal timed past this node's clock plus the drift is
+    refused (the core prevotes nil) but the verdict is not cached, so once the clock is right the same
+    block validates. Cached, it wedged a node whose clock stepped back for a second (node simulation)."""
+    clock = node.clock
+    assert isinstance(clock, ManualClock)
+    clock.step_wall(20)  # the proposer's clock, 20 s ahead of this node's
+    block_id, block = node.executor.propose_block(1, 0)
+    assert isinstance(block, block_pb2.Block)
+    clock.step_wall(-20)
+    node.executor.new_height(2)  # forget the proposer's own verdict: this node judges it afresh
+    with pytest.raises(BlockFromTheFuture, match="too far in the future"):
+        node.executor.check_proposed(block_id, block, [])
+    assert not node.executor.is_executed(block_id)
+    assert node.executor.validate_block(1, block_id, block) is False
+    assert not node.executor.is_executed(block_id)
+    clock.step_wall(20)  # 20 s later, or this node's clock corrected
+    assert node.executor.validate_block(1, block_id, block) is True
 
 
 def _certificate(node: Node, block: block_pb2.Block, signers: int) -> block_pb2.CommitCertificate:

@@ -248,6 +248,20 @@ def test_certificate_for_a_block_that_does_not_validate_is_rejected() -> None:
     assert core.dropped is not None and core.dropped.detail == "block does not validate"
 
 
+def test_a_certificate_asks_the_application_again_after_an_earlier_no() -> None:
+    """A verdict may have depended on this node's clock (a block from its future, refused in round 0):
+    once 2f+1 validators certify the block, it is validated afresh and decided (the clock step that
+    wedged a node in the node simulation)."""
+    core, app, _s = started()
+    app.invalid.add(bid("A"))
+    feed(core, proposal(0, "A"))
+    assert app.validated.count(bid("A")) == 1  # refused, and the refusal is cached for the round
+    app.invalid.discard(bid("A"))  # the clock is right again
+    c = cert([1, 2, 3])
+    assert feed(core, CommitReceived(c, Block("A", 1))) == [Decide(1, 0, bid("A"), Block("A", 1), c)]
+    assert app.validated.count(bid("A")) == 2
+
+
 # --- restart safety ----------------------------------------------------------------------------------------
 
 
