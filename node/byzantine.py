@@ -23,6 +23,9 @@ Refused unless the genesis was created for fault testing (`clearline init --faul
     out-of-turn     send proposals for rounds it is not the proposer of, each carrying a block of
                     freshly signed transactions (costly to verify, if anyone did before checking who
                     proposes)
+    replay          replay the validly signed votes and proposals it has heard (anyone's) to every
+                    peer, again and again: copies that cost nothing to send and must cost little
+                    to drop
 
 Each mode is a wrapper chosen when the node is built (`ByzantineBehaviour`, a `node.runtime.Behaviour`):
 a tampering block executor (bad-state-root, forged-tx), a transport that lies, withholds or
@@ -70,7 +73,10 @@ MODES = (
     "stall-sync",
     "tamper-sync",
     "out-of-turn",
+    "replay",
 )
+# replay: how many copies of each message heard are sent to every peer.
+REPLAY_COPIES = 16
 # How far ahead of its real height a stall-sync or tamper-sync node claims to be.
 CLAIM_AHEAD = 3
 LIE_HEIGHT = 2**64 - 1
@@ -352,6 +358,18 @@ class ByzantineBehaviour:
             )
             self.net.broadcast(peer_pb2.PeerMessage(proposal=wire.proposal_to_pb(signed)))
 
+    # --- replay -------------------------------------------------------------------------------------
+
+    def heard(self, msg: peer_pb2.PeerMessage) -> None:
+        """replay: every vote and proposal heard for the height being decided goes back out to every
+        peer REPLAY_COPIES times at once (a validly signed copy, at no cost to this validator)."""
+        if self.mode != "replay" or msg.WhichOneof("msg") not in ("vote", "proposal"):
+            return
+        body = msg.vote if msg.WhichOneof("msg") == "vote" else msg.proposal
+        if body.height > self.node.height:
+            for _ in range(REPLAY_COPIES):
+                self.net.broadcast(msg)
+
     # --- garbage ------------------------------------------------------------------------------------
 
     async def flood(self) -> None:
@@ -448,6 +466,7 @@ class _ByzantineHandler:
 
     async def on_peer_message(self, peer: str, msg: peer_pb2.PeerMessage) -> None:
         await self._router.on_peer_message(peer, msg)
+        self._byz.heard(msg)
         if msg.WhichOneof("msg") == "vote":
             with contextlib.suppress(wire.WireError):
                 self._byz.on_vote(wire.vote_from_pb(msg.vote))

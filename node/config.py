@@ -242,6 +242,7 @@ BYZANTINE_MODES = (
     "stall-sync",
     "tamper-sync",
     "out-of-turn",
+    "replay",
 )
 
 

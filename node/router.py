@@ -1,7 +1,7 @@
 """The peer router: every message a peer sends comes in here, is checked, and goes to its owner.
 
-Votes and proposals are checked cheaply first (in the height window, signed by a member of that
-height, a proposal from its round's proposer), then a proposal's transactions are verified in the
+Votes and proposals are checked cheaply first (not a copy of one already accepted, in the height
+window, signed by a member of that height, a proposal from its round's proposer), then a proposal's transactions are verified in the
 thread pool and its block executed (node/execution.py) before the consensus driver gets it.
 Transaction batches are admitted to the mempool in the background, bounded (a peer's votes do not
 wait behind the signature checks of the transactions it sent just before them; beyond the bound,
@@ -31,7 +31,7 @@ from node.clock import Clock
 from node.config import NodeConfig
 from node.consensus import Proposal, ProposalReceived, VoteReceived
 from node.driver import ConsensusDriver, PeerInput
-from node.errors import BadInput, InvalidBlock, PeerFault, quote
+from node.errors import BadInput, BlockFromTheFuture, InvalidBlock, PeerFault, quote
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.mempool import Mempool
@@ -54,6 +54,35 @@ STATUS_MIN_INTERVAL_S = 0.2
 STATUS_INTERVAL_S = 0.25
 # A height without progress for this long has its messages sent again.
 STALL_S = 1.0
+# Votes and proposals of the current height already accepted, remembered so that a replayed copy
+# (anyone's signed vote, sent again and again by one validator) is dropped before its signature
+# check and WAL write. Bounded: past the limit, copies are checked as if new.
+MAX_SEEN_MESSAGES = 16_384
+
+SeenKey = tuple[int, int, int, bytes, bytes, bytes]
+
+
+class SeenMessages:
+    """The signed consensus messages of one height that went to the core (a set of small keys)."""
+
+    __slots__ = ("_height", "_keys")
+
+    def __init__(self) -> None:
+        self._height = 0
+        self._keys: set[SeenKey] = set()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, item: tuple[int, SeenKey]) -> bool:
+        height, key = item
+        return height == self._height and key in self._keys
+
+    def add(self, height: int, key: SeenKey) -> None:
+        if height != self._height:
+            self._height, self._keys = height, set()
+        if len(self._keys) < MAX_SEEN_MESSAGES:
+            self._keys.add(key)
 
 
 class Transport(Protocol):
@@ -132,9 +161,15 @@ class PeerRouter:
         self.faults = PeerFaults(clock)
         self.gossip_admits: set[asyncio.Task[None]] = set()
         self._gossip_bytes = 0
+        self.seen = SeenMessages()
         self._status_sent = -1e9
         # This node's own failure in a background admission (not a peer's fault): the node stops.
         self.on_fatal: Callable[[BaseException], None] = _reraise
+
+    @property
+    def gossip_bytes(self) -> int:
+        """Bytes of peers' transaction batches being verified."""
+        return self._gossip_bytes
 
     def _net(self) -> Transport:
         assert self.transport is not None, "the router is used before its transport is attached"
@@ -252,12 +287,22 @@ class PeerRouter:
             raise PeerFault("malformed_vote", str(exc)) from None
         if not self._in_window(vote.height):
             return
+        seen = (vote.height, (0, int(vote.type), vote.round, vote.validator, pb.block_id, vote.signature))
+        if seen in self.seen:
+            return
         msg = blocks.vote_sign_bytes(
             self._chain.chain_id, int(vote.type), vote.height, vote.round, vote.block_id or b""
         )
         self._check_signed("vote", vote.height, vote.validator, vote.signature, msg)
         self.mempool.tx_arrived.set()  # peers are working on the next height: do not idle
         self._driver.put(PeerInput(VoteReceived(vote), wal_pb2.WalMessage(vote=pb)))
+        self._remember(*seen)
+
+    def _remember(self, height: int, key: SeenKey) -> None:
+        """Only the current height's: a message for the next one may be held and dropped by the
+        driver's bound, and a copy sent again must then get through."""
+        if height == self._chain.height + 1:
+            self.seen.add(height, key)
 
     async def _on_proposal(self, pb: block_pb2.Proposal) -> None:
         try:
@@ -265,6 +310,12 @@ class PeerRouter:
         except wire.WireError as exc:
             raise PeerFault("malformed_proposal", str(exc)) from None
         if not self._in_window(proposal.height):
+            return
+        seen = (
+            proposal.height,
+            (1, proposal.round, proposal.pol_round, proposal.proposer, proposal.block_id, proposal.signature),
+        )
+        if seen in self.seen:
             return
         msg = blocks.proposal_sign_bytes(
             self._chain.chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
@@ -290,6 +341,7 @@ class PeerRouter:
         self._driver.put(PeerInput(ProposalReceived(proposal), wal_pb2.WalMessage(proposal=pb)))
         if fault is not None:
             raise fault
+        self._remember(*seen)
 
     async def _pre_execute(self, proposal: Proposal, block: block_pb2.Block) -> None:
         """Verify the block's transactions in the thread pool and execute it before the core asks;
@@ -307,6 +359,8 @@ class PeerRouter:
         vtxs = [v for v in verified if isinstance(v, VerifiedTx)]
         try:
             self._executor.check_proposed(proposal.block_id, block, vtxs)
+        except BlockFromTheFuture:
+            return  # this node's clock or the proposer's is off: not counted against the peer
         except InvalidBlock as exc:
             raise PeerFault("invalid_proposal", f"{where}: {exc.reason}") from None
 

@@ -266,3 +266,77 @@ async def test_an_invalid_proposal_is_counted_and_still_reaches_consensus(node: 
     assert router.faults.counts == {("node1", "invalid_proposal"): 1}
     assert node.executor.is_executed(block_id) and node.executor.result_of(block_id) is None
     assert not node.executor.validate_block(1, block_id, block)
+
+
+async def test_a_replayed_vote_or_proposal_reaches_consensus_once_and_is_not_checked_again(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validator can send anyone's signed messages again and again (node/byzantine.py replay): the
+    copies are dropped before their signature check, so they cost neither a verification nor a WAL
+    write. A copy with a different signature is a different message and is checked."""
+    assert node.chain is not None
+    driver = StalledDriver([])
+    router, _t, _f = make_router(node, driver, node.mempool)
+    checks: list[str] = []
+    real_check = router._check_signed
+    monkeypatch.setattr(router, "_check_signed", lambda what, *a: (checks.append(what), real_check(what, *a)))
+    keys = node.validator_keys  # type: ignore[attr-defined]
+    voter = next(a for a in keys if a != node.key.address)
+    block_id = b"\x07" * 32
+    sig = keys[voter].sign_raw(blocks.vote_sign_bytes(node.chain_id, int(VoteType.PREVOTE), 1, 0, block_id))
+    vote = wire.vote_to_pb(Vote(VoteType.PREVOTE, 1, 0, block_id, voter, sig))
+    for _ in range(50):
+        await router.on_peer_message("node1", peer_pb2.PeerMessage(vote=vote))
+    proposer = node.chain.core_set(1).proposer(1, 0).address
+    pid, block = node.executor.propose_block(1, 0)
+    psig = keys[proposer].sign_raw(blocks.proposal_sign_bytes(node.chain_id, 1, 0, -1, pid))
+    proposal = wire.proposal_to_pb(Proposal(1, 0, -1, pid, block, proposer, psig))
+    for _ in range(50):
+        await router.on_peer_message("node1", peer_pb2.PeerMessage(proposal=proposal))
+    assert checks == ["vote", "proposal"]
+    assert len(driver.put_events) == 2 and router.faults.counts == {}
+    forged = block_pb2.Vote()
+    forged.CopyFrom(vote)
+    forged.signature = b"\x00" * 64
+    await router.on_peer_message("node1", peer_pb2.PeerMessage(vote=forged))
+    assert checks == ["vote", "proposal", "vote"] and len(driver.put_events) == 2
+    assert router.faults.counts == {("node1", "vote_bad_signature"): 1}
+
+
+async def test_copies_of_the_next_heights_messages_are_checked_again(node: Node) -> None:
+    """Only the current height's messages are remembered: the driver may drop a held message of the
+    height after (its bound), and a copy sent again must then get through."""
+    driver = StalledDriver([])
+    router, _t, _f = make_router(node, driver, node.mempool)
+    keys = node.validator_keys  # type: ignore[attr-defined]
+    voter = next(a for a in keys if a != node.key.address)
+    sig = keys[voter].sign_raw(blocks.vote_sign_bytes(node.chain_id, int(VoteType.PREVOTE), 2, 0, b""))
+    vote = wire.vote_to_pb(Vote(VoteType.PREVOTE, 2, 0, None, voter, sig))
+    for _ in range(3):
+        await router.on_peer_message("node1", peer_pb2.PeerMessage(vote=vote))
+    assert len(driver.put_events) == 3 and len(router.seen) == 0
+
+
+async def test_a_proposal_from_this_nodes_future_reaches_consensus_and_is_not_the_peers_fault(
+    node: Node,
+) -> None:
+    """Which clock is wrong is not known: the peer is not counted (twenty such would ban an honest
+    proposer while this node's clock is off), and the core gets the proposal to prevote nil on."""
+    assert node.chain is not None
+    clock = node.clock
+    assert isinstance(clock, ManualClock)
+    driver = StalledDriver([])
+    router, _t, _f = make_router(node, driver, node.mempool)
+    clock.step_wall(30)
+    block_id, block = node.executor.propose_block(1, 0)
+    clock.step_wall(-30)
+    node.executor.new_height(2)  # this node has not judged it yet
+    proposer = node.chain.core_set(1).proposer(1, 0).address
+    sig = node.validator_keys[proposer].sign_raw(  # type: ignore[attr-defined]
+        blocks.proposal_sign_bytes(node.chain_id, 1, 0, -1, block_id)
+    )
+    pb = wire.proposal_to_pb(Proposal(1, 0, -1, block_id, block, proposer, sig))
+    await router.on_peer_message("node1", peer_pb2.PeerMessage(proposal=pb))
+    assert router.faults.counts == {}
+    assert [type(e).__name__ for e in driver.put_events] == ["PeerInput"]
+    assert not node.executor.is_executed(block_id)
