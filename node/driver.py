@@ -182,6 +182,20 @@ class ConsensusDriver:
         return core.relay_votes()
 
     @property
+    def later_bytes(self) -> int:
+        """Bytes of peers' messages held for the next height (bounded by budget.LATER_EVENTS_BYTES)."""
+        return self._later_bytes
+
+    @property
+    def later_count(self) -> int:
+        return len(self._later)
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting for the driver: queued, and held for the next height."""
+        return self._queue.qsize() + len(self._later)
+
+    @property
     def round(self) -> int:
         return self.core.round if self.core is not None else 0
 

@@ -32,17 +32,21 @@ import logging
 import signal
 from collections.abc import Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from clearline.v1 import block_pb2
-from node import blocks, crypto
+from node import blocks, budget, crypto
+from node import evidence as evidence_mod
+from node import execution as execution_mod
+from node import router as router_mod
 from node.blocksync import BlockSync
 from node.chain import Chain
 from node.clock import Clock, SystemClock, now_ms
 from node.config import NodeConfig
 from node.consensus import Application, Proposal, Vote
-from node.driver import ConsensusDriver
+from node.driver import MAX_LATER_EVENTS, ConsensusDriver
 from node.errors import CannotStart, InvariantBroken
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
@@ -210,6 +214,36 @@ class Node:
     def height(self) -> int:
         """The last committed height."""
         return self.chain.height if self.chain is not None else 0
+
+    def holdings(self) -> list[Holding]:
+        """Each structure others can fill (clients, peers, one validator with its key), what it holds
+        now and its bound: the parts of the memory budget (node/budget.py) counted in the structures
+        themselves. The node simulation checks every one of them while it floods the node."""
+        cfg = self.cfg
+        peers = max(len(cfg.p2p.peers), len(self.names_by_address))
+        out = [
+            Holding("mempool bytes", self.mempool.size_bytes, cfg.mempool.max_bytes),
+            Holding("mempool transactions", len(self.mempool), cfg.mempool.max_txs),
+            Holding("verified-signature cache bytes", self.mempool.cache_bytes, cfg.mempool.cache_bytes),
+            Holding("pending evidence", len(self.evidence), evidence_mod.MAX_PENDING_EVIDENCE),
+            Holding(
+                "executed proposals", self.executor.executed_count, execution_mod.MAX_EXECUTED_PER_HEIGHT
+            ),
+            Holding("replayed-message filter", len(self.router.seen), router_mod.MAX_SEEN_MESSAGES),
+            Holding(
+                "gossip batches in verification, bytes",
+                self.router.gossip_bytes,
+                budget.GOSSIP_INFLIGHT_BYTES + peers * cfg.p2p.max_message_bytes,
+            ),
+        ]
+        if self.driver is not None:
+            out.append(
+                Holding("messages held for the next height", self.driver.later_count, MAX_LATER_EVENTS)
+            )
+            out.append(
+                Holding("bytes held for the next height", self.driver.later_bytes, budget.LATER_EVENTS_BYTES)
+            )
+        return out
 
     # --- opening the state --------------------------------------------------------------------------
 
@@ -497,6 +531,13 @@ class Node:
         root.handlers = [handler]
         root.setLevel(self.cfg.log.level.upper())
         root.propagate = False
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    what: str
+    held: int
+    bound: int
 
 
 class _SyncHost:

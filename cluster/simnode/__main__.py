@@ -6,23 +6,28 @@ over a range of seeds, in parallel processes; one JSON summary on stdout.
 
 Output keys: seeds, seed_start, validators, byzantine, mutant, duration_s, heights_decided (the
 lowest honest height of each seed, summed), acknowledged, simulated_seconds, wall_seconds,
-speedup (simulated seconds per wall second of one process), max_commit_gap_s, violations (a list
-of {seed, description}), first_violation_seed, and with --trace the event trace of the first
-failing seed. Exit code 1 when there is a violation. `--seed-start S --seeds 1` replays one seed
+speedup (simulated seconds per wall second of one process), max_commit_gap_s, peak_holdings (the
+highest share of each bounded structure's bound seen on an honest node), violations (a list of
+{seed, description}), first_violation_seed, and with --trace trace_reproduced (the failing seed
+replayed with every message recorded gave the same violations; the events that led to the first
+one go to stderr, every event to --trace-file). Exit code 1 when there is a violation. `--seed-start S --seeds 1` replays one seed
 exactly.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from cluster.simnode.mutants import MUTANTS
 from cluster.simnode.world import Outcome, Settings, run_seed
+from node.config import BYZANTINE_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-start", type=int, default=0)
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds per seed")
     p.add_argument("--mutant", choices=sorted(MUTANTS), default=None)
+    p.add_argument(
+        "--byzantine-mode", choices=BYZANTINE_MODES, default=None,
+        help="every Byzantine validator runs this strategy (default: drawn per seed)",
+    )  # fmt: skip
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
     p.add_argument("--no-faults", action="store_true", help="no crashes, partitions or bad links")
-    p.add_argument("--trace", action="store_true", help="print the first failing seed's trace to stderr")
+    p.add_argument(
+        "--trace", action="store_true",
+        help="replay the first failing seed with every message recorded; print the events that led to "
+        "its first violation to stderr",
+    )  # fmt: skip
+    p.add_argument("--trace-file", default=None, help="with --trace: write every event of that seed here")
     return p
 
 
@@ -59,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=args.duration,
             faults=not args.no_faults,
             mutant=args.mutant or "",
+            byzantine_mode=args.byzantine_mode or "",
         )
         for seed in range(args.seed_start, args.seed_start + args.seeds)
     ]
@@ -86,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 1),
         "speedup": round(simulated / busy, 1) if busy else None,
         "max_commit_gap_s": max((o.max_commit_gap_s for o, _ in results), default=0.0),
+        "peak_holdings": {
+            what: max(o.peak_holdings.get(what, 0.0) for o, _ in results)
+            for what in sorted({w for o, _ in results for w in o.peak_holdings})
+        },
         "first_violation_seed": failing.seed if failing else None,
         "violations": violations,
     }
     if args.trace and failing is not None:
-        print("\n".join(failing.trace), file=sys.stderr)
+        # The seed replays exactly; this time with every message, commit and client call recorded.
+        replay = run_seed(dataclasses.replace(settings[failing.seed - args.seed_start], trace=True))
+        out["trace_reproduced"] = replay.violations == failing.violations
+        print("\n".join(replay.focused_trace or failing.trace), file=sys.stderr)
+        if args.trace_file:
+            Path(args.trace_file).write_text("\n".join(replay.full_trace) + "\n")
     print(json.dumps(out, sort_keys=True))
     return 1 if violations else 0
 

@@ -32,6 +32,7 @@ class RuntimeMutant:
     apply: Callable[[Node], None]
     adversary: str  # the Byzantine mode that exposes it (the Byzantine validators run it)
     budget: int  # seeds within which a test expects it caught
+    expect: str  # what the violation that catches it says (caught for the right reason)
 
 
 def _trust_claims(node: Node) -> None:
@@ -111,6 +112,7 @@ MUTANTS: dict[str, RuntimeMutant] = {
             _sync_inline,
             "lying-status",
             5,
+            "without a commit",
         ),
         RuntimeMutant(
             "trusted-claim",
@@ -118,6 +120,7 @@ MUTANTS: dict[str, RuntimeMutant] = {
             _trust_claims,
             "lying-status",
             10,
+            "without a commit",
         ),
         RuntimeMutant(
             "unchecked-sync",
@@ -125,9 +128,15 @@ MUTANTS: dict[str, RuntimeMutant] = {
             _unchecked_sync,
             "tamper-sync",
             10,
+            "stopped: InvariantBroken",
         ),
         RuntimeMutant(
-            "unbounded-cache", "the verified cache unbounded, keeping rejected txs", _unbounded_cache, "", 5
+            "unbounded-cache",
+            "the verified cache unbounded, keeping rejected txs",
+            _unbounded_cache,
+            "",
+            5,
+            "verified-signature cache bytes",
         ),
     )
 }

@@ -14,11 +14,39 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from clearline.v1 import peer_pb2
+from node import blocks
+
+
+def describe(msg: peer_pb2.PeerMessage) -> tuple[str, int | None]:
+    """A message in a few words for the trace, and the height it is about (if any)."""
+    kind = msg.WhichOneof("msg")
+    if kind == "vote":
+        v = msg.vote
+        what = "prevote" if v.type == 1 else "precommit" if v.type == 2 else f"vote type {v.type}"
+        target = v.block_id.hex()[:8] or "nil"
+        return f"{what} {v.height}/{v.round} {target} by {v.validator.hex()[:8]}", v.height
+    if kind == "proposal":
+        p = msg.proposal
+        block_id = blocks.block_hash(p.block.header).hex()[:8]
+        return (
+            f"proposal {p.height}/{p.round} pol {p.pol_round} {block_id} ({len(p.block.body.txs)} txs) "
+            f"by {p.proposer.hex()[:8]}",
+            p.height,
+        )
+    if kind == "status":
+        return f"status committed {msg.status.last_committed}", None
+    if kind == "txs":
+        return f"{len(msg.txs.txs)} txs", None
+    return str(kind), None
+
+
+# Receives (what, src, dst, height) for each message handed to a node (the detailed trace).
+Tracer = Callable[[str, str, str, "int | None"], None]
 
 
 class Handler(Protocol):
@@ -62,6 +90,7 @@ class SimNet:
         self.messages = 0
         self.bytes = 0
         self.dropped = 0
+        self.tracer: Tracer | None = None
 
     # --- topology ------------------------------------------------------------------------------
 
@@ -158,7 +187,11 @@ class SimNet:
                 handler = self.handlers.get(dst)
                 if handler is None or not self.reachable(src, dst):
                     continue
-                await handler.on_peer_message(src, peer_pb2.PeerMessage.FromString(data))
+                msg = peer_pb2.PeerMessage.FromString(data)
+                if self.tracer is not None:
+                    what, height = describe(msg)
+                    self.tracer(what, src, dst, height)
+                await handler.on_peer_message(src, msg)
         finally:
             link.busy = False
 

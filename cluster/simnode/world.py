@@ -36,26 +36,16 @@ from cluster.simnode.mutants import MUTANTS
 from cluster.simnode.net import SimNet, SimTransport
 from node import crypto, txs
 from node.byzantine import ByzantineBehaviour
-from node.config import ConsensusConfig, MempoolConfig, NodeConfig, StorageConfig
+from node.config import BYZANTINE_MODES, ConsensusConfig, MempoolConfig, NodeConfig, StorageConfig
 from node.crypto import SigningKey
 from node.errors import ApiError
+from node.execution import Committed
 from node.runtime import Behaviour, Node
 from node.storage import WAL, NodeStore, SignStateFile
 from node.storage.wal import WalReplay
 
-# Byzantine strategies the adversary draws from (node/byzantine.py modes, run as real wrappers).
-BYZANTINE_MODES = (
-    "equivocate",
-    "double-vote",
-    "bad-state-root",
-    "forged-tx",
-    "silent",
-    "lying-status",
-    "stall-sync",
-    "tamper-sync",
-    "out-of-turn",
-    "garbage",
-)
+# The Byzantine strategies the adversary draws from are node.config.BYZANTINE_MODES (the chaos
+# campaign's): node/byzantine.py modes, run as the real wrappers.
 FUNDS = 10**12
 # The verified-signature cache of a simulated node (small, so a flood would overflow an unbounded one).
 SIM_CACHE_BYTES = 256 * 1024
@@ -103,6 +93,38 @@ class Settings:
     faults: bool = True
     liveness_bound_s: float = 10.0
     mutant: str = ""
+    trace: bool = False  # record every message delivered, commit and client call (slower)
+    byzantine_mode: str = ""  # every Byzantine validator runs this mode (else drawn per seed)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the trace: when, what, which nodes it concerns, and the height it is about."""
+
+    at: float
+    text: str
+    nodes: tuple[str, ...] = ()
+    height: int | None = None
+    tx: bytes = b""
+    detail: bool = False  # a message, a commit or a client call (recorded only with Settings.trace)
+
+    def line(self) -> str:
+        return f"{self.at:9.3f} {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A property that failed, and where to look: a height, a node over a time span, a transaction."""
+
+    text: str
+    height: int | None = None
+    node: str | None = None
+    since: float | None = None
+    until: float | None = None
+    tx: bytes = b""
+
+
+FOCUSED_TRACE_LINES = 400
 
 
 @dataclass
@@ -115,6 +137,10 @@ class Outcome:
     trace: list[str] = field(default_factory=list)
     modes: dict[str, str] = field(default_factory=dict)
     max_commit_gap_s: float = 0.0
+    peak_holdings: dict[str, float] = field(default_factory=dict)  # share of each bound, highest seen
+    # With Settings.trace: the events that led to the first violation, and every event.
+    focused_trace: list[str] = field(default_factory=list)
+    full_trace: list[str] = field(default_factory=list)
 
 
 def _key(seed: int, name: str) -> SigningKey:
@@ -134,6 +160,7 @@ class _Slot:
         self.tasks: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None
         self.skew = 0.0
+        self.clock: SimClock | None = None
         self.commits: list[float] = []  # simulated times of this node's commits
 
     @property
@@ -147,10 +174,12 @@ class World:
         self.rng = random.Random(settings.seed)
         self.loop = SimLoop()
         self.workdir = workdir
-        self.trace: list[str] = []
+        self.events: list[Event] = []
         n, f = settings.validators, settings.byzantine
         self.names = [f"node{i}" for i in range(n)]
         self.net = SimNet(self.loop, random.Random(self.rng.random()), self.names)
+        if settings.trace:
+            self.net.tracer = self._delivered
         self.chain_id = f"sim-{settings.seed}"
         validator_keys = [_key(settings.seed, name) for name in self.names]
         account_names = (
@@ -159,9 +188,11 @@ class World:
             "bank-a",
             "bank-b",
             *(f"c{i}" for i in range(settings.clients)),
+            "flooder",
         )
         self.accounts = {name: _key(settings.seed, name) for name in account_names}
         funded = {f"c{i}": [("bank-a", "USD", FUNDS)] for i in range(settings.clients)}
+        funded["flooder"] = [("bank-a", "USD", FUNDS)]  # a real, KYC-approved client turned hostile
         genesis = build_genesis(self.chain_id, validator_keys, self.accounts, funded=funded)
         genesis.fault_testing = True
         self.genesis_text = json_format.MessageToJson(genesis)
@@ -172,6 +203,8 @@ class World:
         self.mutant = MUTANTS[settings.mutant] if settings.mutant else None
         for i, name in enumerate(self.names):
             mode = self.rng.choice(BYZANTINE_MODES) if name in byz else ""
+            if mode and settings.byzantine_mode:
+                mode = settings.byzantine_mode
             if mode and self.mutant is not None and self.mutant.adversary:
                 mode = self.mutant.adversary
             cfg = NodeConfig(
@@ -187,16 +220,24 @@ class World:
         self.last_fault_end = 0.0
         self.heights_at_heal: dict[str, int] = {}
         self.max_gap = 0.0
-        self.memory_violations: dict[str, str] = {}  # node -> its first memory violation
+        self.memory_violations: dict[str, Violation] = {}  # node -> its first memory violation
+        self.peak: dict[str, float] = {}  # structure -> the highest share of its bound seen
 
-    def log(self, text: str) -> None:
-        self.trace.append(f"{self.loop.time():9.3f} {text}")
+    def log(self, text: str, *nodes: str) -> None:
+        """A fault, a restart, a failure: always in the trace."""
+        self.events.append(Event(self.loop.time(), text, nodes))
+
+    def detail(self, text: str, *nodes: str, height: int | None = None, tx: bytes = b"") -> None:
+        self.events.append(Event(self.loop.time(), text, nodes, height, tx, detail=True))
+
+    def _delivered(self, what: str, src: str, dst: str, height: int | None) -> None:
+        self.detail(f"{src} -> {dst}: {what}", src, dst, height=height)
 
     # --- nodes ------------------------------------------------------------------------------------
 
     def start(self, slot: _Slot) -> None:
         behaviour: Behaviour | None = ByzantineBehaviour(slot.mode) if slot.mode else None
-        clock = SimClock(self.loop, skew=slot.skew)
+        clock = slot.clock = SimClock(self.loop, skew=slot.skew)
         pool = InlineExecutor()
         node = Node(
             slot.cfg, behaviour=behaviour, clock=clock, storage=SimStorage(slot.db), pools=(pool, pool)
@@ -215,17 +256,33 @@ class World:
             task.add_done_callback(functools.partial(self._ended, slot))
             slot.tasks.append(task)
         self.net.up(slot.name, node.peer_handler())
-        self.log(f"{slot.name} up at height {node.height}{' (' + slot.mode + ')' if slot.mode else ''}")
+        self.log(
+            f"{slot.name} up at height {node.height}{' (' + slot.mode + ')' if slot.mode else ''}", slot.name
+        )
 
-    def _committed(self, slot: _Slot, _committed: object) -> None:
+    def _committed(self, slot: _Slot, committed: Committed) -> None:
         slot.commits.append(self.loop.time())
+        if self.s.trace:
+            self.detail(
+                f"{slot.name} commits {committed.height} (round {committed.certificate.round}, block "
+                f"{committed.block_id.hex()[:8]}, {len(committed.block.body.txs)} txs)",
+                slot.name,
+                height=committed.height,
+            )
+            for r in committed.receipts:
+                self.detail(
+                    f"{slot.name} applies tx {r.tx_hash.hex()[:12]}",
+                    slot.name,
+                    height=committed.height,
+                    tx=r.tx_hash,
+                )
 
     def _ended(self, slot: _Slot, task: asyncio.Task[None]) -> None:
         if task.cancelled() or slot.failure is not None:
             return
         exc = task.exception()
         slot.failure = exc if exc is not None else RuntimeError(f"task {task.get_name()} returned")
-        self.log(f"{slot.name} FAILED: {slot.failure!r}")
+        self.log(f"{slot.name} FAILED: {slot.failure!r}", slot.name)
         self.crash(slot, power_loss=False, failed=True)
 
     def crash(self, slot: _Slot, *, power_loss: bool, failed: bool = False) -> None:
@@ -246,7 +303,10 @@ class World:
                 with wal.open("r+b") as f:
                     f.truncate(max(0, wal.stat().st_size - self.rng.randint(0, 48)))
         if not failed:
-            self.log(f"{slot.name} crashed{' (power loss)' if power_loss else ''} at height {node.height}")
+            self.log(
+                f"{slot.name} crashed{' (power loss)' if power_loss else ''} at height {node.height}",
+                slot.name,
+            )
 
     # --- the workload -----------------------------------------------------------------------------
 
@@ -270,16 +330,27 @@ class World:
             node = self.slots[home].node
             if node is None:
                 continue
+            if self.s.trace:
+                self.detail(f"c{index} submits nonce {nonce} to {home}", home, tx=txs.wire_hash(raw))
             try:
                 (result,) = await node.service.submit([raw], ledger_api_pb2.WAIT_FOR_COMMITTED, 5.0)
-            except ApiError:
+            except ApiError as exc:
+                if self.s.trace:
+                    self.detail(f"c{index} nonce {nonce}: {exc}", home, tx=txs.wire_hash(raw))
                 continue  # not committed in time, or the node refused for now: the same tx again
             if result.accepted and result.height:
                 self.acked[result.tx_hash] = result.height
+                if self.s.trace:
+                    self.detail(
+                        f"c{index} nonce {nonce} acknowledged by {home} at height {result.height}",
+                        home,
+                        height=result.height,
+                        tx=result.tx_hash,
+                    )
                 nonce += 1
                 raw = None
             elif not result.accepted:
-                self.log(f"c{index} nonce {nonce} refused for now: {result.message}")
+                self.log(f"c{index} nonce {nonce} refused for now: {result.message}", home)
 
     # --- faults -----------------------------------------------------------------------------------
 
@@ -298,13 +369,13 @@ class World:
                 if victim.failure is None:
                     self.start(victim)
             elif kind == "partition":
-                self.log(f"partition {victim.name} from the rest for {hold:.1f} s")
+                self.log(f"partition {victim.name} from the rest for {hold:.1f} s", *self.names)
                 self.net.partition([victim.name], [n for n in self.names if n != victim.name])
                 await asyncio.sleep(hold)
                 self.net.heal()
             elif kind == "one-way":
                 other = self.rng.choice([n for n in self.names if n != victim.name])
-                self.log(f"one-way cut {victim.name} -> {other} for {hold:.1f} s")
+                self.log(f"one-way cut {victim.name} -> {other} for {hold:.1f} s", victim.name, other)
                 self.net.cut_one_way(victim.name, other)
                 await asyncio.sleep(hold)
                 self.net.heal()
@@ -313,38 +384,69 @@ class World:
                 self.net.links.duplicate = self.rng.uniform(0, 0.1)
                 self.net.links.jitter_ms = self.rng.uniform(0, 200)
                 self.log(
-                    f"links: loss {self.net.links.loss:.2f} dup {self.net.links.duplicate:.2f} jitter {self.net.links.jitter_ms:.0f} ms for {hold:.1f} s"
+                    f"links: loss {self.net.links.loss:.2f} dup {self.net.links.duplicate:.2f} "
+                    f"jitter {self.net.links.jitter_ms:.0f} ms for {hold:.1f} s",
+                    *self.names,
                 )
                 await asyncio.sleep(hold)
                 self.net.heal()
             elif kind == "flood":
                 await self.flood(victim)
             else:
-                victim.skew = self.rng.uniform(-2.0, 2.0)
-                self.log(f"{victim.name} clock skew {victim.skew:+.2f} s (from its next restart)")
+                # The wall clock steps (a bad time source), sometimes past the drift a block's time
+                # may have (node/validation.py), and is corrected after `hold`; timers and timeouts
+                # run on the monotonic clock, which does not step.
+                victim.skew = self.rng.uniform(-15.0, 15.0)
+                if victim.clock is not None:
+                    victim.clock.skew = victim.skew
+                self.log(
+                    f"{victim.name} wall clock steps to {victim.skew:+.2f} s off for {hold:.1f} s",
+                    victim.name,
+                )
+                await asyncio.sleep(hold)
+                victim.skew = 0.0
+                if victim.clock is not None:
+                    victim.clock.skew = 0.0
             self.last_fault_end = self.loop.time()
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         self.heights_at_heal = {s.name: s.node.height for s in honest if s.node is not None}
-        self.log(f"last fault healed; heights {self.heights_at_heal}")
+        self.log(f"last fault healed; heights {self.heights_at_heal}", *self.names)
 
     async def flood(self, victim: _Slot) -> None:
-        """A client floods a node with validly signed transactions from accounts that do not exist
-        (each costs a signature check, and is refused)."""
+        """A client floods one node (each kind costs the node a signature check or a lookup per
+        transaction, and must leave it live and within its bounds):
+            throwaway    validly signed transactions from accounts that do not exist
+            nonce-gaps   a funded client's transactions far ahead of its nonce (parked, then refused)
+            forged       transactions whose signature does not verify
+            duplicates   one valid transaction submitted again and again"""
         node = victim.node
         if node is None:
             return
-        key = _key(self.s.seed, f"flood-{self.loop.time()}")
-        raws = [
-            txs.sign_tx(
-                builders.make_body(
-                    self.chain_id, key.address, i, f"f{i}", builders.transfer(self.usd, key.address[::-1], 1)
-                ),
-                [key],
+        kind = self.rng.choice(("throwaway", "nonce-gaps", "forged", "duplicates"))
+        flooder = self.accounts["flooder"]
+        key = _key(self.s.seed, f"flood-{self.loop.time()}") if kind == "throwaway" else flooder
+        base = 1_000_000 + int(self.loop.time() * 1000) if kind == "nonce-gaps" else 0
+
+        def one(i: int) -> bytes:
+            nonce = base + i if kind != "duplicates" else 10**9
+            body = builders.make_body(
+                self.chain_id, key.address, nonce, f"f{i}", builders.transfer(self.usd, key.address[::-1], 1)
             )
-            for i in range(FLOOD_TXS)
-        ]
-        self.log(f"flood of {len(raws)} throwaway transactions at {victim.name}")
+            raw = txs.sign_tx(body, [key])
+            if kind == "forged":
+                signed = tx_pb2.SignedTx.FromString(raw)
+                signed.signatures[0].signature = bytes(64)
+                raw = signed.SerializeToString()
+            return raw
+
+        count = FLOOD_TXS if kind != "duplicates" else 1
+        raws = [one(i) for i in range(count)]
+        if kind == "duplicates":
+            raws = raws * FLOOD_TXS
+        self.log(f"flood of {len(raws)} transactions ({kind}) at {victim.name}", victim.name)
         for i in range(0, len(raws), 250):
+            if victim.node is not node:
+                return  # crashed meanwhile
             with contextlib.suppress(ApiError):
                 await node.service.submit(raws[i : i + 250], ledger_api_pb2.WAIT_FOR_NONE, None)
             await asyncio.sleep(0.01)
@@ -356,21 +458,24 @@ class World:
             self.check_memory()
 
     def check_memory(self) -> None:
-        """What a flood can fill is bounded: the verified cache and the mempool within their limits."""
+        """What others can make a node hold is bounded: every structure Node.holdings() names (the
+        mempool, the verified cache, evidence, proposals, messages held for the next height, ...)
+        within its bound, sampled while the adversary floods."""
         for s in self.slots.values():
             node = s.node
-            if node is None or not s.honest:
+            if node is None or not s.honest or s.name in self.memory_violations:
                 continue
-            cfg = node.cfg.mempool
-            cache = node.mempool.cache_bytes
-            if cache > cfg.cache_bytes:
-                self.memory_violations.setdefault(
-                    s.name, f"{s.name}: verified cache {cache} bytes > {cfg.cache_bytes}"
-                )
-            if node.mempool.size_bytes > cfg.max_bytes:
-                self.memory_violations.setdefault(
-                    s.name, f"{s.name}: mempool {node.mempool.size_bytes} bytes > {cfg.max_bytes}"
-                )
+            for h in node.holdings():
+                self.peak[h.what] = max(self.peak.get(h.what, 0.0), h.held / h.bound if h.bound else 0.0)
+                if h.held > h.bound:
+                    now = self.loop.time()
+                    self.memory_violations[s.name] = Violation(
+                        f"{s.name}: {h.what} {h.held} > bound {h.bound}",
+                        node=s.name,
+                        since=now - 5,
+                        until=now,
+                    )
+                    break
 
     # --- the run ----------------------------------------------------------------------------------
 
@@ -404,11 +509,11 @@ class World:
     # --- the properties ---------------------------------------------------------------------------
 
     def check(self) -> Outcome:
-        violations: list[str] = sorted(self.memory_violations.values())
+        found: list[Violation] = [self.memory_violations[n] for n in sorted(self.memory_violations)]
         honest = [s for s in self.slots.values() if s.honest]
         for s in honest:
             if s.failure is not None:
-                violations.append(f"{s.name} stopped: {s.failure!r}")
+                found.append(Violation(f"{s.name} stopped: {s.failure!r}", node=s.name))
         up = [s for s in honest if s.node is not None]
         heights = {s.name: s.node.height for s in self.slots.values() if s.node is not None}
         stores = {s.name: s.node.store for s in up if s.node is not None}
@@ -417,22 +522,33 @@ class World:
         for h in range(1, top + 1):
             hashes = {name: st.load_block_hash(h) for name, st in stores.items()}
             if len(set(hashes.values())) != 1:
-                violations.append(
-                    f"fork at height {h}: { ({k: (v or b'').hex()[:12] for k, v in hashes.items()}) }"
-                )
+                shown = {k: (v or b"").hex()[:12] for k, v in hashes.items()}
+                found.append(Violation(f"fork at height {h}: {shown}", height=h))
                 break
         # Acknowledged transactions are committed, once, everywhere.
         for name, st in stores.items():
             for tx_hash, height in self.acked.items():
                 if st.latest_height() >= height and st.tx_location(tx_hash) is None:
-                    violations.append(f"{name} lost acknowledged tx {tx_hash.hex()[:16]} (height {height})")
+                    found.append(
+                        Violation(
+                            f"{name} lost acknowledged tx {tx_hash.hex()[:16]} (height {height})",
+                            height=height,
+                            tx=tx_hash,
+                        )
+                    )
                     break
-            seen: set[bytes] = set()
+            seen: dict[bytes, int] = {}
             for h in range(1, st.latest_height() + 1):
                 for r in st.load_block_receipts(h):
                     if r.tx_hash in seen:
-                        violations.append(f"{name}: tx {r.tx_hash.hex()[:16]} committed twice")
-                    seen.add(r.tx_hash)
+                        found.append(
+                            Violation(
+                                f"{name}: tx {r.tx_hash.hex()[:16]} committed twice (heights {seen[r.tx_hash]}, {h})",
+                                height=h,
+                                tx=r.tx_hash,
+                            )
+                        )
+                    seen[r.tx_hash] = h
         # Supply conserved: clients only pay each other.
         for s in up:
             assert s.node is not None
@@ -442,7 +558,13 @@ class World:
                 if account is not None:
                     total += sum(b.amount for b in account.balances if b.instrument == self.usd)
             if total != FUNDS * self.s.clients:
-                violations.append(f"{s.name}: client USD sums to {total}, not {FUNDS * self.s.clients}")
+                found.append(
+                    Violation(
+                        f"{s.name}: client USD sums to {total}, not {FUNDS * self.s.clients}",
+                        node=s.name,
+                        height=s.node.height,
+                    )
+                )
         # Equal heights, equal state.
         by_height: dict[int, set[bytes]] = {}
         for s in up:
@@ -450,32 +572,69 @@ class World:
             by_height.setdefault(s.node.height, set()).add(s.node.ledger.state_root)
         for h, roots in by_height.items():
             if len(roots) > 1:
-                violations.append(f"different state roots at height {h}")
+                found.append(Violation(f"different state roots at height {h}", height=h))
         # Liveness: from the last fault's healing on, every honest node commits at least every
         # liveness_bound_s of simulated time (with the Byzantine validators still at work).
         end = self.loop.time()
         healed = self.last_fault_end
         for s in up:
             times = [healed, *(t for t in s.commits if t > healed), end]
-            gap = max(b - a for a, b in itertools.pairwise(times))
+            gap, since = max((b - a, a) for a, b in itertools.pairwise(times))
             if gap > self.s.liveness_bound_s:
-                violations.append(
-                    f"{s.name} went {gap:.1f} s without a commit after the last fault healed at {healed:.1f} s"
+                found.append(
+                    Violation(
+                        f"{s.name} went {gap:.1f} s without a commit after the last fault healed at {healed:.1f} s",
+                        node=s.name,
+                        since=since,
+                        until=since + gap,
+                    )
                 )
         gaps = [
             max((b - a for a, b in itertools.pairwise(s.commits) if a >= healed), default=0.0) for s in up
         ]
         self.max_gap = max(gaps, default=0.0)
-        return Outcome(
+        outcome = Outcome(
             seed=self.s.seed,
             heights=heights,
             simulated_seconds=self.loop.time(),
             acknowledged=len(self.acked),
-            violations=violations,
-            trace=self.trace[-200:],
+            violations=[v.text for v in found],
+            trace=[e.line() for e in self.events if not e.detail][-200:],
             modes={s.name: s.mode for s in self.slots.values() if s.mode},
             max_commit_gap_s=round(self.max_gap, 3),
+            peak_holdings={k: round(v, 4) for k, v in sorted(self.peak.items())},
         )
+        if self.s.trace:
+            outcome.full_trace = [e.line() for e in self.events]
+            if found:
+                outcome.focused_trace = focus(self.events, found[0])
+        return outcome
+
+
+def focus(events: list[Event], v: Violation) -> list[str]:
+    """The events that led to a violation: for a height (a fork, a lost or doubled transaction,
+    different state), every message and commit of that height and the faults while it was decided,
+    and the transaction's own story; for a node over a time span (a stall, a memory bound), what
+    that node sent, received and did from a second before the span to its end; for a stopped
+    node, its last events. Faults and restarts are always shown. The last FOCUSED_TRACE_LINES."""
+    if v.height is not None and v.node is None:
+        about = [e.at for e in events if e.height == v.height]
+        lo, hi = (min(about) - 1.0, max(about)) if about else (0.0, 0.0)
+        chosen = [
+            e for e in events
+            if e.height == v.height or (v.tx and e.tx == v.tx) or (not e.detail and lo <= e.at <= hi)
+        ]  # fmt: skip
+    elif v.node is not None:
+        lo = (v.since if v.since is not None else 0.0) - 1.0
+        hi = v.until if v.until is not None else float("inf")
+        chosen = [e for e in events if (v.node in e.nodes or not e.detail) and lo <= e.at <= hi]
+    else:
+        chosen = list(events)
+    lines = [e.line() for e in chosen]
+    if len(lines) > FOCUSED_TRACE_LINES:
+        omitted = len(lines) - FOCUSED_TRACE_LINES
+        lines = [f"({omitted} earlier events omitted)", *lines[-FOCUSED_TRACE_LINES:]]
+    return [f"violation: {v.text}", *lines]
 
 
 @contextlib.contextmanager

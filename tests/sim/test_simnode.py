@@ -43,8 +43,34 @@ def test_each_runtime_mutant_is_caught_within_its_budget(name: str) -> None:
     for seed in range(mutant.budget):
         outcome = run_seed(Settings(seed=seed, duration_s=60, mutant=name))
         if outcome.violations:
+            assert any(mutant.expect in v for v in outcome.violations), outcome.violations
             return
     pytest.fail(f"mutant {name} survived {mutant.budget} seeds")
+
+
+def test_a_failing_seed_replays_with_the_events_that_led_to_its_violation() -> None:
+    """The trace of a stall is what the stalled node sent, heard and did from just before its last
+    commit to the end: here the lying validator's claimed height, heard while nothing commits."""
+    plain = run_seed(Settings(seed=0, duration_s=40, mutant="sync-inline"))
+    traced = run_seed(Settings(seed=0, duration_s=40, mutant="sync-inline", trace=True))
+    assert plain.violations and traced.violations == plain.violations  # recording changes nothing
+    assert plain.focused_trace == [] and plain.full_trace == []
+    header, *lines = traced.focused_trace
+    assert header == f"violation: {plain.violations[0]}"
+    stalled = plain.violations[0].split()[0]
+    events = [line for line in lines if not line.startswith("(")]
+    assert 0 < len(events) <= 400
+    assert any("status committed 18446744073709551615" in line for line in events)  # the lie
+    # Every event is about the stalled node, or a fault or restart (shown whatever the focus).
+    assert all(stalled in line or "->" not in line for line in events), events[:5]
+    assert len(traced.full_trace) > len(events)
+
+
+def test_a_replaying_validator_costs_one_check_per_message_and_leaves_the_network_live() -> None:
+    outcome = run_seed(Settings(seed=1, duration_s=30, byzantine_mode="replay"))
+    assert outcome.violations == [] and min(outcome.heights.values()) > 20
+    assert outcome.peak_holdings["replayed-message filter"] > 0
+    assert all(share <= 1.0 for share in outcome.peak_holdings.values()), outcome.peak_holdings
 
 
 def _cli(*args: str) -> tuple[int, dict[str, object]]:
@@ -64,8 +90,11 @@ def test_the_command_prints_its_summary_and_fails_on_a_violation() -> None:
     for key in ("seeds", "heights_decided", "simulated_seconds", "wall_seconds", "violations"):
         assert key in out, key
     assert out["seeds"] == 2 and out["simulated_seconds"] == 40.0
-    code, out = _cli("--seeds", "1", "--duration", "60", "--mutant", "unchecked-sync", "--jobs", "1")
+    code, out = _cli(
+        "--seeds", "1", "--duration", "60", "--mutant", "unchecked-sync", "--jobs", "1", "--trace"
+    )
     assert code == 1 and out["violations"] and out["first_violation_seed"] == 0
+    assert out["trace_reproduced"] is True
 
 
 def test_a_hundred_seeds_on_four_validators_pass() -> None:
