@@ -95,6 +95,8 @@ class ByzantineBehaviour:
         self.mode = mode
         self._node: Node | None = None
         self._colluded: set[tuple[int, int, bytes | None, bytes]] = set()
+        self._replayed: set[bytes] = set()  # signatures of the messages replayed at _replayed_height
+        self._replayed_height = 0
         self._net: Transport | None = None
 
     @property
@@ -366,9 +368,18 @@ class ByzantineBehaviour:
         if self.mode != "replay" or msg.WhichOneof("msg") not in ("vote", "proposal"):
             return
         body = msg.vote if msg.WhichOneof("msg") == "vote" else msg.proposal
-        if body.height > self.node.height:
-            for _ in range(REPLAY_COPIES):
-                self.net.broadcast(msg)
+        if body.height <= self.node.height:
+            return
+        # Each message once: two replaying validators would otherwise replay each other's copies
+        # without end (and flood only themselves in the end, as TCP would).
+        key = body.signature
+        if key in self._replayed:
+            return
+        if body.height != self._replayed_height:
+            self._replayed_height, self._replayed = body.height, set()
+        self._replayed.add(key)
+        for _ in range(REPLAY_COPIES):
+            self.net.broadcast(msg)
 
     # --- garbage ------------------------------------------------------------------------------------
 

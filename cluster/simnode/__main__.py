@@ -17,9 +17,11 @@ exactly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,13 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay the first failing seed with every message recorded; print the events that led to "
         "its first violation to stderr",
     )  # fmt: skip
+    p.add_argument("--max-memory-gib", type=float, default=4.0, help="per seed process")
     p.add_argument("--trace-file", default=None, help="with --trace: write every event of that seed here")
     return p
 
 
+def _limit_memory(gib: float) -> None:
+    """One runaway seed must not take the machine (or the other seeds) down: past this, MemoryError
+    ends that seed, reported as its violation."""
+    limit = int(gib * (1 << 30))
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
 def _one(args: tuple[Settings]) -> tuple[Outcome, float]:
     started = time.perf_counter()
-    outcome = run_seed(args[0])
+    try:
+        outcome = run_seed(args[0])
+    except Exception as exc:  # MemoryError included: the simulation itself failed on this seed: report it
+        outcome = Outcome(
+            seed=args[0].seed,
+            heights={},
+            simulated_seconds=0.0,
+            acknowledged=0,
+            violations=[f"the simulation of this seed failed: {exc!r}"],
+        )
     return outcome, time.perf_counter() - started
 
 
@@ -79,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     started = time.perf_counter()
     if args.jobs > 1 and len(settings) > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        with ProcessPoolExecutor(
+            max_workers=args.jobs, initializer=_limit_memory, initargs=(args.max_memory_gib,)
+        ) as pool:
             results = list(pool.map(_one, [(s,) for s in settings]))
     else:
+        _limit_memory(args.max_memory_gib)
         results = [_one((s,)) for s in settings]
     wall = time.perf_counter() - started
     violations = [{"seed": o.seed, "description": v} for o, _ in results for v in o.violations]
