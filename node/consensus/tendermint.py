@@ -22,7 +22,7 @@ broken variants by subclassing; this class itself has no switches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from node.consensus.errors import InvalidEvent, InvalidRestoreState
@@ -86,10 +86,11 @@ class Tendermint:
     _valid_block: object | None
     _proposals: dict[Round, dict[BlockId, Proposal]]
     _blocks: dict[BlockId, object]
-    _valid_cache: dict[BlockId, bool]
+    _valid_cache: set[BlockId]
     _prevote_timeout_set: set[Round]
     _precommit_timeout_set: set[Round]
     _polka_seen: set[Round]
+    _polka_rounds: set[Round]
     _commit_rounds: set[Round]
     _evidence_seen: set[tuple[Address, Height, Round, VoteType, BlockId | None, BlockId | None]]
     _votes: HeightVotes
@@ -157,11 +158,12 @@ class Tendermint:
         self._valid_block = None
         self._proposals = {}
         self._blocks = {}
-        self._valid_cache = {}
+        self._valid_cache = set()
         self._votes = HeightVotes(self._validators)
         self._prevote_timeout_set = set()
         self._precommit_timeout_set = set()
         self._polka_seen = set()
+        self._polka_rounds = set()
         self._commit_rounds = set()
 
     # --- read-only view -----------------------------------------------------------------------------
@@ -213,20 +215,46 @@ class Tendermint:
 
     def relay_votes(self) -> list[Vote]:
         """Votes of this height that peers may lack, for a runtime to send again when the height
-        stalls (votes are signed by their validators, so any node may relay them): the prevotes for
-        validValue in validRound, which a re-proposal of it needs as its proof of lock, and the
-        votes of the current round. A validator that restarted has lost its own earlier votes, and
-        a peer that missed one prevote of a proof of lock would otherwise refuse the re-proposal
-        for ever while the locked validators refuse everything else."""
+        stalls (votes are signed by their validators, so any node may relay them):
+
+        - the prevotes for validValue in validRound, which a re-proposal of it needs as its proof of
+          lock: a peer that missed one would refuse the re-proposal for ever while the locked
+          validators refuse everything else;
+        - the votes of the current round;
+        - the precommits of the latest earlier round that holds 2f+1 of them, the quorum that moved
+          this node on (or decides the height). A peer still in that round may be waiting for just
+          one of them, from a validator that sent it to this node alone; with them it times out
+          into the next round or commits. This node's own votes of the round do not suffice: it may
+          have moved on by the precommit timeout without precommitting there.
+        """
         out: list[Vote] = []
+        seen: set[Vote] = set()
+
+        def add(votes: Iterable[Vote]) -> None:
+            for v in votes:
+                if v not in seen:
+                    seen.add(v)
+                    out.append(v)
+
         if self._valid_round != NO_ROUND and self._valid_id is not None:
             pol = self._votes.rounds.get((self._valid_round, VoteType.PREVOTE))
             if pol is not None:
-                out.extend(pol.votes_for(self._valid_id))
+                add(pol.votes_for(self._valid_id))
         for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             current = self._votes.rounds.get((self._round, vote_type))
             if current is not None:
-                out.extend(v for v in current.votes.values() if v not in out)
+                add(current.votes.values())
+        earlier = [
+            r
+            for (r, t), rv in self._votes.rounds.items()
+            if t is VoteType.PRECOMMIT and r < self._round and self._has_quorum(rv.total)
+        ]
+        if earlier:
+            rv = self._votes.precommits(max(earlier))
+            add(rv.votes.values())
+            for block_id, power in rv.power_by_block.items():
+                if block_id is not None and self._has_quorum(power):
+                    add(rv.votes_for(block_id))  # with an equivocator's second vote, if it counts
         return out
 
     @property
@@ -332,6 +360,7 @@ class Tendermint:
         """Rule 1: StartRound(round)."""
         self._round = round_
         self._step = Step.PROPOSE
+        self._learn_valid()
         proposer = self._validators.proposer(self._height, round_)
         if proposer.address == self.address:
             if self._valid_id is not None and self._valid_block is not None:
@@ -436,6 +465,13 @@ class Tendermint:
                 self._emit(Broadcast(evidence))
         if (
             tally is None
+            and vote.type is VoteType.PREVOTE
+            and vote.block_id is not None
+            and self._has_quorum(self._votes.prevotes(vote.round).power_for(vote.block_id))
+        ):
+            self._polka_rounds.add(vote.round)
+        if (
+            tally is None
             and vote.type is VoteType.PRECOMMIT
             and vote.block_id is not None
             and self._has_quorum(self._votes.precommits(vote.round).power_for(vote.block_id))
@@ -477,9 +513,6 @@ class Tendermint:
         if not self._has_quorum(power):
             self._drop(DropReason.BAD_CERTIFICATE, f"power {power} of {self._validators.total_power}")
             return
-        # Asked afresh: a verdict cached in a round may have depended on this node's clock (a block
-        # from its future), and 2f+1 validators have since signed the block.
-        self._valid_cache.pop(cert.block_id, None)
         if not self._is_valid(cert.block_id, block):
             self._drop(DropReason.BAD_CERTIFICATE, "block does not validate")
             return
@@ -495,6 +528,7 @@ class Tendermint:
                 return
             if self._try_round_skip():
                 continue
+            self._learn_valid()
             if self._try_current_round():
                 continue
             return
@@ -526,6 +560,26 @@ class Tendermint:
             return False
         self._start_round(best)
         return True
+
+    def _learn_valid(self) -> None:
+        """validValue from an earlier round: 2f+1 prevotes for v in a round above validRound, and v
+        known (from any round's proposal) and valid. Rule 5 learns it only in the round of the
+        prevotes, with that round's proposal; a validator that saw them later (relayed) or got the
+        block from a re-proposal would otherwise propose a fresh block that every validator locked
+        on v refuses, and the height waits for a locked proposer. Safe: a proposal of v with
+        polRound r is checked by its receivers against the prevotes themselves."""
+        best: tuple[Round, BlockId, object] | None = None
+        for r in self._polka_rounds:
+            if not self._valid_round < r < self._round or (best is not None and r <= best[0]):
+                continue
+            for block_id, power in self._votes.prevotes(r).power_by_block.items():
+                if block_id is None or not self._has_quorum(power):
+                    continue
+                block = self._blocks.get(block_id)
+                if block is not None and self._is_valid(block_id, block):
+                    best = (r, block_id, block)
+        if best is not None:
+            self._valid_round, self._valid_id, self._valid_block = best
 
     def _try_current_round(self) -> bool:
         """Rules 2-7 for the current round; True if one changed the step or round."""
@@ -648,10 +702,17 @@ class Tendermint:
     # --- helpers ------------------------------------------------------------------------------------
 
     def _is_valid(self, block_id: BlockId, block: object) -> bool:
-        known = self._valid_cache.get(block_id)
-        if known is None:
-            known = self._valid_cache[block_id] = self._app.validate_block(self._height, block_id, block)
-        return known
+        """valid(v), with only a "yes" remembered: a "no" may change. A block from this node's
+        future is refused until its clock reaches the block's time, and a refusal kept for the
+        height left a validator (node simulation, 4 validators, seed 100055) refusing for ever the
+        block its peers were locked on, and the height with it. The application remembers its own
+        final refusals, so asking again costs a lookup."""
+        if block_id in self._valid_cache:
+            return True
+        if not self._app.validate_block(self._height, block_id, block):
+            return False
+        self._valid_cache.add(block_id)
+        return True
 
     def _schedule(self, step: Step) -> None:
         delay = self._timeouts.for_step(step, self._round)
