@@ -149,6 +149,7 @@ class ConsensusDriver:
         self._later: list[PeerInput] = []
         self._later_bytes = 0
         self._own: list[peer_pb2.PeerMessage] = []
+        self._restored_votes: list[block_pb2.Vote] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._catching_up = False
         self.commit_listeners: list[Callable[[Committed], None]] = []
@@ -223,6 +224,7 @@ class ConsensusDriver:
         match event:
             case Start():
                 await self._execute(core.start())
+                await self._restore_own_votes()
                 await self._replay_wal()
             case PeerInput(event=inner, record=record):
                 height = _height_of(inner)
@@ -296,6 +298,8 @@ class ConsensusDriver:
                 locked_block = block_pb2.Block.FromString(stored.locked_block)
             if stored.valid_block:
                 valid_block = block_pb2.Block.FromString(stored.valid_block)
+            if stored.own_votes:
+                self._restored_votes = list(wal_pb2.OwnVotes.FromString(stored.own_votes).votes)
             if stored.proposal_block and restored.step == Step.PROPOSE and restored.block_id:
                 proposed = block_pb2.Block.FromString(stored.proposal_block)
                 if blocks.block_hash(proposed.header) == restored.block_id:
@@ -329,6 +333,31 @@ class ConsensusDriver:
             locked_block=locked_block,
             valid_block=valid_block,
         )
+
+    async def _restore_own_votes(self) -> None:
+        """After a restart: count this validator's earlier votes of the height again and send them
+        (the sign state kept them). A prevote signed just before a crash may never have left, and
+        the peers that lack it can be waiting for exactly it: the restored core re-sends only the
+        last signed message."""
+        core = self.core
+        assert core is not None
+        restored, self._restored_votes = self._restored_votes, []
+        own = list(self._own)
+        self._own.clear()
+        for pb in restored:
+            try:
+                vote = wire.vote_from_pb(pb)
+            except wire.WireError as exc:
+                raise InvariantBroken(
+                    f"the sign state holds an own vote that does not decode: {exc}"
+                ) from exc
+            if vote.height != core.height or vote.validator != core.address:
+                continue
+            pm = peer_pb2.PeerMessage(vote=pb)
+            self._own.append(pm)
+            self._send(pm)
+            await self._execute(core.step(VoteReceived(vote)))
+        self._own.extend(own)
 
     async def _replay_wal(self) -> None:
         """Feed the WAL of the height in progress back into the core (after a restart)."""
@@ -385,11 +414,13 @@ class ConsensusDriver:
         locked = self._executor.block(state.locked_block_id) if state.locked_block_id else None
         valid = self._executor.block(state.valid_block_id) if state.valid_block_id else None
         proposed = block if state.step == Step.PROPOSE and isinstance(block, block_pb2.Block) else None
+        votes = [pm.vote for pm in self._own if pm.HasField("vote")][-OWN_MESSAGES_KEPT:]
         self._sign_state.save(
             wire.sign_state_to_pb(state),
             locked.SerializeToString() if locked is not None else None,
             valid.SerializeToString() if valid is not None else None,
             proposed.SerializeToString() if proposed is not None else None,
+            wal_pb2.OwnVotes(votes=votes).SerializeToString() if votes else None,
         )
         if proposed is not None:
             crash_point("runtime:after-sign-proposal")

@@ -19,8 +19,13 @@ Slot layout (what follows the record is stale bytes of a longer earlier record, 
 
     MAGIC (8 bytes, b"CLSIGN\x00\x00\x02") | save number (8) | body length (4) | crc32 (4) | body
     crc32 covers save number, length and body (big-endian integers)
-    body = field(last_signed) field(locked_block) field(valid_block) field(proposal_block)
+    body = field(last_signed) field(locked_block) field(valid_block) field(proposal_block) field(own_votes)
     field = present (1 byte, 0 or 1) | length (4 bytes, big-endian) | bytes
+
+own_votes (a serialized wal.proto `OwnVotes`) holds the validator's other votes of the height it signs
+at: a restarted validator sends them again, because a peer may still need a prevote that left only
+as far as a crash (the last-signed record keeps just the latest signature). A slot of a version
+without it has four fields and loads with own_votes None.
 
 A node whose sign state was written by an earlier version has one file at `<path>` (MAGIC ending
 in \x01: crc32 of body | body, with three or four fields). It is loaded while no slot exists; the
@@ -67,6 +72,7 @@ class SignState:
     locked_block: bytes | None = None
     valid_block: bytes | None = None
     proposal_block: bytes | None = None  # the block of a signed proposal (step PROPOSE)
+    own_votes: bytes | None = None  # wal_pb2.OwnVotes: earlier own votes of the same height
 
 
 def position_of(state: wal_pb2.LastSigned) -> tuple[int, int, int]:
@@ -82,6 +88,7 @@ def _body(state: SignState) -> bytes:
             state.locked_block,
             state.valid_block,
             state.proposal_block,
+            state.own_votes,
         )
     )
 
@@ -110,7 +117,7 @@ def decode_sign_state(data: bytes, path: str) -> SignState:
     body = data[header_end:]
     if zlib.crc32(body) != stored:
         raise SignStateCorruptError(path, f"checksum mismatch (stored {stored:08x})", len(MAGIC))
-    return _decode_body(body, path, header_end, allow_three_fields=True)
+    return _decode_body(body, path, header_end, old_format=True)
 
 
 def decode_slot(data: bytes, path: str) -> tuple[int, SignState]:
@@ -126,15 +133,18 @@ def decode_slot(data: bytes, path: str) -> tuple[int, SignState]:
     body = data[header_end : header_end + length]
     if zlib.crc32(data[len(SLOT_MAGIC) : len(SLOT_MAGIC) + 12] + body) != stored:
         raise SignStateCorruptError(path, f"checksum mismatch (stored {stored:08x})", len(SLOT_MAGIC))
-    return number, _decode_body(body, path, header_end, allow_three_fields=False)
+    return number, _decode_body(body, path, header_end, old_format=False)
 
 
-def _decode_body(body: bytes, path: str, header_end: int, *, allow_three_fields: bool) -> SignState:
+def _decode_body(body: bytes, path: str, header_end: int, *, old_format: bool) -> SignState:
     parts: list[bytes | None] = []
     offset = 0
-    for name in ("last_signed", "locked_block", "valid_block", "proposal_block"):
-        if name == "proposal_block" and offset == len(body) and allow_three_fields:
-            parts.append(None)  # a file from before the proposal block was kept
+    for name in ("last_signed", "locked_block", "valid_block", "proposal_block", "own_votes"):
+        if offset == len(body) and (
+            (name == "proposal_block" and old_format)  # a file from before the proposal block was kept
+            or name == "own_votes"  # a slot from before own votes were kept
+        ):
+            parts += [None] * (5 - len(parts))
             break
         if offset + _FIELD.size > len(body):
             raise SignStateCorruptError(path, f"field {name} is missing", header_end + offset)
@@ -154,7 +164,7 @@ def _decode_body(body: bytes, path: str, header_end: int, *, allow_three_fields:
         last_signed.ParseFromString(raw_signed)
     except DecodeError as exc:
         raise SignStateCorruptError(path, f"last-signed record does not decode: {exc}", header_end) from exc
-    return SignState(last_signed, parts[1], parts[2], parts[3])
+    return SignState(last_signed, parts[1], parts[2], parts[3], parts[4])
 
 
 def _encode_field(value: bytes | None) -> bytes:
@@ -208,7 +218,7 @@ class SignStateFile:
             return None
         copy = wal_pb2.LastSigned()
         copy.CopyFrom(state.last_signed)
-        return SignState(copy, state.locked_block, state.valid_block, state.proposal_block)
+        return SignState(copy, state.locked_block, state.valid_block, state.proposal_block, state.own_votes)
 
     def save(
         self,
@@ -216,6 +226,7 @@ class SignStateFile:
         locked_block: bytes | None = None,
         valid_block: bytes | None = None,
         proposal_block: bytes | None = None,
+        own_votes: bytes | None = None,
     ) -> None:
         """Durably store state (one pwrite and fdatasync of the slot not holding the current
         state). Raises SignStateRegressionError, without writing, if state is below the stored
@@ -235,7 +246,7 @@ class SignStateFile:
                 )
         copy = wal_pb2.LastSigned()
         copy.CopyFrom(state)
-        new_state = SignState(copy, locked_block, valid_block, proposal_block)
+        new_state = SignState(copy, locked_block, valid_block, proposal_block, own_votes)
         number = self._number + 1
         record = encode_slot(new_state, number)
         slot = number % 2

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from clearline.v1 import block_pb2, peer_pb2
+from clearline.v1 import block_pb2, peer_pb2, wal_pb2
 from cluster.netgen import init_network
-from node import blocks
+from node import blocks, wire
 from node.clock import ManualClock
 from node.config import load_config
-from node.consensus import Step
+from node.consensus import Step, Vote, VoteReceived, VoteType
+from node.driver import PeerInput
 from node.errors import InvariantBroken
 from node.execution import Committed
 from node.runtime import Node
@@ -127,3 +128,30 @@ async def test_a_decided_block_whose_execution_differs_is_a_broken_invariant(tmp
         node.store.close()
         node.verify_pool.shutdown(wait=False)
         node.io_pool.shutdown(wait=True)
+
+
+async def test_a_restarted_validator_sends_its_earlier_votes_of_the_height_again(tmp_path: Path) -> None:
+    """Found by the node simulation (4 validators, seeds 230 and 482): a validator signed its prevote
+    and then its precommit and crashed before either left. Restarted, it re-sent only the last
+    signed message (the precommit), while its peers sat in the prevote step, each waiting for a
+    third prevote: that one. The sign state now keeps the earlier own votes of the height, and the
+    restarted driver counts and sends them again."""
+    net = init_network(tmp_path / "net", validators=4, tls=False)
+    home = Path(net.node(0).home)
+    async for node, outbox, _committed in run_driver(home, 1.5):  # past the propose timeout
+        assert node.driver is not None and node.chain is not None and isinstance(node.clock, ManualClock)
+        others = [v.address for v in node.chain.core_set(1) if v.address != node.signer.address]
+        for address in others[:2]:  # two nil prevotes: a prevote quorum, so it precommits
+            nil = Vote(VoteType.PREVOTE, 1, 0, None, address, b"s" * 64)
+            node.driver.put(PeerInput(VoteReceived(nil), wal_pb2.WalMessage(vote=wire.vote_to_pb(nil))))
+        await node.clock.advance(1.0, step=0.05)
+        signed = [signed_as(m) for m, _ in outbox.sent if m.WhichOneof("msg") == "vote"]
+        assert signed == [(1, 0, int(Step.PREVOTE)), (1, 0, int(Step.PRECOMMIT))]
+    async for node, outbox, _committed in run_driver(home, 0.1):  # restarted: nothing got out
+        assert node.driver is not None
+        resent = sorted(signed_as(m) for m, _ in outbox.sent if m.WhichOneof("msg") == "vote")
+        assert resent == [(1, 0, int(Step.PREVOTE)), (1, 0, int(Step.PRECOMMIT))]
+        kept = sorted(signed_as(m) for m in node.driver.own_messages())
+        assert kept == resent  # and sent again to a peer that connects or when the height stalls
+        assert node.driver.core is not None  # counted again, not only sent:
+        assert node.signer.address in node.driver.core._votes.prevotes(0).votes

@@ -150,7 +150,8 @@ def _with_body(body: bytes) -> bytes:
         (b"\x01\x00\x00\x00\x09ab", "field last_signed is malformed"),
         (b"\x01\x00\x00\x00\x02\xff\xff" + b"\x00\x00\x00\x00\x00" * 2, "does not decode"),
         (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 2 + b"x", "field proposal_block is missing"),
-        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 3 + b"x", "1 trailing bytes"),
+        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 3 + b"x", "field own_votes is missing"),
+        (b"\x01\x00\x00\x00\x00" + b"\x00\x00\x00\x00\x00" * 4 + b"x", "1 trailing bytes"),
     ],
 )
 def test_malformed_body_with_good_checksum_is_corrupt(tmp_path: Path, body: bytes, match: str) -> None:
@@ -174,6 +175,30 @@ def test_a_proposal_block_is_kept_and_files_without_one_still_load(tmp_path: Pat
     old = tmp_path / "old"
     old.write_bytes(_with_body(three_fields))
     assert SignStateFile.open(old).load_state() == SignState(signed(4, 0, PREVOTE), b"L", None, None)
+
+
+def test_own_votes_are_kept_and_slots_without_them_still_load(tmp_path: Path) -> None:
+    """The earlier own votes of the height survive a reopen (a restarted validator sends them
+    again); a slot written before they were kept (four fields) loads with none."""
+    path = tmp_path / "s"
+    f = SignStateFile.open(path)
+    prevote = block_pb2.Vote(type=block_pb2.VOTE_TYPE_PREVOTE, height=3, round=1, validator=b"v" * 20)
+    kept = wal_pb2.OwnVotes(votes=[prevote]).SerializeToString()
+    f.save(signed(3, 1, PRECOMMIT), own_votes=kept)
+    loaded = SignStateFile.open(path).load_state()
+    assert loaded is not None and loaded.own_votes == kept
+    assert list(wal_pb2.OwnVotes.FromString(loaded.own_votes).votes) == [prevote]
+    f.close()
+    raw = signed(4, 0, PREVOTE).SerializeToString(deterministic=True)
+    four_fields = b"\x01" + struct.pack(">I", len(raw)) + raw + b"\x01\x00\x00\x00\x01L" + b"\x00" * 10
+    head = struct.pack(">QI", 1, len(four_fields))
+    slot = slot_path(tmp_path / "old", 1)
+    slot.write_bytes(
+        b"CLSIGN\x00\x00\x02" + head + struct.pack(">I", zlib.crc32(head + four_fields)) + four_fields
+    )
+    assert SignStateFile.open(tmp_path / "old").load_state() == SignState(
+        signed(4, 0, PREVOTE), b"L", None, None, None
+    )
 
 
 def _slots(path: Path) -> list[bytes | None]:
