@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "byzantine": args.byzantine,
         "mutant": args.mutant,
         "duration_s": args.duration,
-        "heights_decided": sum(min(o.heights.values(), default=0) for o, _ in results),
+        "heights_decided": sum(
+            min((h for name, h in o.heights.items() if name not in o.modes), default=0) for o, _ in results
+        ),
         "acknowledged": sum(o.acknowledged for o, _ in results),
         "simulated_seconds": round(simulated, 1),
         "wall_seconds": round(wall, 1),
