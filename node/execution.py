@@ -34,6 +34,10 @@ from node.storage import BlockCommit, NodeStore, account_touches_of
 from node.storage.crash import crash_point
 from node.txs import TxRejected, VerifiedTx
 
+# Proposals of one height remembered as from this node's future (each round has one proposer, and an
+# equivocating one is cut off by the core's MAX_PROPOSALS_PER_ROUND; past this, they are checked in full).
+MAX_NOT_YET = 64
+
 log = logging.getLogger("clearline.execution")
 
 # Proposals executed per height at most (each costs an execution and holds a block and its result).
@@ -87,6 +91,10 @@ class BlockExecutor:
         self._blocks: dict[bytes, block_pb2.Block] = {}  # block id -> block of the current height
         # (round, block id, block) of a proposal signed before a restart: proposed again as it was.
         self._restored: tuple[int, bytes, block_pb2.Block] | None = None
+        # Proposals refused as from this node's future: block id -> header time. The core asks
+        # again (its "no" may change), and until the clock nears that time the answer is this
+        # lookup, not the signature and header checks again.
+        self._not_yet: dict[bytes, int] = {}
         self.pinned: Callable[[bytes], bool] = lambda _block_id: False  # the core's locked/valid block
 
     # --- the cache --------------------------------------------------------------------------------
@@ -128,6 +136,7 @@ class BlockExecutor:
         self._executed = {k: r for k, r in self._executed.items() if r is not None and r.height == height}
         self._blocks = {k: b for k, b in self._blocks.items() if b.header.height == height}
         self._restored = restored
+        self._not_yet.clear()
 
     # --- the core's Application -------------------------------------------------------------------
 
@@ -175,6 +184,11 @@ class BlockExecutor:
         """Normally a cache lookup: peers' proposals are checked before the core sees them."""
         if block_id in self._executed:
             return self._executed[block_id] is not None
+        not_before = self._not_yet.get(block_id)
+        if not_before is not None:
+            if not_before > now_ms(self._clock) + validation.MAX_CLOCK_DRIFT_MS:
+                return False
+            del self._not_yet[block_id]
         if not isinstance(block, block_pb2.Block):
             return False
         vtxs: list[VerifiedTx] = []
@@ -209,7 +223,9 @@ class BlockExecutor:
             log.warning(
                 "block %d (%s) is not valid yet: %s", block.header.height, block_id.hex()[:16], exc.reason
             )
-            raise  # not cached: the verdict depends on this node's clock
+            if len(self._not_yet) < MAX_NOT_YET:
+                self._not_yet[block_id] = block.header.time_ms
+            raise  # not a final verdict: it depends on this node's clock
         except InvalidBlock as exc:
             log.warning("block %d (%s) is invalid: %s", block.header.height, block_id.hex()[:16], exc.reason)
             self.remember(block_id, None, None)

@@ -148,6 +148,34 @@ def test_a_block_from_this_nodes_future_is_refused_for_now_and_neither_remembere
     assert node.executor.validate_block(1, block_id, block) is True
 
 
+def test_asking_again_about_a_block_from_the_future_is_a_lookup_until_the_clock_nears_it(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core asks again about a block it was refused (its "no" may change): until this node's
+    clock nears the block's time, the answer comes without the block's checks run again."""
+    clock = node.clock
+    assert isinstance(clock, ManualClock)
+    clock.step_wall(20)
+    block_id, block = node.executor.propose_block(1, 0)
+    assert isinstance(block, block_pb2.Block)
+    clock.step_wall(-20)
+    node.executor.new_height(2)
+    with pytest.raises(BlockFromTheFuture):
+        node.executor.check_proposed(block_id, block, [])
+    checked: list[int] = []
+    real = validation.check_block
+
+    def counting(*args: object, **kwargs: object) -> None:
+        checked.append(1)
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation, "check_block", counting)
+    assert [node.executor.validate_block(1, block_id, block) for _ in range(5)] == [False] * 5
+    assert checked == []
+    clock.step_wall(20)
+    assert node.executor.validate_block(1, block_id, block) is True and checked == [1]
+
+
 def _certificate(node: Node, block: block_pb2.Block, signers: int) -> block_pb2.CommitCertificate:
     block_id = blocks.block_hash(block.header)
     cert = block_pb2.CommitCertificate(height=block.header.height, round=0, block_id=block_id)
