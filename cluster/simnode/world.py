@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from clearline.v1 import ledger_api_pb2, tx_pb2
+from clearline.v1 import ledger_api_pb2, receipt_pb2, tx_pb2
 from cluster.client import builders
 from cluster.netgen import build_genesis
 from cluster.simnode.loop import SimClock, SimLoop
@@ -195,6 +195,7 @@ class World:
         funded["flooder"] = [("bank-a", "USD", FUNDS)]  # a real, KYC-approved client turned hostile
         genesis = build_genesis(self.chain_id, validator_keys, self.accounts, funded=funded)
         genesis.fault_testing = True
+        self.genesis = genesis
         self.genesis_text = json_format.MessageToJson(genesis)
         self.usd = builders.instrument(self.accounts["bank-a"].address, "USD")
         consensus = ConsensusConfig(timeout_commit_ms=50)
@@ -508,6 +509,57 @@ class World:
 
     # --- the properties ---------------------------------------------------------------------------
 
+    def _supply_problems(self, name: str, node: Node) -> list[Violation]:
+        def key(inst: tx_pb2.InstrumentId) -> tuple[bytes, str]:
+            return bytes(inst.issuer), inst.symbol
+
+        expected: dict[tuple[bytes, str], int] = {}
+        accounts: set[bytes] = set()
+        for acct in self.genesis.accounts:
+            accounts.add(crypto.address_of(acct.public_key))
+            for bal in acct.balances:
+                expected[key(bal.instrument)] = expected.get(key(bal.instrument), 0) + bal.amount
+        store = node.store
+        for h in range(1, store.latest_height() + 1):
+            for r in store.load_block_receipts(h):
+                if r.status != receipt_pb2.TX_STATUS_OK:
+                    continue
+                for ev in r.events:
+                    accounts.update(bytes(a) for a in ev.accounts)
+                    sign = {"mint": 1, "redeem": -1}.get(ev.kind, 0)
+                    if sign:
+                        k = key(ev.instrument)
+                        expected[k] = expected.get(k, 0) + sign * ev.amount
+        balances: dict[tuple[bytes, str], int] = {}
+        found: list[Violation] = []
+        for address in sorted(accounts):
+            account = node.ledger.get_account(address)
+            for bal in account.balances if account is not None else ():
+                balances[key(bal.instrument)] = balances.get(key(bal.instrument), 0) + bal.amount
+                if bal.amount < bal.frozen + bal.held:
+                    found.append(
+                        Violation(
+                            f"{name}: account {address.hex()[:12]} holds {bal.amount} {bal.instrument.symbol} "
+                            f"with {bal.frozen} frozen and {bal.held} held",
+                            node=name,
+                            height=node.height,
+                        )
+                    )
+        for inst in self.genesis.instruments:
+            k = key(inst.id)
+            record = node.ledger.get_instrument(inst.id)
+            supply = record.supply if record is not None else -1
+            if not supply == expected.get(k, 0) == balances.get(k, 0):
+                found.append(
+                    Violation(
+                        f"{name}: {inst.id.symbol} supply {supply}, genesis + minted - redeemed "
+                        f"{expected.get(k, 0)}, balances {balances.get(k, 0)}",
+                        node=name,
+                        height=node.height,
+                    )
+                )
+        return found
+
     def check(self) -> Outcome:
         found: list[Violation] = [self.memory_violations[n] for n in sorted(self.memory_violations)]
         honest = [s for s in self.slots.values() if s.honest]
@@ -549,7 +601,12 @@ class World:
                             )
                         )
                     seen[r.tx_hash] = h
-        # Supply conserved: clients only pay each other.
+        # Supply conserved per instrument: genesis balances + minted - redeemed = the instrument's
+        # supply = the sum of every balance (the accounts of genesis and of every committed receipt).
+        for s in up:
+            assert s.node is not None
+            found += self._supply_problems(s.name, s.node)
+        # Client money conserved: clients only pay each other.
         for s in up:
             assert s.node is not None
             total = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.simnode.mutants import MUTANTS
-from cluster.simnode.world import Settings, run_seed
+from cluster.simnode.world import Outcome, Settings, World, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +112,19 @@ def test_the_ci_sized_campaign_passes(validators: int, byzantine: int, seeds: in
     assert out["heights_decided"] > seeds * 10
     peaks = out["peak_holdings"]
     assert isinstance(peaks, dict) and peaks and all(share <= 1.0 for share in peaks.values()), peaks
+
+
+def test_the_supply_check_catches_money_that_does_not_add_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per instrument, genesis balances + minted - redeemed must equal the instrument's supply and the
+    sum of all balances on every honest node: a genesis balance the nodes never had is reported."""
+    real = World.check
+
+    def with_phantom_balance(self: World) -> Outcome:
+        usd = self.genesis.instruments[0].id
+        self.genesis.accounts[0].balances.add(instrument=usd, amount=5)
+        return real(self)
+
+    monkeypatch.setattr(World, "check", with_phantom_balance)
+    outcome = run_seed(Settings(validators=4, byzantine=0, seed=3, duration_s=5.0, faults=False))
+    supply = [v for v in outcome.violations if "supply" in v]
+    assert len(supply) == 4 and all("genesis + minted - redeemed" in v for v in supply), outcome.violations
