@@ -53,6 +53,8 @@ from node.errors import InvalidBlock, InvariantBroken, PeerFault
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.mempool import Mempool
+from node.resume import load as load_resume
+from node.resume import save as save_resume
 from node.storage import WAL, SignStateFile
 from node.storage.crash import crash_point
 from node.storage.wal import WalReplay
@@ -113,6 +115,17 @@ def _height_of(event: ProposalReceived | VoteReceived) -> int:
 def _size_of(event: PeerInput) -> int:
     """About how many bytes a held event keeps alive."""
     return event.record.ByteSize() + 256
+
+
+def timeouts_of(c: ConsensusConfig) -> TimeoutConfig:
+    return TimeoutConfig(
+        propose_ms=c.timeout_propose_ms,
+        propose_delta_ms=c.timeout_propose_delta_ms,
+        prevote_ms=c.timeout_prevote_ms,
+        prevote_delta_ms=c.timeout_prevote_delta_ms,
+        precommit_ms=c.timeout_precommit_ms,
+        precommit_delta_ms=c.timeout_precommit_delta_ms,
+    )
 
 
 class ConsensusDriver:
@@ -288,50 +301,21 @@ class ConsensusDriver:
     # --- the core ---------------------------------------------------------------------------------------
 
     def _new_core(self, height: int) -> Tendermint:
-        restored: SignState | None = None
-        locked_block = valid_block = None
-        restored_proposal = None
-        stored = self._sign_state.load_state()
-        if stored is not None and stored.last_signed.height == height:
-            restored = wire.sign_state_from_pb(stored.last_signed)
-            if stored.locked_block:
-                locked_block = block_pb2.Block.FromString(stored.locked_block)
-            if stored.valid_block:
-                valid_block = block_pb2.Block.FromString(stored.valid_block)
-            if stored.own_votes:
-                self._restored_votes = list(wal_pb2.OwnVotes.FromString(stored.own_votes).votes)
-            if stored.proposal_block and restored.step == Step.PROPOSE and restored.block_id:
-                proposed = block_pb2.Block.FromString(stored.proposal_block)
-                if blocks.block_hash(proposed.header) == restored.block_id:
-                    restored_proposal = (restored.round, restored.block_id, proposed)
-        elif stored is not None and stored.last_signed.height > height:
-            log.warning(
-                "sign state is at height %d, ahead of the chain (%d): block sync will catch up",
-                stored.last_signed.height,
-                height,
-            )
-        self._new_height(height, restored_proposal)
-        for b in (locked_block, valid_block):
+        resume = load_resume(self._sign_state, height)
+        self._restored_votes = list(resume.votes)
+        self._new_height(height, resume.proposal)
+        for b in (resume.locked_block, resume.valid_block):
             if b is not None:
                 self._executor.keep_block(b)
-        c = self._cfg
-        timeouts = TimeoutConfig(
-            propose_ms=c.timeout_propose_ms,
-            propose_delta_ms=c.timeout_propose_delta_ms,
-            prevote_ms=c.timeout_prevote_ms,
-            prevote_delta_ms=c.timeout_prevote_delta_ms,
-            precommit_ms=c.timeout_precommit_ms,
-            precommit_delta_ms=c.timeout_precommit_delta_ms,
-        )
         return Tendermint(
             validators=self._chain.core_set(height),
             signer=self._signer,
             app=self._app,
-            timeouts=timeouts,
+            timeouts=timeouts_of(self._cfg),
             height=height,
-            restored=restored,
-            locked_block=locked_block,
-            valid_block=valid_block,
+            restored=resume.state,
+            locked_block=resume.locked_block,
+            valid_block=resume.valid_block,
         )
 
     async def _restore_own_votes(self) -> None:
@@ -415,13 +399,7 @@ class ConsensusDriver:
         valid = self._executor.block(state.valid_block_id) if state.valid_block_id else None
         proposed = block if state.step == Step.PROPOSE and isinstance(block, block_pb2.Block) else None
         votes = [pm.vote for pm in self._own if pm.HasField("vote")][-OWN_MESSAGES_KEPT:]
-        self._sign_state.save(
-            wire.sign_state_to_pb(state),
-            locked.SerializeToString() if locked is not None else None,
-            valid.SerializeToString() if valid is not None else None,
-            proposed.SerializeToString() if proposed is not None else None,
-            wal_pb2.OwnVotes(votes=votes).SerializeToString() if votes else None,
-        )
+        save_resume(self._sign_state, state, locked=locked, valid=valid, proposed=proposed, votes=votes)
         if proposed is not None:
             crash_point("runtime:after-sign-proposal")
 
