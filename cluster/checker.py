@@ -198,18 +198,15 @@ def check(
     return report
 
 
-def _check_supply(
-    network: Network,
-    stub: ledger_api_pb2_grpc.LedgerStub,
-    receipts: list[receipt_pb2.Receipt],
-    report: Report,
-) -> None:
-    genesis = json_format.Parse((Path(network.home) / "genesis.json").read_text(), state_pb2.Genesis())
+def expected_supply(
+    genesis: state_pb2.Genesis, receipts: Iterable[receipt_pb2.Receipt]
+) -> tuple[Counter[tuple[bytes, str]], set[bytes]]:
+    """Per instrument, genesis balances + minted - redeemed; and every account that can hold a
+    balance (genesis accounts and those named by a committed event)."""
     expected: Counter[tuple[bytes, str]] = Counter()
     accounts: set[bytes] = set()
     for acct in genesis.accounts:
-        address = crypto.address_of(acct.public_key)
-        accounts.add(address)
+        accounts.add(crypto.address_of(acct.public_key))
         for bal in acct.balances:
             expected[_ik(bal.instrument)] += bal.amount
     for r in receipts:
@@ -221,30 +218,64 @@ def _check_supply(
                 expected[_ik(ev.instrument)] += ev.amount
             elif ev.kind == "redeem":
                 expected[_ik(ev.instrument)] -= ev.amount
+    return expected, accounts
+
+
+def count_balances(
+    address: bytes, balances: Iterable[state_pb2.Balance], totals: Counter[tuple[bytes, str]]
+) -> list[str]:
+    """Add one account's balances to totals; what is wrong with them (less than frozen + held)."""
+    problems: list[str] = []
+    for bal in balances:
+        totals[_ik(bal.instrument)] += bal.amount
+        if bal.amount < bal.frozen + bal.held:
+            problems.append(
+                f"account {address.hex()[:12]} has {bal.amount} {bal.instrument.symbol} but {bal.frozen} frozen "
+                f"and {bal.held} held"
+            )
+    return problems
+
+
+def supply_mismatch(
+    inst: tx_pb2.InstrumentId,
+    supply: int,
+    expected: Counter[tuple[bytes, str]],
+    balances: Counter[tuple[bytes, str]],
+) -> str | None:
+    """The instrument's supply, genesis + minted - redeemed and the sum of balances must agree."""
+    key = _ik(inst)
+    if supply == expected[key] == balances[key]:
+        return None
+    return (
+        f"{inst.symbol} of {inst.issuer.hex()[:8]}: supply {supply}, minted-redeemed {expected[key]}, "
+        f"sum of balances {balances[key]}"
+    )
+
+
+def _check_supply(
+    network: Network,
+    stub: ledger_api_pb2_grpc.LedgerStub,
+    receipts: list[receipt_pb2.Receipt],
+    report: Report,
+) -> None:
+    genesis = json_format.Parse((Path(network.home) / "genesis.json").read_text(), state_pb2.Genesis())
+    expected, accounts = expected_supply(genesis, receipts)
     balances: Counter[tuple[bytes, str]] = Counter()
+    problems: list[str] = []
     for account in sorted(accounts):
         try:
             resp = stub.GetAccount(ledger_api_pb2.GetAccountRequest(address=account), timeout=10)
         except grpc.RpcError:
             continue
-        for bal in resp.account.balances:
-            balances[_ik(bal.instrument)] += bal.amount
-            if bal.amount < bal.frozen + bal.held:
-                report.supply_ok = False
-                report.violations.append(
-                    f"account {account.hex()[:12]} has {bal.amount} {bal.instrument.symbol} but {bal.frozen} frozen "
-                    f"and {bal.held} held"
-                )
+        problems += count_balances(account, resp.account.balances, balances)
     for inst in genesis.instruments:
-        key = _ik(inst.id)
         resp = stub.GetInstrument(ledger_api_pb2.GetInstrumentRequest(instrument=inst.id), timeout=10)
-        supply = resp.instrument.supply
-        if not (supply == expected[key] == balances[key]):
-            report.supply_ok = False
-            report.violations.append(
-                f"{inst.id.symbol} of {inst.id.issuer.hex()[:8]}: supply {supply}, minted-redeemed {expected[key]}, "
-                f"sum of balances {balances[key]}"
-            )
+        problem = supply_mismatch(inst.id, resp.instrument.supply, expected, balances)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        report.supply_ok = False
+        report.violations += problems
 
 
 # --- liveness under at most f faulty validators -----------------------------------------------------

@@ -20,6 +20,7 @@ import logging
 import random
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from clearline.v1 import ledger_api_pb2, receipt_pb2, tx_pb2
+from clearline.v1 import ledger_api_pb2, tx_pb2
+from cluster.checker import count_balances, expected_supply, supply_mismatch
 from cluster.client import builders
 from cluster.netgen import build_genesis
 from cluster.simnode.loop import SimClock, SimLoop
@@ -510,55 +512,23 @@ class World:
     # --- the properties ---------------------------------------------------------------------------
 
     def _supply_problems(self, name: str, node: Node) -> list[Violation]:
-        def key(inst: tx_pb2.InstrumentId) -> tuple[bytes, str]:
-            return bytes(inst.issuer), inst.symbol
-
-        expected: dict[tuple[bytes, str], int] = {}
-        accounts: set[bytes] = set()
-        for acct in self.genesis.accounts:
-            accounts.add(crypto.address_of(acct.public_key))
-            for bal in acct.balances:
-                expected[key(bal.instrument)] = expected.get(key(bal.instrument), 0) + bal.amount
         store = node.store
-        for h in range(1, store.latest_height() + 1):
-            for r in store.load_block_receipts(h):
-                if r.status != receipt_pb2.TX_STATUS_OK:
-                    continue
-                for ev in r.events:
-                    accounts.update(bytes(a) for a in ev.accounts)
-                    sign = {"mint": 1, "redeem": -1}.get(ev.kind, 0)
-                    if sign:
-                        k = key(ev.instrument)
-                        expected[k] = expected.get(k, 0) + sign * ev.amount
-        balances: dict[tuple[bytes, str], int] = {}
-        found: list[Violation] = []
+        receipts = (r for h in range(1, store.latest_height() + 1) for r in store.load_block_receipts(h))
+        expected, accounts = expected_supply(self.genesis, receipts)
+        balances: Counter[tuple[bytes, str]] = Counter()
+        problems: list[str] = []
         for address in sorted(accounts):
             account = node.ledger.get_account(address)
-            for bal in account.balances if account is not None else ():
-                balances[key(bal.instrument)] = balances.get(key(bal.instrument), 0) + bal.amount
-                if bal.amount < bal.frozen + bal.held:
-                    found.append(
-                        Violation(
-                            f"{name}: account {address.hex()[:12]} holds {bal.amount} {bal.instrument.symbol} "
-                            f"with {bal.frozen} frozen and {bal.held} held",
-                            node=name,
-                            height=node.height,
-                        )
-                    )
+            if account is not None:
+                problems += count_balances(address, account.balances, balances)
         for inst in self.genesis.instruments:
-            k = key(inst.id)
             record = node.ledger.get_instrument(inst.id)
-            supply = record.supply if record is not None else -1
-            if not supply == expected.get(k, 0) == balances.get(k, 0):
-                found.append(
-                    Violation(
-                        f"{name}: {inst.id.symbol} supply {supply}, genesis + minted - redeemed "
-                        f"{expected.get(k, 0)}, balances {balances.get(k, 0)}",
-                        node=name,
-                        height=node.height,
-                    )
-                )
-        return found
+            problem = supply_mismatch(
+                inst.id, record.supply if record is not None else -1, expected, balances
+            )
+            if problem is not None:
+                problems.append(problem)
+        return [Violation(f"{name}: {p}", node=name, height=node.height) for p in problems]
 
     def check(self) -> Outcome:
         found: list[Violation] = [self.memory_violations[n] for n in sorted(self.memory_violations)]
