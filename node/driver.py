@@ -325,23 +325,24 @@ class ConsensusDriver:
         last signed message."""
         core = self.core
         assert core is not None
-        restored, self._restored_votes = self._restored_votes, []
-        own = list(self._own)
-        self._own.clear()
-        for pb in restored:
+        restored: list[Vote] = []
+        for pb in self._restored_votes:
             try:
                 vote = wire.vote_from_pb(pb)
             except wire.WireError as exc:
                 raise InvariantBroken(
                     f"the sign state holds an own vote that does not decode: {exc}"
                 ) from exc
-            if vote.height != core.height or vote.validator != core.address:
-                continue
-            pm = peer_pb2.PeerMessage(vote=pb)
-            self._own.append(pm)
+            if vote.height == core.height and vote.validator == core.address:
+                restored.append(vote)
+        self._restored_votes = []
+        # Ahead of the last signed message the core has just re-sent: these were signed before it.
+        pms = [peer_pb2.PeerMessage(vote=wire.vote_to_pb(v)) for v in restored]
+        self._own[:0] = pms
+        for pm in pms:
             self._send(pm)
+        for vote in restored:
             await self._execute(core.step(VoteReceived(vote)))
-        self._own.extend(own)
 
     async def _replay_wal(self) -> None:
         """Feed the WAL of the height in progress back into the core (after a restart)."""

@@ -34,10 +34,6 @@ from node.storage import BlockCommit, NodeStore, account_touches_of
 from node.storage.crash import crash_point
 from node.txs import TxRejected, VerifiedTx
 
-# Proposals of one height remembered as from this node's future (each round has one proposer, and an
-# equivocating one is cut off by the core's MAX_PROPOSALS_PER_ROUND; past this, they are checked in full).
-MAX_NOT_YET = 64
-
 log = logging.getLogger("clearline.execution")
 
 # Proposals executed per height at most (each costs an execution and holds a block and its result).
@@ -46,6 +42,10 @@ MAX_EXECUTED_PER_HEIGHT = 16
 # the io thread and back costs more than the write when the loop is busy (the io thread waits for
 # the GIL). A bigger block is written in the io thread while the loop goes on admitting transactions.
 INLINE_COMMIT_MAX_TXS = 256
+
+# Proposals of one height remembered as from this node's future (each round has one proposer, and an
+# equivocating one is cut off by the core's MAX_PROPOSALS_PER_ROUND; past this, they are checked in full).
+MAX_NOT_YET = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -463,20 +463,15 @@ class Tendermint:
                 evidence = DuplicateVoteEvidence(earlier, vote)
                 self._emit(RecordEvidence(evidence))
                 self._emit(Broadcast(evidence))
+        # Rounds where a value reached 2f+1: prevotes (a proof of lock, _learn_valid) or precommits
+        # (a decision, _try_decide).
         if (
             tally is None
-            and vote.type is VoteType.PREVOTE
             and vote.block_id is not None
-            and self._has_quorum(self._votes.prevotes(vote.round).power_for(vote.block_id))
+            and self._has_quorum(self._votes.get(vote.round, vote.type).power_for(vote.block_id))
         ):
-            self._polka_rounds.add(vote.round)
-        if (
-            tally is None
-            and vote.type is VoteType.PRECOMMIT
-            and vote.block_id is not None
-            and self._has_quorum(self._votes.precommits(vote.round).power_for(vote.block_id))
-        ):
-            self._commit_rounds.add(vote.round)
+            rounds = self._polka_rounds if vote.type is VoteType.PREVOTE else self._commit_rounds
+            rounds.add(vote.round)
         return tally is None
 
     def _on_timeout(self, height: Height, round_: Round, step: Step) -> None:
