@@ -92,6 +92,7 @@ VALID_ROLES: Final = frozenset(
         tx_pb2.ROLE_COMPLIANCE,
         tx_pb2.ROLE_AUDITOR,
         tx_pb2.ROLE_PARTICIPANT,
+        tx_pb2.ROLE_OBSERVER,
     )
 )
 VALID_KYC: Final = frozenset(
