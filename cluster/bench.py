@@ -150,7 +150,7 @@ async def run_load(
 ) -> dict[str, Any]:
     targets = [n.api_target for n in network.nodes]
     opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    channels = [grpc.aio.insecure_channel(t, options=opts) for t in targets]
+    channels = [network.aio_channel(t, options=opts) for t in targets]
     stubs = [ledger_api_pb2_grpc.LedgerStub(c) for c in channels]
     submitted_at: dict[bytes, float] = {}
     committed_at: dict[bytes, float] = {}
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             launcher.start_all()
             # A warm network: every node connected to every peer and committing. Right after launch a
             # peer may still be in its dial back-off (up to ~1.5 s), which is no steady state.
-            launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
+            launcher.wait_until(_warm(network, args.validators), timeout=90, what="connected and committing")
             pids = {n.name: launcher.pid(n.name) for n in network.nodes}
             if args.profile:
                 sampler = Sampler({k: p for k, p in pids.items() if p}, home / "profiles", args.duration)
@@ -342,9 +342,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _warm(validators: int) -> Callable[[Any], bool]:
+def _warm(network: Network, validators: int) -> Callable[[Any], bool]:
     def check(node: Any) -> bool:
-        st = node_status(node.api_target)
+        st = node_status(node.api_target, tls=network.client_tls())
         return st is not None and st.height >= 2 and st.peers >= validators - 1
 
     return check

@@ -151,10 +151,10 @@ def make_schedule(seed: int, duration: float, names: list[str], kinds: list[str]
 def wait_recovery(network: Network, bound_s: float) -> float | None:
     """Seconds until every node has committed two blocks past the highest height seen now."""
     start = time.monotonic()
-    heights = [node_height(n.api_target) for n in network.nodes]
+    heights = [node_height(n.api_target, tls=network.client_tls()) for n in network.nodes]
     goal = max((h for h in heights if h is not None), default=0) + 2
     while time.monotonic() - start < bound_s:
-        if all((node_height(n.api_target) or 0) >= goal for n in network.nodes):
+        if all((node_height(n.api_target, tls=network.client_tls()) or 0) >= goal for n in network.nodes):
             return round(time.monotonic() - start, 2)
         time.sleep(0.2)
     return None
@@ -316,7 +316,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             launcher.start_all()
             launcher.wait_until(
-                lambda n: (node_height(n.api_target) or 0) >= 1, timeout=90, what="committing"
+                lambda n: (node_height(n.api_target, tls=network.client_tls()) or 0) >= 1,
+                timeout=90,
+                what="committing",
             )
             sampler.start()
             log(f"chaos: seed {args.seed}, {len(schedule)} episodes over {args.duration:.0f}s, "

@@ -96,8 +96,9 @@ class Report:
         }
 
 
-def _stub(target: str) -> tuple[grpc.Channel, ledger_api_pb2_grpc.LedgerStub]:
-    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+def _stub(network: Network, target: str) -> tuple[grpc.Channel, ledger_api_pb2_grpc.LedgerStub]:
+    """A channel reading as the network's auditor, who may read every block and account."""
+    channel = network.channel(target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     return channel, ledger_api_pb2_grpc.LedgerStub(channel)
 
 
@@ -114,7 +115,7 @@ def check(
 ) -> Report:
     report = Report()
     names = honest or [n.name for n in network.nodes]
-    stubs = {name: _stub(network.node(name).api_target) for name in names}
+    stubs = {name: _stub(network, network.node(name).api_target) for name in names}
     try:
         heights = {}
         for name, (_, stub) in stubs.items():

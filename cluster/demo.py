@@ -169,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         launcher.start_all()
 
         def healthy(node: Any) -> bool:
-            with SyncClient.connect(node.api_target, timeout_s=1) as c:
+            with SyncClient.connect(node.api_target, timeout_s=1, **network.client_options(None)) as c:
                 return bool(c.status().height >= 1)
 
         launcher.wait_until(healthy, timeout=90, what="committing blocks",
                             progress=lambda line: print(f"    {line}"))  # fmt: skip
-        with SyncClient.connect(network.nodes[0].api_target, timeout_s=30) as client:
+        with SyncClient.connect(
+            network.nodes[0].api_target, timeout_s=30, **network.client_options()
+        ) as client:
             failures = Demo(network, client).run()
             if not stop.is_set():
                 stream_blocks(client, args.seconds, stop)

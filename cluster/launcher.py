@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from cluster.client.tls import TlsConfig as ClientTls
 from cluster.netgen import Network, NodeInfo
 
 
@@ -109,12 +110,20 @@ def refusal_reason(output: str) -> str:
     return lines[-1] if lines else "it printed nothing"
 
 
-def ledger_serving(target: str, timeout: float = 1.0) -> bool:
+def _channel(target: str, tls: ClientTls | None) -> grpc.Channel:
+    """An unauthenticated channel (health and GetStatus need no identity): TLS verified with the
+    network's CA, or plaintext for a network made without TLS (tls None)."""
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.credentials(), options=tls.channel_options())
+
+
+def ledger_serving(target: str, timeout: float = 1.0, *, tls: ClientTls | None) -> bool:
     """Whether the node at target reports its Ledger service SERVING (it does once it runs)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(target) as channel:
+        with _channel(target, tls) as channel:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=LEDGER_SERVICE), timeout=timeout
             )
@@ -201,7 +210,11 @@ class Launcher:
                 code = child.wait(timeout=5) if child is not None else None
                 output = self.output_since_start(node.name)
                 raise NodeRefusedError(node.name, code, refusal_reason(output), output)
-            if ledger_serving(node.api_target, timeout=min(1.0, max(0.1, deadline - time.monotonic()))):
+            if ledger_serving(
+                node.api_target,
+                timeout=min(1.0, max(0.1, deadline - time.monotonic())),
+                tls=self.network.client_tls(),
+            ):
                 return
             if time.monotonic() > deadline:
                 raise LaunchError(
@@ -340,10 +353,13 @@ class Launcher:
                 time.sleep(0.2)
 
 
-def node_status(target: str, timeout: float = 1.0) -> ledger_api_pb2.GetStatusResponse | None:
-    """GetStatus of the node whose client API is at target, or None if it does not answer."""
+def node_status(
+    target: str, timeout: float = 1.0, *, tls: ClientTls | None
+) -> ledger_api_pb2.GetStatusResponse | None:
+    """GetStatus of the node whose client API is at target, or None if it does not answer. tls:
+    the network's (Network.client_tls())."""
     try:
-        with grpc.insecure_channel(target) as channel:
+        with _channel(target, tls) as channel:
             stub = ledger_api_pb2_grpc.LedgerStub(channel)
             status: ledger_api_pb2.GetStatusResponse = stub.GetStatus(
                 ledger_api_pb2.GetStatusRequest(), timeout=timeout
@@ -353,7 +369,7 @@ def node_status(target: str, timeout: float = 1.0) -> ledger_api_pb2.GetStatusRe
         return None
 
 
-def node_height(target: str, timeout: float = 1.0) -> int | None:
+def node_height(target: str, timeout: float = 1.0, *, tls: ClientTls | None) -> int | None:
     """The last committed height of the node at target, or None if it does not answer."""
-    status = node_status(target, timeout)
+    status = node_status(target, timeout, tls=tls)
     return None if status is None else int(status.height)

@@ -2,8 +2,9 @@
 
     <home>/network.json            what was generated: chain id, nodes, ports, fault testing flag
     <home>/genesis.json            the genesis (protobuf JSON of clearline.v1.Genesis)
-    <home>/ca/ca.pem, ca.key       the network's certificate authority
-    <home>/accounts/<name>.json    keys of the genesis accounts (admin, compliance, banks, demo clients)
+    <home>/ca/ca.pem, ca.key       the network's certificate authority (clients verify nodes with ca.pem)
+    <home>/accounts/<name>.json    keys of the genesis accounts (admin, compliance, auditor, banks, demo
+                                   clients): the identities clients and tools read as
     <home>/nodes/<node>/           one home per validator: config.toml, genesis.json, keys/, tls/, data/
     <home>/faults/                 (fault-testing networks) the fault proxy's rules, status, pid and log
 
@@ -27,11 +28,16 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
+import grpc.aio
 from google.protobuf import json_format
 
 from clearline.v1 import state_pb2, tx_pb2
 from cluster import pki
+from cluster.client import channels
+from cluster.client.tls import TlsConfig as ClientTls
 from node import crypto
 from node.config import (
     ApiConfig,
@@ -99,6 +105,57 @@ class Network:
     faults: bool = False
     accounts: dict[str, str] = field(default_factory=dict)  # name -> key file
     proxies: tuple[ProxyLink, ...] = ()  # fault-proxy ports, one per ordered pair (faults=True only)
+    # The client API speaks TLS (a network made with tls=False serves plaintext, for development).
+    tls: bool = True
+
+    def client_tls(self) -> ClientTls | None:
+        """The TLS settings that verify this network's nodes (its CA), or None if it is plaintext."""
+        return ClientTls(ca_cert_path=Path(self.home) / "ca" / "ca.pem") if self.tls else None
+
+    def client_options(self, identity: str | SigningKey | None = "auditor") -> dict[str, Any]:
+        """Keyword arguments for Client.connect and SyncClient.connect to any node of this network:
+        its CA (or insecure for a plaintext network) and the identity, an account name of the
+        network (default its auditor, who reads everything), a key, or None (GetStatus only)."""
+        return {"tls": self.client_tls(), "insecure": not self.tls, "identity": self.identity(identity)}
+
+    def identity(self, identity: str | SigningKey | None) -> SigningKey | None:
+        """The key of an account name of this network (a key passes through)."""
+        if isinstance(identity, str):
+            return crypto.load_key_file(Path(self.accounts[identity]))
+        return identity
+
+    def channel(
+        self,
+        target: str,
+        identity: str | SigningKey | None = "auditor",
+        *,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> grpc.Channel:
+        """A blocking raw gRPC channel to a node's client API (target "host:port") whose calls are
+        made as identity (see client_options)."""
+        return channels.channel(
+            target,
+            tls=self.client_tls(),
+            identity=self.identity(identity),
+            chain_id=self.chain_id,
+            options=options,
+        )
+
+    def aio_channel(
+        self,
+        target: str,
+        identity: str | SigningKey | None = "auditor",
+        *,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> grpc.aio.Channel:
+        """The asyncio version of channel."""
+        return channels.aio_channel(
+            target,
+            tls=self.client_tls(),
+            identity=self.identity(identity),
+            chain_id=self.chain_id,
+            options=options,
+        )
 
     def proxy(self, src: str, dst: str) -> ProxyLink:
         """The proxy port of link src -> dst; KeyError if this network has none."""
@@ -122,6 +179,7 @@ class Network:
             "accounts": self.accounts,
             "nodes": [asdict(n) for n in self.nodes],
             "proxies": [asdict(p) for p in self.proxies],
+            "tls": self.tls,
         }
         (Path(self.home) / "network.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -140,6 +198,7 @@ class Network:
             faults=bool(doc.get("faults", False)),
             accounts=dict(doc.get("accounts", {})),
             proxies=tuple(ProxyLink(**p) for p in doc.get("proxies", [])),
+            tls=bool(doc.get("tls", True)),
         )
 
 
@@ -192,6 +251,7 @@ def build_genesis(
         "compliance": [tx_pb2.ROLE_COMPLIANCE],
         "bank-a": [tx_pb2.ROLE_ISSUER],
         "bank-b": [tx_pb2.ROLE_ISSUER],
+        "auditor": [tx_pb2.ROLE_AUDITOR],
     }
     for name, key in account_keys.items():
         acct = _genesis_account(key, name, roles.get(name, [tx_pb2.ROLE_PARTICIPANT]), kyc=name in roles)
@@ -279,7 +339,8 @@ def init_network(
     pki.write_private(root / "ca" / "ca.key", pki.private_key_pem(ca.key))
 
     account_keys = {
-        name: SigningKey.generate() for name in ("admin", "compliance", "bank-a", "bank-b", *demo_accounts)
+        name: SigningKey.generate()
+        for name in ("admin", "compliance", "auditor", "bank-a", "bank-b", *demo_accounts)
     }
     accounts: dict[str, str] = {}
     for name, key in account_keys.items():
@@ -348,7 +409,9 @@ def init_network(
             consensus=consensus,
         )
         if not tls:
-            cfg = dataclasses.replace(cfg, tls=TlsConfig(enabled=False))
+            cfg = dataclasses.replace(
+                cfg, tls=TlsConfig(enabled=False), api=dataclasses.replace(cfg.api, plaintext=True)
+            )
         (node_home / "config.toml").write_text(render_config(cfg))
         (node_home / "data").mkdir(exist_ok=True)
 
@@ -359,6 +422,7 @@ def init_network(
         faults=faults,
         accounts=accounts,
         proxies=proxies,
+        tls=tls,
     )
     network.save()
     return network

@@ -30,13 +30,13 @@ from node.config import ConsensusConfig
 
 def _kill_and_restart(launcher: Launcher, node: Any, target: int) -> dict[str, Any]:
     """kill -9 the node, start it, and time until it serves and until it commits a new block."""
-    at = node_height(node.api_target, 0.5) or 0
+    at = node_height(node.api_target, 0.5, tls=launcher.network.client_tls()) or 0
     launcher.kill(node.name)
     t0 = time.monotonic()
     launcher.start(node.name)
     serving = None
     while True:
-        seen = node_height(node.api_target, 0.5)
+        seen = node_height(node.api_target, 0.5, tls=launcher.network.client_tls())
         now = time.monotonic() - t0
         if seen is not None and serving is None:
             serving = now
@@ -47,7 +47,9 @@ def _kill_and_restart(launcher: Launcher, node: Any, target: int) -> dict[str, A
         time.sleep(0.01)
     # Let it run on a little before the next kill.
     deadline = time.monotonic() + 10
-    while (node_height(node.api_target, 0.5) or 0) < at + 20 and time.monotonic() < deadline:
+    while (
+        node_height(node.api_target, 0.5, tls=launcher.network.client_tls()) or 0
+    ) < at + 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     return {
         "target": target,
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             launcher.start_all()
             started = time.monotonic()
             for target in targets:
-                while (node_height(node.api_target, 0.5) or 0) < target:
+                while (node_height(node.api_target, 0.5, tls=launcher.network.client_tls()) or 0) < target:
                     time.sleep(0.5)
-                    h = node_height(node.api_target, 0.5) or 0
+                    h = node_height(node.api_target, 0.5, tls=launcher.network.client_tls()) or 0
                     rate = h / max(1e-6, time.monotonic() - started)
                     print(f"\rheight {h} ({rate:.0f} blocks/s) -> {target}", end="", file=sys.stderr)
                 print(file=sys.stderr)

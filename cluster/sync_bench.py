@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         launcher = Launcher(network)
         try:
             launcher.start_all()
-            launcher.wait_until(_warm(args.validators), timeout=90, what="connected and committing")
-            start_height = node_height(network.nodes[0].api_target) or 0
+            launcher.wait_until(_warm(network, args.validators), timeout=90, what="connected and committing")
+            start_height = node_height(network.nodes[0].api_target, tls=network.client_tls()) or 0
             live = asyncio.run(run_load(network, plan, rate, args.duration, False))
-            tip = node_height(network.nodes[0].api_target) or 0
+            tip = node_height(network.nodes[0].api_target, tls=network.client_tls()) or 0
             last = network.nodes[-1]
             launcher.stop(last.name)
             data = Path(last.home) / "data"
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             launcher.start(last.name)
             deadline = started + args.timeout
-            while (node_height(last.api_target) or 0) < tip:
+            while (node_height(last.api_target, tls=network.client_tls()) or 0) < tip:
                 if time.perf_counter() > deadline:
                     raise SystemExit(f"sync bench: {last.name} did not reach height {tip} in {args.timeout}s")
                 time.sleep(0.05)

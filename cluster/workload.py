@@ -115,7 +115,7 @@ class Workload:
     def _stub(self, node: str) -> ledger_api_pb2_grpc.LedgerStub:
         stub = self._stubs.get(node)
         if stub is None:
-            channel = grpc.aio.insecure_channel(self.network.node(node).api_target)
+            channel = self.network.aio_channel(self.network.node(node).api_target)
             self._channels.append(channel)
             stub = self._stubs[node] = ledger_api_pb2_grpc.LedgerStub(channel)
         return stub

@@ -25,6 +25,7 @@ Example (what `clearline init` writes):
 
     [api]
     listen = "127.0.0.1:26601"
+    plaintext = false
     max_message_bytes = 30433280
     max_request_bytes = 4194304
 
@@ -107,8 +108,6 @@ class TlsConfig:
     ca_cert: Path = Path("tls/ca.pem")
     cert: Path = Path("tls/node.pem")
     key: Path = Path("tls/node.key")
-    # The client API accepts plaintext (127.0.0.1 development) unless this is true.
-    api_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +141,15 @@ class ApiConfig:
     # streams count too, and are capped at max_streams of them.
     max_concurrent_rpcs: int = 256
     max_streams: int = 64
+    # Development only: serve the client API without TLS (a warning is logged at start). Otherwise
+    # the port speaks TLS with this node's certificate ([tls] cert and key, from the network CA).
+    plaintext: bool = False
+    # Per-identity limits (node/network/limits.py): requests a second with a burst, streams open at
+    # once; and failed authentications a second per host, each of which costs a signature check.
+    client_requests_per_s: float = 500.0
+    client_burst: int = 1000
+    client_max_streams: int = 8
+    auth_failures_per_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +342,8 @@ def _check(cfg: NodeConfig) -> None:
         "[api] max_batch_txs": cfg.api.max_batch_txs,
         "[api] max_concurrent_rpcs": cfg.api.max_concurrent_rpcs,
         "[api] max_streams": cfg.api.max_streams,
+        "[api] client_burst": cfg.api.client_burst,
+        "[api] client_max_streams": cfg.api.client_max_streams,
     }
     for setting, number in positive.items():
         if number <= 0:

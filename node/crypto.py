@@ -61,6 +61,7 @@ class Domain(enum.Enum):
     VOTE = b"vote"
     PROPOSAL = b"proposal"
     PEER_HELLO = b"peer-hello"
+    CLIENT_AUTH = b"client-auth"
 
 
 def sha256(data: bytes) -> Hash:

@@ -54,6 +54,7 @@ from node.gctune import PauseWatch
 from node.ledger import Ledger, parse_genesis
 from node.mempool import Mempool
 from node.network.api import ApiServer, NodeApi
+from node.network.limits import ClientLimits
 from node.network.peers import PeerHandler, PeerNetwork
 from node.router import PeerRouter, Transport
 from node.service import ClientService
@@ -425,6 +426,13 @@ class Node:
             max_request_bytes=cfg.api.max_request_bytes,
             max_concurrent_rpcs=cfg.api.max_concurrent_rpcs,
             max_batch=cfg.api.max_batch_txs,
+            limits=ClientLimits(
+                requests_per_s=cfg.api.client_requests_per_s,
+                burst=cfg.api.client_burst,
+                max_streams=cfg.api.client_max_streams,
+                auth_failures_per_s=cfg.api.auth_failures_per_s,
+            ),
+            tls=self._api_tls(),
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -440,6 +448,23 @@ class Node:
                 await self.api.set_serving(False)
             await self.api.stop(0.5)
             await self.network.stop()
+
+    def _api_tls(self) -> tuple[bytes, bytes] | None:
+        """The client API's (key, certificate) PEM: the node's own, from the network CA."""
+        cfg = self.cfg
+        if cfg.api.plaintext:
+            log.warning(
+                "[api] plaintext = true: the client API at %s serves WITHOUT TLS (development only)",
+                cfg.api.listen,
+            )
+            return None
+        try:
+            return cfg.path(cfg.tls.key).read_bytes(), cfg.path(cfg.tls.cert).read_bytes()
+        except OSError as exc:
+            raise CannotStart(
+                f"[tls] key/cert: cannot read the certificate the client API serves ({exc}); "
+                "set [api] plaintext = true only for development"
+            ) from None
 
     def peer_handler(self) -> PeerHandler:
         """What the peer network hands peers' messages to (the router, or the behaviour's wrapper)."""

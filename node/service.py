@@ -4,7 +4,9 @@ streams.
 
 It hears of commits through `on_commit` (a listener of the consensus driver): waiters get their
 receipts and streams wake up; the commit path never touches a client's future itself. Reads come
-from the committed ledger and the block store, never from a block in progress.
+from the committed ledger and the block store, never from a block in progress, and each is checked
+against node/access.py's rules for the caller's identity (node/auth.py) before anything is read
+out: a denied read and a read of something that does not exist answer alike.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from clearline.v1 import ledger_api_pb2, receipt_pb2
-from node import blocks, crypto
+from clearline.v1 import ledger_api_pb2, receipt_pb2, tx_pb2
+from node import access, blocks, crypto
+from node.access import AccountView
+from node.auth import Identity
 from node.chain import Chain
 from node.clock import Clock, now_ms
 from node.config import ApiConfig
@@ -61,6 +65,29 @@ class ClientService:
         self._waiters: dict[bytes, list[Waiter]] = {}
         self._streams: set[asyncio.Queue[int]] = set()
         self.started = False
+
+    # --- identities -------------------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> str:
+        return self._chain.chain_id
+
+    def now_ms(self) -> int:
+        return now_ms(self._clock)
+
+    def identity_of(self, public_key: bytes) -> Identity | None:
+        """Who holds public_key: this node, a validator of the next height's set or an admitted
+        observer (node identities), or an open account whose current key it is."""
+        address = crypto.address_of(public_key)
+        if address == self._address:
+            return Identity(address, public_key, frozenset(), node=True)
+        chain = self._chain
+        if any(v.public_key == public_key for v in chain.validator_set(chain.height + 1).validators):
+            return Identity(address, public_key, frozenset(), node=True)
+        account = self._ledger.get_account_record(address)
+        if account is None or account.closed or account.public_key != public_key:
+            return None
+        return Identity(address, public_key, account.roles, node=tx_pb2.ROLE_OBSERVER in account.roles)
 
     # --- commits ----------------------------------------------------------------------------------
 
@@ -166,28 +193,36 @@ class ClientService:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def get_tx(self, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse:
+    def get_tx(self, who: Identity, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse:
         loc = self._store.tx_location(tx_hash)
         if loc is not None:
+            raw = self._store.load_tx(tx_hash) or b""
+            receipt = self._store.load_receipt(tx_hash)
+            if not access.tx_visible(who, access.tx_signers(raw), receipt):
+                raise access.denied("transaction")
             return ledger_api_pb2.GetTxResponse(
-                state=ledger_api_pb2.TX_STATE_COMMITTED,
-                receipt=self._store.load_receipt(tx_hash),
-                height=loc[0],
-                index=loc[1],
-                tx=self._store.load_tx(tx_hash) or b"",
+                state=ledger_api_pb2.TX_STATE_COMMITTED, receipt=receipt, height=loc[0], index=loc[1], tx=raw
             )
         pending = self.mempool.get(tx_hash)
-        if pending is not None:
+        if pending is not None and access.tx_visible(who, pending.signers, None):
             return ledger_api_pb2.GetTxResponse(state=ledger_api_pb2.TX_STATE_PENDING, tx=pending.raw)
+        if not access.sees_everything(who):
+            raise access.denied("transaction")
         raise ApiError(
             "NOT_FOUND", "UNKNOWN_TX", f"transaction {tx_hash.hex()} is neither committed nor pending here"
         )
 
-    def get_account(self, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
+    def get_account(self, who: Identity, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
         chain = self._chain
         account = self._ledger.get_account(address)
+        view = access.account_view(who, account)
+        if view is AccountView.NONE or (prove and view is not AccountView.WHOLE):
+            raise access.denied("account")
         resp = ledger_api_pb2.GetAccountResponse(exists=account is not None, height=chain.height)
-        if account is not None:
+        if account is not None and view is AccountView.ISSUER_PART:
+            resp.account.CopyFrom(access.issuer_part(account, who.address))
+            resp.holds.extend(h for h in self._ledger.list_holds(address) if access.hold_visible(who, h))
+        elif account is not None:
             resp.account.CopyFrom(account)
             resp.holds.extend(self._ledger.list_holds(address))
         elif not prove:
@@ -202,9 +237,13 @@ class ClientService:
         return resp
 
     def get_instrument(
-        self, req: ledger_api_pb2.GetInstrumentRequest
+        self, who: Identity, req: ledger_api_pb2.GetInstrumentRequest
     ) -> ledger_api_pb2.GetInstrumentResponse:
         inst = self._ledger.get_instrument(req.instrument)
+        if not access.sees_everything(who) and (
+            inst is None or not access.instrument_visible(who, inst, self._ledger.get_account(who.address))
+        ):
+            raise access.denied("instrument")
         if inst is None:
             raise ApiError(
                 "NOT_FOUND",
@@ -213,13 +252,16 @@ class ClientService:
             )
         return ledger_api_pb2.GetInstrumentResponse(exists=True, instrument=inst, height=self._chain.height)
 
-    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
+    def get_hold(self, who: Identity, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
         hold = self._ledger.get_hold(hold_id)
+        if not access.sees_everything(who) and (hold is None or not access.hold_visible(who, hold)):
+            raise access.denied("hold")
         if hold is None:
             raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {quote(hold_id)}")
         return ledger_api_pb2.GetHoldResponse(exists=True, hold=hold, height=self._chain.height)
 
-    def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse:
+    def get_validators(self, who: Identity, height: int) -> ledger_api_pb2.GetValidatorsResponse:
+        """Open to every identity: the validator set is what verifies proofs and certificates."""
         h = height or self._chain.height + 1
         vs = self._store.load_validator_set(h)
         if vs is None:
@@ -237,7 +279,11 @@ class ClientService:
             receipts=self._store.load_block_receipts(height),
         )
 
-    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse:
+    def get_block(
+        self, who: Identity, req: ledger_api_pb2.GetBlockRequest
+    ) -> ledger_api_pb2.GetBlockResponse:
+        if not access.blocks_visible(who):
+            raise access.denied("block")
         if req.WhichOneof("by") == "hash":
             found = self._store.height_of_hash(req.hash)
             if found is None:
@@ -274,7 +320,15 @@ class ClientService:
 
     # --- streams ----------------------------------------------------------------------------------
 
-    async def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+    async def stream_blocks(
+        self, who: Identity, from_height: int
+    ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        if not access.blocks_visible(who):
+            raise access.denied("block stream")
+        async for block in self._blocks_from(from_height):
+            yield block
+
+    async def _blocks_from(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
         if len(self._streams) >= self._cfg.max_streams:
             raise ApiError(
                 "RESOURCE_EXHAUSTED",
@@ -297,16 +351,21 @@ class ClientService:
             self._streams.discard(q)
 
     async def subscribe_events(
-        self, req: ledger_api_pb2.SubscribeEventsRequest
+        self, who: Identity, req: ledger_api_pb2.SubscribeEventsRequest
     ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]:
+        """The events of committed blocks the caller may see (node/access.py), narrowed by the
+        request's filters (a filter on another account yields only its events that the caller may
+        see anyway)."""
         has_instrument = req.HasField("instrument") and bool(req.instrument.symbol)
-        async for block in self.stream_blocks(req.from_height):
+        async for block in self._blocks_from(req.from_height):
             height = block.block.header.height
             for index, receipt in enumerate(block.receipts):
                 for event in receipt.events:
                     if req.account and req.account not in event.accounts:
                         continue
                     if has_instrument and event.instrument != req.instrument:
+                        continue
+                    if not access.event_visible(who, event):
                         continue
                     yield ledger_api_pb2.EventEnvelope(
                         height=height, tx_hash=receipt.tx_hash, tx_index=index, event=event

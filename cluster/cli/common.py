@@ -18,6 +18,8 @@ from clearline.v1 import tx_pb2
 from cluster.netgen import Network
 
 DEFAULT_HOME = os.environ.get("CLEARLINE_HOME", "net")
+# The identity a command reads as when --as is not given.
+AS_ENV = "CLEARLINE_AS"
 
 
 class CliError(Exception):
@@ -45,6 +47,21 @@ def client_opts(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--node", default=None, help="node name or index to talk to (default node0)")
     sp.add_argument("--target", default=None, help="host:port of a node's client API (instead of --node)")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sp.add_argument(
+        "--as",
+        dest="as_",
+        metavar="NAME",
+        default=os.environ.get(AS_ENV) or None,
+        help=f"the account (name of the network or key file) to call as (default ${AS_ENV})",
+    )
+    sp.add_argument(
+        "--ca", default=None, help="CA certificate that verifies the node (default <home>/ca/ca.pem)"
+    )
+    sp.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, for a node configured with [api] plaintext (development)",
+    )
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -162,10 +179,39 @@ def target(args: argparse.Namespace) -> str:
     return net.node(args.node if args.node is not None else 0).api_target
 
 
-def client(args: argparse.Namespace) -> Any:
-    from cluster.client import ClientError, SyncClient
+def identity(args: argparse.Namespace, default: str | None = None) -> Any:
+    """The key the command calls as: --as, else $CLEARLINE_AS, else default (e.g. a transaction's
+    signer); None if none is given (then only status answers)."""
+    name = getattr(args, "as_", None) or default
+    return load_key(args, name) if name else None
+
+
+def client_tls(args: argparse.Namespace) -> Any:
+    """How the node is verified: --ca, or the network's CA; None with --insecure."""
+    from cluster.client import TlsConfig
+
+    if getattr(args, "insecure", False):
+        return None
+    if getattr(args, "ca", None):
+        return TlsConfig(ca_cert_path=args.ca)
+    net = network(args)
+    return net.client_tls() if net.tls else None
+
+
+def client(args: argparse.Namespace, default_identity: str | None = None) -> Any:
+    """A connection to the node the options name, made as identity(args, default_identity)."""
+    from cluster.client import ClientError, SyncClient, TlsConfigError
 
     try:
-        return SyncClient.connect(target(args), timeout_s=args.timeout)
+        tls = client_tls(args)
+        return SyncClient.connect(
+            target(args),
+            timeout_s=args.timeout,
+            tls=tls,
+            insecure=tls is None,
+            identity=identity(args, default_identity),
+        )
+    except TlsConfigError as exc:
+        raise CliError("BAD_TLS", str(exc), 2) from None
     except ClientError as exc:
         raise CliError(exc.reason, f"cannot reach {target(args)}: {exc.message}") from None

@@ -60,11 +60,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _healthy(node: Any) -> bool:
+def _healthy(network: Any) -> Any:
     from cluster.client import SyncClient
 
-    with SyncClient.connect(node.api_target, timeout_s=1.0) as client:
-        return bool(client.status().height >= 1)
+    def healthy(node: Any) -> bool:
+        with SyncClient.connect(node.api_target, timeout_s=1.0, **network.client_options(None)) as client:
+            return bool(client.status().height >= 1)
+
+    return healthy
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -78,7 +81,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         for node in runner.network.nodes:
             runner.wait_serving(node.name, timeout=args.wait)
-        runner.wait_until(_healthy, timeout=args.wait, what="committing blocks", progress=progress)
+        runner.wait_until(
+            _healthy(runner.network), timeout=args.wait, what="committing blocks", progress=progress
+        )
     except LaunchError as exc:
         raise CliError("NODE_UNHEALTHY", str(exc)) from None
     return cmd_status(args)
@@ -113,7 +118,8 @@ def _node_status(node: Any, runner: Any) -> dict[str, Any]:
     }
     if proc.alive and not proc.paused:
         try:
-            with SyncClient.connect(node.api_target, timeout_s=1.5) as client:
+            options = runner.network.client_options(None)
+            with SyncClient.connect(node.api_target, timeout_s=1.5, **options) as client:
                 st = client.status()
             row.update(
                 height=st.height,

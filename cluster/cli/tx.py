@@ -399,6 +399,8 @@ def build_op(args: argparse.Namespace) -> tuple[b.Op, list[Any]]:
 def cmd_tx(args: argparse.Namespace) -> int:
     from cluster.client import ClientError, WaitFor
 
+    if not args.as_:
+        raise CliError("NO_SIGNER", f"--as NAME (or ${common.AS_ENV}) names the signing key", 2)
     key = common.load_key(args, args.as_)
     op, cosigners = build_op(args)
     wait = WaitFor.NONE if args.no_wait else WaitFor.COMMITTED
@@ -437,7 +439,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for spec in TX_OPS:
         sp = tx.add_parser(spec.name, help=spec.help)
         client_opts(sp)
-        sp.add_argument("--as", dest="as_", required=True, help="signing key: account name or key file")
         sp.add_argument("--ref", default=None, help="client reference (idempotency key)")
         sp.add_argument("--no-wait", action="store_true", help="return once accepted, not committed")
         for arg in spec.args:

@@ -1,9 +1,15 @@
 """The asynchronous Clearline client (grpc.aio): submit, wait, query, follow, verify.
 
-    async with await Client.connect("127.0.0.1:7100") as client:
-        result = await client.send(key, transfer(usd, bob, 100))      # nonce, build, sign, submit
+    tls = TlsConfig(ca_cert_path="net/ca/ca.pem")                     # the network's CA
+    async with await Client.connect("127.0.0.1:7100", tls=tls, identity=alice) as client:
+        result = await client.send(alice, transfer(usd, bob, 100))    # nonce, build, sign, submit
         result.raise_for_status()
-        verified = await client.get_account_verified(bob, trusted_validators)
+        verified = await client.get_account_verified(alice.address, trusted_validators)
+
+Every call but status() names its caller with a fresh `clearline-auth` token signed by the
+client's identity (an account's key, or a node's; node/auth.py), and the node answers only what
+that identity may read (node/access.py). `send` signs its calls as the key it sends with. A node
+serves TLS by default; plaintext needs insecure=True and a node configured for development.
 
 Every unary call has a deadline (the client's timeout_s unless the call passes its own); streams run
 until closed unless given one. gRPC errors are mapped at this edge to ClientError(code, reason,
@@ -13,6 +19,7 @@ message), the reason read from the trailing metadata key "clearline-reason".
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -27,7 +34,7 @@ from cluster.client.errors import BadResponseError, ClientError, from_rpc_error
 from cluster.client.proofs import latest_agreeing, verify_account_proof
 from cluster.client.tls import TlsConfig
 from cluster.client.values import SubmitResult, VerifiedAccount, WaitFor
-from node import txs
+from node import auth, txs
 from node.crypto import Hash, SigningKey
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -42,8 +49,16 @@ _R = TypeVar("_R")
 class Client:
     """A connection to one node's client API. Create with `await Client.connect(...)`."""
 
-    def __init__(self, channel: grpc.aio.Channel, target: str, chain_id: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        target: str,
+        chain_id: str,
+        timeout_s: float,
+        identity: SigningKey | None = None,
+    ) -> None:
         self._channel = channel
+        self._identity = identity
         self._stub = ledger_api_pb2_grpc.LedgerStub(channel)
         self._target = target
         self._chain_id = chain_id
@@ -59,11 +74,17 @@ class Client:
         *,
         chain_id: str | None = None,
         tls: TlsConfig | None = None,
+        insecure: bool = False,
+        identity: SigningKey | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> Client:
-        """Open a channel to target ("host:port"); without chain_id, ask the node (GetStatus).
+        """Open a channel to target ("host:port"): TLS verified with tls's CA, or plaintext only
+        with insecure=True (a node configured with [api] plaintext, for development). identity is
+        the key the calls are made as. Without chain_id, ask the node (GetStatus).
         max_message_bytes bounds what the client sends and receives in one message."""
+        if tls is None and not insecure:
+            raise ValueError("give tls=TlsConfig(ca_cert_path=...) (the network CA), or insecure=True")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if max_message_bytes <= 0:
@@ -78,7 +99,7 @@ class Client:
             channel = grpc.aio.secure_channel(
                 target, tls.credentials(), options=options + tls.channel_options()
             )
-        client = cls(channel, target, chain_id or "", timeout_s)
+        client = cls(channel, target, chain_id or "", timeout_s, identity)
         if chain_id is None:
             try:
                 client._chain_id = (await client.status()).chain_id
@@ -94,6 +115,10 @@ class Client:
     @property
     def chain_id(self) -> str:
         return self._chain_id
+
+    @property
+    def identity(self) -> SigningKey | None:
+        return self._identity
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled. Idempotent."""
@@ -111,26 +136,38 @@ class Client:
 
     # --- plumbing -----------------------------------------------------------------------------
 
+    def _metadata(self, rpc: str, as_: SigningKey | None) -> tuple[tuple[str, str], ...] | None:
+        """A fresh token for one call of rpc, signed by as_ or the client's identity (none: the call
+        goes without, and the node refuses all but GetStatus)."""
+        key = as_ or self._identity
+        if key is None:
+            return None
+        method = f"/clearline.v1.Ledger/{rpc}"
+        return ((auth.METADATA_KEY, auth.make_token(key, self._chain_id, method, int(time.time() * 1000))),)
+
     async def _call(
-        self, method: Callable[..., Awaitable[_R]], request: object, timeout_s: float | None = None
-    ) -> _R:
+        self, rpc: str, request: object, timeout_s: float | None = None, as_: SigningKey | None = None
+    ) -> Any:
         if self._closed:
             raise ClientError(
                 grpc.StatusCode.CANCELLED, "CLIENT_CLOSED", "the client is closed", target=self._target
             )
+        method: Callable[..., Awaitable[Any]] = getattr(self._stub, rpc)
         try:
-            return await method(request, timeout=timeout_s if timeout_s is not None else self._timeout_s)
+            return await method(
+                request,
+                timeout=timeout_s if timeout_s is not None else self._timeout_s,
+                metadata=self._metadata(rpc, as_),
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, self._target) from exc
 
-    async def _stream(
-        self, method: Callable[..., Any], request: object, timeout_s: float | None
-    ) -> AsyncIterator[Any]:
+    async def _stream(self, rpc: str, request: object, timeout_s: float | None) -> AsyncIterator[Any]:
         if self._closed:
             raise ClientError(
                 grpc.StatusCode.CANCELLED, "CLIENT_CLOSED", "the client is closed", target=self._target
             )
-        call = method(request, timeout=timeout_s)
+        call = getattr(self._stub, rpc)(request, timeout=timeout_s, metadata=self._metadata(rpc, None))
         try:
             async for item in call:
                 yield item
@@ -142,17 +179,22 @@ class Client:
     # --- transactions -------------------------------------------------------------------------
 
     async def submit(
-        self, raw_tx: bytes, wait: WaitFor = WaitFor.COMMITTED, timeout_s: float | None = None
+        self,
+        raw_tx: bytes,
+        wait: WaitFor = WaitFor.COMMITTED,
+        timeout_s: float | None = None,
+        as_: SigningKey | None = None,
     ) -> SubmitResult:
-        """Submit one serialized SignedTx and wait as asked; a rejection raises ClientError."""
+        """Submit one serialized SignedTx and wait as asked; a rejection raises ClientError. as_:
+        the identity of this call (default: the client's)."""
         request = ledger_api_pb2.SubmitTxRequest(tx=raw_tx, wait=wait.value)
-        resp: ledger_api_pb2.SubmitTxResponse = await self._call(self._stub.SubmitTx, request, timeout_s)
+        resp: ledger_api_pb2.SubmitTxResponse = await self._call("SubmitTx", request, timeout_s, as_)
         return self._result(raw_tx, resp)
 
     async def check(self, raw_tx: bytes, timeout_s: float | None = None) -> SubmitResult:
         """Dry-run one transaction against the node's current state (CheckTx); nothing is kept."""
         request = ledger_api_pb2.SubmitTxRequest(tx=raw_tx, wait=ledger_api_pb2.WAIT_FOR_CHECKED)
-        resp: ledger_api_pb2.SubmitTxResponse = await self._call(self._stub.CheckTx, request, timeout_s)
+        resp: ledger_api_pb2.SubmitTxResponse = await self._call("CheckTx", request, timeout_s)
         return self._result(raw_tx, resp)
 
     def _result(self, raw_tx: bytes, resp: ledger_api_pb2.SubmitTxResponse) -> SubmitResult:
@@ -181,7 +223,7 @@ class Client:
     ) -> list[SubmitResult]:
         """Submit a batch in one call; one result per transaction, in order (rejections included)."""
         request = ledger_api_pb2.SubmitTxsRequest(txs=list(raws), wait=wait.value)
-        resp: ledger_api_pb2.SubmitTxsResponse = await self._call(self._stub.SubmitTxs, request, timeout_s)
+        resp: ledger_api_pb2.SubmitTxsResponse = await self._call("SubmitTxs", request, timeout_s)
         if len(resp.results) != len(raws):
             raise BadResponseError(
                 f"{len(resp.results)} results for {len(raws)} transactions", target=self._target
@@ -214,9 +256,11 @@ class Client:
             )
         return out
 
-    async def next_nonce(self, address: bytes, timeout_s: float | None = None) -> int:
+    async def next_nonce(
+        self, address: bytes, timeout_s: float | None = None, as_: SigningKey | None = None
+    ) -> int:
         """The next nonce the ledger expects from address (0 for an account not yet created)."""
-        resp = await self.get_account(address, timeout_s=timeout_s)
+        resp = await self.get_account(address, timeout_s=timeout_s, as_=as_)
         return resp.account.nonce if resp.exists else 0
 
     async def send(
@@ -234,18 +278,19 @@ class Client:
 
         Nonces of transactions sent through this client and accepted but not yet committed are
         remembered, so several sends with wait=NONE do not reuse a nonce. A rejection forgets them.
+        The calls are made as key (an account may always read itself), whatever the client's identity.
         """
         address = key.address
         lock = self._nonce_locks.setdefault(address, asyncio.Lock())
         async with lock:
-            nonce = max(await self.next_nonce(address, timeout_s), self._next_nonces.get(address, 0))
+            nonce = max(await self.next_nonce(address, timeout_s, as_=key), self._next_nonces.get(address, 0))
             self._next_nonces[address] = nonce + 1
         body = builders.make_body(
             self._chain_id, address, nonce, client_ref or uuid.uuid4().hex, op, memo=memo
         )
         raw = builders.sign(body, key, *cosigners)
         try:
-            return await self.submit(raw, wait, timeout_s)
+            return await self.submit(raw, wait, timeout_s, as_=key)
         except ClientError:
             self._next_nonces.pop(address, None)
             raise
@@ -280,16 +325,20 @@ class Client:
     async def get_tx(self, tx_hash: bytes, timeout_s: float | None = None) -> ledger_api_pb2.GetTxResponse:
         """State (unknown, pending, committed), receipt, height and index of a transaction."""
         resp: ledger_api_pb2.GetTxResponse = await self._call(
-            self._stub.GetTx, ledger_api_pb2.GetTxRequest(tx_hash=tx_hash), timeout_s
+            "GetTx", ledger_api_pb2.GetTxRequest(tx_hash=tx_hash), timeout_s
         )
         return resp
 
     async def get_account(
-        self, address: bytes, prove: bool = False, timeout_s: float | None = None
+        self,
+        address: bytes,
+        prove: bool = False,
+        timeout_s: float | None = None,
+        as_: SigningKey | None = None,
     ) -> ledger_api_pb2.GetAccountResponse:
         """Balances, holds, KYC and nonce of address; with prove, the proof, header and commit."""
         resp: ledger_api_pb2.GetAccountResponse = await self._call(
-            self._stub.GetAccount, ledger_api_pb2.GetAccountRequest(address=address, prove=prove), timeout_s
+            "GetAccount", ledger_api_pb2.GetAccountRequest(address=address, prove=prove), timeout_s, as_
         )
         return resp
 
@@ -297,13 +346,13 @@ class Client:
         self, instrument: tx_pb2.InstrumentId, timeout_s: float | None = None
     ) -> ledger_api_pb2.GetInstrumentResponse:
         resp: ledger_api_pb2.GetInstrumentResponse = await self._call(
-            self._stub.GetInstrument, ledger_api_pb2.GetInstrumentRequest(instrument=instrument), timeout_s
+            "GetInstrument", ledger_api_pb2.GetInstrumentRequest(instrument=instrument), timeout_s
         )
         return resp
 
     async def get_hold(self, hold_id: str, timeout_s: float | None = None) -> ledger_api_pb2.GetHoldResponse:
         resp: ledger_api_pb2.GetHoldResponse = await self._call(
-            self._stub.GetHold, ledger_api_pb2.GetHoldRequest(hold_id=hold_id), timeout_s
+            "GetHold", ledger_api_pb2.GetHoldRequest(hold_id=hold_id), timeout_s
         )
         return resp
 
@@ -315,19 +364,19 @@ class Client:
             request = ledger_api_pb2.GetBlockRequest(hash=ref)
         else:
             request = ledger_api_pb2.GetBlockRequest(height=ref or 0)
-        resp: ledger_api_pb2.GetBlockResponse = await self._call(self._stub.GetBlock, request, timeout_s)
+        resp: ledger_api_pb2.GetBlockResponse = await self._call("GetBlock", request, timeout_s)
         return resp
 
     async def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
         resp: ledger_api_pb2.GetStatusResponse = await self._call(
-            self._stub.GetStatus, ledger_api_pb2.GetStatusRequest(), timeout_s
+            "GetStatus", ledger_api_pb2.GetStatusRequest(), timeout_s
         )
         return resp
 
     async def validators(self, height: int = 0, timeout_s: float | None = None) -> block_pb2.ValidatorSet:
         """The validator set at height (0 = current), as the node reports it (not verified)."""
         resp: ledger_api_pb2.GetValidatorsResponse = await self._call(
-            self._stub.GetValidators, ledger_api_pb2.GetValidatorsRequest(height=height), timeout_s
+            "GetValidators", ledger_api_pb2.GetValidatorsRequest(height=height), timeout_s
         )
         return _copy(resp.validators)
 
@@ -339,7 +388,7 @@ class Client:
         """Blocks from from_height on, then live ones as they commit; timeout_s bounds the whole
         stream (None: until closed)."""
         request = ledger_api_pb2.StreamBlocksRequest(from_height=from_height)
-        return self._stream(self._stub.StreamBlocks, request, timeout_s)
+        return self._stream("StreamBlocks", request, timeout_s)
 
     def subscribe_events(
         self,
@@ -353,7 +402,7 @@ class Client:
         request = ledger_api_pb2.SubscribeEventsRequest(from_height=from_height, account=account or b"")
         if instrument is not None:
             request.instrument.CopyFrom(instrument)
-        return self._stream(self._stub.SubscribeEvents, request, timeout_s)
+        return self._stream("SubscribeEvents", request, timeout_s)
 
     # --- verified reads -----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 call to that loop and waits for it. `close()` (or leaving the `with` block) closes the client, stops
 the loop and joins the thread, so nothing outlives it.
 
-    with SyncClient.connect("127.0.0.1:7100") as client:
+    with SyncClient.connect("127.0.0.1:7100", tls=TlsConfig("net/ca/ca.pem"), identity=alice) as client:
         print(client.status().height)
 """
 
@@ -84,9 +84,12 @@ class SyncClient:
         *,
         chain_id: str | None = None,
         tls: TlsConfig | None = None,
+        insecure: bool = False,
+        identity: SigningKey | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> SyncClient:
+        """See Client.connect."""
         runner = _LoopThread(f"clearline-client-{target}")
         try:
             client = runner.run(
@@ -94,6 +97,8 @@ class SyncClient:
                     target,
                     chain_id=chain_id,
                     tls=tls,
+                    insecure=insecure,
+                    identity=identity,
                     timeout_s=timeout_s,
                     max_message_bytes=max_message_bytes,
                 )

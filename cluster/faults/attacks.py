@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import grpc.aio
@@ -246,8 +246,13 @@ async def _send(
         summary.rejected["NO_RESULT"] = summary.rejected.get("NO_RESULT", 0) + missing
 
 
+# The attacker: a client of the network with an account of its own (since the client API requires an
+# identity, a stranger cannot submit at all; tests/cluster/test_access.py shows that).
+ATTACKER: Final = "alice"
+
+
 async def _flood(
-    summary: FloodSummary, target: str, clients: Sequence[Batches], max_seconds: float
+    summary: FloodSummary, network: Network, target: str, clients: Sequence[Batches], max_seconds: float
 ) -> FloodSummary:
     """Run every client's batches against target, each client on its own channel, until they are
     all sent or max_seconds have passed."""
@@ -258,7 +263,7 @@ async def _flood(
 
     async def run_client(batches: Batches) -> None:
         nonlocal timed_out
-        async with grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
+        async with network.aio_channel(target, ATTACKER, options=_CHANNEL_OPTIONS) as channel:
             stub = ledger_api_pb2_grpc.LedgerStub(channel)
             while True:
                 batch = await asyncio.to_thread(next, batches, None)
@@ -313,7 +318,7 @@ def throwaway_flood(
         for share in _chunks(count, clients)
     ]
     summary = FloodSummary("throwaway", info.name, clients=len(streams))
-    return asyncio.run(_flood(summary, info.api_target, streams, max_seconds))
+    return asyncio.run(_flood(summary, network, info.api_target, streams, max_seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,15 +332,21 @@ class GapSender:
 
 
 async def _gap_senders(
-    target: str, chain_id: str, keys: Sequence[SigningKey], fallback: tx_pb2.InstrumentId
+    network: Network, target: str, keys: Sequence[SigningKey], fallback: tx_pb2.InstrumentId
 ) -> list[GapSender]:
     senders = []
-    async with await Client.connect(target, chain_id=chain_id, timeout_s=CALL_TIMEOUT_S) as client:
+    options = network.client_options(None)
+    async with await Client.connect(
+        target,
+        chain_id=network.chain_id,
+        timeout_s=CALL_TIMEOUT_S,
+        **options,  # type: ignore[arg-type]
+    ) as client:
         for i, key in enumerate(keys):
             try:
-                account = (await client.get_account(key.address)).account
+                account = (await client.get_account(key.address, as_=key)).account
             except ClientError as exc:
-                if exc.reason != "UNKNOWN_ACCOUNT":
+                if exc.reason not in ("UNKNOWN_ACCOUNT", "AUTH_UNKNOWN_IDENTITY"):
                     raise
                 account = None
             funded = [b for b in account.balances if b.amount > 0] if account is not None else []
@@ -367,7 +378,7 @@ def gap_flood(
     info = target_node(network, node)
     chain_id = network.chain_id
     fallback = tx_pb2.InstrumentId(issuer=os.urandom(crypto.ADDRESS_LEN), symbol="USD")
-    parties = asyncio.run(_gap_senders(info.api_target, chain_id, senders, fallback))
+    parties = asyncio.run(_gap_senders(network, info.api_target, senders, fallback))
 
     def stream(s: GapSender) -> Batches:
         nonces = iter(range(s.next_nonce + gap, s.next_nonce + gap + per_sender))
@@ -378,7 +389,7 @@ def gap_flood(
         )
 
     summary = FloodSummary("gap", info.name, clients=len(parties))
-    return asyncio.run(_flood(summary, info.api_target, [stream(s) for s in parties], max_seconds))
+    return asyncio.run(_flood(summary, network, info.api_target, [stream(s) for s in parties], max_seconds))
 
 
 def oversized_flood(
@@ -420,7 +431,7 @@ def oversized_flood(
 
     summary = FloodSummary("oversized", info.name, clients=2)
     streams = [_batches(make, singles, 1), packed()]
-    return asyncio.run(_flood(summary, info.api_target, streams, max_seconds))
+    return asyncio.run(_flood(summary, network, info.api_target, streams, max_seconds))
 
 
 def _copy(inst: tx_pb2.InstrumentId) -> tx_pb2.InstrumentId:
@@ -614,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         before = sampler.sample()
         if not before:
             raise AttackError(f"no node of {network.home} is running (clearline up --home {args.home})")
-        heights_before = {n.name: node_height(n.api_target) for n in network.nodes}
+        heights_before = {n.name: node_height(n.api_target, tls=network.client_tls()) for n in network.nodes}
         with sampler:
             summary = run_attack(
                 network, args.attack, args.node, count=args.count, max_seconds=args.seconds, senders=senders,
@@ -637,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_peak_mib": _mib(peaks.get(name)),
             "budget_mib": _mib(budgets[name]),
             "height_before": heights_before[name],
-            "height_after": node_height(network.node(name).api_target),
+            "height_after": node_height(network.node(name).api_target, tls=network.client_tls()),
         }
         for name in names
     }

@@ -4,6 +4,13 @@ Servicers only decode, validate and hand over to the node (`NodeApi`, implemente
 they never touch consensus state. A failure is a gRPC status with a machine-readable reason in the
 trailing metadata key `clearline-reason`, so `grpcurl` users and the Python client see both.
 
+Every Ledger call but GetStatus names its caller: a `clearline-auth` token (node/auth.py) proves the
+account or node key, node/access.py (through the client service) decides what it may read, and
+node/network/limits.py holds each identity to its request rate and streams. GetStatus (height,
+validators, version: nothing of a client's) stays open for load balancers and monitoring, and health
+and reflection describe only the service. The port speaks TLS with the node's certificate from the
+network CA unless `[api] plaintext` is set for development.
+
 Message limits: a response may be as large as the largest block with its receipts and commit
 certificate (`[api] max_message_bytes`, checked against the consensus limits by node.config), while a
 request is bounded separately and much lower (`[api] max_request_bytes`): it is what a stranger can
@@ -15,7 +22,8 @@ input only through `node.errors.quote`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -23,9 +31,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from node import auth
+from node.auth import Authenticator, Identity
 from node.config import DEFAULT_API_MAX_REQUEST_BYTES
 from node.errors import MAX_MESSAGE_CHARS, ApiError, bound_message, quote
 from node.ledger.ops import MAX_REF_LEN, MAX_SYMBOL_LEN
+from node.network.limits import ClientLimits
 from node.network.tolerant import add_tolerant
 
 log = logging.getLogger("clearline.api")
@@ -39,32 +50,45 @@ class ApiListenError(Exception):
 
 
 class NodeApi(Protocol):
+    @property
+    def chain_id(self) -> str: ...
+
+    def now_ms(self) -> int: ...
+
+    def identity_of(self, public_key: bytes) -> Identity | None: ...
+
     async def submit(
         self, raws: list[bytes], wait: int, timeout_s: float | None
     ) -> list[ledger_api_pb2.SubmitTxResult]: ...
 
     async def check_tx(self, raw: bytes) -> ledger_api_pb2.SubmitTxResponse: ...
 
-    def get_tx(self, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse: ...
+    def get_tx(self, who: Identity, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse: ...
 
-    def get_account(self, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse: ...
+    def get_account(
+        self, who: Identity, address: bytes, prove: bool
+    ) -> ledger_api_pb2.GetAccountResponse: ...
 
     def get_instrument(
-        self, req: ledger_api_pb2.GetInstrumentRequest
+        self, who: Identity, req: ledger_api_pb2.GetInstrumentRequest
     ) -> ledger_api_pb2.GetInstrumentResponse: ...
 
-    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse: ...
+    def get_hold(self, who: Identity, hold_id: str) -> ledger_api_pb2.GetHoldResponse: ...
 
-    def get_validators(self, height: int) -> ledger_api_pb2.GetValidatorsResponse: ...
+    def get_validators(self, who: Identity, height: int) -> ledger_api_pb2.GetValidatorsResponse: ...
 
-    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse: ...
+    def get_block(
+        self, who: Identity, req: ledger_api_pb2.GetBlockRequest
+    ) -> ledger_api_pb2.GetBlockResponse: ...
 
     def status(self) -> ledger_api_pb2.GetStatusResponse: ...
 
-    def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
+    def stream_blocks(
+        self, who: Identity, from_height: int
+    ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
 
     def subscribe_events(
-        self, req: ledger_api_pb2.SubscribeEventsRequest
+        self, who: Identity, req: ledger_api_pb2.SubscribeEventsRequest
     ) -> AsyncIterator[ledger_api_pb2.EventEnvelope]: ...
 
 
@@ -94,15 +118,54 @@ def _bounded_text(value: str, limit: int, what: str, reason: str) -> str:
     return value
 
 
+_METHOD_PREFIX = "/clearline.v1.Ledger/"
+
+
+def _host_of(peer: str) -> str:
+    """The host part of a gRPC peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000")."""
+    return peer.rpartition(":")[0] or peer
+
+
 class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
-    def __init__(self, node: NodeApi, max_batch: int) -> None:
+    def __init__(
+        self,
+        node: NodeApi,
+        max_batch: int,
+        limits: ClientLimits,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._node = node
         self._max_batch = max_batch
+        self._limits = limits
+        self._monotonic = monotonic
+        self._auth = Authenticator(node.chain_id, node.identity_of)
+
+    def _who(self, context: grpc.aio.ServicerContext, method: str) -> Identity:
+        """The caller's identity for method (the RPC's name), within its request rate; raises
+        ApiError (UNAUTHENTICATED, or RESOURCE_EXHAUSTED when a limit is reached)."""
+        now = self._monotonic()
+        host = _host_of(context.peer() or "")
+        self._limits.check_host(host, now)
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == auth.METADATA_KEY:
+                token = value if isinstance(value, str) else None
+                break
+        try:
+            who = self._auth.authenticate(token, _METHOD_PREFIX + method, self._node.now_ms())
+        except ApiError as err:
+            if err.code == "UNAUTHENTICATED":
+                self._limits.auth_failed(host, now)
+            raise
+        self._limits.request(who.address, now)
+        return who
 
     async def SubmitTx(
         self, request: ledger_api_pb2.SubmitTxRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            self._who(context, "SubmitTx")
             if not request.tx:
                 raise ApiError("INVALID_ARGUMENT", "MALFORMED", "empty transaction")
             (result,) = await self._node.submit([request.tx], request.wait, context.time_remaining())
@@ -121,6 +184,7 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.SubmitTxsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            self._who(context, "SubmitTxs")
             if len(request.txs) > self._max_batch:
                 raise ApiError(
                     "RESOURCE_EXHAUSTED",
@@ -139,13 +203,15 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.SubmitTxRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            self._who(context, "CheckTx")
             return await self._node.check_tx(request.tx)
         except ApiError as err:
             return await _abort(context, err)
 
     async def GetTx(self, request: ledger_api_pb2.GetTxRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return self._node.get_tx(_hash(request.tx_hash, "tx_hash"))
+            who = self._who(context, "GetTx")
+            return self._node.get_tx(who, _hash(request.tx_hash, "tx_hash"))
         except ApiError as err:
             return await _abort(context, err)
 
@@ -153,7 +219,8 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
-            return self._node.get_account(_address(request.address), request.prove)
+            who = self._who(context, "GetAccount")
+            return self._node.get_account(who, _address(request.address), request.prove)
         except ApiError as err:
             return await _abort(context, err)
 
@@ -161,16 +228,18 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.GetInstrumentRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            who = self._who(context, "GetInstrument")
             _address(request.instrument.issuer, "instrument issuer")
             _bounded_text(request.instrument.symbol, MAX_SYMBOL_LEN, "instrument symbol", "INVALID_SYMBOL")
-            return self._node.get_instrument(request)
+            return self._node.get_instrument(who, request)
         except ApiError as err:
             return await _abort(context, err)
 
     async def GetHold(self, request: ledger_api_pb2.GetHoldRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
+            who = self._who(context, "GetHold")
             return self._node.get_hold(
-                _bounded_text(request.hold_id, MAX_REF_LEN, "hold_id", "INVALID_HOLD_ID")
+                who, _bounded_text(request.hold_id, MAX_REF_LEN, "hold_id", "INVALID_HOLD_ID")
             )
         except ApiError as err:
             return await _abort(context, err)
@@ -179,7 +248,8 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.GetValidatorsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
-            return self._node.get_validators(request.height)
+            who = self._who(context, "GetValidators")
+            return self._node.get_validators(who, request.height)
         except ApiError as err:
             return await _abort(context, err)
 
@@ -187,9 +257,10 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.GetBlockRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            who = self._who(context, "GetBlock")
             if request.WhichOneof("by") == "hash":
                 _hash(request.hash, "block hash")
-            return self._node.get_block(request)
+            return self._node.get_block(who, request)
         except ApiError as err:
             return await _abort(context, err)
 
@@ -202,21 +273,37 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
         self, request: ledger_api_pb2.StreamBlocksRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
-            async for block in self._node.stream_blocks(request.from_height):
+            who = self._who(context, "StreamBlocks")
+            self._limits.open_stream(who.address)
+        except ApiError as err:
+            await _abort(context, err)
+            return
+        try:
+            async for block in self._node.stream_blocks(who, request.from_height):
                 yield block
         except ApiError as err:
             await _abort(context, err)
+        finally:
+            self._limits.close_stream(who.address)
 
     async def SubscribeEvents(
         self, request: ledger_api_pb2.SubscribeEventsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         try:
+            who = self._who(context, "SubscribeEvents")
             if request.account:
                 _address(request.account, "account filter")
-            async for event in self._node.subscribe_events(request):
+            self._limits.open_stream(who.address)
+        except ApiError as err:
+            await _abort(context, err)
+            return
+        try:
+            async for event in self._node.subscribe_events(who, request):
                 yield event
         except ApiError as err:
             await _abort(context, err)
+        finally:
+            self._limits.close_stream(who.address)
 
 
 class ApiServer:
@@ -231,9 +318,15 @@ class ApiServer:
         max_batch: int,
         max_request_bytes: int = DEFAULT_API_MAX_REQUEST_BYTES,
         max_concurrent_rpcs: int | None = None,
+        limits: ClientLimits | None = None,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         """max_message_bytes bounds a response (sized for the largest block), max_request_bytes a
-        request. Raises ApiListenError if listen cannot be bound."""
+        request. tls: the node's (private key PEM, certificate chain PEM); None serves plaintext
+        (development only). Raises ApiListenError if listen cannot be bound."""
+        limits = limits or ClientLimits(
+            requests_per_s=500, burst=1000, max_streams=16, auth_failures_per_s=20
+        )
         self._server = grpc.aio.server(
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[
@@ -245,7 +338,9 @@ class ApiServer:
             ],
         )
         add_tolerant(
-            ledger_api_pb2_grpc.add_LedgerServicer_to_server, LedgerService(node, max_batch), self._server
+            ledger_api_pb2_grpc.add_LedgerServicer_to_server,
+            LedgerService(node, max_batch, limits),
+            self._server,
         )
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -256,7 +351,11 @@ class ApiServer:
         )
         reflection.enable_server_reflection(names, self._server)
         try:
-            self.port = self._server.add_insecure_port(listen)
+            if tls is None:
+                self.port = self._server.add_insecure_port(listen)
+            else:
+                creds = grpc.ssl_server_credentials([tls], require_client_auth=False)
+                self.port = self._server.add_secure_port(listen, creds)
         except RuntimeError:  # grpc's "Failed to bind to address"
             self.port = 0
         if self.port == 0:

@@ -13,6 +13,7 @@ from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
 from cluster.launcher import Launcher
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
+from tests.cluster import helpers
 from node.config import ConsensusConfig
 
 FAST = ConsensusConfig(
@@ -27,10 +28,10 @@ FAST = ConsensusConfig(
 
 
 def status(target: str, timeout: float = 2.0) -> ledger_api_pb2.GetStatusResponse:
-    with grpc.insecure_channel(target) as channel:
-        return ledger_api_pb2_grpc.LedgerStub(channel).GetStatus(
-            ledger_api_pb2.GetStatusRequest(), timeout=timeout
-        )
+    """GetStatus of a node of a network the fixtures made (it needs no identity)."""
+    channel, stub = helpers.stub(target, None)
+    with channel:
+        return stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=timeout)
 
 
 class RunningNetwork:
@@ -63,6 +64,7 @@ def _factory(root: Path, launchers: list[Launcher]) -> Callable[..., RunningNetw
             consensus=kwargs.pop("consensus", FAST),  # type: ignore[arg-type]
             **kwargs,  # type: ignore[arg-type]
         )
+        helpers.register(network)
         launcher = Launcher(network)
         launchers.append(launcher)
         running = RunningNetwork(network, launcher)

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
-from cluster.client import builders
+from cluster.client import SyncClient, builders
 from cluster.netgen import Network
 from node import crypto, txs
 from node.crypto import SigningKey
 
 _refs = itertools.count()
+# The network each node's client API target belongs to (registered by the fixtures that make
+# networks), so that helpers given a target connect with its CA and its auditor's identity.
+_NETWORKS: dict[str, Network] = {}
+
+
+def register(network: Network) -> Network:
+    for node in network.nodes:
+        _NETWORKS[node.api_target] = network
+    return network
+
+
+def network_of(target: str) -> Network:
+    try:
+        return _NETWORKS[target]
+    except KeyError:
+        raise KeyError(
+            f"{target} is not a node of a network the test fixtures made (helpers.register)"
+        ) from None
 
 
 def key(network: Network, name: str) -> SigningKey:
@@ -31,8 +50,13 @@ def signed(
     return txs.sign_tx(body, [signer])
 
 
-def stub(target: str) -> tuple[grpc.Channel, ledger_api_pb2_grpc.LedgerStub]:
-    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+def stub(
+    target: str, identity: str | SigningKey | None = "auditor"
+) -> tuple[grpc.Channel, ledger_api_pb2_grpc.LedgerStub]:
+    """A channel to the client API at target (TLS with its network's CA), calling as identity."""
+    channel = network_of(target).channel(
+        target, identity, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
     return channel, ledger_api_pb2_grpc.LedgerStub(channel)
 
 
@@ -78,3 +102,8 @@ def setup_funded(network: Network, target: str, holders: list[str], amount: int 
             signed(network, bank, nonce, builders.mint(usd(network), holder.address, amount, f"dep-{name}")),
         )
         nonce += 1
+
+
+def connect(target: str, identity: str | SigningKey | None = "auditor", **kwargs: Any) -> SyncClient:
+    """The SDK's SyncClient to a node of a registered network: its CA, calling as identity."""
+    return SyncClient.connect(target, **{**network_of(target).client_options(identity), **kwargs})

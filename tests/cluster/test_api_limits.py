@@ -17,7 +17,7 @@ from node import txs
 from node.config import load_config
 from node.crypto import SigningKey
 from tests.cluster.conftest import FAST, RunningNetwork, _factory
-from tests.cluster.helpers import key, reason_of, stub
+from tests.cluster.helpers import connect, key, network_of, reason_of, stub
 
 MIB = 1 << 20
 OLD_API_LIMIT = 4 * MIB  # [api] max_message_bytes before: equal to [consensus] max_block_bytes
@@ -59,7 +59,7 @@ def test_a_block_of_the_maximum_size_is_readable_by_get_block_and_stream_blocks(
     max_tx, max_block = cfg.mempool.max_tx_bytes, cfg.consensus.max_block_bytes
     count = max_block // max_tx
     bank, alice = key(network, "bank-a"), key(network, "alice")
-    with SyncClient.connect(net.target(0), timeout_s=60) as client:
+    with connect(net.target(0), timeout_s=60) as client:
         first_nonce = client.next_nonce(bank.address)
         raws = [tx_of_size(network, bank, first_nonce + i, alice, max_tx) for i in range(count)]
         assert sum(map(len, raws)) == max_block  # the transactions fill the block exactly
@@ -88,7 +88,7 @@ def test_a_block_of_the_maximum_size_is_readable_by_get_block_and_stream_blocks(
         assert streamed[0] == resp
         assert streamed[1].block.header.height == height + 1
     # A client with gRPC's default receive limit (4 MiB) cannot read it: the client needs a limit too.
-    with grpc.insecure_channel(net.target(0)) as channel, pytest.raises(grpc.RpcError) as info:
+    with network_of(net.target(0)).channel(net.target(0)) as channel, pytest.raises(grpc.RpcError) as info:
         ledger_api_pb2_grpc.LedgerStub(channel).GetBlock(
             ledger_api_pb2.GetBlockRequest(height=height), timeout=10
         )

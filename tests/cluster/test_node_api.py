@@ -13,6 +13,8 @@ from node.crypto import SigningKey
 from tests.cluster.conftest import RunningNetwork, status
 from tests.cluster.helpers import (
     block_hashes,
+    connect,
+    network_of,
     get_block,
     key,
     reason_of,
@@ -156,7 +158,7 @@ def test_health_and_reflection_are_served(net: RunningNetwork) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(net.target(0)) as channel:
+    with network_of(net.target(0)).channel(net.target(0), None) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
@@ -173,7 +175,7 @@ def test_account_proof_verifies_against_the_commit_certificate(net: RunningNetwo
     from cluster.client import ProofError, SyncClient, verify_account_proof
 
     bob = key(net.network, "bob")
-    with SyncClient.connect(net.target(3)) as client:
+    with connect(net.target(3)) as client:
         trusted = client.validators(0)
         resp = client.get_account(bob.address, prove=True)
         verified = verify_account_proof(resp, chain_id=net.network.chain_id, trusted_validators=trusted,
@@ -191,7 +193,7 @@ def test_stream_blocks_and_subscribe_events_with_filters(net: RunningNetwork) ->
     from cluster.client import SyncClient
 
     bob, alice = key(net.network, "bob"), key(net.network, "alice")
-    with SyncClient.connect(net.target(1)) as client:
+    with connect(net.target(1)) as client:
         heights = []
         for block in client.stream_blocks(1, timeout_s=20):
             heights.append(block.block.header.height)

@@ -29,7 +29,7 @@ from cluster.launcher import Launcher
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from tests.cluster.conftest import FAST, RunningNetwork
-from tests.cluster.helpers import block_hashes, get_block, key, stub, usd
+from tests.cluster.helpers import block_hashes, get_block, key, register, stub, usd
 
 
 class FaultNetwork(RunningNetwork):
@@ -138,6 +138,7 @@ def fault_network(tmp_path: Path) -> Iterator[Callable[..., FaultNetwork]]:
             consensus=kwargs.pop("consensus", FAST),  # type: ignore[arg-type]
             **kwargs,  # type: ignore[arg-type]
         )
+        register(network)
         launcher = Launcher(network)
         launchers.append(launcher)
         net = FaultNetwork(network, launcher)

@@ -43,7 +43,7 @@ from cluster.netgen import Network, NodeInfo
 from cluster.workload import funded
 from node import txs
 from node.config import load_config
-from tests.cluster.helpers import get_block, key, usd
+from tests.cluster.helpers import connect, get_block, key, network_of, usd
 from tests.faults.conftest import FaultNetwork
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def _rss(net: FaultNetwork) -> dict[str, int]:
 def _assert_healthy(net: FaultNetwork, node: str, height_before: int) -> None:
     """The flooded node answers, and a real payment sent through it commits."""
     network = net.network
-    with SyncClient.connect(net.target(node), timeout_s=30) as client:
+    with connect(net.target(node), timeout_s=30) as client:
         result = client.send(
             key(network, "alice"), builders.transfer(usd(network), key(network, "bob").address, 1),
             wait=WaitFor.COMMITTED, timeout_s=30,
