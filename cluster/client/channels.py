@@ -55,7 +55,7 @@ class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         return continuation(self._details(client_call_details), request)
 
 
-class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _AioAuth:
     def __init__(self, key: SigningKey, chain_id: str) -> None:
         self._key = key
         self._chain_id = chain_id
@@ -65,9 +65,14 @@ class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientI
         metadata.add(*token_metadata(self._key, self._chain_id, d.method))
         return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
 
+
+# grpc.aio files an interceptor under the first kind it is an instance of: one class per kind.
+class _AioUnaryAuth(_AioAuth, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _AioStreamAuth(_AioAuth, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
@@ -100,7 +105,9 @@ def aio_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to target: TLS with tls (None: plaintext), calls made as identity."""
     opts = [*options, *(tls.channel_options() if tls else [])]
-    interceptors = [_AioAuth(identity, chain_id)] if identity else None
+    interceptors = (
+        [_AioUnaryAuth(identity, chain_id), _AioStreamAuth(identity, chain_id)] if identity else None
+    )
     if tls:
         return grpc.aio.secure_channel(target, tls.credentials(), options=opts, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)

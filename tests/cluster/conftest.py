@@ -6,15 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from clearline.v1 import ledger_api_pb2
 from cluster.launcher import Launcher
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
-from tests.cluster import helpers
 from node.config import ConsensusConfig
+from tests.cluster import helpers
 
 FAST = ConsensusConfig(
     timeout_propose_ms=1500,

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
-from cluster.client import SyncClient, WaitFor
+from cluster.client import WaitFor
 from cluster.launcher import Launcher
 from cluster.netgen import Network
 from node import txs

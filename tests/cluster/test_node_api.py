@@ -14,9 +14,9 @@ from tests.cluster.conftest import RunningNetwork, status
 from tests.cluster.helpers import (
     block_hashes,
     connect,
-    network_of,
     get_block,
     key,
+    network_of,
     reason_of,
     setup_funded,
     signed,
@@ -172,7 +172,7 @@ def test_health_and_reflection_are_served(net: RunningNetwork) -> None:
 
 
 def test_account_proof_verifies_against_the_commit_certificate(net: RunningNetwork) -> None:
-    from cluster.client import ProofError, SyncClient, verify_account_proof
+    from cluster.client import ProofError, verify_account_proof
 
     bob = key(net.network, "bob")
     with connect(net.target(3)) as client:
@@ -190,7 +190,6 @@ def test_account_proof_verifies_against_the_commit_certificate(net: RunningNetwo
 
 
 def test_stream_blocks_and_subscribe_events_with_filters(net: RunningNetwork) -> None:
-    from cluster.client import SyncClient
 
     bob, alice = key(net.network, "bob"), key(net.network, "alice")
     with connect(net.target(1)) as client:

@@ -22,7 +22,7 @@ import pytest
 
 from clearline.v1 import receipt_pb2
 from cluster.chaos import ATTACKERS
-from cluster.client import SyncClient, WaitFor, builders
+from cluster.client import WaitFor, builders
 from cluster.faults.attacks import (
     MAX_COUNT,
     MIB,
@@ -43,7 +43,7 @@ from cluster.netgen import Network, NodeInfo
 from cluster.workload import funded
 from node import txs
 from node.config import load_config
-from tests.cluster.helpers import connect, get_block, key, network_of, usd
+from tests.cluster.helpers import connect, get_block, key, usd
 from tests.faults.conftest import FaultNetwork
 
 ROOT = Path(__file__).resolve().parents[2]

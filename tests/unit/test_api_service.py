@@ -13,9 +13,14 @@ import grpc.aio
 import pytest
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, tx_pb2
+from cluster.client import channels
+from node.auth import Identity
+from node.crypto import SigningKey
 from node.errors import MAX_MESSAGE_CHARS, ApiError
 from node.network.api import REASON_KEY, ApiListenError, ApiServer
 
+CHAIN = "test-chain"
+CALLER = SigningKey.generate()  # the one identity the stand-in node knows
 MIB = 1 << 20
 HUGE = "h" * MIB
 SHORT_DETAIL = 200  # what an error about a 1 MiB input may say, at most
@@ -24,9 +29,23 @@ SHORT_DETAIL = 200  # what an error about a 1 MiB input may say, at most
 class StandInNode:
     """Answers like a node that echoes its input in errors, and records what reached it."""
 
+    chain_id = CHAIN
+
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.block = ledger_api_pb2.GetBlockResponse()
+
+    def now_ms(self) -> int:
+        import time
+
+        return int(time.time() * 1000)
+
+    def identity_of(self, public_key: bytes) -> Identity | None:
+        return (
+            Identity(CALLER.address, CALLER.public_key, frozenset(), node=True)
+            if public_key == CALLER.public_key
+            else None
+        )
 
     async def submit(self, raws: list[bytes], wait: int, timeout_s: float | None) -> list[Any]:
         self.calls.append("submit")
@@ -37,25 +56,29 @@ class StandInNode:
             for raw in raws
         ]
 
-    def get_hold(self, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
+    def get_hold(self, who: Identity, hold_id: str) -> ledger_api_pb2.GetHoldResponse:
         self.calls.append("get_hold")
         raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {hold_id!r}")
 
-    def get_instrument(self, req: ledger_api_pb2.GetInstrumentRequest) -> Any:
+    def get_instrument(self, who: Identity, req: ledger_api_pb2.GetInstrumentRequest) -> Any:
         self.calls.append("get_instrument")
         raise ApiError("NOT_FOUND", "UNKNOWN_INSTRUMENT", f"no instrument {req.instrument.symbol}")
 
-    def get_block(self, req: ledger_api_pb2.GetBlockRequest) -> ledger_api_pb2.GetBlockResponse:
+    def get_block(
+        self, who: Identity, req: ledger_api_pb2.GetBlockRequest
+    ) -> ledger_api_pb2.GetBlockResponse:
         self.calls.append("get_block")
         if req.WhichOneof("by") == "hash":
             raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {req.hash.hex()}")
         return self.block
 
-    def get_tx(self, tx_hash: bytes) -> Any:
+    def get_tx(self, who: Identity, tx_hash: bytes) -> Any:
         self.calls.append("get_tx")
         raise ApiError("NOT_FOUND", "UNKNOWN_TX", "x" * MIB)  # a node message that is too long
 
-    async def stream_blocks(self, from_height: int) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+    async def stream_blocks(
+        self, who: Identity, from_height: int
+    ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
         yield self.block
 
 
@@ -64,8 +87,11 @@ async def served() -> AsyncIterator[tuple[StandInNode, ledger_api_pb2_grpc.Ledge
     node = StandInNode()
     server = ApiServer(node, "127.0.0.1:0", max_message_bytes=32 * MIB, max_batch=10)  # type: ignore[arg-type]
     await server.start()
-    channel = grpc.aio.insecure_channel(
+    channel = channels.aio_channel(
         f"127.0.0.1:{server.port}",
+        tls=None,
+        identity=CALLER,
+        chain_id=CHAIN,
         options=[("grpc.max_receive_message_length", 64 * MIB), ("grpc.max_send_message_length", 64 * MIB)],
     )
     try:

@@ -32,6 +32,8 @@ COMMON_TX_FLAGS = {
     "--target",
     "--timeout",
     "--as",
+    "--ca",
+    "--insecure",
     "--ref",
     "--no-wait",
 }

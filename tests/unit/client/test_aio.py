@@ -43,7 +43,7 @@ async def fake() -> AsyncIterator[tuple[FakeLedger, str]]:
 
 @pytest.fixture
 async def client(fake: tuple[FakeLedger, str]) -> AsyncIterator[Client]:
-    async with await Client.connect(fake[1], timeout_s=5) as c:
+    async with await Client.connect(fake[1], timeout_s=5, insecure=True) as c:
         yield c
 
 
@@ -61,7 +61,7 @@ async def test_connect_reads_the_chain_id_from_the_node(client: Client) -> None:
 async def test_connect_with_a_chain_id_does_not_ask(fake: tuple[FakeLedger, str]) -> None:
     ledger, target = fake
     ledger.hang_s = 30  # GetStatus would hang: connect must not call it
-    async with await Client.connect(target, chain_id="given", timeout_s=0.5) as c:
+    async with await Client.connect(target, chain_id="given", timeout_s=0.5, insecure=True) as c:
         assert c.chain_id == "given"
     assert ledger.seen_timeouts == []
 
@@ -69,7 +69,7 @@ async def test_connect_with_a_chain_id_does_not_ask(fake: tuple[FakeLedger, str]
 async def test_connect_to_nothing_fails_within_its_timeout() -> None:
     start = time.monotonic()
     with pytest.raises(ClientError) as info:
-        await Client.connect("127.0.0.1:1", timeout_s=0.5)
+        await Client.connect("127.0.0.1:1", timeout_s=0.5, insecure=True)
     assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert info.value.reason == info.value.code.name  # no node, so no node reason
     assert time.monotonic() - start < 3
@@ -142,7 +142,7 @@ async def test_unary_deadline_is_honoured_and_sent_to_the_node(
 
 async def test_client_default_timeout_applies_to_every_call(fake: tuple[FakeLedger, str]) -> None:
     ledger, target = fake
-    async with await Client.connect(target, timeout_s=0.4) as c:
+    async with await Client.connect(target, timeout_s=0.4, insecure=True) as c:
         ledger.hang_s = 5
         start = time.monotonic()
         with pytest.raises(ClientError) as info:
@@ -340,7 +340,7 @@ async def test_subscribe_events_filters_by_account_and_instrument(
 
 
 async def test_closed_client_refuses_calls(fake: tuple[FakeLedger, str]) -> None:
-    c = await Client.connect(fake[1])
+    c = await Client.connect(fake[1], insecure=True)
     await c.close()
     await c.close()  # idempotent
     with pytest.raises(ClientError) as info:
@@ -371,7 +371,7 @@ async def three_nodes() -> AsyncIterator[list[tuple[FakeLedger, Client]]]:
             ledger = FakeLedger()
             server, target = await start_fake(ledger)
             servers.append(server)
-            out.append((ledger, await Client.connect(target, timeout_s=5)))
+            out.append((ledger, await Client.connect(target, timeout_s=5, insecure=True)))
         yield out
     finally:
         for _, c in out:

@@ -40,7 +40,7 @@ def served() -> Iterator[FakeServerThread]:
 
 def test_sync_client_submits_queries_and_closes_its_thread(served: FakeServerThread) -> None:
     before = len(client_threads())
-    with SyncClient.connect(served.target, timeout_s=5) as client:
+    with SyncClient.connect(served.target, timeout_s=5, insecure=True) as client:
         thread = client.thread
         assert thread.is_alive() and len(client_threads()) == before + 1
         assert client.chain_id == CHAIN and client.status().height == 3
@@ -57,7 +57,7 @@ def test_sync_client_submits_queries_and_closes_its_thread(served: FakeServerThr
 
 
 def test_sync_client_maps_errors_and_honours_timeouts(served: FakeServerThread) -> None:
-    with SyncClient.connect(served.target, timeout_s=5) as client:
+    with SyncClient.connect(served.target, timeout_s=5, insecure=True) as client:
         served.fake.refuse = Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "MEMPOOL_FULL", "full")
         with pytest.raises(ClientError) as info:
             client.send(ME, b.transfer(USD, BOB.address, 1))
@@ -73,14 +73,14 @@ def test_sync_client_maps_errors_and_honours_timeouts(served: FakeServerThread) 
 def test_failed_connect_leaves_no_thread_behind() -> None:
     before = len(client_threads())
     with pytest.raises(ClientError):
-        SyncClient.connect("127.0.0.1:1", timeout_s=0.3)
+        SyncClient.connect("127.0.0.1:1", timeout_s=0.3, insecure=True)
     assert len(client_threads()) == before
 
 
 def test_sync_streams_iterate_and_stop(served: FakeServerThread) -> None:
     served.fake.blocks = canned_blocks(4)
     served.fake.keep_streams_open = True
-    with SyncClient.connect(served.target, timeout_s=5) as client:
+    with SyncClient.connect(served.target, timeout_s=5, insecure=True) as client:
         heights = []
         stream = client.stream_blocks(2)
         for item in stream:
@@ -110,8 +110,8 @@ def test_sync_verified_read_across_two_nodes(monkeypatch: pytest.MonkeyPatch) ->
     with (
         FakeServerThread(first) as s1,
         FakeServerThread(second) as s2,
-        SyncClient.connect(s1.target) as c1,
-        SyncClient.connect(s2.target) as c2,
+        SyncClient.connect(s1.target, insecure=True) as c1,
+        SyncClient.connect(s2.target, insecure=True) as c2,
     ):
         got = c1.get_account_verified(alice, validator_set(), [c2])
         assert got.height == 11 and got.account is not None and got.account.nonce == 3
