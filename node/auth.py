@@ -162,7 +162,6 @@ class Authenticator:
             raise _unauthenticated(
                 "AUTH_BAD_SIGNATURE", "the token's signature does not verify for this chain and method"
             )
-        self._forget(now_ms)
         if t.nonce in self._seen:
             raise _unauthenticated("AUTH_REPLAYED", "this token was used already; make one per call")
         identity = self._lookup(t.public_key)
