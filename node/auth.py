@@ -141,6 +141,7 @@ class Authenticator:
     def authenticate(self, token: str | None, method: str, now_ms: int) -> Identity:
         """The caller's identity; raises ApiError (UNAUTHENTICATED with the reason, or
         RESOURCE_EXHAUSTED AUTH_BUSY) if the token does not prove one."""
+        self._forget(now_ms)
         if not token:
             raise _unauthenticated(
                 "AUTH_REQUIRED", f"this call needs a {METADATA_KEY} token (see docs/access.md)"
