@@ -160,15 +160,16 @@ def test_the_bench_starts_its_load_only_on_a_warm_network() -> None:
     fake = FakeLedger(height=1, peers=3)
     with FakeServerThread(fake) as server:
         node = SimpleNamespace(api_target=server.target)
-        warm = _warm(4)
+        plaintext = SimpleNamespace(client_tls=lambda: None)  # the fake serves plaintext
+        warm = _warm(plaintext, 4)  # type: ignore[arg-type]
         assert not warm(node)  # committing, not yet past height 1
         fake.height, fake.peers = 5, 2
         assert not warm(node)  # one peer missing
         fake.peers = 3
         assert warm(node)
-        assert not _warm(7)(node)  # seven validators: six peers each
-        assert node_height(server.target) == 5
+        assert not _warm(plaintext, 7)(node)  # type: ignore[arg-type]  # seven validators: six peers each
+        assert node_height(server.target, tls=None) == 5
     # The probe the benchmarks and chaos share: a node that does not answer is None, not an error.
     port = free_base_port(1)
-    assert node_status(f"127.0.0.1:{port}", timeout=0.5) is None
-    assert node_height(f"127.0.0.1:{port}", timeout=0.5) is None
+    assert node_status(f"127.0.0.1:{port}", timeout=0.5, tls=None) is None
+    assert node_height(f"127.0.0.1:{port}", timeout=0.5, tls=None) is None
