@@ -5,6 +5,7 @@ streams does not grow the node's memory (RSS measured before and after)."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +102,24 @@ def _open_and_abandon(target: str, rounds: int) -> None:
     for _ in range(rounds):
         channel = network.channel(target, "auditor")
         stub = ledger_api_pb2_grpc.LedgerStub(channel)
-        streams = [
-            stub.SubscribeEvents(ledger_api_pb2.SubscribeEventsRequest(from_height=1), timeout=30)
-            for _ in range(8)
-        ]
-        for s in streams:
-            next(s)
+        for _ in range(8):
+            _open_one(stub)
         channel.close()  # abandoned: the client goes away without ending its streams
+
+
+def _open_one(stub: ledger_api_pb2_grpc.LedgerStub) -> None:
+    """Open a stream and read its first event; while the node has not yet seen the previous
+    channel's streams go (it learns it asynchronously), the slot is still taken: try again."""
+    deadline = time.monotonic() + 10
+    while True:
+        stream = stub.SubscribeEvents(ledger_api_pb2.SubscribeEventsRequest(from_height=1), timeout=30)
+        try:
+            next(stream)
+            return
+        except grpc.RpcError as exc:
+            if _reason(exc) != "TOO_MANY_STREAMS" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def test_opening_and_abandoning_many_streams_does_not_grow_memory(net: RunningNetwork) -> None:
