@@ -49,6 +49,7 @@ from node.ledger.state import (
     AccountRec,
     account_key,
     encode_account,
+    frozen_approvals,
     instrument_key,
 )
 from node.txs import VerifiedTx
@@ -83,12 +84,13 @@ def build_state(n_accounts: int, balance: int) -> tuple[MemoryKV, list[bytes], t
     addresses: list[bytes] = []
     entries: dict[bytes, bytes] = {}
     roles = frozenset({tx_pb2.ROLE_PARTICIPANT})
+    approvals = frozen_approvals({b"": (tx_pb2.KYC_STATUS_APPROVED, 0)})  # the network's approval
     for i in range(n_accounts):
         pk = _pk(i)
         address = crypto.address_of(pk)
         addresses.append(address)
         rec = AccountRec(address, pk, roles, tx_pb2.KYC_STATUS_APPROVED, 0, False, 0,
-                         {ik: (balance, 0, 0)}, NO_ENTRIES, NO_ENTRIES, False, b"")  # fmt: skip
+                         {ik: (balance, 0, 0)}, NO_ENTRIES, NO_ENTRIES, False, b"", approvals)  # fmt: skip
         entries[account_key(address)] = encode_account(rec)
     inst = state_pb2.Instrument()
     raw_inst = kv.get(instrument_key(ik))

@@ -241,7 +241,10 @@ def build_genesis(
 ) -> state_pb2.Genesis:
     """The standard genesis: admin, compliance, two banks issuing USD deposit tokens, a bond.
 
-    funded maps an account name to (issuer name, symbol, amount) balances granted at genesis.
+    funded maps an account name to (issuer name, symbol, amount) balances granted at genesis. A
+    funded client is KYC-approved by its home bank, the issuer of its first funded balance (that
+    bank, and no other, can revoke it: ops.py "KYC"); admin, compliance and the banks are approved
+    by compliance (the network's approval).
     """
     genesis = state_pb2.Genesis(chain_id=chain_id, genesis_time=genesis_time)
     for i, key in enumerate(validator_keys):
@@ -256,7 +259,9 @@ def build_genesis(
     for name, key in account_keys.items():
         acct = _genesis_account(key, name, roles.get(name, [tx_pb2.ROLE_PARTICIPANT]), kyc=name in roles)
         for issuer_name, symbol, amount in (funded or {}).get(name, []):
-            acct.kyc_status = tx_pb2.KYC_STATUS_APPROVED
+            if not acct.kyc_status:  # the client's home bank: the issuer of its first funded balance
+                acct.kyc_status = tx_pb2.KYC_STATUS_APPROVED
+                acct.kyc_approver = account_keys[issuer_name].address
             acct.balances.add(
                 instrument=instrument(account_keys[issuer_name].address, symbol),
                 amount=amount,

@@ -67,13 +67,21 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kyc_text(status: int, expires_at: int) -> str:
+    name = tx_pb2.KycStatus.Name(status).removeprefix("KYC_STATUS_").lower()  # type: ignore[arg-type]
+    return f"{name} until {expires_at}" if expires_at else name
+
+
 def _account_text(address: bytes, account: Any, resp: Any) -> str:
     if account is None:
         return f"account {address.hex()}: does not exist"
-    kyc = tx_pb2.KycStatus.Name(account.kyc_status).removeprefix("KYC_STATUS_").lower()
+    kyc = _kyc_text(account.kyc_status, account.kyc_expires_at)
     lines = [
         f"account {address.hex()}  nonce {account.nonce}  kyc {kyc}{'  FROZEN' if account.frozen else ''}"
     ]
+    for approval in account.kyc_approvals:
+        by = approval.approver.hex() if approval.approver else "compliance (the network)"
+        lines.append(f"  kyc by {by}: {_kyc_text(approval.status, approval.expires_at)}")
     for bal in account.balances:
         lines.append(
             f"  {bal.instrument.issuer.hex()[:8]}:{bal.instrument.symbol:<10} {bal.amount:>14}"

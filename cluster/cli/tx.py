@@ -218,7 +218,7 @@ TX_OPS: tuple[TxOp, ...] = (
     ),
     TxOp(
         "kyc",
-        "set an account's KYC status",
+        "set the signer's own KYC approval of an account (a bank's, or compliance's for the network)",
         (
             Arg("--account", PARTY, required=True),
             Arg("--status", KYC_STATUS, default=tx_pb2.KYC_STATUS_APPROVED),

@@ -207,7 +207,8 @@ def set_kyc(
     public_key: bytes | None = None,
     expires_at: int = 0,
 ) -> tx_pb2.SetKyc:
-    """Issuer or compliance sets an account's KYC status (public_key needed for a new account)."""
+    """The signer's own KYC decision about account: an issuer's approval, or compliance's for the
+    network (the ledger takes the approver from the signer). public_key is needed for a new account."""
     return tx_pb2.SetKyc(
         account=_address("account", account),
         public_key=_public_key("public_key", public_key, required=False),

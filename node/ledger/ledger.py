@@ -35,6 +35,7 @@ from node.ledger.ops import (
     VALID_ROLES,
     apply_tx,
     process_hold_expiry,
+    set_kyc_approval,
 )
 from node.ledger.state import (
     ACCOUNT,
@@ -460,6 +461,20 @@ def validate_genesis(genesis: state_pb2.Genesis) -> None:
                 raise GenesisError(f"accounts[{n}].roles", f"unknown role {role}")
         if a.kyc_status and a.kyc_status not in VALID_KYC:
             raise GenesisError(f"accounts[{n}].kyc_status", f"unknown status {a.kyc_status}")
+        if not a.kyc_status and a.kyc_expires_at:
+            raise GenesisError(f"accounts[{n}].kyc_expires_at", "is set without a kyc_status")
+    for n, a in enumerate(genesis.accounts):
+        # The genesis KYC decision is one approver's (ops.py, "KYC"): an issuer's or compliance's.
+        if not a.kyc_approver:
+            continue
+        if not a.kyc_status:
+            raise GenesisError(f"accounts[{n}].kyc_approver", "is set without a kyc_status")
+        approver = accounts.get(a.kyc_approver)
+        if approver is None or tx_pb2.ROLE_ISSUER not in approver.roles:
+            raise GenesisError(
+                f"accounts[{n}].kyc_approver",
+                "must be empty (compliance) or the address of a genesis account with the issuer role",
+            )
     supplies: dict[tuple[bytes, str], int] = {}
     for n, inst in enumerate(genesis.instruments):
         ik = ik_of(inst.id)
@@ -507,8 +522,8 @@ def build_genesis_state(st: StateView, genesis: state_pb2.Genesis) -> None:
         address = crypto.address_of(a.public_key)
         rec = new_account(address, a.public_key)
         rec.roles = frozenset(a.roles)
-        rec.kyc_status = a.kyc_status
-        rec.kyc_expires_at = a.kyc_expires_at
+        if a.kyc_status:
+            set_kyc_approval(rec, a.kyc_approver, a.kyc_status, a.kyc_expires_at)
         for bal in a.balances:
             ik = ik_of(bal.instrument)
             rec.balances[ik] = (bal.amount, 0, 0)

@@ -9,11 +9,27 @@ directly (StateView.account_direct) to save a copy per transaction.
 
 Authority (who may sign what):
     admin       create instrument, grant/revoke role (of another account), change validator
-    issuer      mint of its own instruments, set KYC, set limits on its own instruments
-    compliance  set KYC, freeze/unfreeze (account or amount), pause/unpause, forced transfer,
-                recovery (of accounts without a privileged role), set limits, holds on behalf of a payer
+    issuer      mint of its own instruments, set its own KYC approval, set limits on its own instruments
+    compliance  set the network's KYC approval, freeze/unfreeze (account or amount), pause/unpause,
+                forced transfer, recovery (of accounts without a privileged role), set limits, holds on
+                behalf of a payer
     payer       transfer, redeem, create hold, every paying leg of a settlement (must be a tx signer)
     notary      execute a hold (not while frozen); the notary or the payee releases it
+
+KYC. Each approver keeps its own decision about an account (Account.kyc_approvals, one entry per
+approver); no one changes another's:
+    - SetKyc signed by an issuer sets that issuer's entry (approver = the signer's address), even if
+      the signer also holds compliance. Signed by compliance without the issuer role, it sets the
+      network's entry (approver = empty). Anyone else: UNAUTHORIZED. So a bank approves, renews (a
+      new expires_at) and revokes only its own approval: bank-a cannot revoke bank-b's client.
+    - The account may transact while ANY approval is APPROVED and unexpired. Its kyc_status and
+      kyc_expires_at are derived from the approvals by compute_kyc whenever they change (APPROVED
+      with the latest expiry of the approved entries, 0 if one never expires; otherwise the
+      strongest refusal: REVOKED, then REJECTED, then PENDING), so check_active and the transfer
+      path read two fields. Revoked by one bank and approved by another, the account still
+      transacts; revoked by every approver, it does not (KYC_NOT_APPROVED).
+    - Genesis: an account's kyc_status is the decision of its kyc_approver (an issuer of the same
+      genesis, or empty for compliance). Recovery moves the approvals to the new key with the rest.
 
 Freezes. A freeze is an authority's stop on an account's money, so it must hold on every path out:
     - No value leaves a frozen account but by compliance's forced transfer (a court order). Transfer,
@@ -62,12 +78,14 @@ from node.ledger.state import (
     VALIDATORS,
     AccountRec,
     InstrumentKey,
+    KycApprovals,
     StateView,
     client_ref_key,
     deposit_ref_key,
     encode_transfer_event,
     expiry_height_key,
     expiry_time_key,
+    frozen_approvals,
     frozen_map,
     hold_key,
     ik_of,
@@ -104,6 +122,10 @@ VALID_KYC: Final = frozenset(
     )
 )
 _APPROVED: Final = tx_pb2.KYC_STATUS_APPROVED
+_REFUSALS: Final = (tx_pb2.KYC_STATUS_REVOKED, tx_pb2.KYC_STATUS_REJECTED, tx_pb2.KYC_STATUS_PENDING)
+"""The derived status of an account with no APPROVED approval: the first of these any approver set."""
+NETWORK_APPROVER: Final = b""
+"""The approver of compliance's KYC decisions (the network's approval)."""
 _OK: Final = receipt_pb2.TX_STATUS_OK
 MAX_REF_LEN: Final = 128
 MAX_SYMBOL_LEN: Final = 32
@@ -270,6 +292,35 @@ def decrease_balance(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
         acct.balances[ik] = new
 
 
+def compute_kyc(approvals: KycApprovals) -> tuple[int, int]:
+    """The account's derived (kyc_status, kyc_expires_at) from its approvers' decisions.
+
+    APPROVED if any approval is: expiring at the latest expiry among the approved ones, or never (0)
+    if one of them never expires. Otherwise the strongest refusal any approver set (REVOKED, then
+    REJECTED, then PENDING) with no expiry; (0, 0) without approvals.
+    """
+    expiries = [expires_at for status, expires_at in approvals.values() if status == _APPROVED]
+    if expiries:
+        return _APPROVED, 0 if 0 in expiries else max(expiries)
+    statuses = {status for status, _ in approvals.values()}
+    for status in _REFUSALS:
+        if status in statuses:
+            return status, 0
+    return 0, 0
+
+
+def get_kyc_approver(signer: AccountRec) -> bytes:
+    """Whose approval a SetKyc by signer sets: an issuer's own (even if also compliance), else the
+    network's (compliance). The caller has checked that signer is an issuer or compliance."""
+    return signer.address if ISSUER in signer.roles else NETWORK_APPROVER
+
+
+def set_kyc_approval(acct: AccountRec, approver: bytes, status: int, expires_at: int) -> None:
+    """Replace approver's decision about acct and recompute acct's derived KYC fields."""
+    acct.kyc_approvals = frozen_approvals({**acct.kyc_approvals, approver: (status, expires_at)})
+    acct.kyc_status, acct.kyc_expires_at = compute_kyc(acct.kyc_approvals)
+
+
 def record_usage(acct: AccountRec, ik: InstrumentKey, amount: int, day: int) -> None:
     limit = acct.limits.get(ik)
     if limit is not None and limit[1]:
@@ -355,14 +406,16 @@ def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     else:
         check_not_closed(acct, "account")
         acct = st.account_mut(op.account)
-    acct.kyc_status = op.status
-    acct.kyc_expires_at = op.expires_at
+    # An issuer sets only its own approval, compliance only the network's: never another's.
+    approver = get_kyc_approver(signer)
+    set_kyc_approval(acct, approver, op.status, op.expires_at)
     emit(
         ctx.events,
         "kyc_set",
         [op.account],
         status=tx_pb2.KycStatus.Name(op.status),
         expires_at=str(op.expires_at),
+        approver=approver.hex(),
     )
 
 

@@ -115,11 +115,19 @@ def ik_of(instrument: tx_pb2.InstrumentId) -> InstrumentKey:
 _IK_INTERN: dict[InstrumentKey, InstrumentKey] = {}
 _ROLES_INTERN: dict[frozenset[int], frozenset[int]] = {}
 NO_ENTRIES: Final[Mapping[InstrumentKey, tuple[int, int]]] = MappingProxyType({})
+KycApprovals: TypeAlias = Mapping[bytes, tuple[int, int]]
+"""approver address (b"" = compliance, the network) -> (KycStatus, expires_at in unix seconds, 0 = none)."""
+NO_APPROVALS: Final[KycApprovals] = MappingProxyType({})
 
 
 def frozen_map(entries: dict[InstrumentKey, tuple[int, int]]) -> Mapping[InstrumentKey, tuple[int, int]]:
     """A read-only mapping for AccountRec.limits / usage (the shared empty one when empty)."""
     return MappingProxyType(entries) if entries else NO_ENTRIES
+
+
+def frozen_approvals(entries: dict[bytes, tuple[int, int]]) -> KycApprovals:
+    """A read-only mapping for AccountRec.kyc_approvals (the shared empty one when empty)."""
+    return MappingProxyType(entries) if entries else NO_APPROVALS
 
 
 def interned_roles(roles: frozenset[int]) -> frozenset[int]:
@@ -157,8 +165,11 @@ class AccountRec:
     balances maps an instrument to (amount, frozen, held): amount is the total, frozen and held are
     the parts that cannot move. limits maps an instrument to (max per tx, max per day), 0 = none;
     usage maps an instrument to (UTC day, amount sent that day), kept only where a daily limit is.
-    copy() copies balances (a transfer changes them in place); limits and usage are read-only
-    mappings shared between copies and replaced as a whole when they change.
+    kyc_approvals maps an approver (an issuer's address, or b"" for compliance) to its KYC decision
+    (status, expires_at); kyc_status and kyc_expires_at are derived from them (ops.compute_kyc) and
+    recomputed whenever they change, so the transfer path reads two fields.
+    copy() copies balances (a transfer changes them in place); limits, usage and kyc_approvals are
+    read-only mappings shared between copies and replaced as a whole when they change.
     """
 
     address: bytes
@@ -173,6 +184,7 @@ class AccountRec:
     usage: Mapping[InstrumentKey, tuple[int, int]]
     closed: bool
     recovered_to: bytes
+    kyc_approvals: KycApprovals
 
     def copy(self) -> AccountRec:
         return AccountRec(
@@ -188,12 +200,13 @@ class AccountRec:
             self.usage,
             self.closed,
             self.recovered_to,
+            self.kyc_approvals,
         )
 
 
 def new_account(address: bytes, public_key: bytes) -> AccountRec:
     return AccountRec(
-        address, public_key, frozenset(), 0, 0, False, 0, {}, NO_ENTRIES, NO_ENTRIES, False, b""
+        address, public_key, frozenset(), 0, 0, False, 0, {}, NO_ENTRIES, NO_ENTRIES, False, b"", NO_APPROVALS
     )
 
 
@@ -316,6 +329,15 @@ def encode_account(rec: AccountRec) -> bytes:
         out += b"\x58\x01"
     if rec.recovered_to:
         out += _len_field(b"\x62", rec.recovered_to)
+    if rec.kyc_approvals:
+        for approver in sorted(rec.kyc_approvals):
+            status, expires_at = rec.kyc_approvals[approver]
+            inner = _len_field(b"\x0a", approver) if approver else b""
+            if status:
+                inner += b"\x10" + v(status)
+            if expires_at:
+                inner += b"\x18" + v(expires_at)
+            out += _len_field(b"\x6a", inner)
     return out
 
 
@@ -365,6 +387,9 @@ def encode_account_pb(rec: AccountRec) -> bytes:
     for ik in sorted(rec.usage):
         day, used = rec.usage[ik]
         msg.usage.add(instrument=instrument_id(ik), day=day, used=used)
+    for approver in sorted(rec.kyc_approvals):
+        status, expires_at = rec.kyc_approvals[approver]
+        msg.kyc_approvals.add(approver=approver, status=status, expires_at=expires_at)
     return msg.SerializeToString(deterministic=True)
 
 
@@ -384,6 +409,7 @@ def account_rec_of(msg: state_pb2.Account) -> AccountRec:
         usage=frozen_map({interned_ik(ik_of(u.instrument)): (u.day, u.used) for u in msg.usage}),
         closed=msg.closed,
         recovered_to=msg.recovered_to,
+        kyc_approvals=frozen_approvals({a.approver: (a.status, a.expires_at) for a in msg.kyc_approvals}),
     )
 
 

@@ -144,6 +144,9 @@ def test_command_line_end_to_end(home: Path) -> None:
     assert "proof: VERIFIED" in proved.stdout
     doc = json.loads(cli(home, "query", "account", "bob", "--json").stdout)
     assert doc["exists"] is True
+    bank_a = json.loads(cli(home, "query", "account", "bank-a", "--json").stdout)["account"]["address"]
+    assert doc["account"]["kyc_approvals"] == [{"approver": bank_a, "status": "KYC_STATUS_APPROVED"}]
+    assert f"kyc by {bank_a}: approved" in cli(home, "query", "account", "bob").stdout
     inst = json.loads(cli(home, "query", "instrument", "bank-a:USD", "--json").stdout)
     assert int(inst["instrument"]["supply"]) == 100000 - 100
     assert len(json.loads(cli(home, "query", "validators", "--json").stdout)["validators"]) == 4

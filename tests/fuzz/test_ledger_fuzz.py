@@ -33,6 +33,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clearline.v1 import ledger_api_pb2, peer_pb2, tx_pb2
+from clearline.v1 import receipt_pb2 as R
 from node import txs
 from tests.fuzz.conftest import HOLD_ID, Seeds
 from tests.fuzz.harness import (
@@ -195,6 +196,34 @@ def signed_bodies(draw: st.DrawFn, node: FuzzNode, seeds: Seeds) -> bytes:
     body.nonce = draw(st.sampled_from([0, 1, 2, 2**64 - 1]), label="nonce")
     co = draw(st.lists(st.sampled_from(names), max_size=2, unique=True), label="co-signers")
     return txs.sign_tx(body, [node.key(n) for n in dict.fromkeys([signer, *co])])
+
+
+KYC_APPROVERS = ("bank-a", "bank-b", "compliance")  # an issuer's own approval, or the network's
+
+
+@st.composite
+def kyc_decisions(draw: st.DrawFn, node: FuzzNode, seeds: Seeds) -> tuple[str, bytes]:
+    """A SetKyc by an approver (or by someone who is not one) at its current nonce: (signer, tx)."""
+    names = sorted(node.accounts)
+    signer = draw(st.sampled_from([*KYC_APPROVERS, *KYC_APPROVERS, *names]), label="signer")
+    known_account = st.sampled_from(seeds.addresses)
+    account = draw(
+        st.one_of(known_account, known_account, st.binary(min_size=20, max_size=20)), label="account"
+    )
+    op = tx_pb2.SetKyc(
+        account=account,
+        status=draw(st.sampled_from([1, 2, 3, 4, 2, 3, 0, 5]), label="status"),  # type: ignore[arg-type]
+        expires_at=draw(st.sampled_from([0, 1, 2**32, 2**64 - 1]), label="expires_at"),
+    )
+    if draw(st.integers(0, 3)) == 0:
+        op.public_key = draw(
+            st.sampled_from([node.key(n).public_key for n in names]) | st.binary(max_size=33)
+        )
+    nonce = node.ledger.GetAccount(
+        L.GetAccountRequest(address=node.key(signer).address), timeout=CALL_TIMEOUT_S
+    ).account.nonce
+    body = tx_pb2.TxBody(chain_id=node.chain_id, signer=node.key(signer).address, nonce=nonce, set_kyc=op)
+    return signer, txs.sign_tx(body, [node.key(signer)])
 
 
 def valid_requests(node: FuzzNode, seeds: Seeds, rpc: Rpc) -> list[Message]:
@@ -382,6 +411,23 @@ def _signed_body(node: FuzzNode, seeds: Seeds, data: st.DataObject) -> None:
     assert problem is None, f"{problem}\n  answer: {answer}\n  tx: {tx_pb2.SignedTx.FromString(raw)}"
 
 
+def _kyc_decision(node: FuzzNode, seeds: Seeds, data: st.DataObject) -> None:
+    signer, raw = data.draw(kyc_decisions(node, seeds).map(lambda d: (d[0], Blob(d[1]))), label="kyc")
+    answer = send(node, Rpc("CheckTx"), L.SubmitTxRequest(tx=raw).SerializeToString())
+    node.assert_alive()
+    problem = client_answer_problem(answer, malformed=False, waits=False)
+    assert problem is None, f"{problem}\n  answer: {answer}"
+    if answer.code == grpc.StatusCode.OK:
+        receipt = L.SubmitTxResponse.FromString(answer.responses[0]).receipt
+        if receipt.status == R.TX_STATUS_OK:
+            assert signer in KYC_APPROVERS, f"{signer} set a KYC approval"
+            (event,) = receipt.events
+            approver = {a.key: a.value for a in event.attributes}["approver"]
+            assert approver == ("" if signer == "compliance" else node.key(signer).address.hex())
+        elif signer not in KYC_APPROVERS:
+            assert receipt.status == R.TX_STATUS_UNAUTHORIZED, R.TxStatus.Name(receipt.status)
+
+
 CI_EXAMPLES = 20  # per RPC
 CI_TX_EXAMPLES = 60
 
@@ -410,6 +456,14 @@ def test_mutated_signed_transactions(fuzz_node: FuzzNode, seeds: Seeds, data: st
 @given(data=st.data())
 def test_signed_generated_bodies_are_dry_run(fuzz_node: FuzzNode, seeds: Seeds, data: st.DataObject) -> None:
     _signed_body(fuzz_node, seeds, data)
+
+
+@fuzz_settings(CI_TX_EXAMPLES)
+@given(data=st.data())
+def test_kyc_decisions_of_every_approver_are_dry_run(
+    fuzz_node: FuzzNode, seeds: Seeds, data: st.DataObject
+) -> None:
+    _kyc_decision(fuzz_node, seeds, data)
 
 
 # --- the long campaign (FUZZ_EXAMPLES overrides these counts too) ---------------------------------

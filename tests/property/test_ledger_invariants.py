@@ -23,6 +23,7 @@ from clearline.v1 import state_pb2
 from clearline.v1 import tx_pb2 as T
 from node.ledger import Ledger, account_key, verify_proof
 from node.ledger.merkle import CHUNK_PREFIX, NODE_PREFIX, WHOLE_MAX
+from node.ledger.ops import compute_kyc
 from node.ledger.state import ACCOUNT, HOLD, INSTR, AccountRec, decode_account
 from node.txs import VerifiedTx
 from tests.unit.ledger.helpers import (
@@ -35,6 +36,7 @@ from tests.unit.ledger.helpers import (
     COMPLIANCE,
     MALLORY,
     NOTARY,
+    T0,
     T0_MS,
     USD,
     World,
@@ -71,7 +73,13 @@ ops = st.one_of(
     ),
     st.tuples(st.just("forced"), person, person, instrument, amount),
     st.tuples(st.just("limits"), person, instrument, st.integers(0, 300), st.integers(0, 600)),
-    st.tuples(st.just("kyc"), person, st.sampled_from([T.KYC_STATUS_APPROVED, T.KYC_STATUS_REVOKED])),
+    st.tuples(
+        st.just("kyc"),
+        person,
+        st.sampled_from([T.KYC_STATUS_APPROVED, T.KYC_STATUS_REVOKED]),
+        st.sampled_from([BANK, BANK2, COMPLIANCE]),  # each its own approval (ops.py "KYC")
+        st.sampled_from([0, T0 + 60, T0 + 600]),
+    ),
 )
 blocks = st.lists(
     st.tuples(st.lists(ops, min_size=1, max_size=6), st.integers(0, 90_000)), min_size=1, max_size=8
@@ -165,8 +173,8 @@ def build_tx(n: Nonces, op: Op, height: int) -> VerifiedTx:
             T.SetLimits(account=who.address, instrument=inst, max_per_tx=per_tx, max_per_day=per_day),
         )
     if kind == "kyc":
-        _, who, status = op
-        return n.tx(BANK, "set_kyc", T.SetKyc(account=who.address, status=status))
+        _, who, status, approver, expires_at = op
+        return n.tx(approver, "set_kyc", T.SetKyc(account=who.address, status=status, expires_at=expires_at))
     raise AssertionError(kind)
 
 
@@ -215,6 +223,10 @@ def check_invariants(w: World) -> None:
             else:
                 assert h.amount == 0
     assert {k: b[2] for k, b in bals.items() if b[2]} == dict(held)
+    for k, v in w.kv.items():
+        if k.startswith(ACCOUNT):
+            rec = decode_account(v)  # the KYC fields are always those derived from the approvals
+            assert (rec.kyc_status, rec.kyc_expires_at) == compute_kyc(rec.kyc_approvals)
 
 
 def run(sequence: list[tuple[list[Op], int]]) -> tuple[World, list[bytes], list[list[bytes]]]:

@@ -87,6 +87,11 @@ instrument_keys = st.tuples(st.binary(max_size=20), st.text(max_size=6))
         usage=st.dictionaries(instrument_keys, st.tuples(u64, u64), max_size=2),
         closed=st.booleans(),
         recovered_to=st.binary(max_size=20),
+        kyc_approvals=st.dictionaries(
+            st.one_of(st.just(b""), st.binary(min_size=20, max_size=20), st.binary(max_size=200)),
+            st.tuples(st.integers(0, 4), u64),
+            max_size=3,
+        ),
     )
 )
 def test_account_encoder_matches_protobuf(rec: AccountRec) -> None:

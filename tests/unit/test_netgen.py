@@ -11,9 +11,10 @@ from google.protobuf import json_format
 
 from clearline.v1 import receipt_pb2, state_pb2, tx_pb2
 from cluster.client import builders
-from cluster.netgen import CHAIN_ID_PREFIX, Network, init_network
+from cluster.netgen import CHAIN_ID_PREFIX, Network, build_genesis, init_network
 from node import crypto, txs
 from node.config import load_config
+from node.ledger import validate_genesis
 
 
 def chain_ids_on_disk(net: Network) -> set[str]:
@@ -67,3 +68,19 @@ def test_a_transaction_signed_for_one_network_is_wrong_chain_on_another(tmp_path
     genesis = state_pb2.Genesis()
     json_format.Parse((Path(b.home) / "genesis.json").read_text(), genesis)
     assert genesis.chain_id == b.chain_id != a.chain_id
+
+
+def test_a_funded_demo_client_is_kyc_approved_by_its_home_bank() -> None:
+    """The issuer of a client's first funded balance approves it at genesis, so that bank (and no
+    other) can revoke it; the privileged accounts carry the network's (compliance's) approval."""
+    names = ("admin", "compliance", "bank-a", "bank-b", "alice", "bob", "carol")
+    keys = {name: crypto.SigningKey.generate() for name in names}
+    funded = {"alice": [("bank-a", "USD", 5)], "bob": [("bank-b", "USD", 5), ("bank-a", "USD", 1)]}
+    genesis = build_genesis("clearline-test", [crypto.SigningKey.generate()], keys, funded=funded)
+    validate_genesis(genesis)
+    by_name = {a.name: a for a in genesis.accounts}
+    assert by_name["alice"].kyc_approver == keys["bank-a"].address
+    assert by_name["bob"].kyc_approver == keys["bank-b"].address
+    assert by_name["carol"].kyc_status == 0 and not by_name["carol"].kyc_approver
+    for name in ("admin", "compliance", "bank-a", "bank-b"):
+        assert by_name[name].kyc_status == tx_pb2.KYC_STATUS_APPROVED and not by_name[name].kyc_approver

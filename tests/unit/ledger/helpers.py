@@ -79,17 +79,29 @@ def genesis(
     g.instruments.add(
         id=BOND, name="Bond 2030", currency="USD", decimals=0, kind=tx_pb2.INSTRUMENT_KIND_ASSET
     )
-    for k, bals in (
-        (ALICE, [(USD, alice_usd)]),
-        (BOB, [(USD, bob_usd)]),
-        (CAROL, [(BOND, carol_bond)]),
+    # Each client is KYC-approved by its home bank (the issuer of what it holds); the notary and
+    # mallory by compliance (the network's approval, approver empty).
+    for k, bank, bals in (
+        (ALICE, BANK, [(USD, alice_usd)]),
+        (BOB, BANK, [(USD, bob_usd)]),
+        (CAROL, BANK2, [(BOND, carol_bond)]),
     ):
-        acct = g.accounts.add(public_key=k.public_key, roles=[tx_pb2.ROLE_PARTICIPANT], kyc_status=APPROVED)
+        acct = g.accounts.add(
+            public_key=k.public_key,
+            roles=[tx_pb2.ROLE_PARTICIPANT],
+            kyc_status=APPROVED,
+            kyc_approver=bank.address,
+        )
         for inst, amount in bals:
             if amount:
                 acct.balances.add(instrument=inst, amount=amount)
     for k in extra:
-        g.accounts.add(public_key=k.public_key, roles=[tx_pb2.ROLE_PARTICIPANT], kyc_status=APPROVED)
+        g.accounts.add(
+            public_key=k.public_key,
+            roles=[tx_pb2.ROLE_PARTICIPANT],
+            kyc_status=APPROVED,
+            kyc_approver=BANK.address,
+        )
     return g
 
 

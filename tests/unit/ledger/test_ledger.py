@@ -28,6 +28,7 @@ from tests.unit.ledger.helpers import (
     BANK,
     BOB,
     CAROL,
+    COMPLIANCE,
     MALLORY,
     T0,
     USD,
@@ -189,6 +190,13 @@ def test_parse_genesis_round_trip() -> None:
             "accounts[6].balances[0].instrument",
         ),
         (lambda g: setattr(g.accounts[6].balances[0], "held", 1), "accounts[6].balances[0]"),
+        # kyc_approver: empty (compliance) or an issuer of this genesis, and only with a kyc_status.
+        (lambda g: setattr(g.accounts[6], "kyc_approver", COMPLIANCE.address), "accounts[6].kyc_approver"),
+        (lambda g: setattr(g.accounts[7], "kyc_approver", MALLORY.address), "accounts[7].kyc_approver"),
+        (lambda g: setattr(g.accounts[6], "kyc_approver", key("nobody").address), "accounts[6].kyc_approver"),
+        (lambda g: setattr(g.accounts[6], "kyc_approver", b"\x01"), "accounts[6].kyc_approver"),
+        (lambda g: setattr(g.accounts[0], "kyc_approver", BANK.address), "accounts[0].kyc_approver"),
+        (lambda g: setattr(g.accounts[0], "kyc_expires_at", T0), "accounts[0].kyc_expires_at"),
     ],
 )
 def test_genesis_errors_name_the_field(mutate: object, field: str) -> None:

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
+import pytest
+
 from clearline.v1 import receipt_pb2 as R
 from clearline.v1 import state_pb2
 from clearline.v1 import tx_pb2 as T
+from node.ledger.ops import compute_kyc
 from node.ledger.state import MS_PER_DAY
 from tests.unit.ledger.helpers import (
     ADMIN,
     BANK,
+    BANK2,
     BOB,
     BOND,
     CAROL,
     COMPLIANCE,
+    MALLORY,
     NOTARY,
     T0,
     T0_MS,
     USD,
     VAL1,
+    Key,
     World,
     key,
 )
 from tests.unit.ledger.helpers import ALICE as A
-from tests.unit.ledger.test_rejections import dvp, forced, hold, limits, mint, recover, transfer
+from tests.unit.ledger.test_rejections import dvp, forced, hold, limits, mint, recover, set_kyc, transfer
 
 
 def ok(w: World, *txs: object, time_ms: int | None = None) -> list[R.Receipt]:
@@ -91,9 +99,126 @@ def test_set_kyc_creates_and_updates_accounts() -> None:
     )
     acct = w.ledger.get_account(dave.address)
     assert acct is not None and acct.kyc_status == T.KYC_STATUS_APPROVED and acct.kyc_expires_at == T0 + 3600
+    assert approvals(w, dave) == {BANK.address: (T.KYC_STATUS_APPROVED, T0 + 3600)}
     ok(w, transfer(w, 5, to=dave.address))
-    ok(w, w.tx(COMPLIANCE, "set_kyc", T.SetKyc(account=dave.address, status=T.KYC_STATUS_REVOKED)))
+    (r,) = ok(w, set_kyc(w, dave.address, T.KYC_STATUS_REVOKED))
+    assert attributes(r.events[0]) == {
+        "approver": BANK.address.hex(),
+        "expires_at": "0",
+        "status": "KYC_STATUS_REVOKED",
+    }
     assert w.run1(transfer(w, 5, to=dave.address)).status == R.TX_STATUS_KYC_NOT_APPROVED
+
+
+def approvals(w: World, who: Key) -> dict[bytes, tuple[int, int]]:
+    acct = w.ledger.get_account(who.address)
+    assert acct is not None
+    return {a.approver: (a.status, a.expires_at) for a in acct.kyc_approvals}
+
+
+def kyc_of(w: World, who: Key) -> tuple[int, int]:
+    acct = w.ledger.get_account(who.address)
+    assert acct is not None
+    return acct.kyc_status, acct.kyc_expires_at
+
+
+def attributes(event: R.Event) -> dict[str, str]:
+    return {a.key: a.value for a in event.attributes}
+
+
+APPROVED, REVOKED = T.KYC_STATUS_APPROVED, T.KYC_STATUS_REVOKED
+
+
+@pytest.mark.parametrize(
+    ("entries", "derived"),
+    [
+        ({}, (0, 0)),
+        ({b"": (T.KYC_STATUS_PENDING, 5)}, (T.KYC_STATUS_PENDING, 0)),
+        ({b"a": (T.KYC_STATUS_PENDING, 0), b"b": (T.KYC_STATUS_REJECTED, 0)}, (T.KYC_STATUS_REJECTED, 0)),
+        ({b"a": (T.KYC_STATUS_REJECTED, 0), b"b": (REVOKED, 0)}, (REVOKED, 0)),
+        ({b"a": (REVOKED, 0), b"b": (APPROVED, 7)}, (APPROVED, 7)),
+        ({b"a": (APPROVED, 7), b"b": (APPROVED, 9), b"": (REVOKED, 99)}, (APPROVED, 9)),
+        ({b"a": (APPROVED, 7), b"b": (APPROVED, 0)}, (APPROVED, 0)),
+        ({b"a": (APPROVED, 0), b"b": (REVOKED, 0), b"": (T.KYC_STATUS_PENDING, 0)}, (APPROVED, 0)),
+    ],
+)
+def test_compute_kyc(entries: dict[bytes, tuple[int, int]], derived: tuple[int, int]) -> None:
+    assert compute_kyc(MappingProxyType(entries)) == derived
+
+
+def test_genesis_writes_each_accounts_kyc_approver() -> None:
+    w = World.create()
+    assert approvals(w, A) == {BANK.address: (APPROVED, 0)}
+    assert approvals(w, CAROL) == {BANK2.address: (APPROVED, 0)}
+    assert approvals(w, NOTARY) == {b"": (APPROVED, 0)}
+    assert approvals(w, MALLORY) == {b"": (T.KYC_STATUS_PENDING, 0)}
+    assert approvals(w, BANK) == {} and kyc_of(w, BANK) == (0, 0)
+
+
+def test_an_issuer_changes_only_its_own_kyc_approval() -> None:
+    """bank2 cannot revoke or change bank's client: its SetKyc adds or changes bank2's own entry."""
+    w = World.create()
+    bank_entry = approvals(w, A)[BANK.address]
+    (r,) = ok(w, set_kyc(w, A.address, REVOKED, signer=BANK2))
+    assert attributes(r.events[0])["approver"] == BANK2.address.hex()
+    assert approvals(w, A) == {BANK.address: bank_entry, BANK2.address: (REVOKED, 0)}
+    assert kyc_of(w, A) == (APPROVED, 0)
+    ok(w, transfer(w, 1), mint(w, 1))  # still sends and receives
+    ok(w, set_kyc(w, A.address, APPROVED, expires_at=T0 + 5, signer=BANK2))
+    ok(w, set_kyc(w, A.address, T.KYC_STATUS_REJECTED, signer=BANK2))
+    assert approvals(w, A) == {BANK.address: bank_entry, BANK2.address: (T.KYC_STATUS_REJECTED, 0)}
+    ok(w, transfer(w, 1))
+
+
+def test_approved_by_two_banks_revoked_by_one_still_transfers() -> None:
+    w = World.create()
+    ok(w, set_kyc(w, A.address, signer=BANK2))
+    ok(w, set_kyc(w, A.address, REVOKED))  # alice's home bank drops her
+    assert approvals(w, A) == {BANK.address: (REVOKED, 0), BANK2.address: (APPROVED, 0)}
+    ok(w, transfer(w, 1), w.tx(BOB, "transfer", T.Transfer(instrument=USD, to=A.address, amount=1)))
+    ok(w, set_kyc(w, A.address, REVOKED, signer=BANK2))
+    assert kyc_of(w, A) == (REVOKED, 0)
+    assert w.run1(transfer(w, 1)).status == R.TX_STATUS_KYC_NOT_APPROVED
+    ok(w, set_kyc(w, A.address, signer=BANK2))  # either bank can approve her again
+    ok(w, transfer(w, 1))
+
+
+def test_renewal_sets_a_new_expiry() -> None:
+    w = World.create()
+    ok(w, set_kyc(w, A.address, expires_at=T0 + 10))
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=T0_MS + 10_000).status == R.TX_STATUS_KYC_EXPIRED
+    ok(w, set_kyc(w, A.address, expires_at=T0 + 100))  # the bank renews its approval
+    assert approvals(w, A) == {BANK.address: (APPROVED, T0 + 100)}
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=T0_MS + 10_000).status == R.TX_STATUS_OK
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=T0_MS + 100_000).status == R.TX_STATUS_KYC_EXPIRED
+
+
+def test_an_expired_approval_beside_a_live_one_still_transacts() -> None:
+    w = World.create()
+    ok(w, set_kyc(w, A.address, expires_at=T0 + 10), set_kyc(w, A.address, expires_at=T0 + 50, signer=BANK2))
+    assert kyc_of(w, A) == (APPROVED, T0 + 50)
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=T0_MS + 20_000).status == R.TX_STATUS_OK
+    assert w.ledger.check_tx(transfer(w, 1), time_ms=T0_MS + 50_000).status == R.TX_STATUS_KYC_EXPIRED
+    ok(w, set_kyc(w, A.address, signer=COMPLIANCE))  # no expiry: the network's approval
+    assert kyc_of(w, A) == (APPROVED, 0)
+    ok(w, transfer(w, 1), time_ms=T0_MS + 60_000)
+
+
+def test_compliance_sets_the_networks_approval_apart_from_the_issuers() -> None:
+    w = World.create()
+    (r,) = ok(w, set_kyc(w, A.address, signer=COMPLIANCE))
+    assert attributes(r.events[0])["approver"] == ""
+    ok(w, set_kyc(w, A.address, REVOKED))  # the bank's revocation leaves the network's approval
+    assert approvals(w, A) == {BANK.address: (REVOKED, 0), b"": (APPROVED, 0)}
+    ok(w, transfer(w, 1))
+    ok(w, set_kyc(w, A.address, APPROVED), set_kyc(w, A.address, REVOKED, signer=COMPLIANCE))
+    assert approvals(w, A) == {BANK.address: (APPROVED, 0), b"": (REVOKED, 0)}
+    ok(w, transfer(w, 1))  # and compliance's revocation leaves the bank's
+    # An issuer that also holds compliance sets its own (issuer) approval, not the network's.
+    ok(w, w.tx(ADMIN, "grant_role", T.GrantRole(account=BANK2.address, role=T.ROLE_COMPLIANCE)))
+    ok(w, set_kyc(w, A.address, REVOKED, signer=BANK2))
+    assert approvals(w, A) == {BANK.address: (APPROVED, 0), BANK2.address: (REVOKED, 0), b"": (REVOKED, 0)}
+    ok(w, transfer(w, 1))
 
 
 def test_create_instrument_then_mint_it() -> None:
@@ -229,7 +354,7 @@ def test_forced_transfer_can_take_frozen_funds() -> None:
 
 def test_recovery_moves_everything_to_the_new_key() -> None:
     w = World.create()
-    ok(w, limits(w, A.address, per_tx=500))
+    ok(w, limits(w, A.address, per_tx=500), set_kyc(w, A.address, REVOKED, signer=BANK2))
     new = key("alice-new")
     (r,) = ok(w, recover(w))
     assert r.events[0].flagged
@@ -237,8 +362,13 @@ def test_recovery_moves_everything_to_the_new_key() -> None:
     acct = w.ledger.get_account(new.address)
     assert old is not None and old.closed and old.recovered_to == new.address and not old.balances
     assert acct is not None and acct.public_key == new.public_key and acct.kyc_status == T.KYC_STATUS_APPROVED
+    assert approvals(w, new) == {BANK.address: (APPROVED, 0), BANK2.address: (REVOKED, 0)}
     assert w.balance(new) == (1000, 0, 0) and len(acct.limits) == 1
     ok(w, w.tx(new, "transfer", T.Transfer(instrument=USD, to=BOB.address, amount=10)))
+    ok(w, set_kyc(w, new.address, REVOKED))  # the approvals moved: revoked by both, the new key stops
+    assert w.run1(w.tx(new, "transfer", T.Transfer(instrument=USD, to=BOB.address, amount=1))).status == (
+        R.TX_STATUS_KYC_NOT_APPROVED
+    )
 
 
 def test_grant_and_revoke_role() -> None:

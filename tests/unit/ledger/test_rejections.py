@@ -70,8 +70,11 @@ def pause(w: World, inst: T.InstrumentId = USD) -> VerifiedTx:
     return w.tx(COMPLIANCE, "pause_instrument", T.PauseInstrument(instrument=inst, reason="incident"))
 
 
-def set_kyc(w: World, who: bytes, status: int = T.KYC_STATUS_APPROVED, expires_at: int = 0) -> VerifiedTx:
-    return w.tx(BANK, "set_kyc", T.SetKyc(account=who, status=status, expires_at=expires_at))  # type: ignore[arg-type]
+def set_kyc(
+    w: World, who: bytes, status: int = T.KYC_STATUS_APPROVED, expires_at: int = 0, signer: Any = BANK
+) -> VerifiedTx:
+    """signer's own KYC decision about who (BANK's by default: alice's and bob's home bank)."""
+    return w.tx(signer, "set_kyc", T.SetKyc(account=who, status=status, expires_at=expires_at))  # type: ignore[arg-type]
 
 
 def limits(w: World, who: bytes, per_tx: int = 0, per_day: int = 0) -> VerifiedTx:
@@ -212,6 +215,31 @@ def transfer_payer_kyc_expired(w: World) -> tuple[VerifiedTx, int, dict[str, Any
 def transfer_payee_kyc_expired(w: World) -> tuple[VerifiedTx, int, dict[str, Any]]:
     ok(w, set_kyc(w, BOB.address, expires_at=T0 + 10))
     return transfer(w, 1), R.TX_STATUS_KYC_EXPIRED, {"time_ms": T0_MS + 99_000}
+
+
+@case
+def transfer_payer_kyc_revoked_by_both_banks(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, set_kyc(w, A.address, signer=BANK2))  # approved by two banks
+    ok(
+        w,
+        set_kyc(w, A.address, T.KYC_STATUS_REVOKED),
+        set_kyc(w, A.address, T.KYC_STATUS_REVOKED, signer=BANK2),
+    )
+    return transfer(w, 1), R.TX_STATUS_KYC_NOT_APPROVED
+
+
+@case
+def transfer_payee_kyc_revoked_by_bank_and_network(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, set_kyc(w, BOB.address, signer=COMPLIANCE))  # bob's bank and the network approve him
+    ok(w, set_kyc(w, BOB.address, T.KYC_STATUS_REVOKED, signer=COMPLIANCE))
+    ok(w, set_kyc(w, BOB.address, T.KYC_STATUS_REJECTED))
+    return transfer(w, 1), R.TX_STATUS_KYC_NOT_APPROVED
+
+
+@case
+def transfer_payer_every_kyc_approval_expired(w: World) -> tuple[VerifiedTx, int, dict[str, Any]]:
+    ok(w, set_kyc(w, A.address, expires_at=T0 + 10), set_kyc(w, A.address, expires_at=T0 + 20, signer=BANK2))
+    return transfer(w, 1), R.TX_STATUS_KYC_EXPIRED, {"time_ms": T0_MS + 20_000}
 
 
 @case
@@ -361,6 +389,28 @@ def kyc_by_participant(w: World) -> tuple[VerifiedTx, int]:
     return w.tx(
         A, "set_kyc", T.SetKyc(account=BOB.address, status=T.KYC_STATUS_REVOKED)
     ), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def kyc_by_admin(w: World) -> tuple[VerifiedTx, int]:
+    return set_kyc(w, A.address, T.KYC_STATUS_REVOKED, signer=ADMIN), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def kyc_by_participant_with_an_approval(w: World) -> tuple[VerifiedTx, int]:
+    # Being approved by a bank gives no say over anyone's KYC (not even one's own).
+    return set_kyc(w, A.address, T.KYC_STATUS_APPROVED, signer=A), R.TX_STATUS_UNAUTHORIZED
+
+
+@case
+def kyc_of_closed_account(w: World) -> tuple[VerifiedTx, int]:
+    ok(w, recover(w))
+    return set_kyc(w, A.address, T.KYC_STATUS_REVOKED, signer=BANK2), R.TX_STATUS_ACCOUNT_CLOSED
+
+
+@case
+def kyc_unknown_status(w: World) -> tuple[VerifiedTx, int]:
+    return set_kyc(w, A.address, 9, signer=COMPLIANCE), R.TX_STATUS_INVALID_ARGUMENT
 
 
 @case
