@@ -98,7 +98,7 @@ def test_the_readme_examples_run_as_written(workdir: Path) -> None:
     tx_hash = sent.get("tx_hash") or sent["result"]["tx_hash"]
     queried = _bash("export CLEARLINE_HOME=./net\n" + last.replace("<hash>", tx_hash), workdir)
     assert tx_hash[:16] in queried
-    frozen = _bash("clearline query account bob --home ./net --json", workdir)
+    frozen = _bash("clearline query account bob --home ./net --as compliance --json", workdir)
     assert "frozen" in frozen.lower()
     done = subprocess.run(
         [sys.executable, "-c", py[0]], cwd=workdir, capture_output=True, text=True, timeout=120
