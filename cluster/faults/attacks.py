@@ -340,7 +340,7 @@ async def _gap_senders(
         target,
         chain_id=network.chain_id,
         timeout_s=CALL_TIMEOUT_S,
-        **options,  # type: ignore[arg-type]
+        **options,
     ) as client:
         for i, key in enumerate(keys):
             try:
