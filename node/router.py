@@ -30,6 +30,7 @@ from typing import Protocol
 
 from clearline.v1 import block_pb2, peer_pb2, wal_pb2
 from node import blocks, budget, crypto, validation, wire
+from node.admission import PeerNames
 from node.blocksync import BlockSync
 from node.chain import Chain
 from node.clock import Clock
@@ -37,7 +38,6 @@ from node.config import NodeConfig
 from node.consensus import Proposal, ProposalReceived, VoteReceived
 from node.driver import ConsensusDriver, PeerInput
 from node.errors import BadInput, BlockFromTheFuture, InvalidBlock, PeerFault, quote
-from node.admission import PeerNames
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.mempool import Mempool

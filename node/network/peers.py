@@ -221,14 +221,16 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, "peer certificate binds no validator or observer"
                 )
-            if name is not None and net.is_banned(name):
+                return
+            if net.is_banned(name):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid messages")
             serving = net.serving_slots(name)
         else:
             serving = net._serving
         if serving.locked():
             await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "serving as many block-sync requests as it may; retry later"
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "serving as many block-sync requests as it may; retry later",
             )
         async with serving:
             async for block in net.handler.serve_blocks(request):
