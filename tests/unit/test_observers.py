@@ -218,3 +218,23 @@ def test_add_observer_lays_out_one_more_and_records_it(tmp_path: Path) -> None:
         add_observer(tmp_path / "net", "node0")
     with pytest.raises(ValueError, match="observer name"):
         add_observer(tmp_path / "net", "../evil")
+
+
+async def test_an_observers_votes_are_faults_and_its_height_claims_are_ignored(validator: Node) -> None:
+    from node import blocks, wire
+
+    obs = crypto.SigningKey.generate()
+    router = router_with(validator, {obs.address: account(obs, tx_pb2.ROLE_OBSERVER)})
+    name = observer_name(obs.address)
+    block_id = b"\x07" * 32
+    signature = obs.sign_raw(
+        blocks.vote_sign_bytes(validator.chain_id, int(VoteType.PREVOTE), 1, 0, block_id)
+    )
+    vote = Vote(VoteType.PREVOTE, 1, 0, block_id, obs.address, signature)
+    await router.on_peer_message(name, peer_pb2.PeerMessage(vote=wire.vote_to_pb(vote)))
+    assert router.faults.counts == {(name, "vote_not_a_validator"): 1}
+    claim = peer_pb2.PeerMessage(status=peer_pb2.PeerStatus(height=10**9, last_committed=10**9 - 1))
+    await router.on_peer_message(name, claim)
+    assert name not in validator.blocksync.peers and not validator.blocksync.wanted()
+    await router.on_peer_message("node1", claim)  # a validator's claim does reach block sync
+    assert validator.blocksync.peers["node1"].claimed == 10**9 - 1
