@@ -7,6 +7,9 @@ against the command line) are ever signalled. `wait_serving` waits until a start
 client API, or reports why it did not: a node that refuses to start prints one line
 `clearline-node: <reason>` to stderr (node/__main__.py) and exits non-zero.
 
+The network's observers (non-voting nodes) are started and stopped with its validators by start_all
+and stop_all; `wait_until` without names waits for the validators only.
+
 A fault-testing network with proxies (`clearline init --faults`) also has its fault proxy process
 (cluster/faults/proxy.py): start_all starts it (and waits until it listens) before the nodes, stop_all
 stops it after them.
@@ -297,18 +300,18 @@ class Launcher:
             from cluster.faults.process import start_proxy
 
             start_proxy(self.network, python=self.python, env={**self.extra_env, **(env or {})})
-        for node in self.network.nodes:
+        for node in self.network.all_nodes:
             if self.pid(node.name) is None:
                 self.start(node.name, env=env)
 
     def stop_all(self, timeout: float = 10) -> None:
-        for node in self.network.nodes:
+        for node in self.network.all_nodes:
             self._signal(node.name, signal.SIGCONT)
             self._signal(node.name, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for node in self.network.nodes:
+        for node in self.network.all_nodes:
             self._reap(node.name, max(0.1, deadline - time.monotonic()))
-        for node in self.network.nodes:
+        for node in self.network.all_nodes:
             if self.pid(node.name) is not None:
                 self.kill(node.name)
         for child in self._children.values():

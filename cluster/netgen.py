@@ -6,11 +6,17 @@
     <home>/accounts/<name>.json    keys of the genesis accounts (admin, compliance, auditor, banks, demo
                                    clients): the identities clients and tools read as
     <home>/nodes/<node>/           one home per validator: config.toml, genesis.json, keys/, tls/, data/
+    <home>/nodes/obs<j>/           one home per observer, laid out the same (`observer = true` in its
+                                   config, its peers the validators; its node key an account with
+                                   ROLE_OBSERVER, in the genesis or granted later: add_observer)
     <home>/faults/                 (fault-testing networks) the fault proxy's rules, status, pid and log
 
 A fault-testing network (`faults=True`, local hosts only) gets one fault-proxy port per ordered pair of
 validators (see cluster/faults/proxy.py): node A's config lists peer B at the port of link A->B, and
 network.json records the layout under "proxies".
+
+network.json lists the validators under "nodes" (what chaos, the checker and bench iterate) and the
+observers under "observers" (absent in networks made before observers: none).
 
 Every network gets its own chain id unless one is given (`clearline-<8 random hex digits>`): a
 transaction signs its chain id, so one signed for one network is refused by every other.
@@ -47,6 +53,7 @@ from node.config import (
     P2PConfig,
     Peer,
     TlsConfig,
+    load_config,
     max_block_response_bytes,
     render_config,
 )
@@ -55,6 +62,8 @@ from node.crypto import SigningKey
 CHAIN_ID_PREFIX = "clearline-"
 # Letters, digits, '.', '_' and '-', starting with a letter or digit; at most 50 characters.
 _CHAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
+# A node name added later (an observer): it becomes a directory, a TLS name and a network.json key.
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 DEFAULT_BASE_PORT = 26600
 VALIDATOR_POWER = 10
 
@@ -101,7 +110,7 @@ class ProxyLink:
 class Network:
     home: str
     chain_id: str
-    nodes: tuple[NodeInfo, ...]
+    nodes: tuple[NodeInfo, ...]  # the validators
     faults: bool = False
     accounts: dict[str, str] = field(default_factory=dict)  # name -> key file
     proxies: tuple[ProxyLink, ...] = ()  # fault-proxy ports, one per ordered pair (faults=True only)
@@ -157,6 +166,16 @@ class Network:
             options=options,
         )
 
+    observers: tuple[NodeInfo, ...] = ()  # non-voting nodes (their index counts observers from 0)
+
+    @property
+    def all_nodes(self) -> tuple[NodeInfo, ...]:
+        """The validators, then the observers: every process of the network."""
+        return self.nodes + self.observers
+
+    def is_observer(self, name: str) -> bool:
+        return any(o.name == name for o in self.observers)
+
     def proxy(self, src: str, dst: str) -> ProxyLink:
         """The proxy port of link src -> dst; KeyError if this network has none."""
         for link in self.proxies:
@@ -165,11 +184,15 @@ class Network:
         raise KeyError(f"no fault-proxy link {src}->{dst} in this network")
 
     def node(self, name_or_index: str | int) -> NodeInfo:
+        """A validator by name or index, or an observer by name."""
         for n in self.nodes:
             if n.name == name_or_index or n.index == name_or_index or str(n.index) == str(name_or_index):
                 return n
+        for n in self.observers:
+            if n.name == name_or_index:
+                return n
         raise KeyError(
-            f"no node {name_or_index!r} in this network (nodes: {', '.join(n.name for n in self.nodes)})"
+            f"no node {name_or_index!r} in this network (nodes: {', '.join(n.name for n in self.all_nodes)})"
         )
 
     def save(self) -> None:
@@ -180,6 +203,7 @@ class Network:
             "nodes": [asdict(n) for n in self.nodes],
             "proxies": [asdict(p) for p in self.proxies],
             "tls": self.tls,
+            "observers": [asdict(o) for o in self.observers],
         }
         (Path(self.home) / "network.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -199,6 +223,7 @@ class Network:
             accounts=dict(doc.get("accounts", {})),
             proxies=tuple(ProxyLink(**p) for p in doc.get("proxies", [])),
             tls=bool(doc.get("tls", True)),
+            observers=tuple(NodeInfo(**o) for o in doc.get("observers", [])),
         )
 
 
@@ -238,6 +263,7 @@ def build_genesis(
     *,
     genesis_time: int = 1_767_225_600,
     funded: dict[str, list[tuple[str, str, int]]] | None = None,
+    observer_keys: dict[str, SigningKey] | None = None,
 ) -> state_pb2.Genesis:
     """The standard genesis: admin, compliance, two banks issuing USD deposit tokens, a bond.
 
@@ -245,6 +271,7 @@ def build_genesis(
     funded client is KYC-approved by its home bank, the issuer of its first funded balance (that
     bank, and no other, can revoke it: ops.py "KYC"); admin, compliance and the banks are approved
     by compliance (the network's approval).
+    observer_keys (name -> node key) get accounts with ROLE_OBSERVER (no KYC, no funds).
     """
     genesis = state_pb2.Genesis(chain_id=chain_id, genesis_time=genesis_time)
     for i, key in enumerate(validator_keys):
@@ -267,6 +294,8 @@ def build_genesis(
                 amount=amount,
             )
         genesis.accounts.append(acct)
+    for name, key in (observer_keys or {}).items():
+        genesis.accounts.append(_genesis_account(key, name, [tx_pb2.ROLE_OBSERVER], kyc=False))
     bank_a, bank_b = account_keys["bank-a"].address, account_keys["bank-b"].address
     genesis.instruments.add(
         id=instrument(bank_a, "USD"),
@@ -317,13 +346,17 @@ def init_network(
     consensus: ConsensusConfig | None = None,
     tls: bool = True,
     proxy_base_port: int | None = None,
+    observers: int = 0,
 ) -> Network:
     """Create a network directory; refuses to overwrite an existing one unless force. Without
     chain_id the network gets a fresh one (new_chain_id).
 
     With faults=True and no hosts (all nodes on this machine), peers reach each other through fault
     proxies on ports proxy_base_port + i*n + j (default: just above the nodes' ports,
-    base_port + 10*n); multi-host networks get no proxies."""
+    base_port + 10*n); multi-host networks get no proxies.
+
+    observers: that many observer homes obs0..obs<N-1> (their node keys get ROLE_OBSERVER in the
+    genesis), on ports above every validator's and proxy's."""
     chain_id = new_chain_id() if chain_id is None else check_chain_id(chain_id)
     root = Path(home).resolve()
     if (root / "network.json").exists() or (root / "nodes").exists():
@@ -334,6 +367,8 @@ def init_network(
             shutil.rmtree(root / sub, ignore_errors=True)
     if validators < 1:
         raise ValueError("a network needs at least one validator")
+    if observers < 0:
+        raise ValueError("the number of observers cannot be negative")
     if hosts and len(hosts) not in (1, validators):
         raise ValueError(f"--hosts lists {len(hosts)} hosts for {validators} validators")
     root.mkdir(parents=True, exist_ok=True)
@@ -354,7 +389,10 @@ def init_network(
         accounts[name] = str(path)
 
     validator_keys = [SigningKey.generate() for _ in range(validators)]
-    genesis = build_genesis(chain_id, validator_keys, account_keys, funded=funded)
+    observer_keys = {f"obs{j}": SigningKey.generate() for j in range(observers)}
+    genesis = build_genesis(
+        chain_id, validator_keys, account_keys, funded=funded, observer_keys=observer_keys
+    )
     genesis.fault_testing = faults
     genesis_json = json_format.MessageToJson(genesis, indent=2) + "\n"
     (root / "genesis.json").write_text(genesis_json)
@@ -386,15 +424,9 @@ def init_network(
         proxies = layout_fault_proxies(
             infos, base_port + 10 * validators if proxy_base_port is None else proxy_base_port
         )
+    template: NodeConfig | None = None
     for info, key in zip(infos, validator_keys, strict=True):
         node_home = Path(info.home)
-        crypto.save_key_file(node_home / "keys" / "validator.json", key)
-        cert_pem, key_pem = pki.issue_node_cert(ca, info.name, key.address, [info.host])
-        (node_home / "tls").mkdir(parents=True, exist_ok=True)
-        (node_home / "tls" / "ca.pem").write_bytes(ca.cert_pem())
-        (node_home / "tls" / "node.pem").write_bytes(cert_pem)
-        pki.write_private(node_home / "tls" / "node.key", key_pem)
-        (node_home / "genesis.json").write_text(genesis_json)
         bind = "0.0.0.0" if hosts else info.host
         peers = tuple(Peer(name=o.name, host=o.host, port=o.p2p_port) for o in infos if o.name != info.name)
         if proxies:
@@ -417,8 +449,8 @@ def init_network(
             cfg = dataclasses.replace(
                 cfg, tls=TlsConfig(enabled=False), api=dataclasses.replace(cfg.api, plaintext=True)
             )
-        (node_home / "config.toml").write_text(render_config(cfg))
-        (node_home / "data").mkdir(exist_ok=True)
+        _write_node_home(ca, info, key, genesis_json, cfg)
+        template = template or cfg
 
     network = Network(
         home=str(root),
@@ -429,5 +461,100 @@ def init_network(
         proxies=proxies,
         tls=tls,
     )
+    assert template is not None
+    for j, key in enumerate(observer_keys.values()):
+        host = hosts[0] if hosts else "127.0.0.1"
+        info = _observer_info(network, f"obs{j}", j, host, key)
+        _write_node_home(
+            ca, info, key, genesis_json, observer_config(template, info, network, bind_all=bool(hosts))
+        )
+        network = dataclasses.replace(network, observers=(*network.observers, info))
     network.save()
     return network
+
+
+def _write_node_home(
+    ca: pki.CertAuthority, info: NodeInfo, key: SigningKey, genesis_json: str, cfg: NodeConfig
+) -> None:
+    """A node's home: its node key, TLS certificate from the network CA (binding the key's address),
+    genesis and config."""
+    node_home = Path(info.home)
+    crypto.save_key_file(node_home / "keys" / "validator.json", key)
+    cert_pem, key_pem = pki.issue_node_cert(ca, info.name, key.address, [info.host])
+    (node_home / "tls").mkdir(parents=True, exist_ok=True)
+    (node_home / "tls" / "ca.pem").write_bytes(ca.cert_pem())
+    (node_home / "tls" / "node.pem").write_bytes(cert_pem)
+    pki.write_private(node_home / "tls" / "node.key", key_pem)
+    (node_home / "genesis.json").write_text(genesis_json)
+    (node_home / "config.toml").write_text(render_config(cfg))
+    (node_home / "data").mkdir(exist_ok=True)
+
+
+def _observer_info(network: Network, name: str, index: int, host: str, key: SigningKey) -> NodeInfo:
+    """An observer's ports: the next slot of ten above every port the network uses (its nodes' and
+    its fault proxies')."""
+    used = [n.metrics_port for n in network.all_nodes] + [p.port for p in network.proxies]
+    port = (max(used) // 10 + 1) * 10
+    return NodeInfo(
+        name=name,
+        index=index,
+        home=str(Path(network.home) / "nodes" / name),
+        address=key.address.hex(),
+        host=host,
+        p2p_port=port,
+        api_port=port + 1,
+        metrics_port=port + 2,
+    )
+
+
+def observer_config(template: NodeConfig, info: NodeInfo, network: Network, *, bind_all: bool) -> NodeConfig:
+    """An observer's config: a validator's (template: the same limits, timeouts and TLS setting) with
+    the observer's name and ports, `observer = true`, and every validator as a peer to dial."""
+    bind = "0.0.0.0" if bind_all else info.host
+    peers = tuple(Peer(name=v.name, host=v.host, port=v.p2p_port) for v in network.nodes)
+    return dataclasses.replace(
+        template,
+        home=Path(info.home),
+        moniker=info.name,
+        observer=True,
+        byzantine="",
+        p2p=dataclasses.replace(template.p2p, listen=f"{bind}:{info.p2p_port}", peers=peers),
+        api=dataclasses.replace(template.api, listen=f"{bind}:{info.api_port}"),
+        metrics=dataclasses.replace(template.metrics, listen=f"{bind}:{info.metrics_port}"),
+    )
+
+
+class ObserverExistsError(Exception):
+    """add_observer: the network already has a node of that name."""
+
+
+def add_observer(
+    home: str | Path, name: str, host: str = "127.0.0.1"
+) -> tuple[Network, NodeInfo, SigningKey]:
+    """Lay out a new observer of an existing network: its node key, a certificate from the network's
+    CA (<home>/ca), a config copied from node0's (observer = true, the validators as peers), the
+    genesis; recorded in network.json. Its key is admitted only once the ledger gives its account
+    ROLE_OBSERVER (a GrantRole the caller submits: `clearline observer add` does)."""
+    network = Network.load(home)
+    if not _NODE_NAME.fullmatch(name):
+        raise ValueError(f"observer name {name[:40]!r} must be 1..32 letters, digits, '_' or '-'")
+    if any(n.name == name for n in network.all_nodes):
+        raise ObserverExistsError(f"the network already has a node named {name}")
+    root = Path(network.home)
+    if (root / "nodes" / name).exists():
+        raise ObserverExistsError(f"{root / 'nodes' / name} exists already")
+    key = SigningKey.generate()
+    info = _observer_info(network, name, len(network.observers), host, key)
+    template = load_config(network.nodes[0].home)
+    bind_all = template.p2p.listen.startswith("0.0.0.0:")
+    genesis_json = (root / "genesis.json").read_text()
+    _write_node_home(
+        pki.load_ca(root / "ca"),
+        info,
+        key,
+        genesis_json,
+        observer_config(template, info, network, bind_all=bind_all),
+    )
+    network = dataclasses.replace(network, observers=(*network.observers, info))
+    network.save()
+    return network, info, key

@@ -119,3 +119,11 @@ def write_private(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def load_ca(ca_dir: Path) -> CertAuthority:
+    """The network's CA from ca.pem and ca.key (what `clearline init` wrote), to issue more certs."""
+    key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_dir / 'ca.key'} is not an EC private key")
+    return CertAuthority(key=key, cert=x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()))

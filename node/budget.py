@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.admission import MAX_OBSERVER_PEERS, OBSERVER_SEND_QUEUE_BYTES
 from node.config import NodeConfig
 
 MIB = 1 << 20
@@ -55,6 +56,10 @@ def budget_lines(cfg: NodeConfig) -> list[BudgetLine]:
         BudgetLine(
             "peer streams (one maximum message each)",
             cfg.p2p.max_message_bytes * peers,
+        ),
+        BudgetLine(
+            f"observers (at most {MAX_OBSERVER_PEERS}: a send queue and one maximum message each)",
+            (OBSERVER_SEND_QUEUE_BYTES + cfg.p2p.max_message_bytes) * MAX_OBSERVER_PEERS,
         ),
         BudgetLine(
             "client calls in flight ([api] max_concurrent_rpcs requests, a few maximum responses)",

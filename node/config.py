@@ -2,7 +2,8 @@
 
 Every setting is declared once below with its type and a check; an unknown or invalid setting stops
 the node at start with a `ConfigError` that names the setting (`[mempool] max_txs: must be > 0`).
-Relative paths are resolved against the home directory.
+Relative paths are resolved against the home directory. An observer's config (`clearline init
+--observers N`, `clearline observer add`) has the top-level line `observer = true`.
 
 Example (what `clearline init` writes):
 
@@ -218,6 +219,11 @@ class NodeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     # Test-only behaviour (fault injection); refused unless the genesis allows fault testing.
     byzantine: str = ""
+    # A non-voting full node (a regulator's, an auditor's, a back office's): it dials every
+    # configured peer, follows the chain and serves reads, and never signs a proposal or a vote,
+    # even if its key is (or later becomes) a validator's. Validators admit it while its key's
+    # account has ROLE_OBSERVER.
+    observer: bool = False
 
     def path(self, relative: Path) -> Path:
         """A configured path resolved against the home directory."""
@@ -235,7 +241,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "storage": StorageConfig,
     "log": LogConfig,
 }
-_TOP_LEVEL = {"chain_id": str, "moniker": str, "genesis": Path, "byzantine": str}
+_TOP_LEVEL = {"chain_id": str, "moniker": str, "genesis": Path, "byzantine": str, "observer": bool}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 # The test-only misbehaviours a node may be configured with (node/byzantine.py); chaos draws from
 # these, in this order.
@@ -355,6 +361,10 @@ def _check(cfg: NodeConfig) -> None:
         raise ConfigError(f"[log] level: {cfg.log.level!r} is not one of {sorted(_LOG_LEVELS)}")
     if cfg.byzantine and cfg.byzantine not in BYZANTINE_MODES:
         raise ConfigError(f"byzantine: {cfg.byzantine!r} is not one of {sorted(BYZANTINE_MODES)}")
+    if cfg.observer and cfg.byzantine:
+        raise ConfigError("byzantine: an observer signs nothing, so it has no misbehaviour to inject")
+    if cfg.observer and not cfg.p2p.peers:
+        raise ConfigError("[p2p] peers: an observer only dials, so it needs at least one validator to dial")
 
 
 def _check_api_limits(cfg: NodeConfig) -> None:
@@ -431,6 +441,8 @@ def render_config(cfg: NodeConfig) -> str:
     lines.append(f"genesis = {_quote(str(cfg.genesis))}")
     if cfg.byzantine:
         lines.append(f"byzantine = {_quote(cfg.byzantine)}")
+    if cfg.observer:
+        lines.append("observer = true")
     for section in _SECTIONS:
         lines.append("")
         lines.append(f"[{section}]")

@@ -7,6 +7,11 @@ Transaction batches are admitted to the mempool in the background, bounded (a pe
 wait behind the signature checks of the transactions it sent just before them; beyond the bound,
 its stream waits). Evidence goes to the evidence pool, height claims to block sync.
 
+Peers are validators or observers (node/admission.py). An observer's votes and proposals are
+checked like anyone's, against the validator set of their height, so they are dropped and counted
+as faults; its height claims are not passed to block sync (this node never fetches from an
+observer, so a false claim cannot make it believe it is behind).
+
 A peer's invalid message is its fault (`PeerFault`): counted by kind (a metric), logged (the first
 few), and past PEER_FAULT_LIMIT within PEER_FAULT_WINDOW_S the peer is banned for PEER_BAN_S. Only
 `BadInput` is caught here; anything else is this node's own failure and stops it.
@@ -25,6 +30,7 @@ from typing import Protocol
 
 from clearline.v1 import block_pb2, peer_pb2, wal_pb2
 from node import blocks, budget, crypto, validation, wire
+from node.admission import PeerNames
 from node.blocksync import BlockSync
 from node.chain import Chain
 from node.clock import Clock
@@ -138,7 +144,7 @@ class PeerRouter:
         *,
         cfg: NodeConfig,
         key: crypto.SigningKey,
-        names_by_address: dict[bytes, str],
+        names: PeerNames,
         chain: Chain,
         driver: ConsensusDriver,
         executor: BlockExecutor,
@@ -149,7 +155,7 @@ class PeerRouter:
     ) -> None:
         self._cfg = cfg
         self._key = key
-        self._names = names_by_address
+        self._names = names
         self._chain = chain
         self._driver = driver
         self._executor = executor
@@ -205,9 +211,9 @@ class PeerRouter:
             hello.validator + hello.public_key,
         ):
             return "hello signature does not verify"
-        name = self._names.get(hello.validator)
+        name = self._names.name_of(hello.validator)
         if name is None:
-            return "peer is not a validator of this network"
+            return "peer is neither a validator of this network nor an admitted observer"
         if expected_name is not None and name != expected_name:
             return f"expected {expected_name}, peer is {name}"
         if cert_address is not None and cert_address != hello.validator:
@@ -257,7 +263,8 @@ class PeerRouter:
             elif problem not in ("already committed", "unknown height"):
                 raise PeerFault("invalid_evidence", problem)
         elif kind == "status":
-            self._blocksync.on_status(peer, msg.status.last_committed)
+            if self._names.is_validator(peer):
+                self._blocksync.on_status(peer, msg.status.last_committed)
         elif kind is not None:
             log.debug("peer %s sent unexpected %s", peer, kind)
 

@@ -41,11 +41,12 @@ from node import blocks, budget, crypto
 from node import evidence as evidence_mod
 from node import execution as execution_mod
 from node import router as router_mod
+from node.admission import MAX_OBSERVER_PEERS, PeerNames
 from node.blocksync import BlockSync
 from node.chain import Chain
 from node.clock import Clock, SystemClock, now_ms
 from node.config import NodeConfig
-from node.consensus import Application, Proposal, Vote
+from node.consensus import Application, Proposal, Signer, Vote
 from node.driver import MAX_LATER_EVENTS, ConsensusDriver
 from node.errors import CannotStart, InvariantBroken
 from node.evidence import EvidencePool
@@ -88,6 +89,21 @@ class NodeSigner:
             self._chain_id, proposal.height, proposal.round, proposal.pol_round, proposal.block_id
         )
         return self._key.sign_raw(msg)
+
+
+class ObserverSigner:
+    """The consensus Signer of an observer (`observer = true`): it holds no key and its address is
+    no validator's, so the core never asks it to sign (node/consensus/tendermint.py `_is_member`);
+    if it ever did, the node stops rather than sign. An observer's node key is used for its peer
+    Hello only."""
+
+    address: bytes = b""
+
+    def sign_vote(self, vote: Vote) -> bytes:
+        raise InvariantBroken("an observer was asked to sign a vote", vote.height)
+
+    def sign_proposal(self, proposal: Proposal) -> bytes:
+        raise InvariantBroken("an observer was asked to sign a proposal", proposal.height)
 
 
 class Behaviour(Protocol):
@@ -221,7 +237,7 @@ class Node:
         now and its bound: the parts of the memory budget (node/budget.py) counted in the structures
         themselves. The node simulation checks every one of them while it floods the node."""
         cfg = self.cfg
-        peers = max(len(cfg.p2p.peers), len(self.names_by_address))
+        peers = max(len(cfg.p2p.peers), len(self.names_by_address)) + MAX_OBSERVER_PEERS
         out = [
             Holding("mempool bytes", self.mempool.size_bytes, cfg.mempool.max_bytes),
             Holding("mempool transactions", len(self.mempool), cfg.mempool.max_txs),
@@ -291,6 +307,7 @@ class Node:
         self.names_by_address: dict[bytes, str] = {
             crypto.address_of(v.public_key): v.name for v in self.genesis.validators
         }
+        self.peer_names = PeerNames(self.names_by_address, self.ledger.get_account_record)
         self.evidence = EvidencePool(self.chain)
         self.evidence.load_committed(self.store)
         self.sign_state = self.storage.open_sign_state(data_dir / "sign_state.bin")
@@ -341,7 +358,7 @@ class Node:
             io=self.io_pool,
             clock=clock,
         )
-        self.signer = NodeSigner(self.key, self.chain_id)
+        self.signer: Signer = ObserverSigner() if cfg.observer else NodeSigner(self.key, self.chain_id)
         self.driver = ConsensusDriver(
             consensus=cfg.consensus,
             chain=chain,
@@ -361,7 +378,7 @@ class Node:
         self.router = PeerRouter(
             cfg=cfg,
             key=self.key,
-            names_by_address=self.names_by_address,
+            names=self.peer_names,
             chain=chain,
             driver=self.driver,
             executor=self.executor,
@@ -416,7 +433,7 @@ class Node:
         self.metrics = metrics.NodeMetrics(cfg.metrics.listen)
         self._closers.append(self.metrics.close)
         self.mempool.on_verified = lambda _n, seconds: self.metrics.verify_seconds.observe(seconds)
-        self.network = PeerNetwork(cfg, self.peer_handler(), self.names_by_address)
+        self.network = PeerNetwork(cfg, self.peer_handler(), self.peer_names)
         self.network.on_fatal = self._fail
         self.attach_transport(self.network)
         self.api = ApiServer(

@@ -1,5 +1,5 @@
-"""`clearline init | up | down | status | logs | node`: create a network directory and run its nodes as
-real processes."""
+"""`clearline init | up | down | status | logs | node | observer`: create a network directory, run its
+nodes as real processes, and add observers (non-voting nodes) to a running network."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.cli.common import CliError, common_opts, emit, launcher, network
+from cluster.cli.common import CliError, client, client_opts, common_opts, emit, launcher, load_key, network
 from cluster.netgen import DEFAULT_BASE_PORT, Network, NetworkExistsError, init_network
 
 
@@ -36,6 +36,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             faults=args.faults,
             force=args.force,
             tls=not args.no_tls,
+            observers=args.observers,
         )
     except NetworkExistsError as exc:
         raise CliError("NETWORK_EXISTS", str(exc), 2) from None
@@ -48,12 +49,20 @@ def cmd_init(args: argparse.Namespace) -> int:
             {"name": n.name, "api": n.api_target, "p2p": n.p2p_target, "address": n.address}
             for n in net.nodes
         ],
+        "observers": [
+            {"name": n.name, "api": n.api_target, "p2p": n.p2p_target, "address": n.address}
+            for n in net.observers
+        ],
         "accounts": sorted(net.accounts),
         "faults": net.faults,
     }
     lines = [f"initialized {len(net.nodes)} validators of {net.chain_id} in {net.home}"]
     lines += [
         f"  {n.name}: api {n.api_target}  p2p {n.p2p_target}  validator {n.address[:16]}" for n in net.nodes
+    ]
+    lines += [
+        f"  {n.name}: api {n.api_target}  p2p {n.p2p_target}  observer {n.address[:16]}"
+        for n in net.observers
     ]
     lines.append(f"  accounts: {', '.join(sorted(net.accounts))} (keys in {net.home}/accounts)")
     emit(args, doc, "\n".join(lines))
@@ -70,6 +79,13 @@ def _healthy(network: Any) -> Any:
     return healthy
 
 
+def _height(network: Any, node: Any) -> int:
+    from cluster.client import SyncClient
+
+    with SyncClient.connect(node.api_target, timeout_s=1.0, **network.client_options(None)) as client:
+        return int(client.status().height)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from cluster.launcher import LaunchError
 
@@ -79,11 +95,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     if progress:
         print(f"starting {len(runner.network.nodes)} nodes, waiting for the first block...", file=sys.stderr)
     try:
-        for node in runner.network.nodes:
+        for node in runner.network.all_nodes:
             runner.wait_serving(node.name, timeout=args.wait)
         runner.wait_until(
             _healthy(runner.network), timeout=args.wait, what="committing blocks", progress=progress
         )
+        if runner.network.observers:
+            # Observers are ready once they have caught up with the validators' height of now.
+            head = min(_height(runner.network, n) for n in runner.network.nodes)
+            runner.wait_until(
+                lambda n: _height(runner.network, n) >= head,
+                [o.name for o in runner.network.observers],
+                timeout=args.wait,
+                what=f"following (at height {head})",
+                progress=progress,
+            )
     except LaunchError as exc:
         raise CliError("NODE_UNHEALTHY", str(exc)) from None
     return cmd_status(args)
@@ -92,10 +118,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     runner = launcher(args)
     runner.stop_all(timeout=args.grace)
-    left = [n.name for n in runner.network.nodes if runner.status(n.name).alive]
+    left = [n.name for n in runner.network.all_nodes if runner.status(n.name).alive]
     if left:
         raise CliError("STILL_RUNNING", f"nodes still running: {', '.join(left)}")
-    emit(args, {"stopped": [n.name for n in runner.network.nodes]}, "all nodes stopped")
+    emit(args, {"stopped": [n.name for n in runner.network.all_nodes]}, "all nodes stopped")
     return 0
 
 
@@ -105,6 +131,7 @@ def _node_status(node: Any, runner: Any) -> dict[str, Any]:
     proc = runner.status(node.name)
     row: dict[str, Any] = {
         "node": node.name,
+        "role": "observer" if runner.network.is_observer(node.name) else "validator",
         "pid": proc.pid,
         "alive": proc.alive,
         "paused": proc.paused,
@@ -139,8 +166,8 @@ def _node_status(node: Any, runner: Any) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     runner = launcher(args)
-    rows = [_node_status(n, runner) for n in runner.network.nodes]
-    header = f"{'node':<8}{'pid':>8}  {'alive':<6}{'height':>8}{'round':>6}{'peers':>6}{'mempool':>9}{'age s':>8}  syncing"
+    rows = [_node_status(n, runner) for n in runner.network.all_nodes]
+    header = f"{'node':<8}{'pid':>8}  {'alive':<6}{'height':>8}{'round':>6}{'peers':>6}{'mempool':>9}{'age s':>8}  syncing  role"
     lines = [header]
     for r in rows:
         alive = "paused" if r["paused"] else ("yes" if r["alive"] else "no")
@@ -150,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         lines.append(
             f"{r['node']:<8}{cell('pid'):>8}  {alive:<6}{cell('height'):>8}{cell('round'):>6}{cell('peers'):>6}"
-            f"{cell('mempool'):>9}{cell('last_block_age_s'):>8}  {cell('syncing')}"
+            f"{cell('mempool'):>9}{cell('last_block_age_s'):>8}  {cell('syncing'):<7}  {r['role']}"
         )
     emit(args, {"nodes": rows}, "\n".join(lines))
     return 0
@@ -160,7 +187,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from cluster.launcher import tail
 
     net = network(args)
-    nodes = [net.node(args.node_id)] if args.node_id is not None else list(net.nodes)
+    nodes = [net.node(args.node_id)] if args.node_id is not None else list(net.all_nodes)
     for node in nodes:
         for name in ("stdout.log", "node.log"):
             path = Path(node.home) / name
@@ -203,8 +230,52 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_observer_add(args: argparse.Namespace) -> int:
+    """Lay out a new observer (key, certificate from the network CA, config, home, network.json) and
+    have the network's admin grant its node key ROLE_OBSERVER; returns once the grant is committed.
+    The observer is started with `clearline node start NAME` (or `clearline up`)."""
+    from clearline.v1 import tx_pb2
+    from cluster.client import ClientError
+    from cluster.client import builders as b
+    from cluster.netgen import ObserverExistsError, add_observer
+
+    network(args)  # NO_NETWORK if there is none
+    admin = load_key(args, args.admin)
+    try:
+        _net, info, key = add_observer(args.home, args.name, host=args.host)
+    except ObserverExistsError as exc:
+        raise CliError("NODE_EXISTS", str(exc), 2) from None
+    except ValueError as exc:
+        raise CliError("BAD_ARGUMENT", str(exc), 2) from None
+    grant = b.grant_role(key.address, tx_pb2.ROLE_OBSERVER, public_key=key.public_key)
+    with client(args) as api:
+        try:
+            result = api.send(admin, grant)
+        except ClientError as exc:
+            raise CliError(exc.reason, f"{info.name} laid out, but the grant failed: {exc.message}") from None
+    doc = {
+        "name": info.name,
+        "home": info.home,
+        "address": info.address,
+        "api": info.api_target,
+        "p2p": info.p2p_target,
+        "grant_status": result.reason,
+        "grant_height": result.height,
+    }
+    if not result.ok:
+        emit(args, doc, f"FAILED {result.reason}: ROLE_OBSERVER for {info.name} was not granted")
+        return 1
+    emit(
+        args,
+        doc,
+        f"added observer {info.name} ({info.address[:16]}, api {info.api_target}); ROLE_OBSERVER granted "
+        f"at height {result.height}; start it with `clearline node start {info.name}`",
+    )
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """init, up, down, status, logs and node, in that order."""
+    """init, up, down, status, logs, node and observer, in that order."""
     sp = sub.add_parser("init", help="create a network directory")
     common_opts(sp)
     sp.add_argument("--validators", type=int, default=4)
@@ -218,6 +289,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     sp.add_argument("--force", action="store_true", help="replace an existing network")
     sp.add_argument("--no-tls", action="store_true", help="plaintext peer links (development only)")
+    sp.add_argument(
+        "--observers",
+        type=int,
+        default=0,
+        help="non-voting observer nodes obs0.. (ROLE_OBSERVER in the genesis)",
+    )
     sp.set_defaults(func=cmd_init)
 
     sp = sub.add_parser("up", help="start every node and wait until all commit blocks")
@@ -249,3 +326,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--wait", type=float, default=30.0, help="start/restart: seconds to wait for the node to serve"
     )
     sp.set_defaults(func=cmd_node)
+
+    observer = sub.add_parser("observer", help="observers: non-voting nodes that follow the chain")
+    ops = observer.add_subparsers(dest="action", metavar="ACTION")
+    sp = ops.add_parser("add", help="lay out an observer and grant its key ROLE_OBSERVER (signed by --admin)")
+    client_opts(sp)
+    sp.add_argument("name", help="the observer's name (letters, digits, '_', '-'; at most 32)")
+    sp.add_argument("--host", default="127.0.0.1", help="the host the observer runs on")
+    sp.add_argument(
+        "--admin", default="admin", help="the admin account (name or key file) that grants the role"
+    )
+    sp.set_defaults(func=cmd_observer_add)

@@ -109,7 +109,8 @@ class Kind:
 _KYC = {"approved": tx_pb2.KYC_STATUS_APPROVED, "pending": tx_pb2.KYC_STATUS_PENDING,
         "rejected": tx_pb2.KYC_STATUS_REJECTED, "revoked": tx_pb2.KYC_STATUS_REVOKED}  # fmt: skip
 _ROLES = {"admin": tx_pb2.ROLE_ADMIN, "issuer": tx_pb2.ROLE_ISSUER, "compliance": tx_pb2.ROLE_COMPLIANCE,
-          "auditor": tx_pb2.ROLE_AUDITOR, "participant": tx_pb2.ROLE_PARTICIPANT}  # fmt: skip
+          "auditor": tx_pb2.ROLE_AUDITOR, "participant": tx_pb2.ROLE_PARTICIPANT,
+          "observer": tx_pb2.ROLE_OBSERVER}  # fmt: skip
 
 TEXT = Kind("text", lambda args, text: text)
 INTEGER = Kind("integer", _integer)

@@ -314,7 +314,12 @@ class Tendermint:
     def _start(self) -> None:
         self._started = True
         restored = self._last_signed
-        if restored is not None and restored.height == self._height and restored.step is not Step.PROPOSE:
+        if (
+            restored is not None
+            and restored.height == self._height
+            and restored.step is not Step.PROPOSE
+            and self._is_member()
+        ):
             # Resume after a restart inside the round where we last signed a vote: do not re-enter
             # propose; count and re-send our own vote (same signature: not a new signature).
             self._step = restored.step
@@ -362,7 +367,7 @@ class Tendermint:
         self._step = Step.PROPOSE
         self._learn_valid()
         proposer = self._validators.proposer(self._height, round_)
-        if proposer.address == self.address:
+        if proposer.address == self.address and self._is_member():
             if self._valid_id is not None and self._valid_block is not None:
                 block_id, block, pol_round = self._valid_id, self._valid_block, self._valid_round
             else:
@@ -642,6 +647,8 @@ class Tendermint:
         self._sign_vote(VoteType.PRECOMMIT, block_id, block)
 
     def _sign_vote(self, vote_type: VoteType, block_id: BlockId | None, block: object | None) -> None:
+        if not self._is_member():
+            return  # an observer, or a node whose key is not in this height's set, only follows
         unsigned = Vote(vote_type, self._height, self._round, block_id, self.address)
         signature = self._authorize(
             step_of(vote_type), block_id, block, lambda: self._signer.sign_vote(unsigned)
@@ -695,6 +702,13 @@ class Tendermint:
         )
 
     # --- helpers ------------------------------------------------------------------------------------
+
+    def _is_member(self) -> bool:
+        """Whether this node signs at this height: only a member of the height's validator set does.
+        Anyone else (an observer, a validator removed from the set) follows the steps and decides
+        from others' votes without a message of its own: its votes would only be dropped by every
+        peer as a non-member's, and counted against it."""
+        return self.address in self._validators
 
     def _is_valid(self, block_id: BlockId, block: object) -> bool:
         """valid(v), with only a "yes" remembered: a "no" may change. A block from this node's

@@ -1,9 +1,12 @@
 """Peer transport: one long-lived bidirectional gRPC stream per peer pair, over mutual TLS.
 
-Of each pair, the node whose name sorts first dials; the other accepts. The first message in each
-direction is a signed `Hello`: the receiver checks the chain id, the signature, that the validator
-is a member, and (on the accepting side) that the TLS client certificate binds that validator's
-address. Then both sides send `PeerMessage`s (consensus messages, transaction batches, status) until
+Of each pair, the node whose name sorts first dials; the other accepts. An observer (`observer =
+true`) dials every peer it is configured with and is dialed by none. The first message in each
+direction is a signed `Hello`: the receiver checks the chain id, the signature, that the key is a
+validator's or an admitted observer's (node/admission.py, read at connection time), and (on the
+accepting side) that the TLS client certificate binds that key's address. At most MAX_OBSERVER_PEERS
+observers are connected at once, and their block-sync requests have serving slots of their own
+(MAX_OBSERVER_SERVES), so observers cannot crowd out validators. Then both sides send `PeerMessage`s (consensus messages, transaction batches, status) until
 the stream breaks; the dialer reconnects with exponential backoff (capped).
 
 What arrives is handed to a `PeerHandler` (the runtime), which validates it before the consensus
@@ -26,6 +29,7 @@ import grpc
 from cryptography import x509
 
 from clearline.v1 import peer_pb2, peer_pb2_grpc
+from node.admission import MAX_OBSERVER_PEERS, OBSERVER_SEND_QUEUE_BYTES, PeerNames
 from node.config import NodeConfig, Peer
 from node.errors import BadInput
 from node.network.tolerant import add_tolerant
@@ -42,6 +46,8 @@ FETCH_DEADLINE_S = 60.0
 # Block-sync requests served at once; more are refused with RESOURCE_EXHAUSTED (each streams up to
 # SYNC_BATCH blocks from disk).
 MAX_CONCURRENT_SERVES = 4
+# Block-sync requests served to observers at once (apart from the validators' MAX_CONCURRENT_SERVES).
+MAX_OBSERVER_SERVES = 2
 
 
 class PeerHandler(Protocol):
@@ -90,11 +96,12 @@ class _Conn:
     )
     dropped: int = 0
     queued_bytes: int = 0
+    max_bytes: int = SEND_QUEUE_BYTES
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, msg: peer_pb2.PeerMessage, size: int | None = None) -> None:
         n = msg.ByteSize() if size is None else size
-        while self.queue.full() or (self.queued_bytes + n > SEND_QUEUE_BYTES and not self.queue.empty()):
+        while self.queue.full() or (self.queued_bytes + n > self.max_bytes and not self.queue.empty()):
             try:
                 _old, old_size = self.queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -186,6 +193,10 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
         name = net.name_of(hello.validator)
         if name is None:
             return await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown validator")
+        if net.observers_full(name):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_OBSERVER_PEERS} observers connected already"
+            )
         await context.write(peer_pb2.PeerMessage(hello=net.handler.make_hello()))
 
         async def reads() -> AsyncIterator[peer_pb2.PeerMessage]:
@@ -205,17 +216,23 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
         if net.tls:
             pems = context.auth_context().get("x509_pem_cert") or []
             address = validator_address_of_cert(pems[0]) if pems else None
-            if address is None or net.name_of(address) is None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer certificate binds no validator")
             name = net.name_of(address) if address is not None else None
-            if name is not None and net.is_banned(name):
+            if name is None:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, "peer certificate binds no validator or observer"
+                )
+                return
+            if net.is_banned(name):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid messages")
-        if net._serving.locked():
+            serving = net.serving_slots(name)
+        else:
+            serving = net._serving
+        if serving.locked():
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"serving {MAX_CONCURRENT_SERVES} block-sync requests already; retry later",
+                "serving as many block-sync requests as it may; retry later",
             )
-        async with net._serving:
+        async with serving:
             async for block in net.handler.serve_blocks(request):
                 yield block
 
@@ -228,11 +245,11 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
 class PeerNetwork:
     """Listens for peers, dials the peers it should, and moves PeerMessages both ways."""
 
-    def __init__(self, cfg: NodeConfig, handler: PeerHandler, names_by_address: dict[bytes, str]) -> None:
+    def __init__(self, cfg: NodeConfig, handler: PeerHandler, names: PeerNames) -> None:
         self.cfg = cfg
         self.handler = handler
         self.tls = cfg.tls.enabled
-        self._names_by_address = names_by_address
+        self._names = names
         self._conns: dict[str, _Conn] = {}
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -240,6 +257,7 @@ class PeerNetwork:
         self._stopping = False
         self._banned_until: dict[str, float] = {}
         self._serving = asyncio.Semaphore(MAX_CONCURRENT_SERVES)
+        self._serving_observers = asyncio.Semaphore(MAX_OBSERVER_SERVES)
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None  # set by the node
         self.port: int = 0
         if self.tls:
@@ -260,7 +278,7 @@ class PeerNetwork:
         await server.start()
         self._server = server
         for peer in self.cfg.p2p.peers:
-            if self.cfg.moniker < peer.name:
+            if self.cfg.observer or self.cfg.moniker < peer.name:
                 self._tasks.append(asyncio.create_task(self._dial_forever(peer), name=f"dial-{peer.name}"))
 
     async def stop(self) -> None:
@@ -281,8 +299,19 @@ class PeerNetwork:
     def connected(self) -> list[str]:
         return sorted(self._conns)
 
-    def name_of(self, validator: bytes) -> str | None:
-        return self._names_by_address.get(validator)
+    def name_of(self, address: bytes) -> str | None:
+        """The name of the validator or admitted observer with this address (None: refuse it)."""
+        return self._names.name_of(address)
+
+    def observers_full(self, name: str) -> bool:
+        """Whether a new stream of name would exceed MAX_OBSERVER_PEERS (a validator never does)."""
+        if self._names.is_validator(name) or name in self._conns:
+            return False
+        return sum(1 for n in self._conns if not self._names.is_validator(n)) >= MAX_OBSERVER_PEERS
+
+    def serving_slots(self, name: str) -> asyncio.Semaphore:
+        """The block-sync serving slots that a request of peer name takes."""
+        return self._serving if self._names.is_validator(name) else self._serving_observers
 
     def broadcast(self, msg: peer_pb2.PeerMessage) -> None:
         if not self._conns:
@@ -325,6 +354,8 @@ class PeerNetwork:
             return
         old = self._conns.get(name)
         conn = _Conn(name)
+        if not self._names.is_validator(name):
+            conn.max_bytes = OBSERVER_SEND_QUEUE_BYTES
         self._conns[name] = conn
         if old is not None:
             old.send(peer_pb2.PeerMessage(), 0)  # wake its writer so it notices it was replaced

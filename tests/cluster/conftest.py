@@ -55,7 +55,9 @@ class RunningNetwork:
 
 def _factory(root: Path, launchers: list[Launcher]) -> Callable[..., RunningNetwork]:
     def factory(validators: int = 4, start: bool = True, **kwargs: object) -> RunningNetwork:
-        base = free_base_port(validators)
+        # Observers take the slots above the validators' (one spare for an observer added later).
+        observers = int(kwargs.get("observers", 0))  # type: ignore[call-overload]
+        base = free_base_port(validators + (observers + 1 if observers else 0))
         network = init_network(
             root / f"net{len(launchers)}",
             validators=validators,

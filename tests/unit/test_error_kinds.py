@@ -14,6 +14,7 @@ import pytest
 
 from clearline.v1 import peer_pb2
 from cluster.netgen import init_network
+from node.admission import PeerNames
 from node.config import load_config
 from node.errors import ApiError, BadInput, CannotStart, InvalidBlock, InvariantBroken, NodeError, PeerFault
 from node.mempool import MempoolFull
@@ -67,7 +68,7 @@ async def _stream(
 ) -> tuple[ScriptedHandler, list[BaseException], BaseException | None]:
     net_dir = init_network(tmp_path / "net", validators=4, tls=False)
     handler = ScriptedHandler(script)
-    network = PeerNetwork(load_config(Path(net_dir.node(0).home)), handler, {})  # type: ignore[arg-type]
+    network = PeerNetwork(load_config(Path(net_dir.node(0).home)), handler, PeerNames({}))  # type: ignore[arg-type]
     fatal: list[BaseException] = []
     network.on_fatal = fatal.append
 

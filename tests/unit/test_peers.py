@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from clearline.v1 import block_pb2, peer_pb2
+from node.admission import PeerNames
 from node.config import NodeConfig, TlsConfig
 from node.network.peers import BATCH_MAX_BYTES, BATCH_MAX_MESSAGES, PeerNetwork, batched
 
@@ -64,7 +65,7 @@ class Recorder:
 
 def network(handler: Any) -> PeerNetwork:
     cfg = NodeConfig(home=Path("/nonexistent"), chain_id="test", tls=TlsConfig(enabled=False))
-    return PeerNetwork(cfg, handler, {})
+    return PeerNetwork(cfg, handler, PeerNames({}))
 
 
 @pytest.mark.asyncio

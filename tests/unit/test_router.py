@@ -117,7 +117,7 @@ def make_router(
     router = PeerRouter(
         cfg=node.cfg,
         key=node.key,
-        names_by_address=node.names_by_address,
+        names=node.peer_names,
         chain=node.chain,
         driver=driver,  # type: ignore[arg-type]
         executor=node.executor,
