@@ -21,12 +21,15 @@ _NETWORKS: dict[str, Network] = {}
 
 
 def register(network: Network) -> Network:
-    for node in network.nodes:
+    for node in network.all_nodes:
         _NETWORKS[node.api_target] = network
     return network
 
 
 def network_of(target: str) -> Network:
+    if target not in _NETWORKS:  # an observer added since: the networks' files say
+        for home in {n.home for n in _NETWORKS.values()}:
+            register(Network.load(home))
     try:
         return _NETWORKS[target]
     except KeyError:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cluster.netgen import Network
 from tests.cluster.conftest import RunningNetwork, status
+from tests.cluster.helpers import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +41,8 @@ def follows(net: RunningNetwork, observer: str, timeout: float = 60) -> int:
 
 
 def same_state(net: RunningNetwork, observer: str, height: int) -> None:
-    from cluster.client import SyncClient
 
-    with SyncClient.connect(net.target(0)) as v, SyncClient.connect(net.target(observer)) as o:
+    with connect(net.target(0)) as v, connect(net.target(observer)) as o:
         mine, theirs = o.get_block(height), v.get_block(height)
     assert mine.block_hash == theirs.block_hash
     assert mine.block.header.state_root == theirs.block.header.state_root
@@ -89,10 +89,9 @@ def test_observers_follow_never_sign_and_are_admitted_by_the_ledger(make_network
     same_state(net, "regulator", height)
 
     # Neither observer ever signed: no certificate carries their keys, no block was theirs.
-    from cluster.client import SyncClient
 
     observer_addresses = {bytes.fromhex(obs.address), bytes.fromhex(added["address"])}
-    with SyncClient.connect(net.target(0)) as v:
+    with connect(net.target(0)) as v:
         head = v.status().height
         for h in range(1, head + 1):
             got = v.get_block(h)
