@@ -28,6 +28,9 @@ def cli(home: Path, *args: str, ok: bool = True, timeout: float = 120) -> subpro
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        # Reads are made as the auditor unless a command names its own --as (tests/cluster/test_access.py
+        # covers the other identities).
+        env={**os.environ, "CLEARLINE_AS": "auditor"},
     )
     if ok:
         assert proc.returncode == 0, f"clearline {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
