@@ -238,5 +238,5 @@ def test_node_start_reports_a_refusal_with_its_reason_and_a_non_zero_exit(home: 
     # Nothing wrong: start returns once the node serves its client API.
     started = json.loads(cli(home, "node", "start", "node0", "--json").stdout)
     assert started["pid"] == Launcher(net).pid("node0")
-    assert ledger_serving(node.api_target)
+    assert ledger_serving(node.api_target, tls=net.client_tls())
     cli(home, "node", "stop", "node0")
