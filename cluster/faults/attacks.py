@@ -247,8 +247,17 @@ async def _send(
 
 
 # The attacker: a client of the network with an account of its own (since the client API requires an
-# identity, a stranger cannot submit at all; tests/cluster/test_access.py shows that).
-ATTACKER: Final = "alice"
+# identity, a stranger cannot submit at all; tests/cluster/test_access.py shows that): chaos
+# networks' first hostile client, else a demo client.
+ATTACKERS: Final = ("mallory0", "alice")
+
+
+def attacker(network: Network) -> str:
+    """The account name the floods call as."""
+    for name in ATTACKERS:
+        if name in network.accounts:
+            return name
+    raise AttackError(f"the network has none of the accounts {', '.join(ATTACKERS)} to attack as")
 
 
 async def _flood(
@@ -260,10 +269,11 @@ async def _flood(
     started = loop.time()
     deadline = started + max_seconds
     timed_out = False
+    identity = attacker(network)
 
     async def run_client(batches: Batches) -> None:
         nonlocal timed_out
-        async with network.aio_channel(target, ATTACKER, options=_CHANNEL_OPTIONS) as channel:
+        async with network.aio_channel(target, identity, options=_CHANNEL_OPTIONS) as channel:
             stub = ledger_api_pb2_grpc.LedgerStub(channel)
             while True:
                 batch = await asyncio.to_thread(next, batches, None)

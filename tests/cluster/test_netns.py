@@ -17,7 +17,7 @@ import pytest
 from cluster.launcher import Launcher
 from cluster.netgen import Network, init_network
 from tests.cluster.conftest import FAST, status
-from tests.cluster.helpers import block_hashes
+from tests.cluster.helpers import block_hashes, register
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
@@ -81,6 +81,7 @@ def test_validators_in_separate_namespaces_commit_and_survive_a_cut_link(
         tmp_path / "net", validators=4, hosts=hosts.addresses, base_port=26700, consensus=FAST
     )
     assert [n.host for n in network.nodes] == hosts.addresses
+    register(network)
     wrappers = {n.name: ["ip", "netns", "exec", hosts.ns[n.index]] for n in network.nodes}
     launcher = Launcher(network, wrappers=wrappers)
     try:

@@ -114,7 +114,9 @@ class FuzzNode:
         self.accounts = {
             name: crypto.load_key_file(Path(path)) for name, path in self.network.accounts.items()
         }
-        self.channel = grpc.insecure_channel(self.api_target, options=_API_OPTIONS)
+        # Calls as the auditor (who may make every read), so the fuzzed requests get past
+        # authentication to the checks they fuzz (tests/unit/test_auth.py fuzzes the tokens' checks).
+        self.channel = self.network.channel(self.api_target, "auditor", options=_API_OPTIONS)
         self.ledger = ledger_api_pb2_grpc.LedgerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.pid: int | None = None
