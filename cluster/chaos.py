@@ -303,8 +303,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         network = init_network(
             home, validators=args.validators, base_port=free_base_port(args.validators * 4, stride=10),
             demo_accounts=accounts + ATTACKERS, funded=funded(accounts + ATTACKERS), faults=True, force=True,
-            consensus=CHAOS_CONSENSUS,
+            consensus=CHAOS_CONSENSUS, observers=args.observers,
         )  # fmt: skip
+        # Observers are read too: the same chain, the same supply as every validator.
+        everyone = [n.name for n in network.all_nodes]
         launcher = Launcher(network)
         nemesis = Nemesis(network, launcher, seed=args.seed)
         chaos = Chaos(network, launcher, nemesis, log)
@@ -353,7 +355,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Let every node reach the same height before reading them.
             time.sleep(2.0)
             sampler.stop()
-            report = check(network, Workload.load_history(history), equivocators=chaos.equivocators)
+            report = check(
+                network, Workload.load_history(history), honest=everyone, equivocators=chaos.equivocators
+            )
             report.add_liveness(
                 compute_liveness(
                     (t / 1000 for t in report.block_times_ms), fault_windows(schedule, len(names)), f=f,
@@ -373,6 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.update(
             seed=args.seed,
             validators=args.validators,
+            nodes_checked=everyone,
             duration_s=round(time.monotonic() - started, 1),
             episodes=sum(1 for ep in schedule if ep.applied),
             max_recovery_s=max(
@@ -413,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--validators", type=int, default=4)
     p.add_argument("--faults", default=",".join(FAULT_KINDS))
     p.add_argument("--clients", type=int, default=6)
+    p.add_argument(
+        "--observers",
+        type=int,
+        default=0,
+        help="non-voting nodes that follow the chain and are checked like the validators (no faults "
+        "are injected on them or their links, so one may carry messages across a partition)",
+    )
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--schedule-only", action="store_true", help="print the schedule for the seed and exit")

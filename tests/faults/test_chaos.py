@@ -43,11 +43,13 @@ def test_short_mixed_chaos_run_is_clean(tmp_path: Path) -> None:
     # Seed 5 draws a WAL truncation, a throwaway-key flood, a link fault and a Byzantine proposer.
     proc = subprocess.run(
         [sys.executable, "-m", "cluster.chaos", "--duration", "35", "--seed", "5", "--json",
-         "--home", str(tmp_path / "net")],
+         "--observers", "1", "--home", str(tmp_path / "net")],
         capture_output=True, text=True, timeout=400, cwd=ROOT,
     )  # fmt: skip
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) >= KEYS
+    # The observer followed the chain and was read like every validator (same blocks, same supply).
+    assert result["nodes_checked"] == [*NAMES, "obs0"]
     assert result["episodes"] >= 3
     assert result["acknowledged"] > 0
     assert (result["lost"], result["duplicated"], result["forks"]) == (0, 0, 0), result["violations"]
