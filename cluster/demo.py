@@ -6,7 +6,8 @@ Initializes a network (replacing an earlier demo network in the same directory),
 validators as real processes, then runs real transactions: two banks issue USD deposit tokens,
 clients pass KYC, deposits are minted, clients pay each other across banks, a hold is created and
 executed by its notary, a tokenized bond settles against cash in one atomic DvP, a payment from a
-frozen account is refused with its reason, and a balance is read with a verified Merkle proof.
+frozen account is refused with its reason, a balance is read with a verified Merkle proof, and
+reads are shown permissioned (each caller sees only what it may).
 Then it prints committed blocks until Ctrl-C (or for --seconds / RUN_SECONDS), and stops every node.
 """
 
@@ -123,7 +124,26 @@ class Demo:
         bal = sum(b.amount for b in verified.account.balances if b.instrument == self.usd_a)
         print(f"    alice: {money(bal)} Bank A USD, proof VERIFIED against the commit certificate of "
               f"height {verified.height} (state root {verified.state_root.hex()[:16]}...)")  # fmt: skip
+
+        print(f"{STEP}9. Reads are permissioned: each caller signs its calls and sees only its own")
+        self.read("alice", "alice")
+        self.read("alice", "bob", expect="PERMISSION_DENIED")
+        self.read("bank-b", "alice", expect="PERMISSION_DENIED")  # not its client, none of its tokens
+        self.read("bank-a", "alice")  # its client
+        self.read("compliance", "bob")
         return self.failures
+
+    def read(self, who: str, whose: str, expect: str = "OK") -> None:
+        """who reads whose account, as itself (its key signs the call)."""
+        try:
+            self.client.get_account(self.keys[whose].address, as_=self.keys[who])
+            reason = "OK"
+        except ClientError as exc:
+            reason = exc.reason
+        ok = reason == expect
+        print(f"    {who} reads {whose}'s account: {reason} [{'ok' if ok else 'UNEXPECTED'}]")
+        if not ok:
+            self.failures += 1
 
 
 def stream_blocks(client: SyncClient, seconds: float | None, stop: threading.Event) -> None:

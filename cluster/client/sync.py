@@ -183,9 +183,13 @@ class SyncClient:
         return self._run(self._client.get_tx(tx_hash, timeout_s))
 
     def get_account(
-        self, address: bytes, prove: bool = False, timeout_s: float | None = None
+        self,
+        address: bytes,
+        prove: bool = False,
+        timeout_s: float | None = None,
+        as_: SigningKey | None = None,
     ) -> ledger_api_pb2.GetAccountResponse:
-        return self._run(self._client.get_account(address, prove, timeout_s))
+        return self._run(self._client.get_account(address, prove, timeout_s, as_))
 
     def get_instrument(
         self, instrument: tx_pb2.InstrumentId, timeout_s: float | None = None

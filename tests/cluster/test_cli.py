@@ -197,8 +197,9 @@ def test_make_run_with_a_bounded_run_time(tmp_path: Path) -> None:
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     for step in ("1. Two banks", "2. Clients pass KYC", "3. Deposits are minted", "4. Clients pay each other",
-                 "5. A hold", "6. A tokenized bond", "7. Compliance freezes", "8. A balance read"):  # fmt: skip
+                 "5. A hold", "6. A tokenized bond", "7. Compliance freezes", "8. A balance read", "9. Reads are permissioned"):  # fmt: skip
         assert step in out
+    assert "alice reads bob's account: PERMISSION_DENIED [ok]" in out
     assert "proof VERIFIED" in out
     assert "[UNEXPECTED]" not in out
     assert "every step as expected" in out
