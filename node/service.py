@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from clearline.v1 import ledger_api_pb2, receipt_pb2, tx_pb2
+from clearline.v1 import ledger_api_pb2, receipt_pb2
 from node import access, blocks, crypto
 from node.access import AccountView
+from node.admission import is_observer_account
 from node.auth import Identity
 from node.chain import Chain
 from node.clock import Clock, now_ms
@@ -87,7 +88,7 @@ class ClientService:
         account = self._ledger.get_account_record(address)
         if account is None or account.closed or account.public_key != public_key:
             return None
-        return Identity(address, public_key, account.roles, node=tx_pb2.ROLE_OBSERVER in account.roles)
+        return Identity(address, public_key, account.roles, node=is_observer_account(account))
 
     # --- commits ----------------------------------------------------------------------------------
 
