@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from clearline.v1 import ledger_api_pb2, receipt_pb2
-from node import access, blocks, crypto
+from node import access, blocks, crypto, statement
 from node.access import AccountView
 from node.admission import is_observer_account
 from node.auth import Identity
@@ -30,8 +31,32 @@ from node.mempool import Mempool, MempoolFull
 from node.storage import NodeStore
 from node.txs import TxRejected
 
+log = logging.getLogger("clearline.service")
 VERSION = "0.1.0"
 Waiter = asyncio.Future[tuple[receipt_pb2.Receipt, int]]
+
+# GetStatement: entries per page by default and at most, and the most transactions one statement
+# reads (the account's history from the range's start to the head).
+STATEMENT_PAGE = 1000
+STATEMENT_MAX_PAGE = 10_000
+STATEMENT_MAX_SCAN = 200_000
+
+
+def _page_token(key: tuple[int, int, int]) -> str:
+    return "{}.{}.{}".format(*key)
+
+
+def _parse_page_token(token: str) -> tuple[int, int, int]:
+    """The (height, tx index, entry) after which a page starts; (0, 0, -1) for the first page."""
+    if not token:
+        return (0, 0, -1)
+    parts = token.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 20 for p in parts):
+        raise ApiError(
+            "INVALID_ARGUMENT", "BAD_PAGE_TOKEN", f"page_token {quote(token)} is not one this node gave"
+        )
+    h, i, k = (int(p) for p in parts)
+    return (h, i, k)
 
 
 class ClientService:
@@ -260,6 +285,86 @@ class ClientService:
         if hold is None:
             raise ApiError("NOT_FOUND", "UNKNOWN_HOLD", f"no hold {quote(hold_id)}")
         return ledger_api_pb2.GetHoldResponse(exists=True, hold=hold, height=self._chain.height)
+
+    def get_statement(
+        self, who: Identity, req: ledger_api_pb2.GetStatementRequest
+    ) -> ledger_api_pb2.GetStatementResponse:
+        """An account's statement in one instrument (node/statement.py). Who may read the account
+        whole may read its statements; an issuer reads those in its own instruments of any holder.
+
+        The balance now is known; the history index lists the account's transactions from the
+        range's start, so closing = now - what came after the range, opening = closing - the range's
+        entries. Heights past the committed head (a block being written) are left out."""
+        account = self._ledger.get_account(req.account)
+        view = access.account_view(who, account)
+        if view is AccountView.NONE or (
+            view is AccountView.ISSUER_PART and req.instrument.issuer != who.address
+        ):
+            raise access.denied("account")
+        if account is None:
+            raise ApiError("NOT_FOUND", "UNKNOWN_ACCOUNT", f"no account {req.account.hex()}")
+        head = self._chain.height
+        first = req.from_height or 1
+        last = req.to_height or head
+        if not 1 <= first <= last <= head:
+            raise ApiError(
+                "INVALID_ARGUMENT", "BAD_RANGE", f"heights {first}..{last} are not within 1..{head} in order"
+            )
+        limit = min(req.limit or STATEMENT_PAGE, STATEMENT_MAX_PAGE)
+        after = _parse_page_token(req.page_token)
+        touches = self._store.account_history(req.account, from_height=first, limit=STATEMENT_MAX_SCAN)
+        if len(touches) >= STATEMENT_MAX_SCAN:
+            raise ApiError(
+                "RESOURCE_EXHAUSTED",
+                "STATEMENT_TOO_LONG",
+                f"more than {STATEMENT_MAX_SCAN} transactions from height {first}: ask from a later height",
+            )
+        resp = ledger_api_pb2.GetStatementResponse(
+            account=req.account, instrument=req.instrument, from_height=first, to_height=last
+        )
+        later = within = 0
+        times: dict[int, int] = {}
+        last_key: tuple[int, int, int] | None = None
+        for height, index, tx_hash in touches:
+            if height > head:
+                break
+            receipt = self._store.load_receipt_at(height, index)
+            if receipt is None:
+                continue
+            for k, mv in enumerate(statement.movements(receipt, req.account, req.instrument)):
+                if height > last:
+                    later += mv.signed
+                    continue
+                within += mv.signed
+                if (height, index, k) <= after or resp.next_page_token:
+                    continue
+                if len(resp.entries) == limit:  # another entry follows this page
+                    assert last_key is not None
+                    resp.next_page_token = _page_token(last_key)
+                    continue
+                if height not in times:
+                    block = self._store.load_block(height)
+                    times[height] = block.header.time_ms if block is not None else 0
+                resp.entries.add(
+                    height=height, time_ms=times[height], tx_hash=tx_hash, tx_index=index, kind=mv.kind,
+                    counterparty=mv.counterparty, amount=mv.amount, debit=mv.debit,
+                )  # fmt: skip
+                last_key = (height, index, k)
+        now = sum(b.amount for b in account.balances if b.instrument == req.instrument)
+        closing, opening = now - later, now - later - within
+        if opening < 0 or closing < 0:
+            log.error(
+                "statement of %s does not tie out: now %d, later %+d, within %+d",
+                req.account.hex(),
+                now,
+                later,
+                within,
+            )
+            raise ApiError(
+                "INTERNAL", "STATEMENT_INCONSISTENT", "the account's history does not add up to its balance"
+            )
+        resp.opening, resp.closing = opening, closing
+        return resp
 
     def get_validators(self, who: Identity, height: int) -> ledger_api_pb2.GetValidatorsResponse:
         """Open to every identity: the validator set is what verifies proofs and certificates."""

@@ -4,6 +4,8 @@ account optionally verified against the commit certificate (--prove)."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from typing import Any
 
@@ -56,6 +58,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             elif args.what == "hold":
                 resp = conn.get_hold(args.ref)
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp.hold), indent=2))
+            elif args.what == "statement":
+                _statement(args, conn)
             elif args.what == "validators":
                 vs = conn.validators(0)
                 lines = [f"{v.name or '-':<8} {v.address.hex()} power {v.power}" for v in vs.validators]
@@ -65,6 +69,55 @@ def cmd_query(args: argparse.Namespace) -> int:
         except ProofError as exc:
             raise CliError("PROOF_INVALID", str(exc)) from None
     return 0
+
+
+def _statement(args: argparse.Namespace, conn: Any) -> None:
+    """`query statement ACCOUNT --instrument ISSUER:SYMBOL [--from H] [--to H] [--csv]`: entries with
+    signed minor-unit amounts, opening and closing balances (which tie out: the SDK checks it)."""
+    if not args.ref:
+        raise CliError("BAD_ARGUMENT", "query statement needs an account (name, key file or hex address)", 2)
+    if not args.instrument:
+        raise CliError("BAD_ARGUMENT", "query statement needs --instrument ISSUER:SYMBOL", 2)
+    address = account_address(args, args.ref)
+    inst = instrument_id(args, args.instrument)
+    st = conn.statement(address, inst, from_height=args.from_height, to_height=args.to_height)
+    entries = [
+        {
+            "height": e.height,
+            "time_ms": e.time_ms,
+            "tx_hash": e.tx_hash.hex(),
+            "kind": e.kind,
+            "counterparty": e.counterparty.hex(),
+            "amount": -e.amount if e.debit else e.amount,
+        }
+        for e in st.entries
+    ]
+    doc = {
+        "account": address.hex(),
+        "instrument": f"{inst.issuer.hex()}:{inst.symbol}",
+        "from_height": st.from_height,
+        "to_height": st.to_height,
+        "opening": st.opening,
+        "closing": st.closing,
+        "entries": entries,
+    }
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(
+            out, fieldnames=list(entries[0]) if entries else ["height"], lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(entries)
+        print(out.getvalue(), end="")
+        return
+    lines = [f"statement of {address.hex()} in {args.instrument}, heights {st.from_height}..{st.to_height}"]
+    lines.append(f"  opening balance {st.opening:>20}")
+    for e in entries:
+        lines.append(
+            f"  {e['height']:>8}  {e['kind']:<18} {e['counterparty'][:16] or '-':<16} {e['amount']:>+20}  {e['tx_hash'][:16]}"
+        )
+    lines.append(f"  closing balance {st.closing:>20}")
+    emit(args, doc, "\n".join(lines))
 
 
 def _kyc_text(status: int, expires_at: int) -> str:
@@ -91,11 +144,23 @@ def _account_text(address: bytes, account: Any, resp: Any) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sp = sub.add_parser("query", help="read state: account | tx | block | instrument | hold | validators")
+    sp = sub.add_parser(
+        "query", help="read state: account | tx | block | instrument | hold | validators | statement"
+    )
     client_opts(sp)
-    sp.add_argument("what", choices=["account", "tx", "block", "instrument", "hold", "validators"])
+    sp.add_argument(
+        "what", choices=["account", "tx", "block", "instrument", "hold", "validators", "statement"]
+    )
     sp.add_argument(
         "ref", nargs="?", default="", help="address/name, tx hash, height/hash, ISSUER:SYMBOL, hold id"
     )
     sp.add_argument("--prove", action="store_true", help="verify the Merkle proof and commit certificate")
+    sp.add_argument("--instrument", default="", help="statement: the instrument, ISSUER:SYMBOL")
+    sp.add_argument(
+        "--from", dest="from_height", type=int, default=0, help="statement: first height (default 1)"
+    )
+    sp.add_argument(
+        "--to", dest="to_height", type=int, default=0, help="statement: last height (default latest)"
+    )
+    sp.add_argument("--csv", action="store_true", help="statement: the entries as CSV")
     sp.set_defaults(func=cmd_query)

@@ -367,6 +367,57 @@ class Client:
         resp: ledger_api_pb2.GetBlockResponse = await self._call("GetBlock", request, timeout_s)
         return resp
 
+    async def statement_page(
+        self,
+        account: bytes,
+        instrument: tx_pb2.InstrumentId,
+        *,
+        from_height: int = 0,
+        to_height: int = 0,
+        limit: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> ledger_api_pb2.GetStatementResponse:
+        """One page of account's statement in instrument (GetStatement)."""
+        request = ledger_api_pb2.GetStatementRequest(
+            account=account, instrument=instrument, from_height=from_height, to_height=to_height,
+            limit=limit, page_token=page_token,
+        )  # fmt: skip
+        resp: ledger_api_pb2.GetStatementResponse = await self._call("GetStatement", request, timeout_s)
+        return resp
+
+    async def statement(
+        self,
+        account: bytes,
+        instrument: tx_pb2.InstrumentId,
+        *,
+        from_height: int = 0,
+        to_height: int = 0,
+        timeout_s: float | None = None,
+    ) -> ledger_api_pb2.GetStatementResponse:
+        """The whole statement: every page, over one fixed range (the first page's, so that a block
+        committed meanwhile does not change it), checked to tie out (opening + entries = closing)."""
+        first = await self.statement_page(
+            account, instrument, from_height=from_height, to_height=to_height, timeout_s=timeout_s
+        )
+        whole = _copy(first)
+        token = first.next_page_token
+        while token:
+            page = await self.statement_page(
+                account, instrument, from_height=first.from_height, to_height=first.to_height,
+                page_token=token, timeout_s=timeout_s,
+            )  # fmt: skip
+            whole.entries.extend(page.entries)
+            token = page.next_page_token
+        whole.next_page_token = ""
+        total = sum(-e.amount if e.debit else e.amount for e in whole.entries)
+        if whole.opening + total != whole.closing:
+            raise BadResponseError(
+                f"statement does not tie out: opening {whole.opening} + entries {total} != closing {whole.closing}",
+                target=self._target,
+            )
+        return whole
+
     async def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
         resp: ledger_api_pb2.GetStatusResponse = await self._call(
             "GetStatus", ledger_api_pb2.GetStatusRequest(), timeout_s

@@ -204,6 +204,27 @@ class SyncClient:
     ) -> ledger_api_pb2.GetBlockResponse:
         return self._run(self._client.get_block(ref, timeout_s))
 
+    def statement_page(
+        self, account: bytes, instrument: tx_pb2.InstrumentId, **kwargs: Any
+    ) -> ledger_api_pb2.GetStatementResponse:
+        """One page (Client.statement_page's keywords: from_height, to_height, limit, page_token)."""
+        return self._run(self._client.statement_page(account, instrument, **kwargs))
+
+    def statement(
+        self,
+        account: bytes,
+        instrument: tx_pb2.InstrumentId,
+        *,
+        from_height: int = 0,
+        to_height: int = 0,
+        timeout_s: float | None = None,
+    ) -> ledger_api_pb2.GetStatementResponse:
+        return self._run(
+            self._client.statement(
+                account, instrument, from_height=from_height, to_height=to_height, timeout_s=timeout_s
+            )
+        )
+
     def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
         return self._run(self._client.status(timeout_s))
 

@@ -89,6 +89,7 @@ from node.ledger.state import (
     frozen_map,
     hold_key,
     ik_of,
+    instrument_id,
     instrument_key,
     new_account,
     payer_holds_key,
@@ -883,6 +884,11 @@ def process_recover_account(st: StateView, ctx: TxContext, signer: AccountRec) -
     old.recovered_to = op.new_account
     old.roles = frozenset()
     emit(ctx.events, "account_recovered", [op.lost_account, op.new_account], flagged=True, reason=op.reason)
+    # One event per balance moved, so that both accounts' statements tie out (node/statement.py).
+    for ik in sorted(lost.balances):
+        if lost.balances[ik][0]:
+            emit(ctx.events, "balance_recovered", [op.lost_account, op.new_account], instrument_id(ik),
+                 lost.balances[ik][0])  # fmt: skip
 
 
 def process_set_limits(st: StateView, ctx: TxContext, signer: AccountRec) -> None:

@@ -83,6 +83,10 @@ class NodeApi(Protocol):
 
     def status(self) -> ledger_api_pb2.GetStatusResponse: ...
 
+    def get_statement(
+        self, who: Identity, req: ledger_api_pb2.GetStatementRequest
+    ) -> ledger_api_pb2.GetStatementResponse: ...
+
     def stream_blocks(
         self, who: Identity, from_height: int
     ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
@@ -261,6 +265,18 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
             if request.WhichOneof("by") == "hash":
                 _hash(request.hash, "block hash")
             return self._node.get_block(who, request)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def GetStatement(
+        self, request: ledger_api_pb2.GetStatementRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            who = self._who(context, "GetStatement")
+            _address(request.account)
+            _address(request.instrument.issuer, "instrument issuer")
+            _bounded_text(request.instrument.symbol, MAX_SYMBOL_LEN, "instrument symbol", "INVALID_SYMBOL")
+            return self._node.get_statement(who, request)
         except ApiError as err:
             return await _abort(context, err)
 

@@ -259,3 +259,54 @@ def test_the_cli_reads_as_the_identity_it_is_given(world: dict[str, Any]) -> Non
         env={**os.environ, "CLEARLINE_AS": "alice"},
     )
     assert env_as.returncode == 0, env_as.stderr
+
+
+def test_statements_tie_out_page_and_obey_the_read_rules(world: dict[str, Any]) -> None:
+    network = world["net"].network
+    alice, bob = key(network, "alice").address, key(network, "bob").address
+    out = _cli(
+        network, "query", "statement", "alice", "--instrument", "bank-a:USD", "--as", "alice", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["closing"] == doc["opening"] + sum(e["amount"] for e in doc["entries"])
+    assert doc["opening"] == 0  # alice had nothing at genesis: minted, paid bob 100
+    paid = [e for e in doc["entries"] if e["tx_hash"] == world["tx"].hex()]
+    assert [(e["amount"], e["counterparty"], e["kind"]) for e in paid] == [(-100, bob.hex(), "transfer")]
+    with connect(world["net"].target(1), "alice") as client:
+        account = client.get_account(alice).account
+        assert doc["closing"] == sum(b.amount for b in account.balances if b.instrument == usd(network))
+        # Paged one entry at a time, over the first page's range: the same entries.
+        first = client.statement_page(alice, usd(network), limit=1)
+        assert len(first.entries) == 1 and first.next_page_token
+        whole = client.statement(alice, usd(network), to_height=first.to_height)
+        assert [e.tx_hash.hex() for e in whole.entries] == [e["tx_hash"] for e in doc["entries"]][
+            : len(whole.entries)
+        ]
+        assert (whole.opening, whole.closing) == (first.opening, first.closing)
+        # A range after the payment: it opens where the full statement's payment left alice.
+        later = client.statement(
+            alice, usd(network), from_height=world["height"] + 1, to_height=first.to_height
+        )
+        assert all(e.height > world["height"] for e in later.entries)
+    # bob's statement shows the same payment as a credit.
+    bob_doc = json.loads(
+        _cli(
+            network, "query", "statement", "bob", "--instrument", "bank-a:USD", "--as", "bob", "--json"
+        ).stdout
+    )
+    assert [e["amount"] for e in bob_doc["entries"] if e["tx_hash"] == world["tx"].hex()] == [100]
+    # The issuer reads its holders' statements in its instrument; a stranger reads none.
+    assert (
+        _cli(
+            network, "query", "statement", "alice", "--instrument", "bank-a:USD", "--as", "bank-a"
+        ).returncode
+        == 0
+    )
+    denied = _cli(network, "query", "statement", "alice", "--instrument", "bank-a:USD", "--as", "carol")
+    assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
+    csv_out = _cli(
+        network, "query", "statement", "alice", "--instrument", "bank-a:USD", "--as", "alice", "--csv"
+    )
+    assert csv_out.stdout.splitlines()[0] == "height,time_ms,tx_hash,kind,counterparty,amount"
+    assert len(csv_out.stdout.splitlines()) == 1 + len(doc["entries"])

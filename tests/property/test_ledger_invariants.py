@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from clearline.v1 import receipt_pb2 as R
 from clearline.v1 import state_pb2
 from clearline.v1 import tx_pb2 as T
+from node import statement
 from node.ledger import Ledger, account_key, verify_proof
 from node.ledger.merkle import CHUNK_PREFIX, NODE_PREFIX, WHOLE_MAX
 from node.ledger.ops import compute_kyc
@@ -229,11 +231,28 @@ def check_invariants(w: World) -> None:
             assert (rec.kyc_status, rec.kyc_expires_at) == compute_kyc(rec.kyc_approvals)
 
 
+def check_statements(
+    w: World, receipts: Sequence[R.Receipt], expected: dict[tuple[bytes, tuple[bytes, str]], int]
+) -> None:
+    """Add the block's movements (node/statement.py) to expected and compare with every balance."""
+    instruments = {ik for _, ik in expected} | {ik for _, ik in balances_of(w)}
+    for r in receipts:
+        for p in PEOPLE:
+            for ik in instruments:
+                inst = T.InstrumentId(issuer=ik[0], symbol=ik[1])
+                for mv in statement.movements(r, p.address, inst):
+                    expected[(p.address, ik)] = expected.get((p.address, ik), 0) + mv.signed
+    actual = {k: bal[0] for k, bal in balances_of(w).items()}
+    assert {k: v for k, v in expected.items() if v} == {k: v for k, v in actual.items() if v}
+
+
 def run(sequence: list[tuple[list[Op], int]]) -> tuple[World, list[bytes], list[list[bytes]]]:
     """Replay blocks; a settlement goes in a block of its own so all-or-nothing can be checked."""
     w = World.create()
     roots = []
     receipts = []
+    # Statements tie out: each balance is its genesis amount plus the movements its receipts show.
+    expected = {k: bal[0] for k, bal in balances_of(w).items()}
     t = T0_MS + 1000
     for block_ops, dt in sequence:
         t += dt
@@ -255,6 +274,7 @@ def run(sequence: list[tuple[list[Op], int]]) -> tuple[World, list[bytes], list[
             if group[0][0] == "settle":
                 check_settlement(before, balances_of(w), group[0], result.receipts[0])
             check_invariants(w)
+            check_statements(w, result.receipts, expected)
     return w, roots, receipts
 
 
