@@ -349,6 +349,21 @@ class Mempool:
             self._unpark_count(sender)
         self._bytes -= len(entry.tx.raw)
 
+    def pending_of(self, sender: bytes) -> list[tuple[int, bytes, float | None]]:
+        """sender's transactions here, by nonce: (nonce, tx id, seconds parked, or None if ready)."""
+        by_nonce = self._by_sender.get(sender, {})
+        now = self._clock()
+        out: list[tuple[int, bytes, float | None]] = []
+        for nonce, tx_hash in sorted(by_nonce.items()):
+            parked_at = self._parked.get(tx_hash)
+            out.append((nonce, tx_hash, None if parked_at is None else max(0.0, now - parked_at)))
+        return out
+
+    @property
+    def max_wait_s(self) -> float:
+        """How long a parked transaction waits before it is dropped."""
+        return float(self._cfg.gap_max_age_s)
+
     def expire_gaps(self) -> int:
         """Evict parked transactions older than [mempool] gap_max_age_s; returns how many."""
         deadline = self._clock() - self._cfg.gap_max_age_s

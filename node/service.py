@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from clearline.v1 import ledger_api_pb2, receipt_pb2
+from clearline.v1 import ledger_api_pb2, receipt_pb2, state_pb2
 from node import access, blocks, crypto, statement
 from node.access import AccountView
 from node.admission import is_observer_account
@@ -27,6 +27,7 @@ from node.config import ApiConfig
 from node.errors import ApiError, quote
 from node.execution import Committed
 from node.ledger import Ledger
+from node.ledger.state import INSTR
 from node.mempool import Mempool, MempoolFull
 from node.storage import NodeStore
 from node.txs import TxRejected
@@ -364,6 +365,35 @@ class ClientService:
                 "INTERNAL", "STATEMENT_INCONSISTENT", "the account's history does not add up to its balance"
             )
         resp.opening, resp.closing = opening, closing
+        return resp
+
+    def list_instruments(self, who: Identity) -> ledger_api_pb2.ListInstrumentsResponse:
+        """Every instrument the caller may read (node/access.py), by issuer and symbol."""
+        caller = None if access.sees_everything(who) else self._ledger.get_account(who.address)
+        resp = ledger_api_pb2.ListInstrumentsResponse(height=self._chain.height)
+        # The committed state table (written with the block that the chain's height names).
+        for _key, raw in self._store.state.items(INSTR):
+            inst = state_pb2.Instrument.FromString(raw)
+            if access.sees_everything(who) or access.instrument_visible(who, inst, caller):
+                resp.instruments.append(inst)
+        return resp
+
+    def list_pending(self, who: Identity, account: bytes) -> ledger_api_pb2.ListPendingResponse:
+        """An account's transactions in this node's mempool: ready, or waiting for a lower nonce."""
+        account = account or who.address
+        if account != who.address and not access.sees_everything(who):
+            raise access.denied("account's transactions")
+        record = self._ledger.get_account_record(account)
+        next_nonce = record.nonce if record is not None else 0
+        resp = ledger_api_pb2.ListPendingResponse(
+            account=account, max_wait_ms=int(self.mempool.max_wait_s * 1000)
+        )
+        for nonce, tx_hash, waited_s in self.mempool.pending_of(account):
+            resp.txs.add(
+                tx_hash=tx_hash, nonce=nonce, waiting=waited_s is not None,
+                waiting_for_nonce=next_nonce if waited_s is not None else 0,
+                age_ms=int(waited_s * 1000) if waited_s is not None else 0,
+            )  # fmt: skip
         return resp
 
     def get_validators(self, who: Identity, height: int) -> ledger_api_pb2.GetValidatorsResponse:

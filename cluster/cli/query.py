@@ -60,6 +60,24 @@ def cmd_query(args: argparse.Namespace) -> int:
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp.hold), indent=2))
             elif args.what == "statement":
                 _statement(args, conn)
+            elif args.what == "instruments":
+                items = conn.list_instruments()
+                docs = [msg_dict(i) for i in items]
+                lines = [
+                    f"{i.id.issuer.hex()[:8]}:{i.id.symbol:<12} {i.name}  ({i.currency}, {i.decimals} decimals, "
+                    f"supply {i.supply}{', PAUSED' if i.paused else ''})"
+                    for i in items
+                ]
+                emit(args, {"instruments": docs}, "\n".join(lines) or "no instruments this identity may read")
+            elif args.what == "pending":
+                resp = conn.list_pending(account_address(args, args.ref) if args.ref else b"")
+                lines = [
+                    f"nonce {t.nonce:>6}  {t.tx_hash.hex()[:16]}  "
+                    + (f"WAITING for nonce {t.waiting_for_nonce} ({t.age_ms / 1000:.0f} s of at most "
+                       f"{resp.max_wait_ms / 1000:.0f} s)" if t.waiting else "ready")
+                    for t in resp.txs
+                ]  # fmt: skip
+                emit(args, msg_dict(resp), "\n".join(lines) or "no pending transactions on this node")
             elif args.what == "validators":
                 vs = conn.validators(0)
                 lines = [f"{v.name or '-':<8} {v.address.hex()} power {v.power}" for v in vs.validators]
@@ -145,11 +163,23 @@ def _account_text(address: bytes, account: Any, resp: Any) -> str:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sp = sub.add_parser(
-        "query", help="read state: account | tx | block | instrument | hold | validators | statement"
+        "query",
+        help="read state: account | tx | block | instrument | hold | validators | statement | instruments | pending",
     )
     client_opts(sp)
     sp.add_argument(
-        "what", choices=["account", "tx", "block", "instrument", "hold", "validators", "statement"]
+        "what",
+        choices=[
+            "account",
+            "tx",
+            "block",
+            "instrument",
+            "hold",
+            "validators",
+            "statement",
+            "instruments",
+            "pending",
+        ],
     )
     sp.add_argument(
         "ref", nargs="?", default="", help="address/name, tx hash, height/hash, ISSUER:SYMBOL, hold id"
@@ -164,3 +194,50 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     sp.add_argument("--csv", action="store_true", help="statement: the entries as CSV")
     sp.set_defaults(func=cmd_query)
+
+    sp = sub.add_parser("watch", help="follow the events this identity may see, as they commit")
+    client_opts(sp)
+    sp.add_argument("--account", default="", help="only events naming this account")
+    sp.add_argument("--instrument", default="", help="only events of this instrument (ISSUER:SYMBOL)")
+    sp.add_argument("--from", dest="from_height", type=int, default=0, help="first height (default: now)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
+    sp.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
+    sp.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """`clearline watch`: one line (or one JSON object) per event, until Ctrl-C, --count or --seconds."""
+    from cluster.client import ClientError
+
+    account = account_address(args, args.account) if args.account else None
+    inst = instrument_id(args, args.instrument) if args.instrument else None
+    seen = 0
+    with client(args) as conn:
+        start = args.from_height or conn.status().height + 1
+        try:
+            for env in conn.subscribe_events(start, account=account, instrument=inst, timeout_s=args.seconds):
+                e = env.event
+                if args.json:
+                    doc = {"height": env.height, "tx_hash": env.tx_hash.hex(), **msg_dict(e)}
+                    print(json.dumps(doc), flush=True)
+                else:
+                    where = (
+                        f" {e.instrument.issuer.hex()[:8]}:{e.instrument.symbol}"
+                        if e.instrument.symbol
+                        else ""
+                    )
+                    amount = f" {e.amount}" if e.amount else ""
+                    parties = ",".join(a.hex()[:8] for a in e.accounts)
+                    print(
+                        f"{env.height:>8} {e.kind:<20}{where}{amount} [{parties}] {env.tx_hash.hex()[:16]}",
+                        flush=True,
+                    )
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except ClientError as exc:
+            if exc.reason != "DEADLINE_EXCEEDED":
+                raise CliError(exc.reason, exc.message) from None
+        except KeyboardInterrupt:
+            pass
+    return 0

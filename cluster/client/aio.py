@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from clearline.v1 import block_pb2, ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, tx_pb2
+from clearline.v1 import block_pb2, ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, state_pb2, tx_pb2
 from cluster.client import builders
 from cluster.client.errors import BadResponseError, ClientError, from_rpc_error
 from cluster.client.proofs import latest_agreeing, verify_account_proof
@@ -417,6 +417,22 @@ class Client:
                 target=self._target,
             )
         return whole
+
+    async def list_instruments(self, timeout_s: float | None = None) -> list[state_pb2.Instrument]:
+        """The instruments this client's identity may read."""
+        resp: ledger_api_pb2.ListInstrumentsResponse = await self._call(
+            "ListInstruments", ledger_api_pb2.ListInstrumentsRequest(), timeout_s
+        )
+        return list(resp.instruments)
+
+    async def list_pending(
+        self, account: bytes = b"", timeout_s: float | None = None
+    ) -> ledger_api_pb2.ListPendingResponse:
+        """account's (default: this identity's) transactions in the node's mempool, ready or waiting."""
+        resp: ledger_api_pb2.ListPendingResponse = await self._call(
+            "ListPending", ledger_api_pb2.ListPendingRequest(account=account), timeout_s
+        )
+        return resp
 
     async def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
         resp: ledger_api_pb2.GetStatusResponse = await self._call(

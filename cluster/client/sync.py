@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from clearline.v1 import block_pb2, ledger_api_pb2, tx_pb2
+from clearline.v1 import block_pb2, ledger_api_pb2, state_pb2, tx_pb2
 from cluster.client import builders
 from cluster.client.aio import DEFAULT_TIMEOUT_S, MAX_MESSAGE_BYTES, Client
 from cluster.client.proofs import latest_agreeing, verify_account_proof
@@ -203,6 +203,14 @@ class SyncClient:
         self, ref: int | bytes | None = None, timeout_s: float | None = None
     ) -> ledger_api_pb2.GetBlockResponse:
         return self._run(self._client.get_block(ref, timeout_s))
+
+    def list_instruments(self, timeout_s: float | None = None) -> list[state_pb2.Instrument]:
+        return self._run(self._client.list_instruments(timeout_s))
+
+    def list_pending(
+        self, account: bytes = b"", timeout_s: float | None = None
+    ) -> ledger_api_pb2.ListPendingResponse:
+        return self._run(self._client.list_pending(account, timeout_s))
 
     def statement_page(
         self, account: bytes, instrument: tx_pb2.InstrumentId, **kwargs: Any

@@ -87,6 +87,10 @@ class NodeApi(Protocol):
         self, who: Identity, req: ledger_api_pb2.GetStatementRequest
     ) -> ledger_api_pb2.GetStatementResponse: ...
 
+    def list_instruments(self, who: Identity) -> ledger_api_pb2.ListInstrumentsResponse: ...
+
+    def list_pending(self, who: Identity, account: bytes) -> ledger_api_pb2.ListPendingResponse: ...
+
     def stream_blocks(
         self, who: Identity, from_height: int
     ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
@@ -277,6 +281,25 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
             _address(request.instrument.issuer, "instrument issuer")
             _bounded_text(request.instrument.symbol, MAX_SYMBOL_LEN, "instrument symbol", "INVALID_SYMBOL")
             return self._node.get_statement(who, request)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def ListInstruments(
+        self, request: ledger_api_pb2.ListInstrumentsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return self._node.list_instruments(self._who(context, "ListInstruments"))
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def ListPending(
+        self, request: ledger_api_pb2.ListPendingRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            who = self._who(context, "ListPending")
+            if request.account:
+                _address(request.account)
+            return self._node.list_pending(who, request.account)
         except ApiError as err:
             return await _abort(context, err)
 

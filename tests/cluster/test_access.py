@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
-from cluster.client import ClientError, builders
+from cluster.client import ClientError, WaitFor, builders
 from cluster.client.channels import token_metadata
 from node import auth, crypto
 from node.crypto import SigningKey
@@ -310,3 +310,35 @@ def test_statements_tie_out_page_and_obey_the_read_rules(world: dict[str, Any]) 
     )
     assert csv_out.stdout.splitlines()[0] == "height,time_ms,tx_hash,kind,counterparty,amount"
     assert len(csv_out.stdout.splitlines()) == 1 + len(doc["entries"])
+
+
+def test_lists_of_instruments_and_pending_transactions_and_watch_obey_the_read_rules(
+    world: dict[str, Any],
+) -> None:
+    network = world["net"].network
+    alice = key(network, "alice")
+    with connect(world["net"].target(0), "auditor") as client:
+        everything = {(i.id.issuer, i.id.symbol) for i in client.list_instruments()}
+    bank_a = key(network, "bank-a").address
+    assert {(bank_a, "USD"), (bank_a, "BOND-2030")} <= everything and len(everything) >= 3
+    with connect(world["net"].target(0), "alice") as client:
+        assert {(i.id.issuer, i.id.symbol) for i in client.list_instruments()} == {(bank_a, "USD")}  # held
+        # A transaction with a nonce ahead of alice's next one waits, and says for which nonce.
+        nonce = client.next_nonce(alice.address)
+        ahead = builders.sign(
+            builders.make_body(network.chain_id, alice.address, nonce + 3, "ahead",
+                               builders.transfer(usd(network), key(network, "bob").address, 1)),
+            alice,
+        )  # fmt: skip
+        client.submit(ahead, WaitFor.NONE)
+        pending = client.list_pending()
+        (waiting,) = [t for t in pending.txs if t.nonce == nonce + 3]
+        assert waiting.waiting and waiting.waiting_for_nonce == nonce and pending.max_wait_ms > 0
+    listed = _cli(network, "query", "pending", "--as", "alice")
+    assert listed.returncode == 0 and f"WAITING for nonce {nonce}" in listed.stdout, listed.stdout
+    denied = _cli(network, "query", "pending", "alice", "--as", "carol")
+    assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
+    watched = _cli(network, "watch", "--as", "alice", "--from", "1", "--count", "2", "--json")
+    assert watched.returncode == 0, watched.stderr
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(events) == 2 and all(alice.address.hex() in e["accounts"] for e in events)
