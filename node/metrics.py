@@ -1,15 +1,48 @@
 """Prometheus metrics of one node, served on the configured metrics address.
 
 Height, round, block interval, transactions per block, mempool size and rejections by reason, peers,
-sync state and commit latency. Each node process has its own registry.
+sync state, commit latency, signatures each validator missed in commit certificates, evidence
+committed and each instrument's supply. Each node process has its own registry.
+
+Totals the node keeps itself (mempool rejections, peer faults) are exposed as counters by a
+collector that reads a snapshot taken on the event loop (`on_status`): the HTTP server scrapes from
+its own thread, which must not iterate the node's live dictionaries.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _Totals(Collector):
+    """Counters whose totals the node keeps: the latest snapshot of each, by label values."""
+
+    def __init__(self) -> None:
+        self.rejections: Mapping[str, int] = {}
+        self.peer_faults: Mapping[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        rejections = CounterMetricFamily(
+            "clearline_mempool_rejections", "Mempool rejections by reason", labels=["reason"]
+        )
+        for reason, count in self.rejections.items():
+            rejections.add_metric([reason], count)
+        yield rejections
+        faults = CounterMetricFamily(
+            "clearline_peer_faults",
+            "Invalid messages by peer and kind (invalid proposals and votes, blocks served by block"
+            " sync that did not verify, heights claimed and not served, stalled fetches)",
+            labels=["peer", "kind"],
+        )
+        for (peer, kind), count in self.peer_faults.items():
+            faults.add_metric([peer, kind], count)
+        yield faults
 
 
 class NodeMetrics:
@@ -49,15 +82,19 @@ class NodeMetrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
             registry=r,
         )
-        self.rejections = Gauge(
-            "clearline_mempool_rejections", "Mempool rejections by reason", ["reason"], registry=r
-        )
-        self.peer_faults = Gauge(
-            "clearline_peer_faults",
-            "Invalid messages by peer and kind (invalid proposals and votes, blocks served by block"
-            " sync that did not verify, heights claimed and not served, stalled fetches)",
-            ["peer", "kind"],
+        self.totals = _Totals()
+        r.register(self.totals)
+        self.missed_signatures = Counter(
+            "clearline_validator_missed_signatures",
+            "Commit certificates of this node's blocks that lack the validator's signature",
+            ["validator"],
             registry=r,
+        )
+        self.evidence = Counter(
+            "clearline_evidence_committed", "Equivocation evidence committed in blocks", registry=r
+        )
+        self.supply = Gauge(
+            "clearline_instrument_supply", "An instrument's supply (minor units)", ["instrument"], registry=r
         )
         self.mempool_parked = Gauge(
             "clearline_mempool_parked", "Pending transactions waiting for a missing nonce", registry=r
@@ -71,6 +108,17 @@ class NodeMetrics:
         if listen:
             host, _, port = listen.rpartition(":")
             self._server = start_http_server(int(port), addr=host, registry=r)
+
+    def on_certificate(self, missed: list[str], evidence: int) -> None:
+        """A committed block's certificate lacked these validators' signatures; it carried evidence."""
+        for name in missed:
+            self.missed_signatures.labels(validator=name).inc()
+        if evidence:
+            self.evidence.inc(evidence)
+
+    def on_supply(self, supplies: Mapping[str, int]) -> None:
+        for instrument, supply in supplies.items():
+            self.supply.labels(instrument=instrument).set(supply)
 
     def on_commit(self, height: int, ntx: int, write_s: float, mempool: int) -> None:
         now = time.monotonic()
@@ -87,10 +135,8 @@ class NodeMetrics:
         self.peers.set(len(node.network.connected))
         self.mempool.set(len(node.mempool))
         self.syncing.set(1 if node.blocksync.active else 0)
-        for reason, count in node.mempool.rejections.items():
-            self.rejections.labels(reason=reason).set(count)
-        for (peer, kind), count in node.peer_fault_counts.items():
-            self.peer_faults.labels(peer=peer, kind=kind).set(count)
+        self.totals.rejections = dict(node.mempool.rejections)
+        self.totals.peer_faults = dict(node.peer_fault_counts)
         self.mempool_parked.set(node.mempool.parked)
         self.mempool_bytes.set(node.mempool.size_bytes)
         self.verified_cache_bytes.set(node.mempool.cache_bytes)

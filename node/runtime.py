@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from clearline.v1 import block_pb2
+from clearline.v1 import block_pb2, state_pb2
 from node import blocks, budget, crypto
 from node import evidence as evidence_mod
 from node import execution as execution_mod
@@ -53,6 +53,7 @@ from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.gctune import PauseWatch
 from node.ledger import Ledger, parse_genesis
+from node.ledger.state import INSTR
 from node.mempool import Mempool
 from node.network.api import ApiServer, NodeApi
 from node.network.limits import ClientLimits
@@ -185,6 +186,9 @@ class JsonLogFormatter(logging.Formatter):
             "height": node.height + 1,
             "round": node.driver.round if node.driver is not None else 0,
         }
+        fields = getattr(record, "fields", None)  # structured fields of the message (log(..., extra=))
+        if isinstance(fields, dict):
+            doc.update(fields)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
@@ -433,6 +437,7 @@ class Node:
         self.metrics = metrics.NodeMetrics(cfg.metrics.listen)
         self._closers.append(self.metrics.close)
         self.mempool.on_verified = lambda _n, seconds: self.metrics.verify_seconds.observe(seconds)
+        self.metrics.on_supply(self._supplies())
         self.network = PeerNetwork(cfg, self.peer_handler(), self.peer_names)
         self.network.on_fatal = self._fail
         self.attach_transport(self.network)
@@ -548,6 +553,23 @@ class Node:
             self.metrics.on_commit(
                 committed.height, len(committed.receipts), committed.persist_s, len(self.mempool)
             )
+            assert self.chain is not None  # opened before any commit
+            signed = {s.validator for s in committed.certificate.signatures}
+            members = self.chain.validator_set(committed.height).validators
+            self.metrics.on_certificate(
+                [v.name or v.address.hex() for v in members if v.address not in signed],
+                len(committed.block.body.evidence),
+            )
+            if any(e.kind in ("mint", "redeem") for r in committed.receipts for e in r.events):
+                self.metrics.on_supply(self._supplies())
+
+    def _supplies(self) -> dict[str, int]:
+        """Each instrument's supply, from the committed state ("issuer hex:SYMBOL" -> minor units)."""
+        out = {}
+        for _key, raw in self.store.state.items(INSTR):
+            inst = state_pb2.Instrument.FromString(raw)
+            out[f"{inst.id.issuer.hex()}:{inst.id.symbol}"] = inst.supply
+        return out
 
     def _on_tick(self) -> None:
         if self.metrics is not None:

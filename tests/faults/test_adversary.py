@@ -33,7 +33,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if not line.startswith(name):
             continue
-        m = re.match(rf"{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
+        m = re.match(rf"{re.escape(name)}(?:_total)?(\{{[^}}]*\}})?\s+(\S+)$", line)
         if m is None:
             continue
         got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
