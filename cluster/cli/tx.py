@@ -232,14 +232,16 @@ TX_OPS: tuple[TxOp, ...] = (
         (
             Arg("--account", PARTY, required=True),
             Arg("--status", KYC_STATUS, default=tx_pb2.KYC_STATUS_APPROVED),
-            Arg("--expires-at", INTEGER, default=0),
+            Arg("--expires-at", INTEGER, default=0, help="unix SECONDS (0 = no expiry)"),
             Arg("--public-key", HEX),
+            Arg("--allow-past-expiry", SWITCH, help="record an approval whose expiry has already passed"),
         ),
         lambda v: b.set_kyc(
             v.account.address,
             v.status,
             public_key=v.public_key or v.account.public_key,
             expires_at=v.expires_at,
+            allow_past_expiry=v.allow_past_expiry,
         ),
     ),
     TxOp(
@@ -306,7 +308,7 @@ TX_OPS: tuple[TxOp, ...] = (
             Arg("--notary", ADDRESS, required=True),
             AMOUNT,
             Arg("--expires-at-height", INTEGER, default=0),
-            Arg("--expires-at-time", INTEGER, default=0),
+            Arg("--expires-at-time", INTEGER, default=0, help="unix SECONDS (0 = none)"),
         ),
         lambda v: b.create_hold(
             v.hold_id,

@@ -407,6 +407,10 @@ def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
         check_not_closed(acct, "account")
         acct = st.account_mut(op.account)
     # An issuer sets only its own approval, compliance only the network's: never another's.
+    # An expires_at (unix seconds) at or before the block time is accepted on purpose: compliance may
+    # record a decision that has already lapsed (an audit trail, a back-dated review), and such an
+    # approval grants nothing (check_active reads it as expired). The client's builder refuses one
+    # unless asked (allow_past_expiry), since it is usually a mistake of date or unit.
     approver = get_kyc_approver(signer)
     set_kyc_approval(acct, approver, op.status, op.expires_at)
     emit(

@@ -144,7 +144,7 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
      "create_instrument", {"decimals": 0, "supply_cap": 9, "kind": tx_pb2.INSTRUMENT_KIND_ASSET}),
     ("kyc --account alice", "set_kyc",
      {"account": Addr("alice"), "status": tx_pb2.KYC_STATUS_APPROVED, "public_key": Key("alice"), "expires_at": 0}),
-    ("kyc --account alice --status revoked --expires-at 77 --public-key {new_hex}", "set_kyc",
+    ("kyc --account alice --status revoked --expires-at 77 --allow-past-expiry --public-key {new_hex}", "set_kyc",
      {"status": tx_pb2.KYC_STATUS_REVOKED, "expires_at": 77, "public_key": Key("new")}),
     ("kyc --account {hex_bob}", "set_kyc", {"account": Addr("bob"), "public_key": b""}),
     ("kyc --account {new}", "set_kyc", {"account": Addr("new"), "public_key": Key("new")}),
@@ -256,6 +256,18 @@ BAD_CASES: list[tuple[str, str]] = [
     ("transfer --instrument bank-a:USD --to bob --amount 18446744073709551616", "BAD_ARGUMENT"),
     ("create-instrument --instrument bank-a:X --name X --currency X --decimals 19", "BAD_ARGUMENT"),
     ("kyc --account alice --public-key not-hex", "BAD_ARGUMENT"),
+    ("kyc --account alice --expires-at 77", "BAD_ARGUMENT"),  # in the past, without --allow-past-expiry
+    ("kyc --account alice --expires-at 4102444800000 --allow-past-expiry", "BAD_ARGUMENT"),  # milliseconds
+    (
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "--expires-at-time 4102444800000",
+        "BAD_ARGUMENT",
+    ),  # milliseconds
+    (
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "--expires-at-time 77",
+        "BAD_ARGUMENT",
+    ),  # in the past
     ("change-validator --public-key abcd --power 1", "BAD_ARGUMENT"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob", "BAD_LEG"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob,many", "BAD_LEG"),
@@ -290,7 +302,11 @@ BAD_QUERIES: list[tuple[str, str, str]] = [
     ("query instrument", "BAD_ARGUMENT", "query instrument needs REF"),
     ("query hold", "BAD_ARGUMENT", "query hold needs REF"),
     ("query block zz", "BAD_ARGUMENT", "block height or hash 'zz'"),
-    ("query validators --as auditor --node node9", "UNKNOWN_NODE", "no node 'node9' in this network (known nodes: node0)"),
+    (
+        "query validators --as auditor --node node9",
+        "UNKNOWN_NODE",
+        "no node 'node9' in this network (known nodes: node0)",
+    ),
     ("logs node9", "UNKNOWN_NODE", "known nodes: node0"),
 ]
 
