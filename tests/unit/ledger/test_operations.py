@@ -27,6 +27,7 @@ from tests.unit.ledger.helpers import (
     VAL1,
     Key,
     World,
+    genesis,
     key,
 )
 from tests.unit.ledger.helpers import ALICE as A
@@ -350,6 +351,27 @@ def test_forced_transfer_can_take_frozen_funds() -> None:
     (r,) = ok(w, forced(w, 600))
     assert r.events[0].flagged and r.events[0].reason == "court order"
     assert w.balance(A) == (400, 400, 0) and w.balance(BOB) == (1100, 0, 0)
+
+
+def test_forced_transfer_takes_frozen_funds_first() -> None:
+    # The incident: 5,136,600 with 5,000,000 frozen; a court order takes 5,000,000 and left all
+    # 136,600 frozen. Frozen funds go first: nothing remains frozen.
+    w = World.create(genesis(alice_usd=5_136_600))
+    freeze = T.FreezeAmount(account=A.address, instrument=USD, amount=5_000_000, reason="garnish")
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", freeze))
+    ok(w, forced(w, 5_000_000))
+    assert w.balance(A) == (136_600, 0, 0)
+    assert w.run1(transfer(w, 136_600)).status == R.TX_STATUS_OK
+
+
+def test_forced_transfer_of_less_than_the_frozen_part_leaves_the_rest_frozen() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", T.FreezeAmount(account=A.address, instrument=USD, amount=500)))
+    ok(w, forced(w, 200))  # 1000 = 500 frozen + 300 held + 200 free
+    assert w.balance(A) == (800, 300, 300)
+    ok(w, forced(w, 400))
+    assert w.balance(A) == (400, 0, 300)
 
 
 def test_recovery_moves_everything_to_the_new_key() -> None:
