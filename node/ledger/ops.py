@@ -722,6 +722,7 @@ def close_hold(st: StateView, hold: state_pb2.Hold, state: state_pb2.HoldState.V
     amount, frozen, held = payer.balances[ik]
     payer.balances[ik] = (amount, frozen, held - hold.amount)
     mut = st.hold_mut(hold.hold_id)
+    mut.released = hold.amount
     mut.amount = 0
     mut.state = state
     key = payer_holds_key(hold.payer)
@@ -1101,6 +1102,12 @@ def process_hold_expiry(st: StateView, height: int, time_ms: int, events: EventS
 
     Holds are indexed by expiry height and by expiry minute; a block visits the bucket of its
     height and the minute buckets since the last block, so the cost follows the holds that expire.
+
+    Each expired hold adds a "hold_expired" event to events (the block's own receipt, outside any
+    transaction: BlockResult.events, stored with the block and served as GetBlockResponse.block_receipt
+    and by SubscribeEvents with block_level set): accounts [payer, payee] (so both may see it),
+    the instrument, the amount returned to the payer and the hold_id attribute. The hold keeps state
+    EXPIRED with `released` set to that amount.
     """
     meta = st.meta()
     now_s = time_ms // 1000

@@ -294,7 +294,7 @@ def test_hold_release_by_payee_and_by_notary() -> None:
     ok(w, w.tx(NOTARY, "release_hold", T.ReleaseHold(hold_id="h2")))
     assert w.balance(A) == (1000, 0, 0)
     h = w.ledger.get_hold("h1")
-    assert h is not None and h.state == state_pb2.HOLD_STATE_RELEASED
+    assert h is not None and h.state == state_pb2.HOLD_STATE_RELEASED and h.released == 300
 
 
 def test_hold_expires_by_height_at_block_start() -> None:
@@ -305,9 +305,15 @@ def test_hold_expires_by_height_at_block_start() -> None:
     result = w.execute()  # block 3: expired before any transaction
     w.commit(result)
     assert [e.kind for e in result.events] == ["hold_expired"]
+    (event,) = result.events
+    assert list(event.accounts) == [A.address, BOB.address]  # the payer sees it (and the payee)
+    assert event.instrument == USD and event.amount == 300
+    assert [(a.key, a.value) for a in event.attributes] == [("hold_id", "h1")]
+    assert all(not r.events for r in result.receipts)  # not in a transaction's receipt
     assert w.balance(A) == (1000, 0, 0)
     h = w.ledger.get_hold("h1")
     assert h is not None and h.state == state_pb2.HOLD_STATE_EXPIRED and h.amount == 0
+    assert h.released == 300
 
 
 def test_hold_expires_by_time() -> None:
