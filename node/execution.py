@@ -306,6 +306,7 @@ class BlockExecutor:
             account_touches=account_touches_of(result.receipts),
             next_validator_sets=next_sets,
             evidence=list(block.body.evidence),
+            block_events=result.events,
         )
         crash_point("runtime:before-commit")
         started = time.perf_counter()

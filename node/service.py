@@ -413,6 +413,7 @@ class ClientService:
             commit=self._store.load_commit(height),
             block_hash=self._store.load_block_hash(height) or blocks.block_hash(block.header),
             receipts=self._store.load_block_receipts(height),
+            block_receipt=self._store.load_block_receipt(height),
         )
 
     def get_block(
@@ -495,7 +496,10 @@ class ClientService:
         has_instrument = req.HasField("instrument") and bool(req.instrument.symbol)
         async for block in self._blocks_from(req.from_height):
             height = block.block.header.height
-            for index, receipt in enumerate(block.receipts):
+            # The block's own work (hold expiries) happened at its start, before its transactions.
+            receipts = [(True, 0, block.block_receipt)] if block.HasField("block_receipt") else []
+            receipts += [(False, index, receipt) for index, receipt in enumerate(block.receipts)]
+            for block_level, index, receipt in receipts:
                 for event in receipt.events:
                     if req.account and req.account not in event.accounts:
                         continue
@@ -504,5 +508,9 @@ class ClientService:
                     if not access.event_visible(who, event):
                         continue
                     yield ledger_api_pb2.EventEnvelope(
-                        height=height, tx_hash=receipt.tx_hash, tx_index=index, event=event
+                        height=height,
+                        tx_hash=receipt.tx_hash,
+                        tx_index=index,
+                        event=event,
+                        block_level=block_level,
                     )

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clearline.v1 import tx_pb2
-from cluster.netgen import Network
+from cluster.netgen import Network, NodeInfo
 
 DEFAULT_HOME = os.environ.get("CLEARLINE_HOME", "net")
 # The identity a command reads as when --as is not given.
@@ -143,6 +143,34 @@ def load_key(args: argparse.Namespace, name: str) -> Any:
         raise CliError("BAD_KEY", str(exc), 2) from None
 
 
+def load_public_key(path: str) -> bytes:
+    """The public key of a key file: a signing key file, or one that holds only the public key (a
+    wallet's published key: {"type": "ed25519", "public_key": HEX} with an optional matching
+    "address"), so an account can be named by a key file whose private key stays with its owner."""
+    from node.crypto import PUBLIC_KEY_LEN, KeyFileError, address_of, load_key_file
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError("BAD_KEY", f"key file {path}: cannot be read ({exc})", 2) from None
+    if isinstance(doc, dict) and "private_key" in doc:
+        try:
+            return bytes(load_key_file(path).public_key)
+        except KeyFileError as exc:
+            raise CliError("BAD_KEY", str(exc), 2) from None
+    if not isinstance(doc, dict) or doc.get("type") != "ed25519" or "public_key" not in doc:
+        raise CliError("BAD_KEY", f"key file {path}: must hold an ed25519 'public_key'", 2)
+    try:
+        public_key = bytes.fromhex(str(doc["public_key"]))
+    except ValueError:
+        raise CliError("BAD_KEY", f"key file {path}: 'public_key' is not hex", 2) from None
+    if len(public_key) != PUBLIC_KEY_LEN:
+        raise CliError("BAD_KEY", f"key file {path}: 'public_key' must be {PUBLIC_KEY_LEN} bytes", 2)
+    if "address" in doc and str(doc["address"]).removeprefix("0x") != address_of(public_key).hex():
+        raise CliError("BAD_KEY", f"key file {path}: 'address' does not match 'public_key'", 2)
+    return public_key
+
+
 def account_address(args: argparse.Namespace, text: str) -> bytes:
     """A 20-byte address from hex, an account name of the network or a key file."""
     try:
@@ -157,8 +185,10 @@ def account_address(args: argparse.Namespace, text: str) -> bytes:
         net = None
     if net is not None and text in net.accounts:
         return bytes(load_key(args, text).address)
-    if Path(text).exists():
-        return bytes(load_key(args, text).address)
+    if text and Path(text).is_file():
+        from node.crypto import address_of
+
+        return bytes(address_of(load_public_key(text)))
     raise CliError(
         "UNKNOWN_ACCOUNT", f"{text!r} is neither a 20-byte hex address nor a known account name", 2
     )
@@ -175,8 +205,18 @@ def instrument_id(args: argparse.Namespace, text: str) -> tx_pb2.InstrumentId:
 def target(args: argparse.Namespace) -> str:
     if getattr(args, "target", None):
         return str(args.target)
-    net = network(args)
-    return net.node(args.node if args.node is not None else 0).api_target
+    return node_info(network(args), args.node if args.node is not None else 0).api_target
+
+
+def node_info(net: Network, name: str | int) -> NodeInfo:
+    """The node a user names (name or index); UNKNOWN_NODE naming the known nodes if there is none."""
+    try:
+        return net.node(name)
+    except KeyError:
+        known = ", ".join(n.name for n in net.all_nodes)
+        raise CliError(
+            "UNKNOWN_NODE", f"no node {name!r} in this network (known nodes: {known})", 2
+        ) from None
 
 
 def identity(args: argparse.Namespace, default: str | None = None) -> Any:

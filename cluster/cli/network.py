@@ -10,7 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.cli.common import CliError, client, client_opts, common_opts, emit, launcher, load_key, network
+from cluster.cli.common import (
+    CliError,
+    client,
+    client_opts,
+    common_opts,
+    emit,
+    launcher,
+    load_key,
+    network,
+    node_info,
+)
 from cluster.netgen import DEFAULT_BASE_PORT, Network, NetworkExistsError, init_network
 
 
@@ -187,7 +197,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from cluster.launcher import tail
 
     net = network(args)
-    nodes = [net.node(args.node_id)] if args.node_id is not None else list(net.all_nodes)
+    nodes = [node_info(net, args.node_id)] if args.node_id is not None else list(net.all_nodes)
     for node in nodes:
         for name in ("stdout.log", "node.log"):
             path = Path(node.home) / name
@@ -203,7 +213,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from cluster.launcher import LaunchError, NodeRefusedError
 
     runner = launcher(args)
-    node = runner.network.node(args.node_id)
+    node = node_info(runner.network, args.node_id)
     action: Callable[..., Any] = getattr(runner, args.action)
     extra = {}
     if args.action in ("start", "restart") and args.byzantine:

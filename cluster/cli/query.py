@@ -12,14 +12,51 @@ from typing import Any
 from clearline.v1 import tx_pb2
 from cluster.cli.common import CliError, account_address, client, client_opts, emit, instrument_id, msg_dict
 
+# What each query's REF is, for the usage error of a missing one (block's is optional: the latest).
+REF_NEEDED = {
+    "account": "an address, account name or key file",
+    "tx": "a transaction hash (64 hex digits)",
+    "instrument": "an instrument ISSUER:SYMBOL",
+    "hold": "a hold id",
+}
+TX_HASH_LEN = 32
+
+
+def parse_ref(args: argparse.Namespace) -> Any:
+    """The REF of `clearline query WHAT REF` as the call takes it, read before any node is contacted:
+    a missing or malformed REF fails with BAD_ARGUMENT (exit 2), not a traceback or a file error."""
+    what, ref = args.what, args.ref.strip()
+    if not ref and what in REF_NEEDED:
+        raise CliError("BAD_ARGUMENT", f"query {what} needs REF: {REF_NEEDED[what]}", 2)
+    if what == "account":
+        return account_address(args, ref)
+    if what == "instrument":
+        return instrument_id(args, ref)
+    if what == "tx":
+        return _hex_hash(ref, "tx hash")
+    if what == "block" and ref:
+        return int(ref) if ref.isdigit() else _hex_hash(ref, "block height or hash")
+    return ref or None
+
+
+def _hex_hash(text: str, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != TX_HASH_LEN:
+        raise CliError("BAD_ARGUMENT", f"{what} {text!r} is not {TX_HASH_LEN * 2} hex digits", 2)
+    return raw
+
 
 def cmd_query(args: argparse.Namespace) -> int:
     from cluster.client import ClientError, ProofError
 
+    ref = parse_ref(args)
     with client(args) as conn:
         try:
             if args.what == "account":
-                address = account_address(args, args.ref)
+                address = ref
                 if args.prove:
                     trusted = conn.validators(0)
                     verified = conn.get_account_verified(address, trusted)
@@ -39,12 +76,9 @@ def cmd_query(args: argparse.Namespace) -> int:
                 resp = conn.get_account(address)
                 emit(args, msg_dict(resp), _account_text(address, resp.account, resp))
             elif args.what == "tx":
-                resp = conn.get_tx(bytes.fromhex(args.ref))
+                resp = conn.get_tx(ref)
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp), indent=2))
             elif args.what == "block":
-                ref: int | bytes | None = None
-                if args.ref:
-                    ref = int(args.ref) if args.ref.isdigit() else bytes.fromhex(args.ref)
                 resp = conn.get_block(ref)
                 h = resp.block.header
                 text = (
@@ -53,10 +87,10 @@ def cmd_query(args: argparse.Namespace) -> int:
                 )
                 emit(args, msg_dict(resp), text)
             elif args.what == "instrument":
-                resp = conn.get_instrument(instrument_id(args, args.ref))
+                resp = conn.get_instrument(ref)
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp.instrument), indent=2))
             elif args.what == "hold":
-                resp = conn.get_hold(args.ref)
+                resp = conn.get_hold(ref)
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp.hold), indent=2))
             elif args.what == "statement":
                 _statement(args, conn)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -73,19 +74,27 @@ def _hex(args: argparse.Namespace, text: str) -> bytes:
 
 
 def _party(args: argparse.Namespace, text: str) -> Party:
+    """An account named by a network account name, a key file (its public key is taken from the
+    file, which may hold the public key only) or a hex address (no public key)."""
     address = common.account_address(args, text)
-    known = text in common.network_accounts(args)
-    return Party(address, common.load_key(args, text).public_key if known else None)
+    if text in common.network_accounts(args):
+        return Party(address, bytes(common.load_key(args, text).public_key))
+    if Path(text).is_file():
+        return Party(address, common.load_public_key(text))
+    return Party(address, None)
 
 
 def _leg(args: argparse.Namespace, text: str) -> tx_pb2.Leg:
-    parts = text.split(",")
+    """INSTRUMENT,FROM,TO,AMOUNT (spaces around the commas are ignored)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4 or not all(parts):
+        raise CliError("BAD_LEG", f"leg {text!r} must be INSTRUMENT,FROM,TO,AMOUNT", 2)
     try:
-        if len(parts) != 4:
-            raise ValueError(text)
         amount = int(parts[3])
     except ValueError:
-        raise CliError("BAD_LEG", f"leg {text!r} must be INSTRUMENT,FROM,TO,AMOUNT", 2) from None
+        raise CliError(
+            "BAD_LEG", f"leg {text!r}: amount {parts[3]!r} is not an integer (INSTRUMENT,FROM,TO,AMOUNT)", 2
+        ) from None
     return b.leg(
         common.instrument_id(args, parts[0]),
         common.account_address(args, parts[1]),
@@ -223,14 +232,16 @@ TX_OPS: tuple[TxOp, ...] = (
         (
             Arg("--account", PARTY, required=True),
             Arg("--status", KYC_STATUS, default=tx_pb2.KYC_STATUS_APPROVED),
-            Arg("--expires-at", INTEGER, default=0),
+            Arg("--expires-at", INTEGER, default=0, help="unix SECONDS (0 = no expiry)"),
             Arg("--public-key", HEX),
+            Arg("--allow-past-expiry", SWITCH, help="record an approval whose expiry has already passed"),
         ),
         lambda v: b.set_kyc(
             v.account.address,
             v.status,
             public_key=v.public_key or v.account.public_key,
             expires_at=v.expires_at,
+            allow_past_expiry=v.allow_past_expiry,
         ),
     ),
     TxOp(
@@ -297,7 +308,7 @@ TX_OPS: tuple[TxOp, ...] = (
             Arg("--notary", ADDRESS, required=True),
             AMOUNT,
             Arg("--expires-at-height", INTEGER, default=0),
-            Arg("--expires-at-time", INTEGER, default=0),
+            Arg("--expires-at-time", INTEGER, default=0, help="unix SECONDS (0 = none)"),
         ),
         lambda v: b.create_hold(
             v.hold_id,

@@ -15,6 +15,7 @@ Addresses are raw 20-byte values (`parse_address`/`format_address` convert hex);
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import NewType, TypeAlias, TypeVar
 
@@ -31,6 +32,10 @@ Nonce = NewType("Nonce", int)
 
 UINT64_MAX = (1 << 64) - 1
 MAX_SYMBOL_LEN = 32
+MAX_UNIX_S = 32_503_680_000
+"""3000-01-01T00:00:00Z in unix seconds: a later expiry time is taken for a
+mistake of unit (a millisecond value given as seconds; every expiry time of the ledger is in unix
+SECONDS, compared with the block time) and refused."""
 
 Op: TypeAlias = (
     tx_pb2.CreateInstrument
@@ -146,6 +151,22 @@ def _uint64(field: str, value: int, *, positive: bool = False) -> int:
     return value
 
 
+def _unix_s(field: str, value: int, *, now_s: int | None, allow_past: bool) -> int:
+    """An expiry time: unix seconds (0 = none), not after the year 3000 (a larger value is almost
+    certainly milliseconds) and, unless allow_past, after now_s (default: this machine's clock)."""
+    value = _uint64(field, value)
+    if value == 0:
+        return 0
+    if value >= MAX_UNIX_S:
+        raise BuildError(
+            field, f"{value} is after the year 3000 in unix seconds: the unit is SECONDS, not milliseconds"
+        )
+    now = int(time.time()) if now_s is None else now_s
+    if not allow_past and value <= now:
+        raise BuildError(field, f"{value} (unix seconds) is not after now ({now})")
+    return value
+
+
 def _amount(field: str, value: int) -> Amount:
     return Amount(_uint64(field, value, positive=True))
 
@@ -206,14 +227,20 @@ def set_kyc(
     *,
     public_key: bytes | None = None,
     expires_at: int = 0,
+    allow_past_expiry: bool = False,
+    now_s: int | None = None,
 ) -> tx_pb2.SetKyc:
     """The signer's own KYC decision about account: an issuer's approval, or compliance's for the
-    network (the ledger takes the approver from the signer). public_key is needed for a new account."""
+    network (the ledger takes the approver from the signer). public_key is needed for a new account.
+
+    expires_at is unix SECONDS (0 = no expiry). An expiry at or before now_s (default: this machine's
+    clock) is refused unless allow_past_expiry: recording an already-lapsed approval is allowed by the
+    ledger but is almost always a mistake of unit or date."""
     return tx_pb2.SetKyc(
         account=_address("account", account),
         public_key=_public_key("public_key", public_key, required=False),
         status=_enum("status", tx_pb2.KycStatus.values(), status),
-        expires_at=_uint64("expires_at", expires_at),
+        expires_at=_unix_s("expires_at", expires_at, now_s=now_s, allow_past=allow_past_expiry),
     )
 
 
@@ -298,10 +325,13 @@ def create_hold(
     expires_at_height: int = 0,
     expires_at_time: int = 0,
     payer: bytes | None = None,
+    now_s: int | None = None,
 ) -> tx_pb2.CreateHold:
     """Escrow amount for payee until notary executes or releases it, or it expires.
 
-    payer None = the signer; otherwise compliance holds on behalf of an authority."""
+    expires_at_time is unix SECONDS (0 = none); one at or before now_s (default: this machine's clock)
+    is refused here, as the ledger would refuse it (HOLD_EXPIRED). payer None = the signer; otherwise
+    compliance holds on behalf of an authority."""
     return tx_pb2.CreateHold(
         hold_id=_text("hold_id", hold_id, required=True, max_len=128),
         instrument=_instrument("instrument", inst),
@@ -309,7 +339,7 @@ def create_hold(
         notary=_address("notary", notary),
         amount=_amount("amount", amount),
         expires_at_height=_uint64("expires_at_height", expires_at_height),
-        expires_at_time=_uint64("expires_at_time", expires_at_time),
+        expires_at_time=_unix_s("expires_at_time", expires_at_time, now_s=now_s, allow_past=False),
         payer=_optional_address("payer", payer),
     )
 

@@ -44,6 +44,7 @@ import grpc
 from cluster.faults.rules import NO_EFFECT, Effect, FaultRuleError, RuleSet, rules_path
 from cluster.netgen import Network, NodeInfo, ProxyLink
 from node.config import load_config
+from node.network import keepalive
 from node.network.peers import validator_address_of_cert
 
 log = logging.getLogger("clearline.faults.proxy")
@@ -60,15 +61,13 @@ MAX_MESSAGE = 64 * 1024 * 1024
 _OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
 ]
-_SERVER_OPTIONS = [*_OPTIONS, ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000)]
+# The peers' keepalive policy on both ends (node/network/keepalive.py).
+_SERVER_OPTIONS = [*_OPTIONS, *keepalive.server_options()]
 # The destination may be down for a while (kill/restart): retry connecting quickly once it is back.
 _CHANNEL_OPTIONS = [
     *_OPTIONS,
+    *keepalive.channel_options(),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),

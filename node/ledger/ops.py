@@ -43,6 +43,9 @@ Freezes. A freeze is an authority's stop on an account's money, so it must hold 
       freezes available funds and a hold only holds available funds. Executing a hold takes its held
       part only, never the frozen part, so a hold made before a partial freeze stays executable.
     - Recovery moves a frozen account whole: the new key inherits the freeze and the frozen parts.
+    - A forced transfer takes any funds but held ones, frozen funds first: after it the frozen part is
+      max(0, frozen - amount) (compute_frozen_after_forced), so it never grows and never outlives
+      the funds the order took (5,136,600 with 5,000,000 frozen, 5,000,000 taken: 0 frozen after).
 
 Roles. One compromised key must not take over a role it does not hold (admin also controls the
 validator set and every role):
@@ -408,6 +411,10 @@ def process_set_kyc(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
         check_not_closed(acct, "account")
         acct = st.account_mut(op.account)
     # An issuer sets only its own approval, compliance only the network's: never another's.
+    # An expires_at (unix seconds) at or before the block time is accepted on purpose: compliance may
+    # record a decision that has already lapsed (an audit trail, a back-dated review), and such an
+    # approval grants nothing (check_active reads it as expired). The client's builder refuses one
+    # unless asked (allow_past_expiry), since it is usually a mistake of date or unit.
     approver = get_kyc_approver(signer)
     set_kyc_approval(acct, approver, op.status, op.expires_at)
     emit(
@@ -716,6 +723,7 @@ def close_hold(st: StateView, hold: state_pb2.Hold, state: state_pb2.HoldState.V
     amount, frozen, held = payer.balances[ik]
     payer.balances[ik] = (amount, frozen, held - hold.amount)
     mut = st.hold_mut(hold.hold_id)
+    mut.released = hold.amount
     mut.amount = 0
     mut.state = state
     key = payer_holds_key(hold.payer)
@@ -819,6 +827,13 @@ def process_settle(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     )
 
 
+def compute_frozen_after_forced(frozen: int, held: int, remaining: int, taken: int) -> int:
+    """The frozen part of a balance after a forced transfer took `taken` of it, leaving `remaining`:
+    frozen funds are taken first, so max(0, frozen - taken), and at most the unheld remainder (so
+    frozen + held <= balance still holds)."""
+    return max(0, min(frozen - taken, remaining - held))
+
+
 def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -> None:
     op = ctx.tx.body.forced_transfer
     src: bytes = getattr(op, "from")
@@ -836,10 +851,12 @@ def process_forced_transfer(st: StateView, ctx: TxContext, signer: AccountRec) -
     if amount - held < op.amount:
         raise fail(S.TX_STATUS_INSUFFICIENT_FUNDS, f"{amount - held} not held, cannot move {op.amount}")
     check_can_credit(payee, ik, op.amount)
-    # Effects: frozen funds may be taken (a court order); frozen shrinks to what remains.
+    # Effects: the forced transfer takes frozen funds first (a court order executes the freeze it
+    # enforces), so frozen shrinks by what it took: max(0, frozen - amount), never more than the
+    # free part of what remains (balance - held), never more than before.
     mut = st.account_mut(src)
     new_amount = amount - op.amount
-    new = (new_amount, min(frozen, new_amount - held), held)
+    new = (new_amount, compute_frozen_after_forced(frozen, held, new_amount, op.amount), held)
     if new == (0, 0, 0):
         del mut.balances[ik]
     else:
@@ -1091,6 +1108,12 @@ def process_hold_expiry(st: StateView, height: int, time_ms: int, events: EventS
 
     Holds are indexed by expiry height and by expiry minute; a block visits the bucket of its
     height and the minute buckets since the last block, so the cost follows the holds that expire.
+
+    Each expired hold adds a "hold_expired" event to events (the block's own receipt, outside any
+    transaction: BlockResult.events, stored with the block and served as GetBlockResponse.block_receipt
+    and by SubscribeEvents with block_level set): accounts [payer, payee] (so both may see it),
+    the instrument, the amount returned to the payer and the hold_id attribute. The hold keeps state
+    EXPIRED with `released` set to that amount.
     """
     meta = st.meta()
     now_s = time_ms // 1000

@@ -32,6 +32,7 @@ from clearline.v1 import peer_pb2, peer_pb2_grpc
 from node.admission import MAX_OBSERVER_PEERS, OBSERVER_SEND_QUEUE_BYTES, PeerNames
 from node.config import NodeConfig, Peer
 from node.errors import BadInput
+from node.network import keepalive
 from node.network.tolerant import add_tolerant
 
 log = logging.getLogger("clearline.peers")
@@ -145,14 +146,13 @@ def batched(msgs: list[peer_pb2.PeerMessage]) -> list[peer_pb2.PeerMessage]:
     return out
 
 
-def _grpc_options(cfg: NodeConfig) -> list[tuple[str, Any]]:
+def _grpc_options(cfg: NodeConfig, *, server: bool = False) -> list[tuple[str, Any]]:
+    """The options of the peer server (server=True) or of a channel to a peer: message sizes and the
+    keepalive policy of node/network/keepalive.py (the server accepts the channel's ping rate)."""
     return [
         ("grpc.max_receive_message_length", cfg.p2p.max_message_bytes),
         ("grpc.max_send_message_length", cfg.p2p.max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
+        *(keepalive.server_options() if server else keepalive.channel_options()),
         # A second process configured with the same port must fail to bind, not share the port.
         ("grpc.so_reuseport", 0),
     ]
@@ -268,7 +268,7 @@ class PeerNetwork:
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=_grpc_options(self.cfg))
+        server = grpc.aio.server(options=_grpc_options(self.cfg, server=True))
         add_tolerant(peer_pb2_grpc.add_PeerServicer_to_server, _PeerServicer(self), server)
         if self.tls:
             creds = grpc.ssl_server_credentials([(self._key, self._cert)], self._ca, require_client_auth=True)

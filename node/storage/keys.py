@@ -11,6 +11,8 @@ so LevelDB's byte order is height order and a range scan of one table is one ite
     commit       'c' | height(8)                              serialized CommitCertificate of that height
     tx index     't' | tx hash                                height(8) | index(4)
     receipt      'r' | height(8) | index(4)                   serialized Receipt
+    block events 'x' | height(8)                              serialized Receipt of the block's own work
+                                                              (hold expiries; no tx_hash), if it had events
     state        's' | ledger key                             ledger value (state entries and Merkle nodes)
     account      'a' | len(1) | address | height(8) | index(4)   tx hash
     evidence     'e' | height(8) | index(4)                   serialized Evidence
@@ -33,6 +35,7 @@ P_HASH_HEIGHT = b"h"
 P_COMMIT = b"c"
 P_TX = b"t"
 P_RECEIPT = b"r"
+P_BLOCK_EVENTS = b"x"
 P_STATE = b"s"
 P_ACCOUNT = b"a"
 P_EVIDENCE = b"e"
@@ -116,6 +119,10 @@ def tx_key(tx_hash: bytes) -> bytes:
 
 def receipt_key(height: int, index: int) -> bytes:
     return P_RECEIPT + encode_location(height, index)
+
+
+def block_events_key(height: int) -> bytes:
+    return P_BLOCK_EVENTS + encode_height(height)
 
 
 def state_key(key: bytes) -> bytes:

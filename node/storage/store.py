@@ -103,6 +103,8 @@ class BlockCommit:
     next_validator_sets: sets taking effect at given heights (> height; the H+2 rule gives height + 2).
         A set equal to the one already in effect at that height is not written again.
     evidence: evidence included in this block, stored under (height, index).
+    block_events: the events of the block's own work, outside any transaction (holds expired at its
+        start), stored as one Receipt without tx_hash (load_block_receipt); none = nothing stored.
     """
 
     height: int
@@ -114,6 +116,7 @@ class BlockCommit:
     account_touches: Sequence[tuple[bytes, int]] = ()
     next_validator_sets: Mapping[int, block_pb2.ValidatorSet] = field(default_factory=dict)
     evidence: Sequence[block_pb2.Evidence] = ()
+    block_events: Sequence[receipt_pb2.Event] = ()
 
 
 class StateView:
@@ -335,6 +338,11 @@ class NodeStore:
             if receipt.tx_hash not in located:  # a tx repeated in one block: its first position wins
                 located.add(receipt.tx_hash)
                 batch.put(keys.tx_key(receipt.tx_hash), keys.encode_location(height, index))
+        if c.block_events:
+            block_receipt = receipt_pb2.Receipt(
+                status=receipt_pb2.TX_STATUS_OK, height=height, events=list(c.block_events)
+            )
+            batch.put(keys.block_events_key(height), block_receipt.SerializeToString(deterministic=True))
         for address, index in c.account_touches:
             batch.put(keys.account_key(address, height, index), c.receipts[index].tx_hash)
         for index, evidence in enumerate(c.evidence):
@@ -469,6 +477,17 @@ class NodeStore:
         prefix = keys.P_RECEIPT + keys.encode_height(height)
         with self._live().iterator(prefix=prefix, include_key=False) as it:
             return [_parse(receipt_pb2.Receipt, raw, str(self._path), f"receipt at {height}") for raw in it]
+
+    def load_block_receipt(self, height: int) -> receipt_pb2.Receipt | None:
+        """The receipt of block `height`'s own work (its hold expiries), None if it had no events."""
+        if not 0 < height <= keys.MAX_HEIGHT:
+            return None
+        raw = self._live().get(keys.block_events_key(height))
+        return (
+            None
+            if raw is None
+            else _parse(receipt_pb2.Receipt, raw, str(self._path), f"block receipt {height}")
+        )
 
     def load_tx(self, tx_hash: bytes) -> bytes | None:
         """The raw SignedTx bytes of a committed tx, read from its block."""

@@ -45,8 +45,11 @@ class Net:
     home: Path
     network: Network
     new_key: Path  # a key file that is not one of the network's accounts
+    new_public: Path  # the same key's public key only, as a wallet publishes it
 
     def address(self, name: str) -> bytes:
+        if name == "new":
+            return bytes(load_key_file(self.new_key).address)
         return bytes(load_key_file(Path(self.network.accounts[name])).address)
 
     def public_key(self, name: str) -> bytes:
@@ -57,8 +60,11 @@ class Net:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Net:
     root = tmp_path_factory.mktemp("cli-table")
     network = init_network(root / "net", validators=1)
-    save_key_file(root / "new-wallet.json", SigningKey.generate())
-    return Net(root / "net", network, root / "new-wallet.json")
+    key = SigningKey.generate()
+    save_key_file(root / "new-wallet.json", key)
+    public = {"type": "ed25519", "address": key.address.hex(), "public_key": key.public_key.hex()}
+    (root / "new-wallet.pub.json").write_text(json.dumps(public))
+    return Net(root / "net", network, root / "new-wallet.json", root / "new-wallet.pub.json")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -138,9 +144,11 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
      "create_instrument", {"decimals": 0, "supply_cap": 9, "kind": tx_pb2.INSTRUMENT_KIND_ASSET}),
     ("kyc --account alice", "set_kyc",
      {"account": Addr("alice"), "status": tx_pb2.KYC_STATUS_APPROVED, "public_key": Key("alice"), "expires_at": 0}),
-    ("kyc --account alice --status revoked --expires-at 77 --public-key {new_hex}", "set_kyc",
+    ("kyc --account alice --status revoked --expires-at 77 --allow-past-expiry --public-key {new_hex}", "set_kyc",
      {"status": tx_pb2.KYC_STATUS_REVOKED, "expires_at": 77, "public_key": Key("new")}),
     ("kyc --account {hex_bob}", "set_kyc", {"account": Addr("bob"), "public_key": b""}),
+    ("kyc --account {new}", "set_kyc", {"account": Addr("new"), "public_key": Key("new")}),
+    ("kyc --account {new_public}", "set_kyc", {"account": Addr("new"), "public_key": Key("new")}),
     ("mint --instrument bank-a:USD --to alice --amount 100000 --deposit-ref d1", "mint",
      {"instrument.issuer": Addr("bank-a"), "instrument.symbol": "USD", "to": Addr("alice"), "amount": 100000,
       "deposit_ref": "d1"}),
@@ -169,6 +177,8 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
      "--cosign carol", "settle",
      {"settlement_ref": "dvp1", "legs.0.from": Addr("carol"), "legs.0.to": Addr("alice"), "legs.0.amount": 5,
       "legs.0.instrument.symbol": "BOND-2030", "legs.1.from": Addr("alice"), "legs.1.amount": 1000}),
+    ("settle --settlement-ref s2 --leg 'bank-a:USD, alice , carol,  7 ' --cosign carol", "settle",
+     {"legs.0.from": Addr("alice"), "legs.0.to": Addr("carol"), "legs.0.amount": 7, "legs.0.instrument.symbol": "USD"}),
     ("forced-transfer --instrument bank-a:USD --from bob --to alice --amount 5 --reason 'court order'",
      "forced_transfer", {"from": Addr("bob"), "to": Addr("alice"), "amount": 5, "reason": "court order"}),
     ("recover --lost carol --new-key {new} --reason 'lost phone'", "recover_account",
@@ -186,7 +196,10 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
 def _line(net: Net, template: str) -> str:
     new_key = load_key_file(net.new_key)
     return template.format(
-        new=net.new_key, new_hex=new_key.public_key.hex(), hex_bob=net.address("bob").hex()
+        new=net.new_key,
+        new_public=net.new_public,
+        new_hex=new_key.public_key.hex(),
+        hex_bob=net.address("bob").hex(),
     )
 
 
@@ -243,10 +256,24 @@ BAD_CASES: list[tuple[str, str]] = [
     ("transfer --instrument bank-a:USD --to bob --amount 18446744073709551616", "BAD_ARGUMENT"),
     ("create-instrument --instrument bank-a:X --name X --currency X --decimals 19", "BAD_ARGUMENT"),
     ("kyc --account alice --public-key not-hex", "BAD_ARGUMENT"),
+    ("kyc --account alice --expires-at 77", "BAD_ARGUMENT"),  # in the past, without --allow-past-expiry
+    ("kyc --account alice --expires-at 4102444800000 --allow-past-expiry", "BAD_ARGUMENT"),  # milliseconds
+    (
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "--expires-at-time 4102444800000",
+        "BAD_ARGUMENT",
+    ),  # milliseconds
+    (
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "--expires-at-time 77",
+        "BAD_ARGUMENT",
+    ),  # in the past
     ("change-validator --public-key abcd --power 1", "BAD_ARGUMENT"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob", "BAD_LEG"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob,many", "BAD_LEG"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob,-1", "BAD_ARGUMENT"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,carol,abc", "BAD_LEG"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,,5", "BAD_LEG"),
     ("recover --lost carol --new-key /nonexistent/key.json --reason x", "BAD_KEY"),
 ]
 
@@ -264,6 +291,34 @@ def test_a_bad_argument_is_refused_with_its_reason_code(
     out, _ = capsys.readouterr()
     doc = json.loads(out)
     assert doc["error"] == reason and doc["message"]
+
+
+# `clearline query WHAT REF` refusals, made before any node is contacted.
+BAD_QUERIES: list[tuple[str, str, str]] = [
+    ("query tx abc", "BAD_ARGUMENT", "tx hash 'abc' is not 64 hex digits"),
+    ("query tx 00ff", "BAD_ARGUMENT", "is not 64 hex digits"),
+    ("query tx", "BAD_ARGUMENT", "query tx needs REF"),
+    ("query account", "BAD_ARGUMENT", "query account needs REF: an address, account name or key file"),
+    ("query instrument", "BAD_ARGUMENT", "query instrument needs REF"),
+    ("query hold", "BAD_ARGUMENT", "query hold needs REF"),
+    ("query block zz", "BAD_ARGUMENT", "block height or hash 'zz'"),
+    (
+        "query validators --as auditor --node node9",
+        "UNKNOWN_NODE",
+        "no node 'node9' in this network (known nodes: node0)",
+    ),
+    ("logs node9", "UNKNOWN_NODE", "known nodes: node0"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason", "message"), BAD_QUERIES, ids=[c[0] for c in BAD_QUERIES])
+def test_a_bad_query_is_refused_with_its_reason_code(
+    net: Net, line: str, reason: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*shlex.split(line), "--home", str(net.home)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error {reason}: ") and message in err, err
 
 
 def test_a_choice_outside_its_kind_is_a_usage_error(net: Net, capsys: pytest.CaptureFixture[str]) -> None:

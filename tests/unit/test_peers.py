@@ -13,6 +13,7 @@ import pytest
 from clearline.v1 import block_pb2, peer_pb2
 from node.admission import PeerNames
 from node.config import NodeConfig, TlsConfig
+from node.network import keepalive
 from node.network.peers import BATCH_MAX_BYTES, BATCH_MAX_MESSAGES, PeerNetwork, batched
 
 
@@ -124,3 +125,44 @@ async def test_messages_queued_during_a_write_go_out_together() -> None:
     await asyncio.wait_for(stream, 5)
     assert [m.WhichOneof("msg") for m in written] == ["vote", "batch"]
     assert unpack(written) == [vote(1), vote(2), vote(3), vote(4)]
+
+
+# --- keepalive: the server accepts the rate at which the channels ping it --------------------------
+
+
+def _opts(options: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in options]
+    assert len(names) == len(set(names)), f"an option is set twice: {names}"
+    return dict(options)
+
+
+def _check_server_allows_channel(server: dict[str, Any], channel: dict[str, Any]) -> None:
+    # gRPC's defaults: a server accepts a ping without data every 300 s and none without a call.
+    interval = channel["grpc.keepalive_time_ms"]
+    assert server.get("grpc.http2.min_recv_ping_interval_without_data_ms", 300_000) <= interval
+    if channel.get("grpc.keepalive_permit_without_calls"):
+        assert server.get("grpc.keepalive_permit_without_calls") == 1
+    # The server's own pings to the dialer follow the same policy.
+    assert server.get("grpc.http2.min_ping_interval_without_data_ms", 300_000) <= interval
+
+
+def test_the_peer_server_allows_the_peer_channels_ping_rate() -> None:
+    from node.network.peers import _grpc_options
+
+    cfg = NodeConfig(home=Path("/nonexistent"), chain_id="test", tls=TlsConfig(enabled=False))
+    server, channel = _opts(_grpc_options(cfg, server=True)), _opts(_grpc_options(cfg))
+    assert channel["grpc.keepalive_time_ms"] == keepalive.KEEPALIVE_TIME_MS
+    assert channel["grpc.keepalive_permit_without_calls"] == 1
+    _check_server_allows_channel(server, channel)
+
+
+def test_the_fault_proxy_allows_the_same_ping_rate() -> None:
+    from cluster.faults import proxy
+
+    server, channel = _opts(proxy._SERVER_OPTIONS), _opts(proxy._CHANNEL_OPTIONS)
+    _check_server_allows_channel(server, channel)
+    # The proxy's server end is dialed by the nodes' peer channels.
+    from node.network.peers import _grpc_options
+
+    cfg = NodeConfig(home=Path("/nonexistent"), chain_id="test", tls=TlsConfig(enabled=False))
+    _check_server_allows_channel(server, _opts(_grpc_options(cfg)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,42 @@ async def test_a_submission_before_the_node_is_started_is_refused(node: Node) ->
         await node.service.submit([_kyc_tx(node)], ledger_api_pb2.WAIT_FOR_COMMITTED, 1.0)
     assert (info.value.code, info.value.reason) == ("UNAVAILABLE", "STARTING")
     assert len(node.service.mempool) == 0
+
+
+async def test_hold_expiry_events_reach_the_payer_in_subscribe_events() -> None:
+    """The block's own receipt (holds expired at its start) is streamed before its transactions'
+    events, marked block_level, to the payer (an account of the event) and not to a stranger."""
+    from types import SimpleNamespace
+
+    from node.auth import Identity
+    from node.service import ClientService
+
+    payer, payee, stranger = b"\x01" * 20, b"\x02" * 20, b"\x09" * 20
+    expired = receipt_pb2.Event(kind="hold_expired", accounts=[payer, payee], amount=300)
+    expired.attributes.add(key="hold_id", value="h1")
+    transfer = receipt_pb2.Event(kind="transfer", accounts=[payee, stranger], amount=5)
+    block = ledger_api_pb2.GetBlockResponse(
+        block=block_pb2.Block(header=block_pb2.Header(height=7)),
+        receipts=[receipt_pb2.Receipt(tx_hash=b"\x05" * 32, height=7, events=[transfer])],
+        block_receipt=receipt_pb2.Receipt(height=7, status=receipt_pb2.TX_STATUS_OK, events=[expired]),
+    )
+
+    async def blocks_from(from_height: int) -> Any:
+        yield block
+
+    fake = SimpleNamespace(_blocks_from=blocks_from)
+
+    async def events(who: bytes) -> list[ledger_api_pb2.EventEnvelope]:
+        identity = Identity(who, b"\x00" * 32, frozenset({tx_pb2.ROLE_PARTICIPANT}))
+        stream = ClientService.subscribe_events(fake, identity, ledger_api_pb2.SubscribeEventsRequest())  # type: ignore[arg-type]
+        return [e async for e in stream]
+
+    (seen,) = await events(payer)
+    assert seen.block_level and seen.height == 7 and seen.tx_hash == b""
+    assert seen.event == expired
+    payee_sees = await events(payee)
+    assert [(e.event.kind, e.block_level) for e in payee_sees] == [
+        ("hold_expired", True),
+        ("transfer", False),
+    ]
+    assert [e.event.kind for e in await events(stranger)] == ["transfer"]

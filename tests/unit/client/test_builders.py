@@ -18,6 +18,7 @@ ME = SigningKey.from_seed(b"\x01" * 32)
 OTHER = SigningKey.from_seed(b"\x02" * 32)
 THIRD = SigningKey.from_seed(b"\x03" * 32)
 USD = b.instrument(ME.address, "USD")
+NOW = 1_780_000_000  # unix seconds (2026)
 BOND = b.instrument(OTHER.address, "BOND-2030")
 
 # One example per operation of the TxBody oneof, keyed by the oneof field name.
@@ -111,6 +112,32 @@ def test_addresses_and_instruments_round_trip_through_text() -> None:
         (lambda: b.set_kyc(OTHER.address, 42), "status"),  # type: ignore[arg-type]
         (lambda: b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, public_key=b"\x01" * 31), "public_key"),
         (lambda: b.grant_role(OTHER.address, 99), "role"),  # type: ignore[arg-type]
+        (
+            lambda: b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW - 1, now_s=NOW),
+            "expires_at",
+        ),
+        (
+            lambda: b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW, now_s=NOW),
+            "expires_at",
+        ),
+        (
+            lambda: b.set_kyc(
+                OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW * 1000, allow_past_expiry=True
+            ),
+            "expires_at",
+        ),
+        (
+            lambda: b.create_hold(
+                "h", USD, payee=OTHER.address, notary=THIRD.address, amount=1, expires_at_time=NOW * 1000
+            ),
+            "expires_at_time",
+        ),
+        (
+            lambda: b.create_hold(
+                "h", USD, payee=OTHER.address, notary=THIRD.address, amount=1, expires_at_time=NOW, now_s=NOW
+            ),
+            "expires_at_time",
+        ),
         (lambda: b.create_instrument(USD, name="x", currency="USD", decimals=19), "decimals"),
         (lambda: b.create_instrument(USD, name="", currency="USD"), "name"),
         (lambda: b.create_hold("", USD, payee=OTHER.address, notary=THIRD.address, amount=1), "hold_id"),
@@ -149,3 +176,24 @@ def test_a_refused_body_leaves_the_operation_unchanged() -> None:
     with pytest.raises(BuildError):
         b.make_body(CHAIN, ME.address, 0, "", op)
     assert op.SerializeToString(deterministic=True) == before
+
+
+def test_expiry_times_are_unix_seconds_and_a_past_kyc_expiry_needs_the_flag() -> None:
+    ok = b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW + 1, now_s=NOW)
+    assert ok.expires_at == NOW + 1
+    lapsed = b.set_kyc(
+        OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW - 1, allow_past_expiry=True, now_s=NOW
+    )
+    assert lapsed.expires_at == NOW - 1
+    with pytest.raises(BuildError, match="not after now"):
+        b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=NOW - 1, now_s=NOW)
+    with pytest.raises(BuildError, match="SECONDS, not milliseconds"):
+        b.set_kyc(OTHER.address, tx_pb2.KYC_STATUS_APPROVED, expires_at=(NOW + 60) * 1000, now_s=NOW)
+    hold = b.create_hold(
+        "h", USD, payee=OTHER.address, notary=THIRD.address, amount=1, expires_at_time=NOW + 60, now_s=NOW
+    )
+    assert hold.expires_at_time == NOW + 60
+    with pytest.raises(BuildError, match="SECONDS, not milliseconds"):
+        b.create_hold(
+            "h", USD, payee=OTHER.address, notary=THIRD.address, amount=1, expires_at_time=(NOW + 60) * 1000
+        )

@@ -27,6 +27,7 @@ from tests.unit.ledger.helpers import (
     VAL1,
     Key,
     World,
+    genesis,
     key,
 )
 from tests.unit.ledger.helpers import ALICE as A
@@ -293,7 +294,7 @@ def test_hold_release_by_payee_and_by_notary() -> None:
     ok(w, w.tx(NOTARY, "release_hold", T.ReleaseHold(hold_id="h2")))
     assert w.balance(A) == (1000, 0, 0)
     h = w.ledger.get_hold("h1")
-    assert h is not None and h.state == state_pb2.HOLD_STATE_RELEASED
+    assert h is not None and h.state == state_pb2.HOLD_STATE_RELEASED and h.released == 300
 
 
 def test_hold_expires_by_height_at_block_start() -> None:
@@ -304,9 +305,15 @@ def test_hold_expires_by_height_at_block_start() -> None:
     result = w.execute()  # block 3: expired before any transaction
     w.commit(result)
     assert [e.kind for e in result.events] == ["hold_expired"]
+    (event,) = result.events
+    assert list(event.accounts) == [A.address, BOB.address]  # the payer sees it (and the payee)
+    assert event.instrument == USD and event.amount == 300
+    assert [(a.key, a.value) for a in event.attributes] == [("hold_id", "h1")]
+    assert all(not r.events for r in result.receipts)  # not in a transaction's receipt
     assert w.balance(A) == (1000, 0, 0)
     h = w.ledger.get_hold("h1")
     assert h is not None and h.state == state_pb2.HOLD_STATE_EXPIRED and h.amount == 0
+    assert h.released == 300
 
 
 def test_hold_expires_by_time() -> None:
@@ -350,6 +357,27 @@ def test_forced_transfer_can_take_frozen_funds() -> None:
     (r,) = ok(w, forced(w, 600))
     assert r.events[0].flagged and r.events[0].reason == "court order"
     assert w.balance(A) == (400, 400, 0) and w.balance(BOB) == (1100, 0, 0)
+
+
+def test_forced_transfer_takes_frozen_funds_first() -> None:
+    # The incident: 5,136,600 with 5,000,000 frozen; a court order takes 5,000,000 and left all
+    # 136,600 frozen. Frozen funds go first: nothing remains frozen.
+    w = World.create(genesis(alice_usd=5_136_600))
+    freeze = T.FreezeAmount(account=A.address, instrument=USD, amount=5_000_000, reason="garnish")
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", freeze))
+    ok(w, forced(w, 5_000_000))
+    assert w.balance(A) == (136_600, 0, 0)
+    assert w.run1(transfer(w, 136_600)).status == R.TX_STATUS_OK
+
+
+def test_forced_transfer_of_less_than_the_frozen_part_leaves_the_rest_frozen() -> None:
+    w = World.create()
+    ok(w, hold(w, "h1", 300))
+    ok(w, w.tx(COMPLIANCE, "freeze_amount", T.FreezeAmount(account=A.address, instrument=USD, amount=500)))
+    ok(w, forced(w, 200))  # 1000 = 500 frozen + 300 held + 200 free
+    assert w.balance(A) == (800, 300, 300)
+    ok(w, forced(w, 400))
+    assert w.balance(A) == (400, 0, 300)
 
 
 def test_recovery_moves_everything_to_the_new_key() -> None:

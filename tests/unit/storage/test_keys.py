@@ -49,5 +49,5 @@ def test_account_prefixes_of_different_lengths_never_nest() -> None:
 
 def test_tables_have_distinct_prefixes() -> None:
     prefixes = [getattr(keys, n) for n in dir(keys) if n.startswith("P_")]
-    assert len(prefixes) == len(set(prefixes)) == 11
+    assert len(prefixes) == len(set(prefixes)) == 12
     assert all(len(p) == 1 for p in prefixes)

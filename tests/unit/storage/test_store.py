@@ -147,6 +147,19 @@ def test_every_table_round_trips(store: NodeStore) -> None:
     assert served == [(store.load_block_bytes(1), c1.commit), (store.load_block_bytes(2), c2.commit)]
 
 
+def test_the_block_receipt_of_hold_expiries_round_trips(store: NodeStore) -> None:
+    event = receipt_pb2.Event(kind="hold_expired", accounts=[b"\x01" * 20, b"\x02" * 20], amount=300)
+    store.commit_block(dataclasses.replace(synthetic_commit(store, 1, 2), block_events=[event]))
+    store.commit_block(synthetic_commit(store, 2, 1))
+    block_receipt = store.load_block_receipt(1)
+    assert block_receipt is not None
+    assert list(block_receipt.events) == [event]
+    assert block_receipt.height == 1 and block_receipt.tx_hash == b""
+    assert block_receipt.status == receipt_pb2.TX_STATUS_OK
+    assert store.load_block_receipt(2) is None  # no events, nothing stored
+    assert len(store.load_block_receipts(1)) == 2  # the transactions' receipts are unchanged
+
+
 def test_unknown_keys_read_as_none(store: NodeStore) -> None:
     commit_chain(store, 1)
     assert store.load_block(2) is None
