@@ -58,7 +58,7 @@ def to_minor(
     whole, fraction = split_units(text)
     if len(fraction) > decimals:
         raise AmountError(text, f"{text.strip()} has {len(fraction)} decimals, {instrument} has {decimals}")
-    minor = int(whole or "0") * 10**decimals + int(fraction.ljust(decimals, "0") or "0")
+    minor = int(whole or "0") * _scale(decimals) + int(fraction.ljust(decimals, "0") or "0")
     if minor == 0 and not allow_zero:
         raise AmountError(text, f"{text.strip()}: the amount must be more than zero")
     if minor > UINT64_MAX:
@@ -72,7 +72,7 @@ def format_units(minor: int, decimals: int, symbol: str | None = None) -> str:
     _check_decimals(decimals)
     if minor < 0:
         raise ValueError(f"{minor} minor units: amounts are never negative")
-    whole, fraction = divmod(minor, 10**decimals)
+    whole, fraction = divmod(minor, _scale(decimals))
     number = f"{whole}.{fraction:0{decimals}d}" if decimals else str(whole)
     return f"{number} {symbol}" if symbol else number
 
@@ -80,3 +80,8 @@ def format_units(minor: int, decimals: int, symbol: str | None = None) -> str:
 def _check_decimals(decimals: int) -> None:
     if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= MAX_DECIMALS:
         raise ValueError(f"decimals must be 0..{MAX_DECIMALS}, got {decimals!r}")
+
+
+def _scale(decimals: int) -> int:
+    """Minor units per unit."""
+    return int(10**decimals)
