@@ -369,3 +369,29 @@ def test_the_console_script_is_cluster_cli_main() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "clearline"]
     assert script.value == "cluster.cli:main"
     assert script.load() is main
+
+
+# --- names and tables for text output -----------------------------------------------------------------
+
+
+def test_names_map_addresses_to_account_names_with_hex_for_the_rest(net: Net) -> None:
+    from cluster.cli.common import Names
+
+    names = Names(net.network.accounts)
+    assert names.account(net.address("alice")) == "alice"
+    assert names.instrument(tx_pb2.InstrumentId(issuer=net.address("bank-a"), symbol="USD")) == "bank-a:USD"
+    stranger = bytes(load_key_file(net.new_key).address)
+    assert names.account(stranger) == stranger.hex()
+    assert Names({}).account(net.address("bob")) == net.address("bob").hex()
+
+
+def test_a_table_is_plain_text_with_amounts_right_aligned() -> None:
+    from cluster.cli.common import table
+
+    text = table(("instrument", "balance"), [("bank-a:USD", "12.50 USD"), ("bank-a:BOND-2030", "5 BOND-2030")],
+                 right=(1,))  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0].split() == ["instrument", "balance"]
+    assert "\x1b" not in text
+    assert lines[-2].startswith("bank-a:USD") and lines[-2].endswith("  12.50 USD")
+    assert lines[-1].endswith("5 BOND-2030")
