@@ -326,6 +326,13 @@ class Units:
                 )
         return self._decimals[key]
 
+    def known_decimals(self, inst: tx_pb2.InstrumentId) -> int | None:
+        """The decimals of inst if the command may read them, else None (for output)."""
+        try:
+            return self.decimals(inst, inst.symbol)
+        except CliError:
+            return None
+
     def hold_instrument(self, hold_id: str) -> tx_pb2.InstrumentId:
         from cluster.client import ClientError
 

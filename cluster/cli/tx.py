@@ -454,6 +454,7 @@ def cmd_tx(args: argparse.Namespace) -> int:
             result = units.client().send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait)
         except ClientError as exc:
             raise CliError(exc.reason, exc.message) from None
+        moved = _events_text(args, units, result.receipt) if result.ok and not args.json else ""
     finally:
         units.close()
     doc: dict[str, Any] = {
@@ -476,8 +477,26 @@ def cmd_tx(args: argparse.Namespace) -> int:
         )
         return 1
     where = f"committed at height {result.height}" if result.height else "accepted"
-    emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})")
+    emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})" + moved)
     return 0
+
+
+def _events_text(args: argparse.Namespace, units: common.Units, receipt: Any) -> str:
+    """What a committed transaction moved, one line per event with an amount: its kind, the amount in
+    units, the instrument and the accounts it touched, by name."""
+    if receipt is None:
+        return ""
+    names = common.Names.of(args)
+    lines = []
+    for event in receipt.events:
+        if not event.amount or not event.HasField("instrument"):
+            continue
+        amount = common.show_amount(
+            event.amount, units.known_decimals(event.instrument), event.instrument.symbol
+        )
+        who = " -> ".join(names.account(a) for a in event.accounts)
+        lines.append(f"  {event.kind}: {amount} ({names.instrument(event.instrument)})  {who}")
+    return "".join("\n" + line for line in lines)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -84,6 +84,9 @@ def test_command_line_end_to_end(home: Path) -> None:
                      "--amount", "12.505", ok=False)  # fmt: skip
     assert too_precise["error"] == "BAD_AMOUNT"
     assert too_precise["message"] == "--amount: 12.505 has 3 decimals, bank-a:USD has 2"
+    paid = cli(home, "tx", "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount",
+               "0.01").stdout  # fmt: skip
+    assert "transfer: 0.01 USD (bank-a:USD)  alice -> bob" in paid, paid
     # dave holds no bank-a:USD, so may not read its decimals: minor units still work for him.
     unreadable = tx(home, "transfer", "--as", "dave", "--instrument", "bank-a:USD", "--to", "bob",
                     "--amount", "1", ok=False)  # fmt: skip
