@@ -1,6 +1,8 @@
 """What every command group of `clearline` shares: the error every command fails with, output (readable
-text or one JSON document), the options common to all commands, and resolving the names a user types
-(account and key names, ISSUER:SYMBOL instruments, node names) into what the network knows."""
+text or one JSON document), the options common to all commands, resolving the names a user types
+(account and key names, ISSUER:SYMBOL instruments, node names) into what the network knows and back
+(addresses to names for text output), and amounts: in the instrument's units, or in minor units with
+the suffix `minor` (`--amount 12.50` of a 2-decimal USD token is `--amount 1250minor`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import argparse
 import base64
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from clearline.v1 import tx_pb2
+from cluster.client.amounts import UINT64_MAX, AmountError, format_units, split_units, to_minor
 from cluster.netgen import Network, NodeInfo
 
 DEFAULT_HOME = os.environ.get("CLEARLINE_HOME", "net")
@@ -255,3 +259,173 @@ def client(args: argparse.Namespace, default_identity: str | None = None) -> Any
         raise CliError("BAD_TLS", str(exc), 2) from None
     except ClientError as exc:
         raise CliError(exc.reason, f"cannot reach {target(args)}: {exc.message}") from None
+
+
+# --- names for people -----------------------------------------------------------------------------
+
+
+class Names:
+    """The network's account names by address (from its key files, read once), for text output: an
+    address the network has no name for prints in hex."""
+
+    def __init__(self, accounts: dict[str, str]) -> None:
+        from node.crypto import KeyFileError, load_key_file
+
+        self._by_address: dict[bytes, str] = {}
+        for name, path in sorted(accounts.items()):
+            try:
+                self._by_address.setdefault(bytes(load_key_file(Path(path)).address), name)
+            except (KeyFileError, OSError):
+                continue
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Names:
+        return cls(network_accounts(args))
+
+    def account(self, address: bytes) -> str:
+        return self._by_address.get(bytes(address)) or bytes(address).hex()
+
+    def instrument(self, inst: tx_pb2.InstrumentId) -> str:
+        return f"{self.account(inst.issuer)}:{inst.symbol}"
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
+    """rows under columns as a plain text table (rich, no colour, no width limit); columns whose index
+    is in right are right-aligned (amounts)."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    aligned = set(right)
+    tab = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, column in enumerate(columns):
+        tab.add_column(column, justify="right" if i in aligned else "left", no_wrap=True)
+    for row in rows:
+        tab.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=1000, color_system=None, force_terminal=False).print(tab)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
+
+
+# --- amounts --------------------------------------------------------------------------------------
+
+# An amount in minor units, as the ledger counts them: digits and this suffix (`--amount 1250minor`).
+MINOR_SUFFIX = "minor"
+
+
+class Units:
+    """What turns an amount in units into minor units: the decimals of each instrument, read from the
+    node (GetInstrument) once per command, and the instrument of a hold (GetHold). Reads are made as the
+    command's identity (--as), then as each --cosign key (a settlement's legs may be in instruments only
+    a cosigner holds); a caller that may read none of them is told to give minor units. The connection
+    is opened at the first read, so a command whose amounts need none never contacts a node for them;
+    client() hands it on to the command."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._conn: Any = None
+        self._decimals: dict[tuple[bytes, str], int] = {}
+
+    def client(self) -> Any:
+        if self._conn is None:
+            self._conn = client(self._args)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _readers(self) -> list[Any]:
+        return [None, *(load_key(self._args, name) for name in getattr(self._args, "cosign", None) or ())]
+
+    def decimals(self, inst: tx_pb2.InstrumentId, label: str) -> int:
+        from cluster.client import ClientError
+
+        key = (bytes(inst.issuer), inst.symbol)
+        if key not in self._decimals:
+            refusal: Any = None
+            for reader in self._readers():
+                try:
+                    resp = self.client().get_instrument(inst, as_=reader)
+                except ClientError as exc:
+                    refusal = refusal or exc
+                    if exc.reason != "PERMISSION_DENIED":
+                        break
+                    continue
+                self._decimals[key] = int(resp.instrument.decimals)
+                break
+            if key not in self._decimals:
+                raise CliError(
+                    refusal.reason if refusal is not None else "BAD_AMOUNT",
+                    f"cannot read the decimals of {label} ({refusal.message if refusal else 'no reply'}):"
+                    f" give the amount in minor units instead, e.g. 1250{MINOR_SUFFIX}",
+                    2,
+                )
+        return self._decimals[key]
+
+    def known_decimals(self, inst: tx_pb2.InstrumentId) -> int | None:
+        """The decimals of inst if the command may read them, else None (for output)."""
+        try:
+            return self.decimals(inst, inst.symbol)
+        except CliError:
+            return None
+
+    def hold_instrument(self, hold_id: str) -> tx_pb2.InstrumentId:
+        from cluster.client import ClientError
+
+        try:
+            resp = self.client().get_hold(hold_id)
+        except ClientError as exc:
+            raise CliError(
+                exc.reason,
+                f"cannot read hold {hold_id!r} for its instrument's decimals ({exc.message}):"
+                f" give the amount in minor units instead, e.g. 1250{MINOR_SUFFIX}",
+                2,
+            ) from None
+        return tx_pb2.InstrumentId(issuer=resp.hold.instrument.issuer, symbol=resp.hold.instrument.symbol)
+
+
+def minor_units(
+    args: argparse.Namespace,
+    text: str,
+    inst: tx_pb2.InstrumentId | None,
+    *,
+    hold_id: str | None = None,
+    allow_zero: bool = False,
+) -> int:
+    """The minor units of an amount a user typed: digits with the suffix `minor` as they are, else units
+    of inst (or of the instrument of hold_id) by its decimals from args.units (a Units). Raises
+    AmountError for a text that is no amount, before any read."""
+    number = text.strip()
+    if number.endswith(MINOR_SUFFIX):
+        digits = number.removesuffix(MINOR_SUFFIX).strip()
+        if not (digits.isascii() and digits.isdigit()):
+            raise AmountError(text, f"{text!r} is not an amount in minor units: digits, then {MINOR_SUFFIX}")
+        value = int(digits)
+        if value == 0 and not allow_zero:
+            raise AmountError(text, f"{number}: the amount must be more than zero")
+        if value > UINT64_MAX:
+            raise AmountError(text, f"{number} is more than {UINT64_MAX} minor units")
+        return value
+    # What is wrong whatever the decimals is refused before any read.
+    whole, fraction = split_units(text)
+    if not allow_zero and not (whole + fraction).strip("0"):
+        raise AmountError(text, f"{number}: the amount must be more than zero")
+    if int(whole or "0") > UINT64_MAX:
+        raise AmountError(text, f"{number} is more than {UINT64_MAX} minor units")
+    units: Units = args.units
+    if inst is None:
+        assert hold_id is not None
+        inst = units.hold_instrument(hold_id)
+    label = Names.of(args).instrument(inst)
+    return to_minor(text, units.decimals(inst, label), label, allow_zero=allow_zero)
+
+
+def show_amount(minor: int, decimals: int | None, symbol: str) -> str:
+    """minor units for people: in units with the symbol, or `N minor` when the decimals are unknown."""
+    return (
+        format_units(minor, decimals, symbol) if decimals is not None else f"{minor} {MINOR_SUFFIX} {symbol}"
+    )

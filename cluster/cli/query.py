@@ -1,5 +1,9 @@
 """`clearline query account | tx | block | instrument | hold | validators`: read state from a node, an
-account optionally verified against the commit certificate (--prove)."""
+account optionally verified against the commit certificate (--prove).
+
+Text output is for people: accounts by their names in the network (hex when it has none), instruments
+as ISSUER:SYMBOL, amounts in units with the instrument's decimals and symbol (each instrument read once;
+one the caller may not read shows minor units). --json is the node's reply as it is, in minor units."""
 
 from __future__ import annotations
 
@@ -9,8 +13,43 @@ import io
 import json
 from typing import Any
 
-from clearline.v1 import tx_pb2
-from cluster.cli.common import CliError, account_address, client, client_opts, emit, instrument_id, msg_dict
+from clearline.v1 import state_pb2, tx_pb2
+from cluster.cli.common import (
+    CliError,
+    Names,
+    account_address,
+    client,
+    client_opts,
+    emit,
+    instrument_id,
+    msg_dict,
+    show_amount,
+    table,
+)
+
+
+class Shown:
+    """How text output names accounts and instruments and shows amounts, for one command."""
+
+    def __init__(self, args: argparse.Namespace, conn: Any) -> None:
+        self.names = Names.of(args)
+        self._conn = conn
+        self._decimals: dict[tuple[bytes, str], int | None] = {}
+
+    def decimals(self, inst: tx_pb2.InstrumentId) -> int | None:
+        from cluster.client import ClientError
+
+        key = (bytes(inst.issuer), inst.symbol)
+        if key not in self._decimals:
+            try:
+                self._decimals[key] = int(self._conn.get_instrument(inst).instrument.decimals)
+            except ClientError:
+                self._decimals[key] = None
+        return self._decimals[key]
+
+    def amount(self, inst: tx_pb2.InstrumentId, minor: int) -> str:
+        return show_amount(minor, self.decimals(inst), inst.symbol)
+
 
 # What each query's REF is, for the usage error of a missing one (block's is optional: the latest).
 REF_NEEDED = {
@@ -60,7 +99,6 @@ def cmd_query(args: argparse.Namespace) -> int:
                 if args.prove:
                     trusted = conn.validators(0)
                     verified = conn.get_account_verified(address, trusted)
-                    resp = conn.get_account(address, prove=False) if verified.account is not None else None
                     doc = {
                         "address": address.hex(),
                         "exists": verified.account is not None,
@@ -69,12 +107,13 @@ def cmd_query(args: argparse.Namespace) -> int:
                         "proof": "verified",
                         "account": msg_dict(verified.account) if verified.account is not None else None,
                     }
-                    text = _account_text(address, verified.account, resp)
+                    text = _account_text(Shown(args, conn), address, verified.account)
                     text += f"\nproof: VERIFIED against the commit certificate of height {verified.height}"
                     emit(args, doc, text)
                     return 0
                 resp = conn.get_account(address)
-                emit(args, msg_dict(resp), _account_text(address, resp.account, resp))
+                account = resp.account if resp.exists else None
+                emit(args, msg_dict(resp), _account_text(Shown(args, conn), address, account))
             elif args.what == "tx":
                 resp = conn.get_tx(ref)
                 emit(args, msg_dict(resp), json.dumps(msg_dict(resp), indent=2))
@@ -88,10 +127,10 @@ def cmd_query(args: argparse.Namespace) -> int:
                 emit(args, msg_dict(resp), text)
             elif args.what == "instrument":
                 resp = conn.get_instrument(ref)
-                emit(args, msg_dict(resp), json.dumps(msg_dict(resp.instrument), indent=2))
+                emit(args, msg_dict(resp), _instrument_text(Shown(args, conn), resp.instrument))
             elif args.what == "hold":
                 resp = conn.get_hold(ref)
-                emit(args, msg_dict(resp), json.dumps(msg_dict(resp.hold), indent=2))
+                emit(args, msg_dict(resp), _hold_text(Shown(args, conn), resp.hold))
             elif args.what == "statement":
                 _statement(args, conn)
             elif args.what == "instruments":
@@ -177,22 +216,72 @@ def _kyc_text(status: int, expires_at: int) -> str:
     return f"{name} until {expires_at}" if expires_at else name
 
 
-def _account_text(address: bytes, account: Any, resp: Any) -> str:
+def _account_text(shown: Shown, address: bytes, account: state_pb2.Account | None) -> str:
+    name = shown.names.account(address)
+    title = f"account {name}" if name == address.hex() else f"account {name} ({address.hex()})"
     if account is None:
-        return f"account {address.hex()}: does not exist"
+        return f"{title}: does not exist"
     kyc = _kyc_text(account.kyc_status, account.kyc_expires_at)
-    lines = [
-        f"account {address.hex()}  nonce {account.nonce}  kyc {kyc}{'  FROZEN' if account.frozen else ''}"
-    ]
+    lines = [f"{title}  nonce {account.nonce}  kyc {kyc}{'  FROZEN' if account.frozen else ''}"]
     for approval in account.kyc_approvals:
-        by = approval.approver.hex() if approval.approver else "compliance (the network)"
+        by = shown.names.account(approval.approver) if approval.approver else "compliance (the network)"
         lines.append(f"  kyc by {by}: {_kyc_text(approval.status, approval.expires_at)}")
-    for bal in account.balances:
-        lines.append(
-            f"  {bal.instrument.issuer.hex()[:8]}:{bal.instrument.symbol:<10} {bal.amount:>14}"
-            f"  (frozen {bal.frozen}, held {bal.held})"
-        )
+    if account.balances:
+        rows: list[tuple[str, ...]] = [
+            (
+                shown.names.instrument(bal.instrument),
+                shown.amount(bal.instrument, bal.amount),
+                shown.amount(bal.instrument, bal.frozen),
+                shown.amount(bal.instrument, bal.held),
+            )
+            for bal in account.balances
+        ]
+        lines.append(table(("instrument", "balance", "frozen", "held"), rows, right=(1, 2, 3)))
+    if account.limits:
+        rows = [
+            (
+                shown.names.instrument(limit.instrument),
+                shown.amount(limit.instrument, limit.max_per_tx) if limit.max_per_tx else "-",
+                shown.amount(limit.instrument, limit.max_per_day) if limit.max_per_day else "-",
+            )
+            for limit in account.limits
+        ]
+        lines.append(table(("limits", "per tx", "per day"), rows, right=(1, 2)))
     return "\n".join(lines)
+
+
+def _instrument_text(shown: Shown, inst: state_pb2.Instrument) -> str:
+    kind = tx_pb2.InstrumentKind.Name(inst.kind).removeprefix("INSTRUMENT_KIND_").lower().replace("_", " ")
+
+    def amount(minor: int) -> str:
+        return show_amount(minor, inst.decimals, inst.id.symbol)
+
+    rows = [
+        ("name", inst.name),
+        ("kind", f"{kind}, {inst.currency}, {inst.decimals} decimals" + ("  PAUSED" if inst.paused else "")),
+        ("supply", amount(inst.supply)),
+        ("cap", amount(inst.supply_cap) if inst.supply_cap else "none"),
+        ("minted", amount(inst.minted)),
+        ("redeemed", amount(inst.redeemed)),
+    ]
+    return f"instrument {shown.names.instrument(inst.id)}\n" + "\n".join(f"  {k:<9}{v}" for k, v in rows)
+
+
+def _hold_text(shown: Shown, hold: state_pb2.Hold) -> str:
+    state = state_pb2.HoldState.Name(hold.state).removeprefix("HOLD_STATE_").lower()
+    expires = [f"height {hold.expires_at_height}"] if hold.expires_at_height else []
+    expires += [f"time {hold.expires_at_time}"] if hold.expires_at_time else []
+    rows = [
+        ("instrument", shown.names.instrument(hold.instrument)),
+        ("payer", shown.names.account(hold.payer)),
+        ("payee", shown.names.account(hold.payee)),
+        ("notary", shown.names.account(hold.notary)),
+        ("held", shown.amount(hold.instrument, hold.amount)),
+        ("executed", shown.amount(hold.instrument, hold.executed)),
+        ("expires", " or ".join(expires) or "never"),
+        ("created", f"height {hold.created_height}"),
+    ]
+    return f"hold {hold.hold_id} {state}\n" + "\n".join(f"  {k:<11}{v}" for k, v in rows)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,8 +10,14 @@ operation a command line builds:
 
 A flag's kind turns its text into the builder's value: an account name, key file or hex address into
 20 bytes (ADDRESS), ISSUER:SYMBOL into an InstrumentId (INSTRUMENT_ID), digits into an int (INTEGER),
-and so on. A value that cannot be read fails the command with the kind's reason code (UNKNOWN_ACCOUNT,
-BAD_INSTRUMENT, BAD_ARGUMENT, ...) and exit status 2, as does a value the builder refuses (BAD_ARGUMENT).
+an amount in the instrument's units into minor units (AMOUNT: `--amount 12.50` of a 2-decimal token is
+1250; `1250minor` says minor units), and so on. A value that cannot be read fails the command with the
+kind's reason code (UNKNOWN_ACCOUNT, BAD_INSTRUMENT, BAD_AMOUNT, BAD_ARGUMENT, ...) and exit status 2,
+as does a value the builder refuses (BAD_ARGUMENT).
+
+An amount in units needs its instrument's decimals, which the command reads from the node
+(common.Units: GetInstrument, GetHold for a hold's instrument) after the text has been checked; the
+connection it opens is the one the transaction is then sent on.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from google.protobuf import json_format
 from clearline.v1 import tx_pb2
 from cluster.cli import common
 from cluster.cli.common import CliError, client_opts, emit, hexify
+from cluster.client.amounts import MAX_DECIMALS, AmountError, to_minor
 
 if TYPE_CHECKING:
     from cluster.client import builders as b
@@ -89,18 +96,37 @@ def _leg(args: argparse.Namespace, text: str) -> tx_pb2.Leg:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 4 or not all(parts):
         raise CliError("BAD_LEG", f"leg {text!r} must be INSTRUMENT,FROM,TO,AMOUNT", 2)
+    inst = common.instrument_id(args, parts[0])
     try:
-        amount = int(parts[3])
-    except ValueError:
-        raise CliError(
-            "BAD_LEG", f"leg {text!r}: amount {parts[3]!r} is not an integer (INSTRUMENT,FROM,TO,AMOUNT)", 2
-        ) from None
-    return b.leg(
-        common.instrument_id(args, parts[0]),
-        common.account_address(args, parts[1]),
-        common.account_address(args, parts[2]),
-        amount,
-    )
+        amount = common.minor_units(args, parts[3], inst)
+    except AmountError as exc:
+        raise CliError("BAD_AMOUNT", f"leg {text!r}: {exc.problem}", 2) from None
+    return b.leg(inst, common.account_address(args, parts[1]), common.account_address(args, parts[2]), amount)
+
+
+def _amount(args: argparse.Namespace, text: str) -> int:
+    """An amount of the command's --instrument."""
+    return common.minor_units(args, text, common.instrument_id(args, args.instrument))
+
+
+def _limit(args: argparse.Namespace, text: str) -> int:
+    """A limit in the command's --instrument; 0 is no limit."""
+    return common.minor_units(args, text, common.instrument_id(args, args.instrument), allow_zero=True)
+
+
+def _hold_amount(args: argparse.Namespace, text: str) -> int:
+    """An amount of the instrument of the command's --hold-id."""
+    return common.minor_units(args, text, None, hold_id=args.hold_id)
+
+
+def _supply_cap(args: argparse.Namespace, text: str) -> int:
+    """A supply cap in units of the instrument the command creates, by its --decimals; 0 is no cap."""
+    if text.strip().endswith(common.MINOR_SUFFIX):
+        return common.minor_units(args, text, None, allow_zero=True)
+    decimals = _integer(args, args.decimals) if args.decimals is not None else DEFAULT_DECIMALS
+    if not 0 <= decimals <= MAX_DECIMALS:
+        raise Malformed(f"--decimals {decimals} is outside 0..{MAX_DECIMALS}")
+    return to_minor(text, decimals, args.instrument, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -128,7 +154,11 @@ ADDRESS = Kind("account", common.account_address)  # name, key file or 20-byte h
 PARTY = Kind("account", _party)  # as ADDRESS, plus the public key of a network account name
 INSTRUMENT_ID = Kind("instrument", common.instrument_id)  # ISSUER:SYMBOL -> InstrumentId
 KEY = Kind("key", common.load_key)  # account name or key file -> SigningKey
-LEG = Kind("leg", _leg)  # INSTRUMENT,FROM,TO,AMOUNT -> Leg
+LEG = Kind("leg", _leg)  # INSTRUMENT,FROM,TO,AMOUNT -> Leg (AMOUNT as AMOUNT of INSTRUMENT)
+AMOUNT_UNITS = Kind("amount", _amount)  # units of --instrument (or N minor) -> minor units
+LIMIT = Kind("amount", _limit)  # as AMOUNT_UNITS, 0 allowed
+HOLD_AMOUNT = Kind("amount", _hold_amount)  # units of --hold-id's instrument -> minor units
+SUPPLY_CAP = Kind("amount", _supply_cap)  # units by --decimals of the new instrument -> minor units
 KYC_STATUS = Kind("kyc status", lambda args, text: _KYC[text], choices=_KYC)
 ROLE = Kind("role", lambda args, text: _ROLES[text], choices=_ROLES)
 SWITCH = Kind("switch", lambda args, text: bool(text), switch=True)
@@ -175,6 +205,8 @@ class Arg:
             return self.kind.convert(args, raw)
         except Malformed as exc:
             raise CliError("BAD_ARGUMENT", f"{self.flag}: {exc}", 2) from None
+        except AmountError as exc:
+            raise CliError("BAD_AMOUNT", f"{self.flag}: {exc.problem}", 2) from None
 
 
 @dataclass(frozen=True)
@@ -196,9 +228,12 @@ class TxOp:
 INSTRUMENT = Arg("--instrument", INSTRUMENT_ID, required=True)
 ACCOUNT = Arg("--account", ADDRESS, required=True)
 TO = Arg("--to", ADDRESS, required=True)
-AMOUNT = Arg("--amount", INTEGER, required=True)
+AMOUNT = Arg("--amount", AMOUNT_UNITS, required=True, help="in units (12.50) or minor units (1250minor)")
 REASON = Arg("--reason", TEXT, required=True)
 HOLD_ID = Arg("--hold-id", TEXT, required=True)
+
+
+DEFAULT_DECIMALS = 2
 
 
 def _kind(asset: bool) -> tx_pb2.InstrumentKind.ValueType:
@@ -213,8 +248,8 @@ TX_OPS: tuple[TxOp, ...] = (
             INSTRUMENT,
             Arg("--name", TEXT, required=True),
             Arg("--currency", TEXT, required=True),
-            Arg("--decimals", INTEGER, default=2),
-            Arg("--supply-cap", INTEGER, default=0),
+            Arg("--decimals", INTEGER, default=DEFAULT_DECIMALS),
+            Arg("--supply-cap", SUPPLY_CAP, default=0, help="in units by --decimals; 0: none"),
             Arg("--asset", SWITCH, help="a tokenized asset rather than deposit tokens"),
         ),
         lambda v: b.create_instrument(
@@ -323,7 +358,7 @@ TX_OPS: tuple[TxOp, ...] = (
     TxOp(
         "hold-execute",
         "the notary executes a hold (in part with --amount)",
-        (HOLD_ID, Arg("--amount", INTEGER, default=0)),
+        (HOLD_ID, Arg("--amount", HOLD_AMOUNT, default=0, help="in units of the hold's instrument")),
         lambda v: b.execute_hold(v.hold_id, v.amount),
     ),
     TxOp(
@@ -365,8 +400,8 @@ TX_OPS: tuple[TxOp, ...] = (
         (
             ACCOUNT,
             INSTRUMENT,
-            Arg("--max-per-tx", INTEGER, default=0),
-            Arg("--max-per-day", INTEGER, default=0),
+            Arg("--max-per-tx", LIMIT, default=0, help="in units; 0: none"),
+            Arg("--max-per-day", LIMIT, default=0, help="in units; 0: none"),
         ),
         lambda v: b.set_limits(v.account, v.instrument, max_per_tx=v.max_per_tx, max_per_day=v.max_per_day),
     ),
@@ -396,9 +431,11 @@ TX_OPS_BY_NAME: dict[str, TxOp] = {op.name: op for op in TX_OPS}
 # --- the command ----------------------------------------------------------------------------------
 
 
-def build_op(args: argparse.Namespace) -> tuple[b.Op, list[Any]]:
-    """The operation message of a parsed `clearline tx OP` command line, and the keys that cosign."""
+def build_op(args: argparse.Namespace, units: common.Units | None = None) -> tuple[b.Op, list[Any]]:
+    """The operation message of a parsed `clearline tx OP` command line, and the keys that cosign;
+    units reads the decimals of amounts given in units (default: from the node the options name)."""
     spec = TX_OPS_BY_NAME[args.op]
+    args.units = units if units is not None else common.Units(args)
     try:
         values = spec.values(args)
         op = spec.build(values)
@@ -414,13 +451,17 @@ def cmd_tx(args: argparse.Namespace) -> int:
     if not args.as_:
         raise CliError("NO_SIGNER", f"--as NAME (or ${common.AS_ENV}) names the signing key", 2)
     key = common.load_key(args, args.as_)
-    op, cosigners = build_op(args)
-    wait = WaitFor.NONE if args.no_wait else WaitFor.COMMITTED
-    with common.client(args) as client:
+    units = common.Units(args)
+    try:
+        op, cosigners = build_op(args, units)
+        wait = WaitFor.NONE if args.no_wait else WaitFor.COMMITTED
         try:
-            result = client.send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait)
+            result = units.client().send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait)
         except ClientError as exc:
             raise CliError(exc.reason, exc.message) from None
+        moved = _events_text(args, units, result.receipt) if result.ok and not args.json else ""
+    finally:
+        units.close()
     doc: dict[str, Any] = {
         "tx_hash": result.tx_hash.hex(),
         "accepted": result.accepted,
@@ -441,8 +482,26 @@ def cmd_tx(args: argparse.Namespace) -> int:
         )
         return 1
     where = f"committed at height {result.height}" if result.height else "accepted"
-    emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})")
+    emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})" + moved)
     return 0
+
+
+def _events_text(args: argparse.Namespace, units: common.Units, receipt: Any) -> str:
+    """What a committed transaction moved, one line per event with an amount: its kind, the amount in
+    units, the instrument and the accounts it touched, by name."""
+    if receipt is None:
+        return ""
+    names = common.Names.of(args)
+    lines = []
+    for event in receipt.events:
+        if not event.amount or not event.HasField("instrument"):
+            continue
+        amount = common.show_amount(
+            event.amount, units.known_decimals(event.instrument), event.instrument.symbol
+        )
+        who = " -> ".join(names.account(a) for a in event.accounts)
+        lines.append(f"  {event.kind}: {amount} ({names.instrument(event.instrument)})  {who}")
+    return "".join("\n" + line for line in lines)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -343,16 +343,21 @@ class Client:
         return resp
 
     async def get_instrument(
-        self, instrument: tx_pb2.InstrumentId, timeout_s: float | None = None
+        self,
+        instrument: tx_pb2.InstrumentId,
+        timeout_s: float | None = None,
+        as_: SigningKey | None = None,
     ) -> ledger_api_pb2.GetInstrumentResponse:
         resp: ledger_api_pb2.GetInstrumentResponse = await self._call(
-            "GetInstrument", ledger_api_pb2.GetInstrumentRequest(instrument=instrument), timeout_s
+            "GetInstrument", ledger_api_pb2.GetInstrumentRequest(instrument=instrument), timeout_s, as_
         )
         return resp
 
-    async def get_hold(self, hold_id: str, timeout_s: float | None = None) -> ledger_api_pb2.GetHoldResponse:
+    async def get_hold(
+        self, hold_id: str, timeout_s: float | None = None, as_: SigningKey | None = None
+    ) -> ledger_api_pb2.GetHoldResponse:
         resp: ledger_api_pb2.GetHoldResponse = await self._call(
-            "GetHold", ledger_api_pb2.GetHoldRequest(hold_id=hold_id), timeout_s
+            "GetHold", ledger_api_pb2.GetHoldRequest(hold_id=hold_id), timeout_s, as_
         )
         return resp
 

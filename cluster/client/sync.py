@@ -192,12 +192,17 @@ class SyncClient:
         return self._run(self._client.get_account(address, prove, timeout_s, as_))
 
     def get_instrument(
-        self, instrument: tx_pb2.InstrumentId, timeout_s: float | None = None
+        self,
+        instrument: tx_pb2.InstrumentId,
+        timeout_s: float | None = None,
+        as_: SigningKey | None = None,
     ) -> ledger_api_pb2.GetInstrumentResponse:
-        return self._run(self._client.get_instrument(instrument, timeout_s))
+        return self._run(self._client.get_instrument(instrument, timeout_s, as_))
 
-    def get_hold(self, hold_id: str, timeout_s: float | None = None) -> ledger_api_pb2.GetHoldResponse:
-        return self._run(self._client.get_hold(hold_id, timeout_s))
+    def get_hold(
+        self, hold_id: str, timeout_s: float | None = None, as_: SigningKey | None = None
+    ) -> ledger_api_pb2.GetHoldResponse:
+        return self._run(self._client.get_hold(hold_id, timeout_s, as_))
 
     def get_block(
         self, ref: int | bytes | None = None, timeout_s: float | None = None

@@ -61,28 +61,36 @@ def test_command_line_end_to_end(home: Path) -> None:
     up = cli(home, "up", "--json")
     assert all(n["alive"] and n["height"] >= 1 for n in json.loads(up.stdout)["nodes"])
 
-    # One transaction of each kind the command line offers.
+    # One transaction of each kind the command line offers; amounts in the instrument's units (USD has
+    # 2 decimals, BOND-2030 none) or, with the suffix minor, in minor units.
     assert tx(home, "kyc", "--as", "bank-a", "--account", "alice")["status"] == "OK"
     assert tx(home, "kyc", "--as", "bank-a", "--account", "bob")["status"] == "OK"
     assert tx(home, "kyc", "--as", "bank-b", "--account", "carol")["status"] == "OK"
-    tx(home, "mint", "--as", "bank-a", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "100000",
+    tx(home, "mint", "--as", "bank-a", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1000.00",
        "--deposit-ref", "d1")  # fmt: skip
     tx(home, "mint", "--as", "bank-a", "--instrument", "bank-a:BOND-2030", "--to", "carol", "--amount", "50",
        "--deposit-ref", "bond-1")  # fmt: skip
-    tx(
-        home,
-        "transfer",
-        "--as",
-        "alice",
-        "--instrument",
-        "bank-a:USD",
-        "--to",
-        "bob",
-        "--amount",
-        "500",
-        "--node",
-        "2",
-    )
+    sent = tx(home, "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount", "12.50",
+              "--node", "2")  # fmt: skip
+    assert sent["status"] == "OK"
+    assert int(sent["receipt"]["events"][0]["amount"]) == 1250
+    bob = json.loads(cli(home, "query", "account", "bob", "--json").stdout)["account"]
+    assert [(b["instrument"]["symbol"], int(b["amount"])) for b in bob["balances"]] == [("USD", 1250)]
+    shown = cli(home, "query", "account", "bob").stdout
+    assert "account bob (" in shown
+    (row,) = [line for line in shown.splitlines() if line.startswith("bank-a:USD ")]
+    assert row.split()[1:3] == ["12.50", "USD"], shown
+    too_precise = tx(home, "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob",
+                     "--amount", "12.505", ok=False)  # fmt: skip
+    assert too_precise["error"] == "BAD_AMOUNT"
+    assert too_precise["message"] == "--amount: 12.505 has 3 decimals, bank-a:USD has 2"
+    paid = cli(home, "tx", "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount",
+               "0.01").stdout  # fmt: skip
+    assert "transfer: 0.01 USD (bank-a:USD)  alice -> bob" in paid, paid
+    # dave holds no bank-a:USD, so may not read its decimals: minor units still work for him.
+    unreadable = tx(home, "transfer", "--as", "dave", "--instrument", "bank-a:USD", "--to", "bob",
+                    "--amount", "1", ok=False)  # fmt: skip
+    assert unreadable["error"] == "PERMISSION_DENIED" and "1250minor" in unreadable["message"]
     tx(
         home,
         "redeem",
@@ -91,29 +99,31 @@ def test_command_line_end_to_end(home: Path) -> None:
         "--instrument",
         "bank-a:USD",
         "--amount",
-        "100",
+        "1",
         "--redemption-ref",
         "r1",
     )
     tx(home, "hold-create", "--as", "alice", "--hold-id", "h1", "--instrument", "bank-a:USD", "--payee", "bob",
-       "--notary", "compliance", "--amount", "300", "--expires-at-height", "100000")  # fmt: skip
-    tx(home, "hold-execute", "--as", "compliance", "--hold-id", "h1", "--amount", "200")
+       "--notary", "compliance", "--amount", "3", "--expires-at-height", "100000")  # fmt: skip
+    tx(home, "hold-execute", "--as", "compliance", "--hold-id", "h1", "--amount", "2")
+    hold = cli(home, "query", "hold", "h1").stdout
+    assert "instrument bank-a:USD" in hold and "held       1.00 USD" in hold and "payee      bob" in hold
     tx(home, "hold-create", "--as", "alice", "--hold-id", "h2", "--instrument", "bank-a:USD", "--payee", "bob",
-       "--notary", "compliance", "--amount", "50", "--expires-at-height", "100000")  # fmt: skip
+       "--notary", "compliance", "--amount", "0.50", "--expires-at-height", "100000")  # fmt: skip
     tx(home, "hold-release", "--as", "bob", "--hold-id", "h2")
     tx(home, "settle", "--as", "alice", "--settlement-ref", "dvp1", "--leg", "bank-a:BOND-2030,carol,alice,5",
-       "--leg", "bank-a:USD,alice,carol,1000", "--cosign", "carol")  # fmt: skip
+       "--leg", "bank-a:USD,alice,carol,10.00", "--cosign", "carol")  # fmt: skip
     tx(home, "set-limits", "--as", "compliance", "--account", "alice", "--instrument", "bank-a:USD",
-       "--max-per-tx", "5000")  # fmt: skip
-    over = tx(home, "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount", "6000",
+       "--max-per-tx", "50")  # fmt: skip
+    over = tx(home, "transfer", "--as", "alice", "--instrument", "bank-a:USD", "--to", "bob", "--amount", "60",
               ok=False)  # fmt: skip
     assert over["error"] == "LIMIT_PER_TX_EXCEEDED"
     tx(home, "freeze-amount", "--as", "compliance", "--account", "bob", "--instrument", "bank-a:USD",
-       "--amount", "10", "--reason", "garnish")  # fmt: skip
+       "--amount", "0.10", "--reason", "garnish")  # fmt: skip
     tx(home, "unfreeze-amount", "--as", "compliance", "--account", "bob", "--instrument", "bank-a:USD",
-       "--amount", "10", "--reason", "released")  # fmt: skip
+       "--amount", "10minor", "--reason", "released")  # fmt: skip
     tx(home, "forced-transfer", "--as", "compliance", "--instrument", "bank-a:USD", "--from", "bob", "--to", "alice",
-       "--amount", "5", "--reason", "court order")  # fmt: skip
+       "--amount", "0.05", "--reason", "court order")  # fmt: skip
     tx(home, "freeze", "--as", "compliance", "--account", "bob", "--reason", "investigation")
     frozen = tx(home, "transfer", "--as", "bob", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1",
                 ok=False)  # fmt: skip
@@ -149,9 +159,10 @@ def test_command_line_end_to_end(home: Path) -> None:
     assert doc["exists"] is True
     bank_a = json.loads(cli(home, "query", "account", "bank-a", "--json").stdout)["account"]["address"]
     assert doc["account"]["kyc_approvals"] == [{"approver": bank_a, "status": "KYC_STATUS_APPROVED"}]
-    assert f"kyc by {bank_a}: approved" in cli(home, "query", "account", "bob").stdout
+    assert "kyc by bank-a: approved" in cli(home, "query", "account", "bob").stdout
     inst = json.loads(cli(home, "query", "instrument", "bank-a:USD", "--json").stdout)
     assert int(inst["instrument"]["supply"]) == 100000 - 100
+    assert "supply   999.00 USD" in cli(home, "query", "instrument", "bank-a:USD").stdout
     assert len(json.loads(cli(home, "query", "validators", "--json").stdout)["validators"]) == 4
     block = json.loads(cli(home, "query", "block", "2", "--json").stdout)
     assert int(block["block"]["header"]["height"]) == 2

@@ -11,12 +11,13 @@ import shlex
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from clearline.v1 import tx_pb2
 from cluster.cli import build_parser, main
+from cluster.cli.common import CliError, Units
 from cluster.cli.tx import TX_OPS, TX_OPS_BY_NAME, build_op
 from cluster.client import builders as b
 from cluster.netgen import Network, init_network
@@ -120,6 +121,21 @@ def test_each_op_parser_takes_exactly_its_declared_flags(op: Any) -> None:
 # --- building each operation ------------------------------------------------------------------------
 
 
+class FixedUnits(Units):
+    """The genesis instruments' decimals (USD 2, BOND-2030 0) and hold h1 in USD, without a node."""
+
+    DECIMALS: ClassVar[dict[str, int]] = {"USD": 2, "BOND-2030": 0, "EUR": 2}
+
+    def decimals(self, inst: tx_pb2.InstrumentId, label: str) -> int:
+        return self.DECIMALS[inst.symbol]
+
+    def hold_instrument(self, hold_id: str) -> tx_pb2.InstrumentId:
+        return tx_pb2.InstrumentId(symbol="USD")
+
+    def client(self) -> Any:
+        raise AssertionError("no node in these tests")
+
+
 @dataclass(frozen=True)
 class Addr:
     """The address of a network account, in an expected value."""
@@ -142,6 +158,10 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
       "decimals": 2, "supply_cap": 0, "kind": tx_pb2.INSTRUMENT_KIND_DEPOSIT_TOKEN}),
     ("create-instrument --instrument bank-a:BOND --name Bond --currency USD --decimals 0 --supply-cap 9 --asset",
      "create_instrument", {"decimals": 0, "supply_cap": 9, "kind": tx_pb2.INSTRUMENT_KIND_ASSET}),
+    ("create-instrument --instrument bank-a:X --name X --currency USD --supply-cap 1000.5", "create_instrument",
+     {"decimals": 2, "supply_cap": 100050}),
+    ("create-instrument --instrument bank-a:X --name X --currency USD --decimals 6 --supply-cap 7minor",
+     "create_instrument", {"decimals": 6, "supply_cap": 7}),
     ("kyc --account alice", "set_kyc",
      {"account": Addr("alice"), "status": tx_pb2.KYC_STATUS_APPROVED, "public_key": Key("alice"), "expires_at": 0}),
     ("kyc --account alice --status revoked --expires-at 77 --allow-past-expiry --public-key {new_hex}", "set_kyc",
@@ -149,41 +169,44 @@ BUILD_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("kyc --account {hex_bob}", "set_kyc", {"account": Addr("bob"), "public_key": b""}),
     ("kyc --account {new}", "set_kyc", {"account": Addr("new"), "public_key": Key("new")}),
     ("kyc --account {new_public}", "set_kyc", {"account": Addr("new"), "public_key": Key("new")}),
-    ("mint --instrument bank-a:USD --to alice --amount 100000 --deposit-ref d1", "mint",
+    ("mint --instrument bank-a:USD --to alice --amount 1000.00 --deposit-ref d1", "mint",
      {"instrument.issuer": Addr("bank-a"), "instrument.symbol": "USD", "to": Addr("alice"), "amount": 100000,
       "deposit_ref": "d1"}),
-    ("redeem --instrument bank-a:USD --amount 100 --redemption-ref r1", "redeem",
+    ("redeem --instrument bank-a:USD --amount 1 --redemption-ref r1", "redeem",
      {"amount": 100, "redemption_ref": "r1"}),
-    ("transfer --instrument bank-a:USD --to bob --amount 500", "transfer",
+    ("transfer --instrument bank-a:USD --to bob --amount 5.00", "transfer",
      {"instrument.symbol": "USD", "to": Addr("bob"), "amount": 500}),
+    ("transfer --instrument bank-a:USD --to bob --amount 12.50", "transfer", {"amount": 1250}),
+    ("transfer --instrument bank-a:USD --to bob --amount ' .5 '", "transfer", {"amount": 50}),
+    ("transfer --instrument bank-a:USD --to bob --amount 1250minor", "transfer", {"amount": 1250}),
     ("freeze --account bob --reason investigation", "freeze_account",
      {"account": Addr("bob"), "reason": "investigation"}),
     ("unfreeze --account bob --reason cleared", "unfreeze_account", {"account": Addr("bob"), "reason": "cleared"}),
-    ("freeze-amount --account bob --instrument bank-a:USD --amount 10 --reason garnish", "freeze_amount",
+    ("freeze-amount --account bob --instrument bank-a:USD --amount 0.10 --reason garnish", "freeze_amount",
      {"account": Addr("bob"), "instrument.symbol": "USD", "amount": 10, "reason": "garnish"}),
-    ("unfreeze-amount --account bob --instrument bank-a:USD --amount 10 --reason released", "unfreeze_amount",
+    ("unfreeze-amount --account bob --instrument bank-a:USD --amount 10minor --reason released", "unfreeze_amount",
      {"account": Addr("bob"), "amount": 10, "reason": "released"}),
     ("pause --instrument bank-a:USD --reason maintenance", "pause_instrument",
      {"instrument.issuer": Addr("bank-a"), "reason": "maintenance"}),
     ("unpause --instrument bank-a:USD --reason done", "unpause_instrument", {"reason": "done"}),
-    ("hold-create --hold-id h1 --instrument bank-a:USD --payee bob --notary compliance --amount 300 "
+    ("hold-create --hold-id h1 --instrument bank-a:USD --payee bob --notary compliance --amount 3 "
      "--expires-at-height 100000", "create_hold",
      {"hold_id": "h1", "payee": Addr("bob"), "notary": Addr("compliance"), "amount": 300,
       "expires_at_height": 100000, "expires_at_time": 0, "payer": b""}),
-    ("hold-execute --hold-id h1 --amount 200", "execute_hold", {"hold_id": "h1", "amount": 200}),
+    ("hold-execute --hold-id h1 --amount 2", "execute_hold", {"hold_id": "h1", "amount": 200}),
     ("hold-execute --hold-id h1", "execute_hold", {"amount": 0}),
     ("hold-release --hold-id h2", "release_hold", {"hold_id": "h2"}),
-    ("settle --settlement-ref dvp1 --leg bank-a:BOND-2030,carol,alice,5 --leg bank-a:USD,alice,carol,1000 "
+    ("settle --settlement-ref dvp1 --leg bank-a:BOND-2030,carol,alice,5 --leg bank-a:USD,alice,carol,10.00 "
      "--cosign carol", "settle",
      {"settlement_ref": "dvp1", "legs.0.from": Addr("carol"), "legs.0.to": Addr("alice"), "legs.0.amount": 5,
       "legs.0.instrument.symbol": "BOND-2030", "legs.1.from": Addr("alice"), "legs.1.amount": 1000}),
     ("settle --settlement-ref s2 --leg 'bank-a:USD, alice , carol,  7 ' --cosign carol", "settle",
-     {"legs.0.from": Addr("alice"), "legs.0.to": Addr("carol"), "legs.0.amount": 7, "legs.0.instrument.symbol": "USD"}),
-    ("forced-transfer --instrument bank-a:USD --from bob --to alice --amount 5 --reason 'court order'",
+     {"legs.0.from": Addr("alice"), "legs.0.to": Addr("carol"), "legs.0.amount": 700, "legs.0.instrument.symbol": "USD"}),
+    ("forced-transfer --instrument bank-a:USD --from bob --to alice --amount 0.05 --reason 'court order'",
      "forced_transfer", {"from": Addr("bob"), "to": Addr("alice"), "amount": 5, "reason": "court order"}),
     ("recover --lost carol --new-key {new} --reason 'lost phone'", "recover_account",
      {"lost_account": Addr("carol"), "new_public_key": Key("new"), "reason": "lost phone"}),
-    ("set-limits --account alice --instrument bank-a:USD --max-per-tx 5000", "set_limits",
+    ("set-limits --account alice --instrument bank-a:USD --max-per-tx 50", "set_limits",
      {"account": Addr("alice"), "max_per_tx": 5000, "max_per_day": 0}),
     ("grant-role --account dave --role auditor", "grant_role",
      {"account": Addr("dave"), "role": tx_pb2.ROLE_AUDITOR, "public_key": Key("dave")}),
@@ -228,7 +251,7 @@ def test_the_build_cases_cover_every_op() -> None:
 )
 def test_each_op_builds_its_txbody_field(net: Net, line: str, field: str, expected: dict[str, Any]) -> None:
     args = parse(net, _line(net, line))
-    op, cosigners = build_op(args)
+    op, cosigners = build_op(args, FixedUnits(args))
     body = b.make_body(net.network.chain_id, net.address("admin"), 1, "ref-1", op)
     assert body.WhichOneof("op") == field
     built = getattr(body, field)
@@ -249,30 +272,37 @@ BAD_CASES: list[tuple[str, str]] = [
     ("transfer --instrument bank-a-USD --to bob --amount 5", "BAD_INSTRUMENT"),
     ("transfer --instrument bank-a: --to bob --amount 5", "BAD_INSTRUMENT"),
     ("transfer --instrument :USD --to bob --amount 5", "BAD_INSTRUMENT"),
-    ("transfer --instrument bank-a:USD --to bob --amount -5", "BAD_ARGUMENT"),
-    ("transfer --instrument bank-a:USD --to bob --amount 0", "BAD_ARGUMENT"),
-    ("transfer --instrument bank-a:USD --to bob --amount 1.5", "BAD_ARGUMENT"),
-    ("transfer --instrument bank-a:USD --to bob --amount ten", "BAD_ARGUMENT"),
-    ("transfer --instrument bank-a:USD --to bob --amount 18446744073709551616", "BAD_ARGUMENT"),
+    ("transfer --instrument bank-a:USD --to bob --amount -5", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 0", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 0.00", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 0minor", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1.5minor", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1e3", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1,000.00", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount ten", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 18446744073709551616", "BAD_AMOUNT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 18446744073709551616minor", "BAD_AMOUNT"),
+    ("set-limits --account alice --instrument bank-a:USD --max-per-tx -1", "BAD_AMOUNT"),
+    ("create-instrument --instrument bank-a:X --name X --currency X --supply-cap 1.005", "BAD_AMOUNT"),
     ("create-instrument --instrument bank-a:X --name X --currency X --decimals 19", "BAD_ARGUMENT"),
     ("kyc --account alice --public-key not-hex", "BAD_ARGUMENT"),
     ("kyc --account alice --expires-at 77", "BAD_ARGUMENT"),  # in the past, without --allow-past-expiry
     ("kyc --account alice --expires-at 4102444800000 --allow-past-expiry", "BAD_ARGUMENT"),  # milliseconds
     (
-        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1minor "
         "--expires-at-time 4102444800000",
         "BAD_ARGUMENT",
     ),  # milliseconds
     (
-        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1 "
+        "hold-create --hold-id h --instrument bank-a:USD --payee bob --notary compliance --amount 1minor "
         "--expires-at-time 77",
         "BAD_ARGUMENT",
     ),  # in the past
     ("change-validator --public-key abcd --power 1", "BAD_ARGUMENT"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,bob", "BAD_LEG"),
-    ("settle --settlement-ref s --leg bank-a:USD,alice,bob,many", "BAD_LEG"),
-    ("settle --settlement-ref s --leg bank-a:USD,alice,bob,-1", "BAD_ARGUMENT"),
-    ("settle --settlement-ref s --leg bank-a:USD,alice,carol,abc", "BAD_LEG"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,bob,many", "BAD_AMOUNT"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,bob,-1", "BAD_AMOUNT"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,carol,abc", "BAD_AMOUNT"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,,5", "BAD_LEG"),
     ("recover --lost carol --new-key /nonexistent/key.json --reason x", "BAD_KEY"),
 ]
@@ -319,6 +349,27 @@ def test_a_bad_query_is_refused_with_its_reason_code(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"error {reason}: ") and message in err, err
+
+
+TOO_PRECISE: list[tuple[str, str]] = [
+    ("transfer --instrument bank-a:USD --to bob --amount 12.505", "--amount: 12.505 has 3 decimals, bank-a:USD has 2"),
+    ("mint --instrument bank-a:BOND-2030 --to bob --amount 1.5 --deposit-ref d",
+     "--amount: 1.5 has 1 decimals, bank-a:BOND-2030 has 0"),
+    ("settle --settlement-ref s --leg bank-a:USD,alice,bob,0.001",
+     "leg 'bank-a:USD,alice,bob,0.001': 0.001 has 3 decimals, bank-a:USD has 2"),
+    ("hold-execute --hold-id h1 --amount 0.001", "--amount: 0.001 has 3 decimals"),
+    ("set-limits --account alice --instrument bank-a:USD --max-per-day 0.001", "--max-per-day: 0.001 has 3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "message"), TOO_PRECISE, ids=[c[0] for c in TOO_PRECISE])
+def test_more_decimals_than_the_instrument_has_is_refused(net: Net, line: str, message: str) -> None:
+    args = parse(net, line)
+    with pytest.raises(CliError) as refused:
+        build_op(args, FixedUnits(args))
+    assert refused.value.reason == "BAD_AMOUNT"
+    assert message in refused.value.message
+    assert refused.value.code == 2
 
 
 def test_a_choice_outside_its_kind_is_a_usage_error(net: Net, capsys: pytest.CaptureFixture[str]) -> None:
@@ -373,3 +424,29 @@ def test_the_console_script_is_cluster_cli_main() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "clearline"]
     assert script.value == "cluster.cli:main"
     assert script.load() is main
+
+
+# --- names and tables for text output -----------------------------------------------------------------
+
+
+def test_names_map_addresses_to_account_names_with_hex_for_the_rest(net: Net) -> None:
+    from cluster.cli.common import Names
+
+    names = Names(net.network.accounts)
+    assert names.account(net.address("alice")) == "alice"
+    assert names.instrument(tx_pb2.InstrumentId(issuer=net.address("bank-a"), symbol="USD")) == "bank-a:USD"
+    stranger = bytes(load_key_file(net.new_key).address)
+    assert names.account(stranger) == stranger.hex()
+    assert Names({}).account(net.address("bob")) == net.address("bob").hex()
+
+
+def test_a_table_is_plain_text_with_amounts_right_aligned() -> None:
+    from cluster.cli.common import table
+
+    text = table(("instrument", "balance"), [("bank-a:USD", "12.50 USD"), ("bank-a:BOND-2030", "5 BOND-2030")],
+                 right=(1,))  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0].split() == ["instrument", "balance"]
+    assert "\x1b" not in text
+    assert lines[-2].startswith("bank-a:USD") and lines[-2].endswith("  12.50 USD")
+    assert lines[-1].endswith("5 BOND-2030")
