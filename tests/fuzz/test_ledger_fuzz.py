@@ -244,6 +244,12 @@ def valid_requests(node: FuzzNode, seeds: Seeds, rpc: Rpc) -> list[Message]:
         "GetValidators": [L.GetValidatorsRequest(height=1), L.GetValidatorsRequest()],
         "GetBlock": [L.GetBlockRequest(height=1), L.GetBlockRequest(hash=seeds.block_hash)],
         "GetStatus": [L.GetStatusRequest()],
+        "GetStatement": [
+            L.GetStatementRequest(account=k("alice").address, instrument=seeds.usd),
+            L.GetStatementRequest(account=k("alice").address, instrument=seeds.usd, from_height=1, limit=1),
+        ],
+        "ListInstruments": [L.ListInstrumentsRequest()],
+        "ListPending": [L.ListPendingRequest(), L.ListPendingRequest(account=k("alice").address)],
         "StreamBlocks": [L.StreamBlocksRequest(from_height=1)],
         "SubscribeEvents": [
             L.SubscribeEventsRequest(from_height=1),
