@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import io
 import json
+import time
 from typing import Any
 
 from clearline.v1 import state_pb2, tx_pb2
@@ -211,9 +213,15 @@ def _statement(args: argparse.Namespace, conn: Any) -> None:
     emit(args, doc, "\n".join(lines))
 
 
-def _kyc_text(status: int, expires_at: int) -> str:
+def _kyc_text(status: int, expires_at: int, now_s: float | None = None) -> str:
+    """A KYC status with its expiry (unix seconds); EXPIRED once past (an expired approval grants
+    nothing, whatever its status says)."""
     name = tx_pb2.KycStatus.Name(status).removeprefix("KYC_STATUS_").lower()  # type: ignore[arg-type]
-    return f"{name} until {expires_at}" if expires_at else name
+    if not expires_at:
+        return name
+    when = datetime.datetime.fromtimestamp(expires_at, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now_s = time.time() if now_s is None else now_s
+    return f"{name} EXPIRED {when}" if expires_at <= now_s else f"{name} until {when}"
 
 
 def _account_text(shown: Shown, address: bytes, account: state_pb2.Account | None) -> str:
@@ -223,6 +231,11 @@ def _account_text(shown: Shown, address: bytes, account: state_pb2.Account | Non
         return f"{title}: does not exist"
     kyc = _kyc_text(account.kyc_status, account.kyc_expires_at)
     lines = [f"{title}  nonce {account.nonce}  kyc {kyc}{'  FROZEN' if account.frozen else ''}"]
+    if account.roles:
+        names = ", ".join(tx_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in account.roles)
+        lines.append(f"  roles {names}")
+    if account.closed:
+        lines.append(f"  CLOSED: recovered to {shown.names.account(account.recovered_to)}")
     for approval in account.kyc_approvals:
         by = shown.names.account(approval.approver) if approval.approver else "compliance (the network)"
         lines.append(f"  kyc by {by}: {_kyc_text(approval.status, approval.expires_at)}")
@@ -238,15 +251,20 @@ def _account_text(shown: Shown, address: bytes, account: state_pb2.Account | Non
         ]
         lines.append(table(("instrument", "balance", "frozen", "held"), rows, right=(1, 2, 3)))
     if account.limits:
+        today = int(time.time() // 86_400)  # the ledger's day: UTC days of block time
+        used = {(u.instrument.issuer, u.instrument.symbol): u.used for u in account.usage if u.day == today}
         rows = [
             (
                 shown.names.instrument(limit.instrument),
                 shown.amount(limit.instrument, limit.max_per_tx) if limit.max_per_tx else "-",
                 shown.amount(limit.instrument, limit.max_per_day) if limit.max_per_day else "-",
+                shown.amount(
+                    limit.instrument, used.get((limit.instrument.issuer, limit.instrument.symbol), 0)
+                ),
             )
             for limit in account.limits
         ]
-        lines.append(table(("limits", "per tx", "per day"), rows, right=(1, 2)))
+        lines.append(table(("limits", "per tx", "per day", "used today"), rows, right=(1, 2, 3)))
     return "\n".join(lines)
 
 

@@ -159,7 +159,24 @@ def test_command_line_end_to_end(home: Path) -> None:
     assert doc["exists"] is True
     bank_a = json.loads(cli(home, "query", "account", "bank-a", "--json").stdout)["account"]["address"]
     assert doc["account"]["kyc_approvals"] == [{"approver": bank_a, "status": "KYC_STATUS_APPROVED"}]
-    assert "kyc by bank-a: approved" in cli(home, "query", "account", "bob").stdout
+    shown = cli(home, "query", "account", "bob").stdout
+    assert "kyc by bank-a: approved" in shown and "roles participant" in shown
+    assert "used today" in cli(home, "query", "account", "alice").stdout  # alice's limits (set above)
+    # A recovered account says so, and where its funds went.
+    assert "CLOSED: recovered to" in cli(home, "query", "account", "carol").stdout
+    # An approval that lapsed shows EXPIRED, whatever its status says.
+    tx(
+        home,
+        "kyc",
+        "--as",
+        "bank-b",
+        "--account",
+        "dave",
+        "--expires-at",
+        "1000000000",
+        "--allow-past-expiry",
+    )
+    assert "kyc by bank-b: approved EXPIRED 2001-09-09" in cli(home, "query", "account", "dave").stdout
     inst = json.loads(cli(home, "query", "instrument", "bank-a:USD", "--json").stdout)
     assert int(inst["instrument"]["supply"]) == 100000 - 100
     assert "supply   999.00 USD" in cli(home, "query", "instrument", "bank-a:USD").stdout
