@@ -22,6 +22,16 @@ hardening issue measured).
 Limits: total count and bytes, count per sender, parked per sender; when full, admission fails with
 `MempoolFull` (the API maps it to RESOURCE_EXHAUSTED with a reason). A rejected transaction leaves
 only a count behind. The verified-signature cache is bounded in count and bytes.
+
+Replace and cancel: a waiting (parked) transaction lives only on the node that received it, so its
+signer may replace it (submit another transaction with the same nonce, `admit(from_client=True)`) or
+withdraw it (`cancel`). A ready transaction cannot be: it has been gossiped to the validators and
+may already be in a proposal, so a replacement could not be promised to win. Every transaction that
+leaves the pool uncommitted (replaced, cancelled, expired, its nonce used by another, or invalid
+after a block) is remembered with why (`dropped`, bounded), so its status can be asked and a client
+waiting for it is told at once (`on_dropped`). A cancelled transaction is refused if submitted here
+again: the signer said it must not run. A signed transaction stays valid until its nonce is used,
+though, so a copy held elsewhere could still be submitted; to void one for good, use its nonce.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ log = logging.getLogger("clearline.mempool")
 
 # How far ahead of a sender's committed nonce a transaction may be admitted.
 NONCE_WINDOW = 1024
+# How many dropped transactions are remembered (with why) for status queries: about 300 bytes each.
+DROPPED_MEMORY = 10_000
 CheckFn = Callable[[VerifiedTx, int], receipt_pb2.Receipt]
 NonceFn = Callable[[bytes], int]
 RefSeenFn = Callable[[bytes, str], bool]
@@ -59,6 +71,31 @@ class MempoolFull(BadInput):
         self.message = message
 
 
+class CancelRefused(BadInput):
+    """CancelPending named a nonce that is not pending here (NOT_PENDING) or that is ready for a
+    proposal and so already with the validators (TX_READY)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Why an accepted transaction left the mempool uncommitted.
+
+    reason: REPLACED, CANCELLED, EXPIRED (waited longer than gap_max_age_s for a lower nonce),
+    NONCE_USED (another transaction with its nonce committed) or INVALID (failed its re-check after
+    a block). signers: for read access to this record.
+    """
+
+    reason: str
+    message: str
+    signers: frozenset[bytes]
+    replaced_by: bytes = b""
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """The outcome of admitting one transaction."""
@@ -69,6 +106,7 @@ class Admitted:
     message: str = ""
     receipt: receipt_pb2.Receipt | None = None
     duplicate: bool = False  # already pending (accepted before)
+    replaced: bytes = b""  # the waiting transaction this one replaced
 
     @property
     def reason(self) -> str:
@@ -127,6 +165,9 @@ class Mempool:
         self._gossip: list[bytes] = []
         self.rejections: dict[str, int] = {}
         self.expired_gaps = 0
+        self._dropped: OrderedDict[bytes, Dropped] = OrderedDict()  # tx id -> why, oldest first
+        self.drops: dict[str, int] = {}  # dropped transactions by reason, since start
+        self.on_dropped: Callable[[bytes, Dropped], None] | None = None
         self.new_tx_event = asyncio.Event()  # consumed by the gossip loop
         self.tx_arrived = asyncio.Event()  # an executable tx arrived (consumed by empty-block pacing)
 
@@ -172,6 +213,10 @@ class Mempool:
         entry = self._entries.get(tx_hash)
         return entry.tx if entry else None
 
+    def dropped(self, tx_hash: bytes) -> Dropped | None:
+        """Why this transaction left the pool uncommitted, if it did recently."""
+        return self._dropped.get(tx_hash)
+
     def verified(self, wire_hash: bytes) -> VerifiedTx | None:
         """The envelope with this hash if this node verified its signatures (pending or recently seen)."""
         vtx = self._by_wire.get(wire_hash)
@@ -184,7 +229,7 @@ class Mempool:
         return await self.verifier.verify_many(raws)
 
     async def admit(
-        self, raws: Sequence[bytes], *, gossip: bool = True, dry_run: bool = True
+        self, raws: Sequence[bytes], *, gossip: bool = True, dry_run: bool = True, from_client: bool = False
     ) -> list[Admitted]:
         """Admit a batch of raw transactions; one result per input, in order.
 
@@ -195,6 +240,10 @@ class Mempool:
 
         A rejected transaction leaves nothing behind but a count: its entry in the verified-signature
         cache is dropped too (a flood of throwaway-key transactions must not fill the cache).
+
+        from_client=True (a client's submission, not peers' gossip): a transaction with the nonce of
+        one of its signer's waiting transactions replaces it, and one its signer cancelled here is
+        refused. Gossip never replaces: only the signer's own submission says which version it wants.
 
         Raises MempoolFull only for a single-transaction batch; in a larger batch a full mempool
         rejects the individual transactions with reason MEMPOOL_FULL.
@@ -207,7 +256,7 @@ class Mempool:
                 results.append(Admitted(txs.tx_hash(raw), False, item.status, item.message))
                 continue
             try:
-                admitted = self._admit_one(item, gossip, dry_run)
+                admitted = self._admit_one(item, gossip, dry_run, from_client)
             except MempoolFull:
                 self._forget(item)
                 if len(raws) == 1:
@@ -238,9 +287,19 @@ class Mempool:
         self._count(status)
         return Admitted(vtx.tx_hash, False, status, message)
 
-    def _admit_one(self, vtx: VerifiedTx, gossip: bool, dry_run: bool = True) -> Admitted:
+    def _admit_one(
+        self, vtx: VerifiedTx, gossip: bool, dry_run: bool = True, from_client: bool = False
+    ) -> Admitted:
         if vtx.tx_hash in self._entries:
             return Admitted(vtx.tx_hash, True, duplicate=True)
+        if (
+            self._dropped
+            and vtx.tx_hash in self._dropped
+            and self._dropped[vtx.tx_hash].reason == "CANCELLED"
+        ):
+            return self._reject(
+                vtx, receipt_pb2.TX_STATUS_CANCELLED, "its signer cancelled this transaction on this node"
+            )
         body = vtx.body
         sender, nonce, ref = body.signer, body.nonce, body.client_ref  # protobuf fields, read once
         committed = self._committed_nonce(sender)
@@ -255,39 +314,59 @@ class Mempool:
                 f"nonce {nonce} too far ahead (next is {committed})",
             )
         pending = self._by_sender.get(sender)
+        old: bytes | None = None  # the waiting transaction this one replaces
         if pending is not None and nonce in pending:
-            return self._reject(vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {nonce} is already pending")
+            old = pending[nonce]
+            if not from_client:
+                return self._reject(vtx, receipt_pb2.TX_STATUS_BAD_NONCE, f"nonce {nonce} is already pending")
+            if old not in self._parked:
+                return self._reject(
+                    vtx,
+                    receipt_pb2.TX_STATUS_BAD_NONCE,
+                    f"nonce {nonce} is already pending and ready for a proposal (tx {old.hex()[:16]}); it "
+                    "has been sent to the validators and cannot be replaced, only a transaction waiting "
+                    "for a lower nonce can",
+                )
         # A gap: the nonce before this one is neither committed nor pending and executable.
         gap = nonce != committed and (
             pending is None or (nonce - 1) not in pending or pending[nonce - 1] in self._parked
         )
-        if gap and self._parked_per_sender.get(sender, 0) >= self._cfg.max_gap_per_sender:
+        if old is None and gap and self._parked_per_sender.get(sender, 0) >= self._cfg.max_gap_per_sender:
             return self._reject(
                 vtx,
                 receipt_pb2.TX_STATUS_NONCE_GAP_LIMIT,
                 f"nonce {nonce} leaves a gap (next is {committed}) and the sender already has "
                 f"{self._cfg.max_gap_per_sender} transactions waiting for missing nonces",
             )
-        if ref and ((sender, ref) in self._refs or self._ref_committed(sender, ref)):
+        if ref and (self._refs.get((sender, ref), old) != old or self._ref_committed(sender, ref)):
             return self._reject(
                 vtx,
                 receipt_pb2.TX_STATUS_DUPLICATE_CLIENT_REF,
                 f"client reference {ref[:64]!r} was already used",
             )
-        if len(self._entries) >= self._cfg.max_txs:
-            self._count(receipt_pb2.TX_STATUS_MEMPOOL_FULL)
-            raise MempoolFull("MEMPOOL_FULL", f"mempool holds {len(self._entries)} transactions (limit)")
-        if self._bytes + vtx.size > self._cfg.max_bytes:
+        if old is None:
+            if len(self._entries) >= self._cfg.max_txs:
+                self._count(receipt_pb2.TX_STATUS_MEMPOOL_FULL)
+                raise MempoolFull("MEMPOOL_FULL", f"mempool holds {len(self._entries)} transactions (limit)")
+            waiting = len(pending) if pending is not None else 0
+            if waiting >= self._cfg.max_per_sender:
+                raise MempoolFull("SENDER_LIMIT", f"sender has {waiting} pending transactions (limit)")
+        freed = len(self._entries[old].tx.raw) if old is not None else 0
+        if self._bytes - freed + vtx.size > self._cfg.max_bytes:
             raise MempoolFull("MEMPOOL_FULL", f"mempool holds {self._bytes} bytes (limit)")
-        waiting = len(pending) if pending is not None else 0
-        if waiting >= self._cfg.max_per_sender:
-            raise MempoolFull("SENDER_LIMIT", f"sender has {waiting} pending transactions (limit)")
         receipt = self._check(vtx, nonce) if dry_run else None
         if receipt is not None and receipt.status != receipt_pb2.TX_STATUS_OK:
             self._count(receipt.status)
             return Admitted(vtx.tx_hash, False, receipt.status, receipt.message, receipt)
+        if old is not None:
+            self._drop(
+                old,
+                "REPLACED",
+                f"replaced by its signer with tx {vtx.tx_hash.hex()}",
+                replaced_by=vtx.tx_hash,
+            )
         self._insert(vtx, sender, nonce, ref, gap, committed, gossip)
-        return Admitted(vtx.tx_hash, True, receipt=receipt)
+        return Admitted(vtx.tx_hash, True, receipt=receipt, replaced=old or b"")
 
     def _insert(
         self, vtx: VerifiedTx, sender: bytes, nonce: int, ref: str, gap: bool, committed: int, gossip: bool
@@ -349,6 +428,45 @@ class Mempool:
             self._unpark_count(sender)
         self._bytes -= len(entry.tx.raw)
 
+    def _drop(self, tx_hash: bytes, reason: str, message: str, replaced_by: bytes = b"") -> None:
+        """Remove an uncommitted transaction and remember why (see Dropped)."""
+        entry = self._entries.get(tx_hash)
+        if entry is None:
+            return
+        self._remove(tx_hash)
+        record = Dropped(reason, message, entry.tx.signers, replaced_by)
+        self._dropped[tx_hash] = record
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        self._dropped.move_to_end(tx_hash)
+        while len(self._dropped) > DROPPED_MEMORY:
+            self._dropped.popitem(last=False)
+        if self.on_dropped is not None:
+            self.on_dropped(tx_hash, record)
+
+    def cancel(self, sender: bytes, nonces: Sequence[int]) -> list[bytes]:
+        """Withdraw sender's waiting transactions with these nonces (all of them when empty); returns
+        their ids by nonce. All or nothing: raises CancelRefused naming the first nonce that is not
+        pending here or is ready for a proposal."""
+        by_nonce = self._by_sender.get(sender, {})
+        if nonces:
+            chosen = sorted(set(nonces))
+            for nonce in chosen:
+                tx_hash = by_nonce.get(nonce)
+                if tx_hash is None:
+                    raise CancelRefused("NOT_PENDING", f"no transaction with nonce {nonce} is pending here")
+                if tx_hash not in self._parked:
+                    raise CancelRefused(
+                        "TX_READY",
+                        f"nonce {nonce} is ready for a proposal (tx {tx_hash.hex()[:16]}): it has been "
+                        "sent to the validators and can no longer be withdrawn",
+                    )
+        else:
+            chosen = sorted(n for n, h in by_nonce.items() if h in self._parked)
+        out = [by_nonce[n] for n in chosen]
+        for tx_hash in out:
+            self._drop(tx_hash, "CANCELLED", "cancelled by its signer")
+        return out
+
     def pending_of(self, sender: bytes) -> list[tuple[int, bytes, float | None]]:
         """sender's transactions here, by nonce: (nonce, tx id, seconds parked, or None if ready)."""
         by_nonce = self._by_sender.get(sender, {})
@@ -372,7 +490,13 @@ class Mempool:
             tx_hash, parked_at = next(iter(self._parked.items()))
             if parked_at > deadline:
                 break
-            self._remove(tx_hash)
+            entry = self._entries[tx_hash]
+            self._drop(
+                tx_hash,
+                "EXPIRED",
+                f"waited longer than {self._cfg.gap_max_age_s} s for nonce "
+                f"{self._committed_nonce(entry.sender)} (the sender's next); send that one first",
+            )
             expired += 1
         self.expired_gaps += expired
         return expired
@@ -430,7 +554,7 @@ class Mempool:
             for nonce in sorted(by_nonce):
                 if nonce >= floor:
                     break
-                self._remove(by_nonce[nonce])
+                self._drop(by_nonce[nonce], "NONCE_USED", f"another transaction with nonce {nonce} committed")
                 evicted += 1
             by_nonce = self._by_sender.get(sender, {})
             head = by_nonce.get(floor)
@@ -438,7 +562,10 @@ class Mempool:
                 receipt = self._check(self._entries[head].tx, floor)
                 if receipt.status != receipt_pb2.TX_STATUS_OK:
                     self._count(receipt.status)
-                    self._remove(head)
+                    status = receipt_pb2.TxStatus.Name(receipt.status).removeprefix("TX_STATUS_")
+                    self._drop(
+                        head, "INVALID", f"no longer valid after the last block: {status}: {receipt.message}"
+                    )
                     evicted += 1
                     head = None
             if head is None:

@@ -25,6 +25,7 @@ class _Totals(Collector):
 
     def __init__(self) -> None:
         self.rejections: Mapping[str, int] = {}
+        self.drops: Mapping[str, int] = {}
         self.peer_faults: Mapping[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -34,6 +35,15 @@ class _Totals(Collector):
         for reason, count in self.rejections.items():
             rejections.add_metric([reason], count)
         yield rejections
+        drops = CounterMetricFamily(
+            "clearline_mempool_dropped",
+            "Accepted transactions that left the mempool uncommitted, by reason (REPLACED, CANCELLED,"
+            " EXPIRED, NONCE_USED, INVALID)",
+            labels=["reason"],
+        )
+        for reason, count in self.drops.items():
+            drops.add_metric([reason], count)
+        yield drops
         faults = CounterMetricFamily(
             "clearline_peer_faults",
             "Invalid messages by peer and kind (invalid proposals and votes, blocks served by block"
@@ -136,6 +146,7 @@ class NodeMetrics:
         self.mempool.set(len(node.mempool))
         self.syncing.set(1 if node.blocksync.active else 0)
         self.totals.rejections = dict(node.mempool.rejections)
+        self.totals.drops = dict(node.mempool.drops)
         self.totals.peer_faults = dict(node.peer_fault_counts)
         self.mempool_parked.set(node.mempool.parked)
         self.mempool_bytes.set(node.mempool.size_bytes)

@@ -28,7 +28,7 @@ from node.errors import ApiError, quote
 from node.execution import Committed
 from node.ledger import Ledger
 from node.ledger.state import INSTR
-from node.mempool import Mempool, MempoolFull
+from node.mempool import CancelRefused, Dropped, Mempool, MempoolFull
 from node.storage import NodeStore
 from node.txs import TxRejected
 
@@ -92,6 +92,7 @@ class ClientService:
         self._waiters: dict[bytes, list[Waiter]] = {}
         self._streams: set[asyncio.Queue[int]] = set()
         self.started = False
+        mempool.on_dropped = self._on_dropped
 
     # --- identities -------------------------------------------------------------------------------
 
@@ -127,6 +128,12 @@ class ClientService:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(committed.height)
 
+    def _on_dropped(self, tx_hash: bytes, why: Dropped) -> None:
+        """A transaction left the mempool uncommitted: whoever waits for its commit hears why now."""
+        for fut in self._waiters.pop(tx_hash, []):
+            if not fut.done():
+                fut.set_exception(ApiError("ABORTED", f"TX_{why.reason}", f"dropped: {why.message}"))
+
     # --- submitting -------------------------------------------------------------------------------
 
     def _committed_result(self, tx_hash: bytes) -> ledger_api_pb2.SubmitTxResult | None:
@@ -142,7 +149,7 @@ class ClientService:
         if not self.started:
             raise ApiError("UNAVAILABLE", "STARTING", "the node is starting")
         try:
-            admitted = await self.mempool.admit(raws)
+            admitted = await self.mempool.admit(raws, from_client=True)
         except MempoolFull as exc:
             raise ApiError("RESOURCE_EXHAUSTED", exc.reason, exc.message) from None
         results: list[ledger_api_pb2.SubmitTxResult] = []
@@ -165,7 +172,10 @@ class ClientService:
                 )
                 continue
             result = ledger_api_pb2.SubmitTxResult(
-                tx_hash=a.tx_hash, accepted=True, status=receipt_pb2.TX_STATUS_OK
+                tx_hash=a.tx_hash,
+                accepted=True,
+                status=receipt_pb2.TX_STATUS_OK,
+                replaced=a.replaced,
             )
             if wait == ledger_api_pb2.WAIT_FOR_CHECKED and a.receipt is not None:
                 result.receipt.CopyFrom(a.receipt)
@@ -189,6 +199,12 @@ class ClientService:
         done, _pending = await asyncio.wait([f for _, f in waits], timeout=seconds)
         timed_out = False
         for i, fut in waits:
+            if fut in done and (dropped := fut.exception()) is not None:
+                if single:
+                    raise dropped
+                results[i].status = receipt_pb2.TX_STATUS_DROPPED
+                results[i].message = dropped.message if isinstance(dropped, ApiError) else str(dropped)
+                continue
             if fut in done:
                 receipt, height = fut.result()
                 results[i].receipt.CopyFrom(receipt)
@@ -233,6 +249,14 @@ class ClientService:
         pending = self.mempool.get(tx_hash)
         if pending is not None and access.tx_visible(who, pending.signers, None):
             return ledger_api_pb2.GetTxResponse(state=ledger_api_pb2.TX_STATE_PENDING, tx=pending.raw)
+        gone = self.mempool.dropped(tx_hash) if pending is None else None
+        if gone is not None and access.tx_visible(who, gone.signers, None):
+            return ledger_api_pb2.GetTxResponse(
+                state=ledger_api_pb2.TX_STATE_DROPPED,
+                dropped_reason=gone.reason,
+                message=gone.message,
+                replaced_by=gone.replaced_by,
+            )
         if not access.sees_everything(who):
             raise access.denied("transaction")
         raise ApiError(
@@ -395,6 +419,19 @@ class ClientService:
                 age_ms=int(waited_s * 1000) if waited_s is not None else 0,
             )  # fmt: skip
         return resp
+
+    def cancel_pending(self, who: Identity, nonces: list[int]) -> ledger_api_pb2.CancelPendingResponse:
+        """Withdraw the caller's own waiting transactions from this node's mempool (all or nothing).
+        The caller's identity is proved by its request token, signed by the account's key: only the
+        signer can withdraw its transactions, and only its own."""
+        try:
+            cancelled = self.mempool.cancel(who.address, nonces)
+        except CancelRefused as exc:
+            code = "NOT_FOUND" if exc.reason == "NOT_PENDING" else "FAILED_PRECONDITION"
+            raise ApiError(code, exc.reason, exc.message) from None
+        if cancelled:
+            log.info("cancelled %d waiting transactions of %s", len(cancelled), who.address.hex())
+        return ledger_api_pb2.CancelPendingResponse(tx_hashes=cancelled)
 
     def get_validators(self, who: Identity, height: int) -> ledger_api_pb2.GetValidatorsResponse:
         """Open to every identity: the validator set is what verifies proofs and certificates."""

@@ -118,7 +118,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                 emit(args, msg_dict(resp), _account_text(Shown(args, conn), address, account))
             elif args.what == "tx":
                 resp = conn.get_tx(ref)
-                emit(args, msg_dict(resp), json.dumps(msg_dict(resp), indent=2))
+                emit(args, msg_dict(resp), _tx_text(ref, resp))
             elif args.what == "block":
                 resp = conn.get_block(ref)
                 h = resp.block.header
@@ -300,6 +300,23 @@ def _hold_text(shown: Shown, hold: state_pb2.Hold) -> str:
         ("created", f"height {hold.created_height}"),
     ]
     return f"hold {hold.hold_id} {state}\n" + "\n".join(f"  {k:<11}{v}" for k, v in rows)
+
+
+def _tx_text(tx_hash: bytes, resp: Any) -> str:
+    """One transaction's state for people; the decoded receipt follows a committed one."""
+    from clearline.v1 import ledger_api_pb2
+
+    head = f"tx {tx_hash.hex()}"
+    if resp.state == ledger_api_pb2.TX_STATE_DROPPED:
+        text = f"{head} DROPPED ({resp.dropped_reason}): {resp.message}"
+        if resp.replaced_by:
+            text += f"\n  replaced by tx {resp.replaced_by.hex()}"
+        return text
+    if resp.state == ledger_api_pb2.TX_STATE_PENDING:
+        return f"{head} PENDING in this node's mempool (`clearline query pending` says whether it waits)"
+    return f"{head} COMMITTED at height {resp.height}, index {resp.index}\n" + json.dumps(
+        msg_dict(resp.receipt), indent=2
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

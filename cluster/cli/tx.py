@@ -452,11 +452,19 @@ def cmd_tx(args: argparse.Namespace) -> int:
         raise CliError("NO_SIGNER", f"--as NAME (or ${common.AS_ENV}) names the signing key", 2)
     key = common.load_key(args, args.as_)
     units = common.Units(args)
+    waiting_for = None  # the account's next nonce, when --nonce is ahead of it
+    nonce = _nonce(args.nonce)
     try:
         op, cosigners = build_op(args, units)
         wait = WaitFor.NONE if args.no_wait else WaitFor.COMMITTED
         try:
-            result = units.client().send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait)
+            conn = units.client()
+            if nonce is not None:
+                next_nonce = conn.next_nonce(key.address)
+                if nonce > next_nonce:
+                    # It cannot commit before the nonces below it: waiting for it would only time out.
+                    waiting_for, wait = next_nonce, WaitFor.NONE
+            result = conn.send(key, op, client_ref=args.ref, cosigners=cosigners, wait=wait, nonce=nonce)
         except ClientError as exc:
             raise CliError(exc.reason, exc.message) from None
         moved = _events_text(args, units, result.receipt) if result.ok and not args.json else ""
@@ -469,6 +477,11 @@ def cmd_tx(args: argparse.Namespace) -> int:
         "height": result.height,
         "message": result.message,
     }
+    if result.replaced:
+        doc["replaced"] = result.replaced.hex()
+        moved += f"\n  replaces waiting tx {result.replaced.hex()}"
+    if waiting_for is not None:
+        doc["waiting_for_nonce"] = waiting_for
     if result.receipt is not None:
         doc["receipt"] = hexify(
             result.receipt, json_format.MessageToDict(result.receipt, preserving_proto_field_name=True)
@@ -482,6 +495,11 @@ def cmd_tx(args: argparse.Namespace) -> int:
         )
         return 1
     where = f"committed at height {result.height}" if result.height else "accepted"
+    if waiting_for is not None:
+        where += (
+            f", WAITING for nonce {waiting_for} (the account's next) on this node; "
+            f"`clearline tx cancel --nonce {args.nonce}` withdraws it"
+        )
     emit(args, doc, f"OK {args.op} {where} (tx {result.tx_hash.hex()})" + moved)
     return 0
 
@@ -512,6 +530,55 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         client_opts(sp)
         sp.add_argument("--ref", default=None, help="client reference (idempotency key)")
         sp.add_argument("--no-wait", action="store_true", help="return once accepted, not committed")
+        sp.add_argument(
+            "--nonce",
+            default=None,
+            help="this nonce, not the next: one ahead waits for those before it; the nonce of one of "
+            "your waiting transactions replaces it",
+        )
         for arg in spec.args:
             arg.add_to(sp)
         sp.set_defaults(func=cmd_tx)
+    sp = tx.add_parser(
+        "cancel",
+        help="withdraw your transactions waiting for a lower nonce from a node's mempool",
+    )
+    client_opts(sp)
+    sp.add_argument(
+        "--nonce",
+        dest="nonces",
+        action="append",
+        default=[],
+        help="the nonce to withdraw (repeat for several; default: every waiting one)",
+    )
+    sp.set_defaults(func=cmd_cancel)
+
+
+def _nonce(text: str | None) -> int | None:
+    """--nonce: a whole number below 2**64 (the wire's width), refused with BAD_ARGUMENT otherwise."""
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) >= 2**64:
+        raise CliError("BAD_ARGUMENT", f"--nonce: {text!r} is not a whole number below 2**64", 2)
+    return int(text)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Withdraw the signer's waiting transactions (all or nothing) from the node it talks to."""
+    from cluster.client import ClientError
+
+    nonces = [_nonce(text) or 0 for text in args.nonces]
+    if not args.as_:
+        raise CliError("NO_SIGNER", f"--as NAME (or ${common.AS_ENV}) names the account", 2)
+    key = common.load_key(args, args.as_)
+    conn = common.client(args, args.as_)
+    try:
+        cancelled = conn.cancel_pending(key, nonces)
+    except ClientError as exc:
+        raise CliError(exc.reason, exc.message) from None
+    finally:
+        conn.close()
+    doc = {"cancelled": [h.hex() for h in cancelled]}
+    text = "\n".join(f"CANCELLED tx {h.hex()}" for h in cancelled) or "no waiting transactions on this node"
+    emit(args, doc, text)
+    return 0

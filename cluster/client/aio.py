@@ -216,6 +216,7 @@ class Client:
             receipt=receipt,
             height=resp.height,
             state_root=resp.state_root,
+            replaced=resp.replaced,
         )
 
     async def submit_many(
@@ -237,8 +238,8 @@ class Client:
                     target=self._target,
                 )
             receipt = _copy(item.receipt) if item.HasField("receipt") else None
-            if item.accepted:
-                status = receipt.status if receipt is not None else receipt_pb2.TX_STATUS_OK
+            if item.accepted:  # DROPPED: accepted, then dropped before it committed
+                status = receipt.status if receipt is not None else (item.status or receipt_pb2.TX_STATUS_OK)
             else:
                 status = item.status or (
                     receipt.status if receipt is not None else receipt_pb2.TX_STATUS_UNSPECIFIED
@@ -252,6 +253,7 @@ class Client:
                     receipt=receipt,
                     height=item.height,
                     state_root=b"",
+                    replaced=item.replaced,
                 )
             )
         return out
@@ -273,18 +275,26 @@ class Client:
         cosigners: Sequence[SigningKey] = (),
         wait: WaitFor = WaitFor.COMMITTED,
         timeout_s: float | None = None,
+        nonce: int | None = None,
     ) -> SubmitResult:
         """Fetch key's nonce, build, sign (key first, then cosigners) and submit op.
 
         Nonces of transactions sent through this client and accepted but not yet committed are
         remembered, so several sends with wait=NONE do not reuse a nonce. A rejection forgets them.
         The calls are made as key (an account may always read itself), whatever the client's identity.
+
+        nonce: use this one instead: a nonce ahead of the account's next waits in the node's mempool
+        until the ones before it arrive (see list_pending), and the nonce of one of key's waiting
+        transactions replaces that transaction (the result's `replaced` names it).
         """
         address = key.address
-        lock = self._nonce_locks.setdefault(address, asyncio.Lock())
-        async with lock:
-            nonce = max(await self.next_nonce(address, timeout_s, as_=key), self._next_nonces.get(address, 0))
-            self._next_nonces[address] = nonce + 1
+        if nonce is None:
+            lock = self._nonce_locks.setdefault(address, asyncio.Lock())
+            async with lock:
+                nonce = max(
+                    await self.next_nonce(address, timeout_s, as_=key), self._next_nonces.get(address, 0)
+                )
+                self._next_nonces[address] = nonce + 1
         body = builders.make_body(
             self._chain_id, address, nonce, client_ref or uuid.uuid4().hex, op, memo=memo
         )
@@ -301,7 +311,8 @@ class Client:
         """Poll GetTx until tx_hash is committed; its answer (receipt, height, index).
 
         Raises ClientError(DEADLINE_EXCEEDED, "NOT_COMMITTED") if it is not committed within
-        timeout_s (default: the client's timeout)."""
+        timeout_s (default: the client's timeout), and ClientError(ABORTED, "TX_<reason>") if the
+        node dropped it uncommitted (replaced, cancelled, expired, nonce used, invalid)."""
         budget = timeout_s if timeout_s is not None else self._timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -312,6 +323,13 @@ class Client:
             resp = await self.get_tx(tx_hash, timeout_s=left)
             if resp.state == ledger_api_pb2.TX_STATE_COMMITTED:
                 return resp
+            if resp.state == ledger_api_pb2.TX_STATE_DROPPED:
+                raise ClientError(
+                    grpc.StatusCode.ABORTED,
+                    f"TX_{resp.dropped_reason}",
+                    f"tx {tx_hash.hex()} dropped: {resp.message}",
+                    target=self._target,
+                )
             await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
         raise ClientError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -323,7 +341,8 @@ class Client:
     # --- queries ------------------------------------------------------------------------------
 
     async def get_tx(self, tx_hash: bytes, timeout_s: float | None = None) -> ledger_api_pb2.GetTxResponse:
-        """State (unknown, pending, committed), receipt, height and index of a transaction."""
+        """State (unknown, pending, committed, dropped), receipt, height and index of a transaction;
+        for a dropped one, why (dropped_reason, message, replaced_by)."""
         resp: ledger_api_pb2.GetTxResponse = await self._call(
             "GetTx", ledger_api_pb2.GetTxRequest(tx_hash=tx_hash), timeout_s
         )
@@ -438,6 +457,18 @@ class Client:
             "ListPending", ledger_api_pb2.ListPendingRequest(account=account), timeout_s
         )
         return resp
+
+    async def cancel_pending(
+        self, key: SigningKey, nonces: Sequence[int] = (), timeout_s: float | None = None
+    ) -> list[bytes]:
+        """Withdraw key's waiting transactions (a nonce ahead of its next one) from the node's
+        mempool: those with these nonces, or all of them; returns their hashes. All or nothing:
+        ClientError NOT_PENDING or TX_READY (already sent to the validators) names the first that
+        cannot be withdrawn. Only the signer can: the call is made as key."""
+        resp: ledger_api_pb2.CancelPendingResponse = await self._call(
+            "CancelPending", ledger_api_pb2.CancelPendingRequest(nonces=list(nonces)), timeout_s, key
+        )
+        return list(resp.tx_hashes)
 
     async def status(self, timeout_s: float | None = None) -> ledger_api_pb2.GetStatusResponse:
         resp: ledger_api_pb2.GetStatusResponse = await self._call(

@@ -167,10 +167,18 @@ class SyncClient:
         cosigners: Sequence[SigningKey] = (),
         wait: WaitFor = WaitFor.COMMITTED,
         timeout_s: float | None = None,
+        nonce: int | None = None,
     ) -> SubmitResult:
         return self._run(
             self._client.send(
-                key, op, client_ref=client_ref, memo=memo, cosigners=cosigners, wait=wait, timeout_s=timeout_s
+                key,
+                op,
+                client_ref=client_ref,
+                memo=memo,
+                cosigners=cosigners,
+                wait=wait,
+                timeout_s=timeout_s,
+                nonce=nonce,
             )
         )
 
@@ -216,6 +224,11 @@ class SyncClient:
         self, account: bytes = b"", timeout_s: float | None = None
     ) -> ledger_api_pb2.ListPendingResponse:
         return self._run(self._client.list_pending(account, timeout_s))
+
+    def cancel_pending(
+        self, key: SigningKey, nonces: Sequence[int] = (), timeout_s: float | None = None
+    ) -> list[bytes]:
+        return self._run(self._client.cancel_pending(key, nonces, timeout_s))
 
     def statement_page(
         self, account: bytes, instrument: tx_pb2.InstrumentId, **kwargs: Any

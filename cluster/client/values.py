@@ -33,7 +33,9 @@ class SubmitResult:
     accepted: taken into the mempool (False only in batch results: a single rejected submit raises
     ClientError). receipt: the dry-run receipt for CHECKED, the final one for COMMITTED, else None.
     status: the receipt's status, or the rejection status of a batch entry; OK when accepted with no
-    receipt. height and state_root: of the committing block (COMMITTED only).
+    receipt. height and state_root: of the committing block (COMMITTED only). replaced: the signer's
+    waiting transaction with the same nonce that this one replaced. A batch entry dropped after it
+    was accepted (replaced or cancelled while the batch waited) has status DROPPED and says why.
     """
 
     tx_hash: Hash
@@ -43,6 +45,7 @@ class SubmitResult:
     receipt: receipt_pb2.Receipt | None
     height: int
     state_root: bytes
+    replaced: bytes = b""
 
     @property
     def reason(self) -> str:

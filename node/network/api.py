@@ -91,6 +91,8 @@ class NodeApi(Protocol):
 
     def list_pending(self, who: Identity, account: bytes) -> ledger_api_pb2.ListPendingResponse: ...
 
+    def cancel_pending(self, who: Identity, nonces: list[int]) -> ledger_api_pb2.CancelPendingResponse: ...
+
     def stream_blocks(
         self, who: Identity, from_height: int
     ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
@@ -127,6 +129,8 @@ def _bounded_text(value: str, limit: int, what: str, reason: str) -> str:
 
 
 _METHOD_PREFIX = "/clearline.v1.Ledger/"
+# CancelPending: nonces per request (a sender can have no more pending than the nonce window).
+MAX_CANCEL_NONCES = 1024
 
 
 def _host_of(peer: str) -> str:
@@ -184,6 +188,7 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
                 accepted=True,
                 receipt=result.receipt if result.HasField("receipt") else None,
                 height=result.height,
+                replaced=result.replaced,
             )
         except ApiError as err:
             return await _abort(context, err)
@@ -300,6 +305,21 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
             if request.account:
                 _address(request.account)
             return self._node.list_pending(who, request.account)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def CancelPending(
+        self, request: ledger_api_pb2.CancelPendingRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            who = self._who(context, "CancelPending")
+            if len(request.nonces) > MAX_CANCEL_NONCES:
+                raise ApiError(
+                    "INVALID_ARGUMENT",
+                    "TOO_MANY_NONCES",
+                    f"{len(request.nonces)} nonces in one request; at most {MAX_CANCEL_NONCES}",
+                )
+            return self._node.cancel_pending(who, list(request.nonces))
         except ApiError as err:
             return await _abort(context, err)
 

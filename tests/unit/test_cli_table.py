@@ -37,6 +37,7 @@ COMMON_TX_FLAGS = {
     "--insecure",
     "--ref",
     "--no-wait",
+    "--nonce",
 }
 COMMANDS = ["init", "up", "down", "status", "logs", "node", "fault", "keys", "tx", "query", "chaos", "bench"]
 
@@ -88,7 +89,8 @@ def parse(net: Net, line: str) -> argparse.Namespace:
 
 
 def test_the_tx_subcommands_are_the_table_in_its_order() -> None:
-    assert list(tx_parsers()) == [op.name for op in TX_OPS]
+    # ...followed by `cancel`, which withdraws waiting transactions rather than signing one.
+    assert list(tx_parsers()) == [op.name for op in TX_OPS] + ["cancel"]
     assert len(TX_OPS_BY_NAME) == len(TX_OPS), "an operation is declared twice"
     # Every operation of the table is a ledger operation of the wire contract, each at most once.
     assert len(TX_OPS) == len(b.operations())
@@ -305,6 +307,10 @@ BAD_CASES: list[tuple[str, str]] = [
     ("settle --settlement-ref s --leg bank-a:USD,alice,carol,abc", "BAD_AMOUNT"),
     ("settle --settlement-ref s --leg bank-a:USD,alice,,5", "BAD_LEG"),
     ("recover --lost carol --new-key /nonexistent/key.json --reason x", "BAD_KEY"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1 --nonce -1", "BAD_ARGUMENT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1 --nonce 1.5", "BAD_ARGUMENT"),
+    ("transfer --instrument bank-a:USD --to bob --amount 1 --nonce 18446744073709551616", "BAD_ARGUMENT"),
+    ("cancel --nonce x", "BAD_ARGUMENT"),
 ]
 
 

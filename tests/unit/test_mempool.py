@@ -10,7 +10,7 @@ from clearline.v1 import receipt_pb2, tx_pb2
 from node import txs
 from node.config import MempoolConfig
 from node.crypto import SigningKey
-from node.mempool import Mempool, MempoolFull
+from node.mempool import CancelRefused, Mempool, MempoolFull
 from node.txs import VerifiedTx
 
 CHAIN = "mempool-test"
@@ -431,3 +431,121 @@ async def test_an_envelope_with_a_bad_extra_signature_does_not_poison_the_good_o
     assert [r.accepted for r in results] == [False, True]
     assert results[0].reason == "BAD_SIGNATURE"
     assert results[0].tx_hash == results[1].tx_hash
+
+
+# --- replace and cancel ------------------------------------------------------------------------------
+
+
+def drops(pool: Mempool) -> list[tuple[bytes, str]]:
+    seen: list[tuple[bytes, str]] = []
+    pool.on_dropped = lambda tx_hash, why: seen.append((tx_hash, why.reason))
+    return seen
+
+
+async def test_the_signer_replaces_a_waiting_transaction_by_sending_its_nonce_again() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger, max_gap_per_sender=1)
+    seen = drops(pool)
+    first, second = tx(key, 3, amount=5, ref="a"), tx(key, 3, amount=7, ref="a")  # same reference too
+    (a,) = await pool.admit([first], from_client=True)
+    (b,) = await pool.admit([second], from_client=True)
+    assert a.accepted and b.accepted and b.replaced == a.tx_hash
+    assert len(pool) == 1 and pool.parked == 1 and pool.size_bytes == len(second)
+    assert pool.get(a.tx_hash) is None and pool.get(b.tx_hash) is not None
+    gone = pool.dropped(a.tx_hash)
+    assert gone is not None and gone.reason == "REPLACED" and gone.replaced_by == b.tx_hash
+    assert key.address in gone.signers and seen == [(a.tx_hash, "REPLACED")]
+    assert pool.drops == {"REPLACED": 1}
+    # The replacement is the one that runs once the gap fills.
+    await pool.admit([tx(key, n) for n in (0, 1, 2)], from_client=True)
+    assert [t.body.transfer.amount for t in pool.reap(10**6, 100)] == [1, 1, 1, 7]
+
+
+async def test_a_replacement_is_checked_like_any_transaction_and_a_failed_one_keeps_the_original() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    (a,) = await pool.admit([tx(key, 2, amount=5)], from_client=True)
+    (bad,) = await pool.admit([tx(key, 2, amount=5_000)], from_client=True)  # fails the dry run
+    assert not bad.accepted and bad.reason == "INSUFFICIENT_FUNDS"
+    assert pool.get(a.tx_hash) is not None and pool.dropped(a.tx_hash) is None
+    # Another pending transaction's reference cannot be taken over by a replacement.
+    await pool.admit([tx(key, 4, ref="other")], from_client=True)
+    (dup,) = await pool.admit([tx(key, 2, ref="other")], from_client=True)
+    assert not dup.accepted and dup.reason == "DUPLICATE_CLIENT_REF"
+    assert pool.get(a.tx_hash) is not None and len(pool) == 2
+
+
+async def test_a_ready_transaction_cannot_be_replaced_and_gossip_never_replaces() -> None:
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    (ready,) = await pool.admit([tx(key, 0, amount=5)], from_client=True)
+    (late,) = await pool.admit([tx(key, 0, amount=6)], from_client=True)
+    assert not late.accepted and late.reason == "BAD_NONCE" and "cannot be replaced" in late.message
+    (parked,) = await pool.admit([tx(key, 5, amount=5)], from_client=True)
+    (gossiped,) = await pool.admit([tx(key, 5, amount=6)], dry_run=False)  # a peer's version
+    assert not gossiped.accepted and gossiped.reason == "BAD_NONCE"
+    assert {t.tx_hash for t in pool.reap(10**6, 100)} == {ready.tx_hash}
+    assert pool.get(parked.tx_hash) is not None and pool.drops == {}
+
+
+async def test_the_signer_cancels_waiting_transactions_all_or_nothing() -> None:
+    ledger, key, other = FakeLedger(), SigningKey.generate(), SigningKey.generate()
+    pool = make(ledger)
+    seen = drops(pool)
+    ready, w4, w6 = await pool.admit([tx(key, 0), tx(key, 4), tx(key, 6)], from_client=True)
+    (theirs,) = await pool.admit([tx(other, 4)], from_client=True)
+    with pytest.raises(CancelRefused) as info:
+        pool.cancel(key.address, [4, 0])
+    assert info.value.reason == "TX_READY" and "nonce 0" in info.value.message
+    with pytest.raises(CancelRefused) as info:
+        pool.cancel(key.address, [4, 5])
+    assert info.value.reason == "NOT_PENDING" and "nonce 5" in info.value.message
+    assert len(pool) == 4 and seen == []  # nothing was cancelled by the refused requests
+    assert pool.cancel(key.address, [4]) == [w4.tx_hash]
+    assert pool.cancel(key.address, []) == [w6.tx_hash]  # every waiting one that is left
+    assert pool.cancel(key.address, []) == []
+    assert seen == [(w4.tx_hash, "CANCELLED"), (w6.tx_hash, "CANCELLED")]
+    assert pool.get(ready.tx_hash) is not None and pool.get(theirs.tx_hash) is not None
+    assert pool.parked == 1 and len(pool) == 2  # the other sender's is untouched
+    # A cancelled transaction submitted here again is refused; its nonce is free for another.
+    (again,) = await pool.admit([tx(key, 4)], from_client=True)
+    assert not again.accepted and again.reason == "CANCELLED"
+    (fresh,) = await pool.admit([tx(key, 4, amount=2)], from_client=True)
+    assert fresh.accepted
+
+
+async def test_every_way_out_of_the_pool_uncommitted_is_recorded_with_why() -> None:
+    now = [100.0]
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make_clocked(ledger, now, gap_max_age_s=30.0)
+    seen = drops(pool)
+    head, follower, waiting = await pool.admit(
+        [tx(key, 0, amount=5), tx(key, 1), tx(key, 9)], from_client=True
+    )
+    # Another transaction with nonce 0 committed (from another node): ours is dropped, NONCE_USED.
+    ledger.nonces[key.address] = 1
+    ledger.balance = 0  # and nonce 1 now fails its re-check: INVALID
+    pool.update([], [key.address])
+    now[0] += 31.0
+    pool.expire_gaps()
+    reasons = {h: pool.dropped(h) for h in (head.tx_hash, follower.tx_hash, waiting.tx_hash)}
+    assert {h: d.reason for h, d in reasons.items() if d} == {
+        head.tx_hash: "NONCE_USED",
+        follower.tx_hash: "INVALID",
+        waiting.tx_hash: "EXPIRED",
+    }
+    assert "INSUFFICIENT_FUNDS" in reasons[follower.tx_hash].message  # type: ignore[union-attr]
+    assert "for nonce 1" in reasons[waiting.tx_hash].message  # type: ignore[union-attr]
+    assert len(seen) == 3 and len(pool) == 0 and pool.size_bytes == 0
+
+
+async def test_the_memory_of_dropped_transactions_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("node.mempool.DROPPED_MEMORY", 3)
+    ledger, key = FakeLedger(), SigningKey.generate()
+    pool = make(ledger)
+    hashes = []
+    for amount in range(1, 7):
+        (a,) = await pool.admit([tx(key, 5, amount=amount)], from_client=True)
+        hashes.append(a.tx_hash)
+    assert [pool.dropped(h) is not None for h in hashes] == [False, False, True, True, True, False]
+    assert pool.drops == {"REPLACED": 5}
