@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from clearline.v1 import ledger_api_pb2, receipt_pb2, state_pb2
 from node import access, blocks, crypto, statement
@@ -27,7 +28,7 @@ from node.config import ApiConfig
 from node.errors import ApiError, quote
 from node.execution import Committed
 from node.ledger import Ledger
-from node.ledger.state import INSTR
+from node.ledger.state import ACCOUNT, HOLD, INSTR
 from node.mempool import CancelRefused, Dropped, Mempool, MempoolFull
 from node.storage import NodeStore
 from node.txs import TxRejected
@@ -35,12 +36,18 @@ from node.txs import TxRejected
 log = logging.getLogger("clearline.service")
 VERSION = "0.1.0"
 Waiter = asyncio.Future[tuple[receipt_pb2.Receipt, int]]
+_T = TypeVar("_T")
 
 # GetStatement: entries per page by default and at most, and the most transactions one statement
 # reads (the account's history from the range's start to the head).
 STATEMENT_PAGE = 1000
 STATEMENT_MAX_PAGE = 10_000
 STATEMENT_MAX_SCAN = 200_000
+# ListHolds and ListAccounts: entries per page by default and at most, and the most state records one
+# call decodes (the scan runs on the event loop: about 10 ms per thousand records).
+LIST_PAGE = 1000
+LIST_MAX_SCAN = 5000
+_MAX_TOKEN_KEY = 256
 
 
 def _page_token(key: tuple[int, int, int]) -> str:
@@ -58,6 +65,19 @@ def _parse_page_token(token: str) -> tuple[int, int, int]:
         )
     h, i, k = (int(p) for p in parts)
     return (h, i, k)
+
+
+def _parse_key_token(token: str) -> bytes:
+    """The state key (after its prefix) a ListHolds or ListAccounts page starts after."""
+    try:
+        key = bytes.fromhex(token)
+    except ValueError:
+        key = b""
+    if not key or len(key) > _MAX_TOKEN_KEY:
+        raise ApiError(
+            "INVALID_ARGUMENT", "BAD_PAGE_TOKEN", f"page_token {quote(token)} is not one this node gave"
+        )
+    return key
 
 
 class ClientService:
@@ -419,6 +439,70 @@ class ClientService:
                 age_ms=int(waited_s * 1000) if waited_s is not None else 0,
             )  # fmt: skip
         return resp
+
+    def _scan(
+        self, prefix: bytes, page_token: str, limit: int, pick: Callable[[bytes], _T | None]
+    ) -> tuple[list[_T], str]:
+        """One page of the committed state records under prefix that pick keeps, and the token of
+        the next page ("" when the records are exhausted). At most LIST_MAX_SCAN records are
+        decoded per call, so a page may come back short with a token to go on from."""
+        after = prefix + _parse_key_token(page_token) if page_token else b""
+        limit = min(limit or LIST_PAGE, LIST_PAGE)
+        out: list[_T] = []
+        for scanned, (key, raw) in enumerate(self._store.state.items(prefix, after=after), 1):
+            item = pick(raw)
+            if item is not None:
+                out.append(item)
+            if len(out) >= limit or scanned >= LIST_MAX_SCAN:
+                return out, key[len(prefix) :].hex()
+        return out, ""
+
+    def list_holds(
+        self, who: Identity, req: ledger_api_pb2.ListHoldsRequest
+    ) -> ledger_api_pb2.ListHoldsResponse:
+        """Holds where the account is payer, payee or notary, each only if the caller may read it
+        (GetHold's rule), so listing another account's holds shows no more than asking for them."""
+        account = req.account or who.address
+
+        def pick(raw: bytes) -> state_pb2.Hold | None:
+            hold = state_pb2.Hold.FromString(raw)
+            if account not in (hold.payer, hold.payee, hold.notary):
+                return None
+            if not req.include_closed and hold.state != state_pb2.HOLD_STATE_ACTIVE:
+                return None
+            return hold if access.hold_visible(who, hold) else None
+
+        holds, token = self._scan(HOLD, req.page_token, req.limit, pick)
+        return ledger_api_pb2.ListHoldsResponse(holds=holds, next_page_token=token, height=self._chain.height)
+
+    def list_accounts(
+        self, who: Identity, req: ledger_api_pb2.ListAccountsRequest
+    ) -> ledger_api_pb2.ListAccountsResponse:
+        """An issuer's accounts: those it approved and the holders of its instruments, each as
+        GetAccount would show it to the caller. Only the issuer itself, or an identity that sees
+        everything, may ask."""
+        issuer = req.issuer or who.address
+        everything = access.sees_everything(who)
+        if issuer != who.address and not everything:
+            raise access.denied("issuer's accounts")
+
+        def pick(raw: bytes) -> state_pb2.Account | None:
+            account = state_pb2.Account.FromString(raw)
+            if not any(a.approver == issuer for a in account.kyc_approvals) and not any(
+                b.instrument.issuer == issuer for b in account.balances
+            ):
+                return None
+            view = AccountView.WHOLE if everything else access.account_view(who, account)
+            if view is AccountView.WHOLE:
+                return account
+            if view is AccountView.ISSUER_PART:
+                return access.issuer_part(account, who.address)
+            return None
+
+        accounts, token = self._scan(ACCOUNT, req.page_token, req.limit, pick)
+        return ledger_api_pb2.ListAccountsResponse(
+            accounts=accounts, next_page_token=token, height=self._chain.height
+        )
 
     def cancel_pending(self, who: Identity, nonces: list[int]) -> ledger_api_pb2.CancelPendingResponse:
         """Withdraw the caller's own waiting transactions from this node's mempool (all or nothing).

@@ -69,8 +69,10 @@ def parse_ref(args: argparse.Namespace) -> Any:
     what, ref = args.what, args.ref.strip()
     if not ref and what in REF_NEEDED:
         raise CliError("BAD_ARGUMENT", f"query {what} needs REF: {REF_NEEDED[what]}", 2)
-    if what == "account":
+    if what == "account" or (what in ("holds", "accounts") and ref):
         return account_address(args, ref)
+    if what in ("holds", "accounts"):
+        return b""  # the caller's own
     if what == "instrument":
         return instrument_id(args, ref)
     if what == "tx":
@@ -115,7 +117,11 @@ def cmd_query(args: argparse.Namespace) -> int:
                     return 0
                 resp = conn.get_account(address)
                 account = resp.account if resp.exists else None
-                emit(args, msg_dict(resp), _account_text(Shown(args, conn), address, account))
+                shown = Shown(args, conn)
+                text = _account_text(shown, address, account)
+                if resp.holds:  # its active holds as payer: funds it has put aside
+                    text += "\n" + _holds_text(shown, list(resp.holds))
+                emit(args, msg_dict(resp), text)
             elif args.what == "tx":
                 resp = conn.get_tx(ref)
                 emit(args, msg_dict(resp), _tx_text(ref, resp))
@@ -153,6 +159,16 @@ def cmd_query(args: argparse.Namespace) -> int:
                     for t in resp.txs
                 ]  # fmt: skip
                 emit(args, msg_dict(resp), "\n".join(lines) or "no pending transactions on this node")
+            elif args.what == "holds":
+                holds = conn.list_holds(ref, include_closed=args.all)
+                emit(args, {"holds": [msg_dict(h) for h in holds]}, _holds_text(Shown(args, conn), holds))
+            elif args.what == "accounts":
+                accounts = conn.list_accounts(ref)
+                emit(
+                    args,
+                    {"accounts": [msg_dict(a) for a in accounts]},
+                    _accounts_text(Shown(args, conn), ref, accounts),
+                )
             elif args.what == "validators":
                 vs = conn.validators(0)
                 lines = [f"{v.name or '-':<8} {v.address.hex()} power {v.power}" for v in vs.validators]
@@ -302,6 +318,44 @@ def _hold_text(shown: Shown, hold: state_pb2.Hold) -> str:
     return f"hold {hold.hold_id} {state}\n" + "\n".join(f"  {k:<11}{v}" for k, v in rows)
 
 
+def _holds_text(shown: Shown, holds: list[state_pb2.Hold]) -> str:
+    if not holds:
+        return "no holds this identity may read"
+    rows = [
+        (
+            h.hold_id,
+            state_pb2.HoldState.Name(h.state).removeprefix("HOLD_STATE_").lower(),
+            shown.names.instrument(h.instrument),
+            shown.amount(h.instrument, h.amount),
+            shown.amount(h.instrument, h.executed),
+            shown.names.account(h.payer),
+            shown.names.account(h.payee),
+            shown.names.account(h.notary),
+        )
+        for h in holds
+    ]
+    return table(
+        ("hold", "state", "instrument", "held", "executed", "payer", "payee", "notary"), rows, right=(3, 4)
+    )
+
+
+def _accounts_text(shown: Shown, issuer: bytes, accounts: list[state_pb2.Account]) -> str:
+    """An issuer's accounts: KYC by that issuer, frozen/closed, and balances in its instruments."""
+    if not accounts:
+        return "no accounts this identity may read"
+    rows = []
+    for account in accounts:
+        approvals = [a for a in account.kyc_approvals if not issuer or a.approver == issuer]
+        kyc = ", ".join(_kyc_text(a.status, a.expires_at) for a in approvals) or "-"
+        held = [b for b in account.balances if not issuer or b.instrument.issuer == issuer]
+        balances = "; ".join(
+            f"{shown.names.instrument(b.instrument)} {shown.amount(b.instrument, b.amount)}" for b in held
+        )
+        status = "CLOSED" if account.closed else "FROZEN" if account.frozen else ""
+        rows.append((shown.names.account(account.address), kyc, status, balances or "-"))
+    return table(("account", "kyc", "status", "balances"), rows)
+
+
 def _tx_text(tx_hash: bytes, resp: Any) -> str:
     """One transaction's state for people; the decoded receipt follows a committed one."""
     from clearline.v1 import ledger_api_pb2
@@ -322,7 +376,8 @@ def _tx_text(tx_hash: bytes, resp: Any) -> str:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sp = sub.add_parser(
         "query",
-        help="read state: account | tx | block | instrument | hold | validators | statement | instruments | pending",
+        help="read state: account | tx | block | instrument | hold | validators | statement | instruments | "
+        "pending | holds (of an account) | accounts (of an issuer)",
     )
     client_opts(sp)
     sp.add_argument(
@@ -337,10 +392,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "statement",
             "instruments",
             "pending",
+            "holds",
+            "accounts",
         ],
     )
     sp.add_argument(
-        "ref", nargs="?", default="", help="address/name, tx hash, height/hash, ISSUER:SYMBOL, hold id"
+        "ref",
+        nargs="?",
+        default="",
+        help="address/name, tx hash, height/hash, ISSUER:SYMBOL, hold id; holds and accounts: the "
+        "account or issuer (default: --as)",
     )
     sp.add_argument("--prove", action="store_true", help="verify the Merkle proof and commit certificate")
     sp.add_argument("--instrument", default="", help="statement: the instrument, ISSUER:SYMBOL")
@@ -351,6 +412,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--to", dest="to_height", type=int, default=0, help="statement: last height (default latest)"
     )
     sp.add_argument("--csv", action="store_true", help="statement: the entries as CSV")
+    sp.add_argument("--all", action="store_true", help="holds: executed, released and expired ones too")
     sp.set_defaults(func=cmd_query)
 
     sp = sub.add_parser("watch", help="follow the events this identity may see, as they commit")

@@ -458,6 +458,49 @@ class Client:
         )
         return resp
 
+    async def list_holds(
+        self,
+        account: bytes = b"",
+        *,
+        include_closed: bool = False,
+        timeout_s: float | None = None,
+        max_pages: int = 1000,
+    ) -> list[state_pb2.Hold]:
+        """Holds where account (default: this identity) is payer, payee or notary, active only
+        unless include_closed; those this identity may read, every page."""
+        out: list[state_pb2.Hold] = []
+        token = ""
+        for _ in range(max_pages):
+            resp: ledger_api_pb2.ListHoldsResponse = await self._call(
+                "ListHolds",
+                ledger_api_pb2.ListHoldsRequest(
+                    account=account, include_closed=include_closed, page_token=token
+                ),
+                timeout_s,
+            )
+            out.extend(resp.holds)
+            token = resp.next_page_token
+            if not token:
+                return out
+        raise BadResponseError(f"ListHolds still had pages after {max_pages}", target=self._target)
+
+    async def list_accounts(
+        self, issuer: bytes = b"", *, timeout_s: float | None = None, max_pages: int = 1000
+    ) -> list[state_pb2.Account]:
+        """The accounts of issuer (default: this identity): those it approved, whole, and the other
+        holders of its instruments, only the issuer's part of them; every page."""
+        out: list[state_pb2.Account] = []
+        token = ""
+        for _ in range(max_pages):
+            resp: ledger_api_pb2.ListAccountsResponse = await self._call(
+                "ListAccounts", ledger_api_pb2.ListAccountsRequest(issuer=issuer, page_token=token), timeout_s
+            )
+            out.extend(resp.accounts)
+            token = resp.next_page_token
+            if not token:
+                return out
+        raise BadResponseError(f"ListAccounts still had pages after {max_pages}", target=self._target)
+
     async def cancel_pending(
         self, key: SigningKey, nonces: Sequence[int] = (), timeout_s: float | None = None
     ) -> list[bytes]:

@@ -225,6 +225,16 @@ class SyncClient:
     ) -> ledger_api_pb2.ListPendingResponse:
         return self._run(self._client.list_pending(account, timeout_s))
 
+    def list_holds(
+        self, account: bytes = b"", *, include_closed: bool = False, timeout_s: float | None = None
+    ) -> list[state_pb2.Hold]:
+        return self._run(self._client.list_holds(account, include_closed=include_closed, timeout_s=timeout_s))
+
+    def list_accounts(
+        self, issuer: bytes = b"", *, timeout_s: float | None = None
+    ) -> list[state_pb2.Account]:
+        return self._run(self._client.list_accounts(issuer, timeout_s=timeout_s))
+
     def cancel_pending(
         self, key: SigningKey, nonces: Sequence[int] = (), timeout_s: float | None = None
     ) -> list[bytes]:

@@ -93,6 +93,14 @@ class NodeApi(Protocol):
 
     def cancel_pending(self, who: Identity, nonces: list[int]) -> ledger_api_pb2.CancelPendingResponse: ...
 
+    def list_holds(
+        self, who: Identity, req: ledger_api_pb2.ListHoldsRequest
+    ) -> ledger_api_pb2.ListHoldsResponse: ...
+
+    def list_accounts(
+        self, who: Identity, req: ledger_api_pb2.ListAccountsRequest
+    ) -> ledger_api_pb2.ListAccountsResponse: ...
+
     def stream_blocks(
         self, who: Identity, from_height: int
     ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]: ...
@@ -320,6 +328,28 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
                     f"{len(request.nonces)} nonces in one request; at most {MAX_CANCEL_NONCES}",
                 )
             return self._node.cancel_pending(who, list(request.nonces))
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def ListHolds(
+        self, request: ledger_api_pb2.ListHoldsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            who = self._who(context, "ListHolds")
+            if request.account:
+                _address(request.account)
+            return self._node.list_holds(who, request)
+        except ApiError as err:
+            return await _abort(context, err)
+
+    async def ListAccounts(
+        self, request: ledger_api_pb2.ListAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            who = self._who(context, "ListAccounts")
+            if request.issuer:
+                _address(request.issuer, "issuer")
+            return self._node.list_accounts(who, request)
         except ApiError as err:
             return await _abort(context, err)
 

@@ -131,12 +131,25 @@ class StateView:
         value: bytes | None = self._reader.get(keys.P_STATE + key)
         return value
 
-    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """State entries whose key starts with prefix, in key order (for tools and tests)."""
+    def items(self, prefix: bytes = b"", after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """State entries whose key starts with prefix, in key order; with after, only the keys
+        after that one (a page's start)."""
         strip = len(keys.P_STATE)
-        with self._reader.iterator(prefix=keys.P_STATE + prefix) as it:
+        if after:
+            it_cm = self._reader.iterator(
+                start=keys.P_STATE + after + b"\x00", stop=_prefix_end(keys.P_STATE + prefix)
+            )
+        else:
+            it_cm = self._reader.iterator(prefix=keys.P_STATE + prefix)
+        with it_cm as it:
             for key, value in it:
                 yield key[strip:], value
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with prefix (prefix must not be all 0xff)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 class StoreSnapshot:

@@ -342,3 +342,41 @@ def test_lists_of_instruments_and_pending_transactions_and_watch_obey_the_read_r
     assert watched.returncode == 0, watched.stderr
     events = [json.loads(line) for line in watched.stdout.splitlines()]
     assert len(events) == 2 and all(alice.address.hex() in e["accounts"] for e in events)
+
+
+def test_holds_of_an_account_and_accounts_of_an_issuer_obey_the_read_rules(world: dict[str, Any]) -> None:
+    network = world["net"].network
+    target = world["net"].target(0)
+    alice, bob, carol = (key(network, n).address for n in ("alice", "bob", "carol"))
+    bank_a, bank_b = key(network, "bank-a").address, key(network, "bank-b").address
+    # The hold alice (payer) made for bob (payee), notary bank-a: each party lists it as its own.
+    for who in ("alice", "bob", "bank-a"):
+        with connect(target, who) as client:
+            assert [h.hold_id for h in client.list_holds()] == ["h-access"], who
+    with connect(target, "auditor") as client:
+        assert [h.hold_id for h in client.list_holds(alice)] == ["h-access"]
+    with connect(target, "carol") as client:
+        assert client.list_holds(alice) == [] and client.list_holds() == []  # nothing she may read
+    # An issuer's accounts: bank-a approved alice and bob; bank-b approved carol.
+    with connect(target, "bank-a") as client:
+        mine = {a.address: a for a in client.list_accounts()}
+        assert {alice, bob} <= set(mine) and carol not in mine
+        assert mine[alice].nonce > 0 and mine[alice].kyc_approvals  # its own clients, whole
+        with pytest.raises(ClientError) as info:
+            client.list_accounts(bank_b)
+        assert info.value.reason == "PERMISSION_DENIED"
+    with connect(target, "auditor") as client:
+        assert carol in {a.address for a in client.list_accounts(bank_b)}
+    with connect(target, "alice") as client:
+        with pytest.raises(ClientError) as info:
+            client.list_accounts(bank_a)
+        assert info.value.reason == "PERMISSION_DENIED"
+    # The CLI: names and units in text, the same records in --json.
+    holds = _cli(network, "query", "holds", "alice", "--as", "alice")
+    assert holds.returncode == 0 and "h-access" in holds.stdout and "bob" in holds.stdout, holds.stdout
+    accounts = _cli(network, "query", "accounts", "--as", "bank-a", "--json")
+    assert accounts.returncode == 0, accounts.stderr
+    listed = {a["address"] for a in json.loads(accounts.stdout)["accounts"]}
+    assert {alice.hex(), bob.hex()} <= listed
+    denied = _cli(network, "query", "accounts", "bank-a", "--as", "carol")
+    assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr

@@ -250,6 +250,12 @@ def valid_requests(node: FuzzNode, seeds: Seeds, rpc: Rpc) -> list[Message]:
         ],
         "ListInstruments": [L.ListInstrumentsRequest()],
         "ListPending": [L.ListPendingRequest(), L.ListPendingRequest(account=k("alice").address)],
+        "CancelPending": [L.CancelPendingRequest()],
+        "ListHolds": [
+            L.ListHoldsRequest(account=k("alice").address),
+            L.ListHoldsRequest(account=k("alice").address, include_closed=True, limit=1),
+        ],
+        "ListAccounts": [L.ListAccountsRequest(issuer=seeds.usd.issuer), L.ListAccountsRequest(limit=1)],
         "StreamBlocks": [L.StreamBlocksRequest(from_height=1)],
         "SubscribeEvents": [
             L.SubscribeEventsRequest(from_height=1),

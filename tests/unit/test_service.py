@@ -113,3 +113,37 @@ async def test_hold_expiry_events_reach_the_payer_in_subscribe_events() -> None:
         ("transfer", False),
     ]
     assert [e.event.kind for e in await events(stranger)] == ["transfer"]
+
+
+def test_list_pages_cover_every_record_once_and_a_forged_token_is_refused(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ListHolds and ListAccounts page through committed state: a page ends at its limit or where the
+    bounded scan stopped, and the next starts just after it, so every record comes exactly once."""
+    from clearline.v1 import state_pb2
+    from node import service as service_module
+    from node.ledger.state import ACCOUNT
+
+    every = [state_pb2.Account.FromString(raw).address for _k, raw in node.store.state.items(ACCOUNT)]
+    assert len(every) >= 8
+    monkeypatch.setattr(service_module, "LIST_MAX_SCAN", 3)
+    service = node.service
+    for limit, keep in ((2, lambda a: True), (5, lambda a: a[0] % 2 == 0)):
+        seen: list[bytes] = []
+        token, pages = "", 0
+        while True:
+            page, token = service._scan(
+                ACCOUNT, token, limit,
+                lambda raw, keep=keep: (a.address if keep((a := state_pb2.Account.FromString(raw)).address)
+                                        else None),
+            )  # fmt: skip
+            assert len(page) <= min(limit, 3)
+            seen.extend(page)
+            pages += 1
+            if not token:
+                break
+        assert seen == [a for a in every if keep(a)] and pages >= len(every) // 3
+    for forged in ("zz", "00" * 300):
+        with pytest.raises(ApiError) as info:
+            service._scan(ACCOUNT, forged, 10, lambda raw: raw)
+        assert info.value.reason == "BAD_PAGE_TOKEN"
