@@ -36,6 +36,7 @@ from cluster.launcher import Launcher, node_status, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.profiling import THREAD_KINDS, ProfileError, Sampler, budget
+from cluster.progress import Progress
 from node import crypto, txs
 from node.config import ConsensusConfig
 from node.threadname import thread_names
@@ -201,40 +202,36 @@ async def run_load(
 
     sent = 0
     last_print = 0.0
-    for i in range(len(batches)):
-        now = time.perf_counter()
-        if now >= end:
-            break
-        if rate:
-            due = t0 + (sent / rate)
-            if due > now:
-                await asyncio.sleep(due - now)
-        else:
-            while (
-                len(inflight) >= MAX_INFLIGHT or sent - len(committed_at) > window
-            ) and time.perf_counter() < end:
-                await asyncio.sleep(0.002)
-        task = asyncio.create_task(send(i))
-        inflight.add(task)
-        task.add_done_callback(inflight.discard)
-        sent += len(batches[i])
-        if progress and now - last_print > 0.5:
-            last_print = now
-            frac = min(1.0, (now - t0) / duration)
-            bar = "#" * int(frac * 30)
-            print(
-                f"\r[{bar:<30}] {now - t0:5.1f}s sent {sent:>8} committed {len(committed_at):>8}",
-                end="",
-                file=sys.stderr,
-            )
-    if inflight:
-        await asyncio.gather(*inflight)
-    # Let the tail commit (bounded).
-    drain_end = time.perf_counter() + 20
-    while len(committed_at) < len(submitted_at) - rejected and time.perf_counter() < drain_end:
-        await asyncio.sleep(0.05)
-    if progress:
-        print(file=sys.stderr)
+    with Progress("load", duration, enabled=progress, counted=False) as bar:
+        for i in range(len(batches)):
+            now = time.perf_counter()
+            if now >= end:
+                break
+            if rate:
+                due = t0 + (sent / rate)
+                if due > now:
+                    await asyncio.sleep(due - now)
+            else:
+                while (
+                    len(inflight) >= MAX_INFLIGHT or sent - len(committed_at) > window
+                ) and time.perf_counter() < end:
+                    await asyncio.sleep(0.002)
+            task = asyncio.create_task(send(i))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            sent += len(batches[i])
+            if now - last_print > 0.5:
+                last_print = now
+                bar.update(
+                    completed=min(duration, now - t0), status=f"sent {sent} committed {len(committed_at)}"
+                )
+        if inflight:
+            await asyncio.gather(*inflight)
+        # Let the tail commit (bounded).
+        drain_end = time.perf_counter() + 20
+        while len(committed_at) < len(submitted_at) - rejected and time.perf_counter() < drain_end:
+            await asyncio.sleep(0.05)
+        bar.update(completed=duration, status=f"sent {sent} committed {len(committed_at)}")
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await watcher

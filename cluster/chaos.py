@@ -53,6 +53,7 @@ from cluster.faults.attacks import (
 from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
+from cluster.progress import Progress
 from cluster.workload import Workload, funded, workload_accounts
 from node.config import BYZANTINE_MODES, ConfigError, ConsensusConfig
 
@@ -287,15 +288,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     if unknown:
         raise SystemExit(f"clearline chaos: unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
-    quiet = args.json
-
-    def log(line: str) -> None:
-        if not quiet:
-            print(line, file=sys.stderr, flush=True)
-
     names = [f"node{i}" for i in range(args.validators)]
     f = (args.validators - 1) // 3
     schedule = make_schedule(args.seed, args.duration, names, kinds)
+    # The episodes done, as a bar on a terminal; the log lines either way (none with --json).
+    bar = Progress("episodes", len(schedule), enabled=not args.json)
+    log = bar.line
     accounts = workload_accounts(args.clients)
     bound_s = liveness_bound_s(CHAOS_CONSENSUS, f)
     with tempfile.TemporaryDirectory(prefix="clearline-chaos-") as tmp:
@@ -329,23 +327,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             thread = _run_workload(workload, stop)
             t0 = time.monotonic()
             observed_from = time.time()
-            for i, ep in enumerate(schedule):
-                if time.monotonic() - t0 > args.duration:
-                    break
-                ep.started_at = round(time.monotonic() - t0, 1)
-                log(
-                    f"  [{ep.started_at:6.1f}s] {i + 1}/{len(schedule)} {ep.kind} {ep.nodes} {ep.params or ''}"
-                )
-                ep.wall_start = time.time()
-                chaos.apply(ep)
-                ep.applied = True
-                time.sleep(ep.hold_s)
-                chaos.heal(ep)
-                ep.recovery_s = wait_recovery(network, RECOVERY_BOUND_S)
-                ep.wall_end = time.time()
-                log(f"           healed; recovered in {ep.recovery_s}s" if ep.recovery_s is not None
-                    else f"           NOT recovered within {RECOVERY_BOUND_S:.0f}s")  # fmt: skip
-                time.sleep(ep.pause_after_s)
+            with bar:
+                for i, ep in enumerate(schedule):
+                    if time.monotonic() - t0 > args.duration:
+                        break
+                    ep.started_at = round(time.monotonic() - t0, 1)
+                    log(
+                        f"  [{ep.started_at:6.1f}s] {i + 1}/{len(schedule)} {ep.kind} {ep.nodes} {ep.params or ''}"
+                    )
+                    ep.wall_start = time.time()
+                    chaos.apply(ep)
+                    ep.applied = True
+                    time.sleep(ep.hold_s)
+                    chaos.heal(ep)
+                    ep.recovery_s = wait_recovery(network, RECOVERY_BOUND_S)
+                    ep.wall_end = time.time()
+                    log(f"           healed; recovered in {ep.recovery_s}s" if ep.recovery_s is not None
+                        else f"           NOT recovered within {RECOVERY_BOUND_S:.0f}s")  # fmt: skip
+                    time.sleep(ep.pause_after_s)
+                    bar.advance()
             chaos.heal_all()
             final_recovery = wait_recovery(network, RECOVERY_BOUND_S)
             observed_to = time.time()

@@ -23,6 +23,7 @@ from typing import Any
 
 from cluster.bench import _warm, make_network, presign, run_load
 from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
+from cluster.progress import Progress
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,11 +49,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             launcher.start(last.name)
             deadline = started + args.timeout
-            while (node_height(last.api_target, tls=network.client_tls()) or 0) < tip:
-                if time.perf_counter() > deadline:
-                    raise SystemExit(f"sync bench: {last.name} did not reach height {tip} in {args.timeout}s")
-                time.sleep(0.05)
-            took = time.perf_counter() - started
+            with Progress(f"{last.name} syncing", tip) as bar:
+                while (synced := node_height(last.api_target, tls=network.client_tls()) or 0) < tip:
+                    if time.perf_counter() > deadline:
+                        raise SystemExit(
+                            f"sync bench: {last.name} did not reach height {tip} in {args.timeout}s"
+                        )
+                    bar.update(completed=synced, status=f"height {synced} of {tip}")
+                    time.sleep(0.05)
+                took = time.perf_counter() - started
+                bar.update(completed=tip)
         finally:
             launcher.stop_all()
     live_blocks = max(tip - start_height, 1)

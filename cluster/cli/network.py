@@ -4,7 +4,6 @@ nodes as real processes, and add observers (non-voting nodes) to a running netwo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from cluster.cli.common import (
     node_info,
 )
 from cluster.netgen import DEFAULT_BASE_PORT, Network, NetworkExistsError, init_network
+from cluster.progress import Progress
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -101,27 +101,32 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     runner = launcher(args)
     runner.start_all()
-    progress = (lambda line: print(f"  {line}", file=sys.stderr)) if not args.json else None
-    if progress:
-        print(f"starting {len(runner.network.nodes)} nodes, waiting for the first block...", file=sys.stderr)
-    try:
-        for node in runner.network.all_nodes:
-            runner.wait_serving(node.name, timeout=args.wait)
-        runner.wait_until(
-            _healthy(runner.network), timeout=args.wait, what="committing blocks", progress=progress
-        )
-        if runner.network.observers:
-            # Observers are ready once they have caught up with the validators' height of now.
-            head = min(_height(runner.network, n) for n in runner.network.nodes)
+    nodes = runner.network.all_nodes
+    with Progress("nodes ready", len(nodes), enabled=not args.json) as bar:
+
+        def progress(line: str) -> None:
+            bar.line(f"  {line}")
+            bar.advance()
+
+        bar.line(f"starting {len(nodes)} nodes, waiting for the first block...")
+        try:
+            for node in nodes:
+                runner.wait_serving(node.name, timeout=args.wait)
             runner.wait_until(
-                lambda n: _height(runner.network, n) >= head,
-                [o.name for o in runner.network.observers],
-                timeout=args.wait,
-                what=f"following (at height {head})",
-                progress=progress,
+                _healthy(runner.network), timeout=args.wait, what="committing blocks", progress=progress
             )
-    except LaunchError as exc:
-        raise CliError("NODE_UNHEALTHY", str(exc)) from None
+            if runner.network.observers:
+                # Observers are ready once they have caught up with the validators' height of now.
+                head = min(_height(runner.network, n) for n in runner.network.nodes)
+                runner.wait_until(
+                    lambda n: _height(runner.network, n) >= head,
+                    [o.name for o in runner.network.observers],
+                    timeout=args.wait,
+                    what=f"following (at height {head})",
+                    progress=progress,
+                )
+        except LaunchError as exc:
+            raise CliError("NODE_UNHEALTHY", str(exc)) from None
     return cmd_status(args)
 
 
