@@ -22,7 +22,7 @@ import json
 import sys
 
 from cluster.cli import faults, keys, network, query, tx
-from cluster.cli.common import DEFAULT_HOME, CliError
+from cluster.cli.common import DEFAULT_HOME, CliError, humanize
 
 __all__ = ["DEFAULT_HOME", "CliError", "build_parser", "main"]
 
@@ -66,5 +66,5 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(json.dumps({"error": exc.reason, "message": exc.message}))
         else:
-            print(f"error {exc.reason}: {exc.message}", file=sys.stderr)
+            print(f"error {exc.reason}: {humanize(args, exc.message)}", file=sys.stderr)
         return exc.code

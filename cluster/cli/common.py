@@ -10,6 +10,7 @@ import argparse
 import base64
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,29 @@ class Names:
 
     def instrument(self, inst: tx_pb2.InstrumentId) -> str:
         return f"{self.account(inst.issuer)}:{inst.symbol}"
+
+    def humanize(self, text: str) -> str:
+        """text (a node's message) with every address this network has a name for replaced by it:
+        "instrument 3f0c...:USD is paused" reads "instrument bank-a:USD is paused"."""
+        if not self._by_address:
+            return text
+
+        def name(match: re.Match[str]) -> str:
+            return self._by_address.get(bytes.fromhex(match.group(0)), match.group(0))
+
+        return _ADDRESS_HEX.sub(name, text)
+
+
+# An address in a message: exactly 40 hex digits, not part of a longer hex string (a hash).
+_ADDRESS_HEX = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{40}(?![0-9a-fA-F])")
+
+
+def humanize(args: argparse.Namespace, text: str) -> str:
+    """text with the network's account names for addresses (none known: unchanged)."""
+    try:
+        return Names.of(args).humanize(text)
+    except Exception:  # a message for people: never fail over it
+        return text
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:

@@ -491,7 +491,8 @@ def cmd_tx(args: argparse.Namespace) -> int:
         emit(
             args,
             doc,
-            f"FAILED {result.reason}: {message} (tx {result.tx_hash.hex()[:16]}, height {result.height})",
+            f"FAILED {result.reason}: {common.humanize(args, message)} "
+            f"(tx {result.tx_hash.hex()[:16]}, height {result.height})",
         )
         return 1
     where = f"committed at height {result.height}" if result.height else "accepted"

@@ -220,17 +220,25 @@ def check_ref(ref: str, what: str) -> None:
         raise fail(S.TX_STATUS_INVALID_ARGUMENT, f"{what} must be 1..{MAX_REF_LEN} characters")
 
 
+def inst_text(ik: InstrumentKey) -> str:
+    """An instrument in a message: ISSUER:SYMBOL with the issuer in hex (clients show names for
+    addresses they know); a symbol that could garble a message is quoted."""
+    symbol = ik[1]
+    plain = (
+        0 < len(symbol) <= MAX_SYMBOL_LEN and symbol.isprintable() and not any(c.isspace() for c in symbol)
+    )
+    return f"{bytes(ik[0][:32]).hex()}:{symbol if plain else quote(symbol)}"
+
+
 def get_instrument_checked(
     st: StateView, instrument: tx_pb2.InstrumentId, *, allow_paused: bool = False
 ) -> tuple[InstrumentKey, state_pb2.Instrument]:
     ik = (instrument.issuer, instrument.symbol)
     inst = st.instrument(ik)
     if inst is None:
-        raise fail(
-            S.TX_STATUS_UNKNOWN_INSTRUMENT, f"instrument {quote(ik[1])} of {quote(ik[0])} does not exist"
-        )
+        raise fail(S.TX_STATUS_UNKNOWN_INSTRUMENT, f"instrument {inst_text(ik)} does not exist")
     if inst.paused and not allow_paused:
-        raise fail(S.TX_STATUS_INSTRUMENT_PAUSED, f"instrument {quote(ik[1])} is paused")
+        raise fail(S.TX_STATUS_INSTRUMENT_PAUSED, f"instrument {inst_text(ik)} is paused")
     return ik, inst
 
 
@@ -245,7 +253,8 @@ def check_available(acct: AccountRec, ik: InstrumentKey, amount: int) -> None:
     if available < amount:
         raise fail(
             S.TX_STATUS_INSUFFICIENT_FUNDS,
-            f"account {acct.address.hex()} has {available} available of {quote(ik[1])}, needs {amount}",
+            f"account {acct.address.hex()} has {available} available of {inst_text(ik)}, needs {amount} "
+            "(minor units)",
         )
 
 
@@ -377,7 +386,7 @@ def process_create_instrument(st: StateView, ctx: TxContext, signer: AccountRec)
     issuer = get_account_checked(st, ik[0], "issuer")
     check_role(issuer, ISSUER)
     if st.instrument(ik) is not None:
-        raise fail(S.TX_STATUS_INSTRUMENT_EXISTS, f"instrument {quote(ik[1])} of {quote(ik[0])} exists")
+        raise fail(S.TX_STATUS_INSTRUMENT_EXISTS, f"instrument {inst_text(ik)} exists")
     st.put(
         instrument_key(ik),
         state_pb2.Instrument(

@@ -133,6 +133,9 @@ def test_command_line_end_to_end(home: Path) -> None:
     paused = tx(home, "transfer", "--as", "bob", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1",
                 ok=False)  # fmt: skip
     assert paused["error"] == "INSTRUMENT_PAUSED"
+    said = cli(home, "tx", "transfer", "--as", "bob", "--instrument", "bank-a:USD", "--to", "alice", "--amount", "1",
+               ok=False)  # fmt: skip
+    assert "error INSTRUMENT_PAUSED: instrument bank-a:USD is paused" in said.stderr, said.stderr  # whose USD
     tx(home, "unpause", "--as", "compliance", "--instrument", "bank-a:USD", "--reason", "done")
     tx(home, "create-instrument", "--as", "admin", "--instrument", "bank-b:EUR", "--name", "Bank B EUR",
        "--currency", "EUR")  # fmt: skip

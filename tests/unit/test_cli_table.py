@@ -456,3 +456,16 @@ def test_a_table_is_plain_text_with_amounts_right_aligned() -> None:
     assert "\x1b" not in text
     assert lines[-2].startswith("bank-a:USD") and lines[-2].endswith("  12.50 USD")
     assert lines[-1].endswith("5 BOND-2030")
+
+
+def test_a_nodes_message_names_the_accounts_the_network_knows(net: Net) -> None:
+    from cluster.cli.common import Names
+
+    names = Names(net.network.accounts)
+    bank, alice, stranger = net.address("bank-a").hex(), net.address("alice").hex(), "ab" * 20
+    tx_hash = "cd" * 32
+    message = f"account {alice} has 5 available of {bank}:USD, needs 9; {stranger} {tx_hash} {bank.upper()}"
+    assert names.humanize(message) == (
+        f"account alice has 5 available of bank-a:USD, needs 9; {stranger} {tx_hash} bank-a"
+    )
+    assert Names({}).humanize(message) == message

@@ -953,3 +953,15 @@ def test_failed_tx_does_not_consume_client_ref() -> None:
     w = World.create()
     assert_rejected(w, transfer(w, 5000, client_ref="pay-2"), R.TX_STATUS_INSUFFICIENT_FUNDS)
     assert w.run1(transfer(w, 5, client_ref="pay-2")).status == R.TX_STATUS_OK
+
+
+def test_a_refusal_names_the_instrument_with_its_issuer() -> None:
+    """ "instrument 'USD' is paused" did not say whose USD: every message names ISSUER:SYMBOL."""
+    w = World.create()
+    ok(w, pause(w))
+    receipt = assert_rejected(w, transfer(w, 1), R.TX_STATUS_INSTRUMENT_PAUSED)
+    assert f"instrument {BANK.address.hex()}:USD is paused" in receipt.message
+    odd = T.InstrumentId(issuer=BANK.address, symbol="US D\n")
+    unknown = w.tx(A, "transfer", T.Transfer(instrument=odd, to=BOB.address, amount=1))
+    receipt = assert_rejected(w, unknown, R.TX_STATUS_UNKNOWN_INSTRUMENT)
+    assert f"{BANK.address.hex()}:'US D\\n' does not exist" in receipt.message  # quoted: cannot garble
