@@ -52,6 +52,7 @@ from node.config import (
     NodeConfig,
     P2PConfig,
     Peer,
+    SnapshotsConfig,
     TlsConfig,
     load_config,
     max_block_response_bytes,
@@ -347,6 +348,7 @@ def init_network(
     tls: bool = True,
     proxy_base_port: int | None = None,
     observers: int = 0,
+    snapshot_interval: int | None = None,
 ) -> Network:
     """Create a network directory; refuses to overwrite an existing one unless force. Without
     chain_id the network gets a fresh one (new_chain_id).
@@ -445,6 +447,8 @@ def init_network(
             metrics=MetricsConfig(listen=f"{bind}:{info.metrics_port}"),
             consensus=consensus,
         )
+        if snapshot_interval is not None:
+            cfg = dataclasses.replace(cfg, snapshots=SnapshotsConfig(interval=snapshot_interval))
         if not tls:
             cfg = dataclasses.replace(
                 cfg, tls=TlsConfig(enabled=False), api=dataclasses.replace(cfg.api, plaintext=True)

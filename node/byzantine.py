@@ -98,6 +98,7 @@ class ByzantineBehaviour:
         self._replayed: set[bytes] = set()  # signatures of the messages replayed at _replayed_height
         self._replayed_height = 0
         self._net: Transport | None = None
+        self._listings = 0  # tamper-sync: snapshot listings served
 
     @property
     def node(self) -> Node:
@@ -297,6 +298,39 @@ class ByzantineBehaviour:
                 self._tamper_body(sb.block)
             yield sb
 
+    def serve_snapshots(self, honest: peer_pb2.ListSnapshotsResponse) -> peer_pb2.ListSnapshotsResponse:
+        """tamper-sync: every other listing's manifests carry a forged root node (the manifest no
+        longer matches the certified state root), the others forged chunk hashes."""
+        if self.mode != "tamper-sync":
+            return honest
+        self._listings += 1
+        for manifest in honest.snapshots:
+            if self._listings % 2:
+                manifest.root_node = os.urandom(len(manifest.root_node) or 66)
+            for info in manifest.chunks:
+                info.hash = os.urandom(32)
+        return honest
+
+    def serve_light_block(self, honest: peer_pb2.LightBlock | None) -> peer_pb2.LightBlock | None:
+        """tamper-sync: every other light block claims another state root (its certificate no longer
+        signs it)."""
+        if honest is not None and self.mode == "tamper-sync":
+            self._listings += 1
+            if self._listings % 2:
+                honest.header.state_root = os.urandom(32)
+        return honest
+
+    async def serve_chunk(self, honest: peer_pb2.SnapshotChunk | None) -> peer_pb2.SnapshotChunk | None:
+        """A snapshot chunk: never sent (stall-sync, lying-status), one value changed (tamper-sync)."""
+        if self.mode in ("lying-status", "stall-sync"):
+            await asyncio.Event().wait()
+        if honest is not None and self.mode == "tamper-sync":
+            entries = peer_pb2.SnapshotEntries.FromString(honest.data)
+            if entries.values:
+                entries.values[0] = entries.values[0] + b"\x00"
+            honest.data = entries.SerializeToString()
+        return honest
+
     def _tamper_body(self, block: block_pb2.Block) -> None:
         """Change the body and leave the certified header: a junk transaction replaces the last one."""
         body = tx_pb2.TxBody(
@@ -493,6 +527,15 @@ class _ByzantineHandler:
 
     def sync_status(self) -> peer_pb2.SyncStatusResponse:
         return self._router.sync_status()
+
+    def list_snapshots(self) -> peer_pb2.ListSnapshotsResponse:
+        return self._byz.serve_snapshots(self._router.list_snapshots())
+
+    async def snapshot_chunk(self, request: peer_pb2.SnapshotChunkRequest) -> peer_pb2.SnapshotChunk | None:
+        return await self._byz.serve_chunk(await self._router.snapshot_chunk(request))
+
+    def light_block(self, request: peer_pb2.LightBlockRequest) -> peer_pb2.LightBlock | None:
+        return self._byz.serve_light_block(self._router.light_block(request))
 
 
 class _FakeAckApi:

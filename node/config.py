@@ -197,6 +197,28 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotsConfig:
+    # Take a snapshot of the ledger state every `interval` heights (0: none) and keep the newest
+    # `keep` of them under <data>/snapshots, for peers that join by state sync (node/snapshot.py).
+    interval: int = 500
+    keep: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StateSyncConfig:
+    # A node whose store is empty (new, or wiped) joins from a peer's snapshot instead of replaying
+    # every block from genesis (node/statesync.py). Trust starts at the genesis validator set, or
+    # at the header of trust_height whose hash is trust_hash (hex), as an operator reads it from a
+    # node it trusts (`clearline query block H`).
+    enable: bool = False
+    trust_height: int = 0
+    trust_hash: str = ""
+    discovery_s: float = 10.0
+    chunk_timeout_s: float = 10.0
+    fetchers: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     file: Path = Path("node.log")
@@ -216,6 +238,8 @@ class NodeConfig:
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     mempool: MempoolConfig = field(default_factory=MempoolConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    statesync: StateSyncConfig = field(default_factory=StateSyncConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # Test-only behaviour (fault injection); refused unless the genesis allows fault testing.
     byzantine: str = ""
@@ -239,6 +263,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "consensus": ConsensusConfig,
     "mempool": MempoolConfig,
     "storage": StorageConfig,
+    "snapshots": SnapshotsConfig,
+    "statesync": StateSyncConfig,
     "log": LogConfig,
 }
 _TOP_LEVEL = {"chain_id": str, "moniker": str, "genesis": Path, "byzantine": str, "observer": bool}
@@ -363,6 +389,19 @@ def _check(cfg: NodeConfig) -> None:
         raise ConfigError(f"byzantine: {cfg.byzantine!r} is not one of {sorted(BYZANTINE_MODES)}")
     if cfg.observer and cfg.byzantine:
         raise ConfigError("byzantine: an observer signs nothing, so it has no misbehaviour to inject")
+    if cfg.snapshots.interval < 0 or cfg.snapshots.keep < 1:
+        raise ConfigError("[snapshots] interval: must be >= 0 (0: none), and keep >= 1")
+    ss = cfg.statesync
+    if ss.fetchers < 1 or ss.discovery_s < 0 or ss.chunk_timeout_s <= 0:
+        raise ConfigError("[statesync] fetchers must be >= 1, discovery_s >= 0 and chunk_timeout_s > 0")
+    if (ss.trust_height > 0) != bool(ss.trust_hash):
+        raise ConfigError("[statesync] trust_height and trust_hash: set both, or neither (trust genesis)")
+    if ss.trust_hash:
+        try:
+            if len(bytes.fromhex(ss.trust_hash)) != 32:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"[statesync] trust_hash: {ss.trust_hash!r} is not 64 hex digits") from None
     if cfg.observer and not cfg.p2p.peers:
         raise ConfigError("[p2p] peers: an observer only dials, so it needs at least one validator to dial")
 

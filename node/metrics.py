@@ -64,6 +64,12 @@ class NodeMetrics:
         self.peers = Gauge("clearline_peers", "Connected peers", registry=r)
         self.mempool = Gauge("clearline_mempool_size", "Transactions in the mempool", registry=r)
         self.syncing = Gauge("clearline_syncing", "1 while block sync runs", registry=r)
+        self.snapshot_seconds = Histogram(
+            "clearline_snapshot_seconds",
+            "Time to cut a state snapshot for state sync (in its own thread)",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
         self.txs = Counter("clearline_committed_txs", "Committed transactions", registry=r)
         self.block_txs = Histogram(
             "clearline_block_txs",

@@ -41,6 +41,7 @@ from node.errors import BadInput, BlockFromTheFuture, InvalidBlock, PeerFault, q
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.mempool import Mempool
+from node.snapshot import SnapshotService
 from node.txs import TxRejected, VerifiedTx
 
 log = logging.getLogger("clearline.router")
@@ -236,6 +237,20 @@ class PeerRouter:
 
     def sync_status(self) -> peer_pb2.SyncStatusResponse:
         return self._blocksync.sync_status()
+
+    # State sync serving (node/snapshot.SnapshotService, set by the node once its store is open).
+    snapshots: SnapshotService | None = None
+
+    def list_snapshots(self) -> peer_pb2.ListSnapshotsResponse:
+        if self.snapshots is None:
+            return peer_pb2.ListSnapshotsResponse()
+        return self.snapshots.list_snapshots()
+
+    async def snapshot_chunk(self, request: peer_pb2.SnapshotChunkRequest) -> peer_pb2.SnapshotChunk | None:
+        return None if self.snapshots is None else self.snapshots.snapshot_chunk(request)
+
+    def light_block(self, request: peer_pb2.LightBlockRequest) -> peer_pb2.LightBlock | None:
+        return None if self.snapshots is None else self.snapshots.light_block(request)
 
     # --- messages ---------------------------------------------------------------------------------
 

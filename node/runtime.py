@@ -41,6 +41,7 @@ from node import blocks, budget, crypto
 from node import evidence as evidence_mod
 from node import execution as execution_mod
 from node import router as router_mod
+from node import snapshot as snapshot_mod
 from node.admission import MAX_OBSERVER_PEERS, PeerNames
 from node.blocksync import BlockSync
 from node.chain import Chain
@@ -52,7 +53,7 @@ from node.errors import CannotStart, InvariantBroken
 from node.evidence import EvidencePool
 from node.execution import BlockExecutor, Committed
 from node.gctune import PauseWatch
-from node.ledger import Ledger, parse_genesis
+from node.ledger import Ledger, merkle, parse_genesis
 from node.ledger.state import INSTR
 from node.mempool import Mempool
 from node.network.api import ApiServer, NodeApi
@@ -60,6 +61,8 @@ from node.network.limits import ClientLimits
 from node.network.peers import PeerHandler, PeerNetwork
 from node.router import PeerRouter, Transport
 from node.service import ClientService
+from node.snapshot import ENTRY_PREFIX, SnapshotService, SnapshotStore
+from node.statesync import SnapshotSource, StateSync, StateSyncFailed, Trust
 from node.storage import WAL, NodeStore, SignStateFile, staggered_write_buffer
 from node.storage.wal import WalReplay
 from node.threadname import name_this_thread
@@ -194,6 +197,16 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def genesis_validator_set(genesis: state_pb2.Genesis) -> block_pb2.ValidatorSet:
+    """The set that signs height 1, as the block store keeps it (sorted by address)."""
+    vs = block_pb2.ValidatorSet()
+    for v in sorted(genesis.validators, key=lambda g: crypto.address_of(g.public_key)):
+        vs.validators.add(
+            address=crypto.address_of(v.public_key), public_key=v.public_key, power=v.power, name=v.name
+        )
+    return vs
+
+
 class Node:
     """One validator. `await Node(cfg).run()` until SIGTERM/SIGINT or `stop()`."""
 
@@ -217,8 +230,10 @@ class Node:
         self._failure: BaseException | None = None
         self._closers: list[Any] = []
         self._gc_watch = PauseWatch(log.warning)
+        self._snapshotting = False
         if pools is not None:
             self.verify_pool, self.io_pool = pools
+            self.snapshot_pool: Executor = self.io_pool
         else:
             self.verify_pool = ThreadPoolExecutor(
                 max_workers=cfg.mempool.verify_threads,
@@ -229,6 +244,13 @@ class Node:
             # Persistence (block batches) has its own thread: it never queues behind verification.
             self.io_pool = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="io", initializer=name_this_thread, initargs=("io",)
+            )
+            # Snapshots are cut in a thread of their own, so a long one never delays a block's write.
+            self.snapshot_pool = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="snapshot",
+                initializer=name_this_thread,
+                initargs=("snapshot",),
             )
 
     @property
@@ -293,14 +315,7 @@ class Node:
         self._closers.append(self.store.close)
         if not self.store.is_initialized():
             writes, _root = Ledger.genesis_writes(self.genesis)
-            vs = block_pb2.ValidatorSet()
-            for v in sorted(self.genesis.validators, key=lambda g: crypto.address_of(g.public_key)):
-                vs.validators.add(
-                    address=crypto.address_of(v.public_key),
-                    public_key=v.public_key,
-                    power=v.power,
-                    name=v.name,
-                )
+            vs = genesis_validator_set(self.genesis)
             self.store.save_genesis(genesis_text.encode(), writes, vs, cfg.chain_id)
         self.ledger = Ledger.open(self.store.state)
         self.chain = Chain(self.store, cfg.chain_id, self.genesis.genesis_time * 1000)
@@ -392,6 +407,9 @@ class Node:
             clock=clock,
         )
         self.router.on_fatal = self._fail
+        data_dir = cfg.path(cfg.storage.data_dir)
+        self.snapshots = SnapshotStore(data_dir / "snapshots", keep=cfg.snapshots.keep)
+        self.router.snapshots = SnapshotService(self.store, self.snapshots)
         driver = self.driver
         self.service = ClientService(
             cfg=cfg.api,
@@ -419,6 +437,8 @@ class Node:
         self._setup_logging()
         gc.callbacks.append(self._gc_watch)
         try:
+            if self.cfg.statesync.enable:
+                await self.state_sync_if_empty()
             self.open()
             await self._serve()
         finally:
@@ -427,6 +447,7 @@ class Node:
             self.close()
             self.verify_pool.shutdown(wait=False, cancel_futures=True)
             self.io_pool.shutdown(wait=True)
+            self.snapshot_pool.shutdown(wait=True)
         if self._failure is not None:
             raise self._failure
 
@@ -549,6 +570,9 @@ class Node:
             self.metrics.rounds.observe(decide.round + 1)
 
     def _on_commit(self, committed: Committed) -> None:
+        interval = self.cfg.snapshots.interval
+        if interval and committed.height % interval == 0:
+            self._take_snapshot(committed.height, committed.block.header.state_root)
         if self.metrics is not None:
             self.metrics.on_commit(
                 committed.height, len(committed.receipts), committed.persist_s, len(self.mempool)
@@ -562,6 +586,121 @@ class Node:
             )
             if any(e.kind in ("mint", "redeem") for r in committed.receipts for e in r.events):
                 self.metrics.on_supply(self._supplies())
+
+    # --- snapshots and state sync --------------------------------------------------------------------
+
+    def _take_snapshot(self, height: int, state_root: bytes) -> None:
+        """Snapshot the state of `height`, just committed: a LevelDB snapshot now (on the loop, before
+        the next commit), cut into chunks in the snapshot thread. One at a time: a height that comes
+        while one is being cut is skipped."""
+        if self._snapshotting:
+            log.warning("snapshot of height %d skipped: the previous one is still being taken", height)
+            return
+        view = self.store.snapshot()
+        if view.latest_height != height:
+            view.close()
+            return
+        self._snapshotting = True
+        started = self.clock.monotonic()
+
+        def cut() -> Any:
+            try:
+                root_node = merkle.ChunkedNodes(view.state).get(merkle.NODE_PREFIX) or b""
+                manifest, chunks = snapshot_mod.take(
+                    view.state.items(ENTRY_PREFIX), root_node, height, state_root
+                )
+                self.snapshots.write(manifest, chunks)
+                return manifest
+            finally:
+                view.close()
+
+        def done(fut: Any) -> None:
+            self._snapshotting = False
+            exc = fut.exception()
+            if exc is not None:  # the node keeps running: peers can use another node's snapshot
+                log.error("snapshot of height %d failed: %s", height, exc, exc_info=exc)
+                return
+            manifest = fut.result()
+            took = self.clock.monotonic() - started
+            log.info(
+                "snapshot of height %d: %d chunks, %d entries, %.2f s",
+                height, len(manifest.chunks), sum(c.entries for c in manifest.chunks), took,
+                extra={"fields": {"event": "snapshot", "snapshot_height": height, "seconds": round(took, 3)}},
+            )  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.snapshot_seconds.observe(took)
+
+        future = self.snapshot_pool.submit(cut)
+        if future.done():  # an inline pool (the node simulation)
+            done(future)
+        else:
+            loop = asyncio.get_running_loop()
+            future.add_done_callback(lambda fut: loop.call_soon_threadsafe(done, fut))
+
+    async def state_sync_if_empty(self, source: SnapshotSource | None = None, attempts: int = 5) -> bool:
+        """Before the node opens: if its store is empty, join from a peer's snapshot (node/statesync.py)
+        and write it; True if it did. No snapshot offered: False (the node starts from genesis and
+        block-syncs). Offered but none verifiable after `attempts` tries: CannotStart."""
+        cfg = self.cfg
+        key = crypto.load_key_file(cfg.path(cfg.keys.validator_key))
+        try:
+            genesis_text = cfg.path(cfg.genesis).read_text()
+        except FileNotFoundError:
+            raise CannotStart(f"genesis file {cfg.path(cfg.genesis)} does not exist") from None
+        genesis = parse_genesis(genesis_text)
+        data_dir = cfg.path(cfg.storage.data_dir)
+        store = self.storage.open_store(data_dir / "blockstore", cfg.chain_id, key.address)
+        network: PeerNetwork | None = None
+        try:
+            if store.is_initialized():
+                return False
+            if source is None:
+                names: dict[bytes, str] = {
+                    crypto.address_of(v.public_key): v.name for v in genesis.validators
+                }
+                network = PeerNetwork(cfg, _NoPeers(), PeerNames(names, lambda _a: None))
+                source = network
+            ss = cfg.statesync
+            trust = Trust(
+                genesis_validator_set(genesis),
+                ss.trust_height,
+                bytes.fromhex(ss.trust_hash) if ss.trust_hash else b"",
+            )
+            for attempt in range(1, attempts + 1):
+                sync = StateSync(
+                    source,
+                    chain_id=cfg.chain_id,
+                    trust=trust,
+                    clock=self.clock,
+                    fetchers=ss.fetchers,
+                    chunk_timeout_s=ss.chunk_timeout_s,
+                    discovery_s=ss.discovery_s,
+                )
+                try:
+                    synced = await sync.run()
+                except StateSyncFailed as exc:
+                    log.warning("state sync attempt %d of %d failed: %s", attempt, attempts, exc)
+                    await asyncio.sleep(min(30.0, 2.0**attempt))
+                    continue
+                if synced is None:
+                    log.info("state sync: no snapshot offered; starting from genesis")
+                    return False
+                sets = {1: genesis_validator_set(genesis), **synced.validator_sets}
+                store.save_state_sync(
+                    genesis_text.encode(), cfg.chain_id, synced.state_writes, synced.block,
+                    synced.block_hash, synced.commit, sets,
+                )  # fmt: skip
+                log.info(
+                    "state sync: joined at height %d (%d chunks, %d entries); block sync continues from %d",
+                    synced.height, synced.chunks, synced.entries, synced.height + 1,
+                    extra={"fields": {"event": "state_synced", "synced_height": synced.height}},
+                )  # fmt: skip
+                return True
+            raise CannotStart(f"state sync: no snapshot could be verified and fetched in {attempts} attempts")
+        finally:
+            store.close()
+            if network is not None:
+                await network.stop()
 
     def _supplies(self) -> dict[str, int]:
         """Each instrument's supply, from the committed state ("issuer hex:SYMBOL" -> minor units)."""
@@ -595,6 +734,40 @@ class Node:
         root.handlers = [handler]
         root.setLevel(self.cfg.log.level.upper())
         root.propagate = False
+
+
+class _NoPeers:
+    """The peer handler of the network state sync uses as a client only (it serves nothing)."""
+
+    def make_hello(self) -> Any:
+        raise CannotStart("state sync serves no peer")
+
+    def check_hello(self, hello: Any, expected_name: str | None, cert_address: bytes | None) -> str | None:
+        return "joining by state sync"
+
+    async def on_peer_message(self, peer: str, msg: Any) -> None:
+        return None
+
+    def on_peer_connected(self, peer: str) -> None:
+        return None
+
+    def on_peer_disconnected(self, peer: str) -> None:
+        return None
+
+    def serve_blocks(self, request: Any) -> Any:
+        raise CannotStart("state sync serves no peer")
+
+    def sync_status(self) -> Any:
+        raise CannotStart("state sync serves no peer")
+
+    def list_snapshots(self) -> Any:
+        raise CannotStart("state sync serves no peer")
+
+    async def snapshot_chunk(self, request: Any) -> Any:
+        raise CannotStart("state sync serves no peer")
+
+    def light_block(self, request: Any) -> Any:
+        raise CannotStart("state sync serves no peer")
 
 
 @dataclass(frozen=True, slots=True)

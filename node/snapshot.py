@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clearline.v1 import block_pb2, peer_pb2
 from node.ledger import merkle
@@ -271,3 +272,43 @@ def rebuild_state(entries: Iterable[tuple[bytes, bytes]], state_root: bytes) -> 
         raise SnapshotInvalid("the rebuilt state does not have the snapshot's state root")
     writes.update(merkle.stored_node_writes(node_writes, merkle.ChunkedNodes(empty)))
     return writes
+
+
+# --- serving --------------------------------------------------------------------------------------------
+
+
+class SnapshotService:
+    """What a node serves a joining peer: its snapshots, their chunks, and light blocks (a header,
+    its certificate, and the validator sets of its height and the next) to verify them by."""
+
+    def __init__(self, store: Any, snapshots: SnapshotStore) -> None:
+        self._store = store
+        self.snapshots = snapshots
+
+    def list_snapshots(self) -> peer_pb2.ListSnapshotsResponse:
+        manifests = self.snapshots.manifests()
+        resp = peer_pb2.ListSnapshotsResponse(snapshots=manifests)
+        if manifests:
+            top = manifests[0].height + 2
+            resp.validator_set_changes.extend(h for h in self._store.validator_set_changes() if h <= top)
+        return resp
+
+    def snapshot_chunk(self, request: peer_pb2.SnapshotChunkRequest) -> peer_pb2.SnapshotChunk | None:
+        data = self.snapshots.chunk(request.height, request.index)
+        if data is None:
+            return None
+        return peer_pb2.SnapshotChunk(height=request.height, index=request.index, data=data)
+
+    def light_block(self, request: peer_pb2.LightBlockRequest) -> peer_pb2.LightBlock | None:
+        height = request.height
+        if not 0 < height <= self._store.latest_height():
+            return None
+        block = self._store.load_block(height)
+        commit = self._store.load_commit(height)
+        validators = self._store.load_validator_set(height)
+        following = self._store.load_validator_set(height + 1)
+        if block is None or commit is None or validators is None or following is None:
+            return None
+        return peer_pb2.LightBlock(
+            header=block.header, commit=commit, validators=validators, next_validators=following
+        )

@@ -47,6 +47,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             force=args.force,
             tls=not args.no_tls,
             observers=args.observers,
+            snapshot_interval=args.snapshot_interval,
         )
     except NetworkExistsError as exc:
         raise CliError("NETWORK_EXISTS", str(exc), 2) from None
@@ -309,6 +310,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=int,
         default=0,
         help="non-voting observer nodes obs0.. (ROLE_OBSERVER in the genesis)",
+    )
+    sp.add_argument(
+        "--snapshot-interval",
+        type=int,
+        default=None,
+        help="each node snapshots its state every N heights for peers joining by state sync "
+        "(default 500; 0: none)",
     )
     sp.set_defaults(func=cmd_init)
 

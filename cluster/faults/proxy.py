@@ -7,9 +7,9 @@ TLS target-name override still says "B". The proxy presents B's certificate and 
 on to B's real p2p address presenting A's certificate and key: mutual TLS, the certificate's validator
 binding and the signed Hello all still hold end to end, and the nodes carry no fault switches.
 
-The proxy forwards the three Peer calls message by message, as raw bytes (it never re-encodes):
-Connect (both directions of the long-lived stream), GetBlocks and GetSyncStatus. For each message it
-applies the rules of its direction (cluster/faults/rules.py), read from <home>/faults/rules.json which
+The proxy forwards the Peer calls message by message, as raw bytes (it never re-encodes): Connect
+(both directions of the long-lived stream), GetBlocks, GetSyncStatus and state sync's unary calls
+(ListSnapshots, GetSnapshotChunk, GetLightBlock). For each message it applies the rules of its direction (cluster/faults/rules.py), read from <home>/faults/rules.json which
 it polls every 50 ms: drop, sever, delay with jitter (FIFO per direction unless reorder), random loss
 and duplication. Loss and duplication apply to peer-stream messages after the handshake (the first
 message in each direction); the block-sync calls are refused while their link is dropped or severed
@@ -290,6 +290,11 @@ class LinkProxy:
                 "Connect": grpc.stream_stream_rpc_method_handler(self.connect),
                 "GetBlocks": grpc.unary_stream_rpc_method_handler(self.get_blocks),
                 "GetSyncStatus": grpc.unary_unary_rpc_method_handler(self.get_sync_status),
+                # State sync's calls are unary: forwarded like GetSyncStatus.
+                **{
+                    name: grpc.unary_unary_rpc_method_handler(self._unary(f"/{SERVICE}/{name}"))
+                    for name in ("ListSnapshots", "GetSnapshotChunk", "GetLightBlock")
+                },
             },
         )
         server = grpc.aio.server(options=_SERVER_OPTIONS)
@@ -497,13 +502,23 @@ class LinkProxy:
             await self._abort_from(context, failure)
 
     async def get_sync_status(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._forward_unary(GET_SYNC_STATUS, request, context)
+
+    def _unary(self, method: str) -> Any:
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._forward_unary(method, request, context)
+
+        return forward
+
+    async def _forward_unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One request and its answer through the link, each delayed and cut like the link is."""
         await self._admit(context, stream=False)
         assert self._channel is not None
         a, b = self.src.name, self.dst.name
         await self._hold(a, b)
         self.state.stats(a, b).forwarded += 1
         try:
-            response: bytes = await self._channel.unary_unary(GET_SYNC_STATUS)(
+            response: bytes = await self._channel.unary_unary(method)(
                 request, timeout=context.time_remaining()
             )
         except grpc.aio.AioRpcError as exc:

@@ -72,6 +72,14 @@ class PeerHandler(Protocol):
 
     def sync_status(self) -> peer_pb2.SyncStatusResponse: ...
 
+    def list_snapshots(self) -> peer_pb2.ListSnapshotsResponse: ...
+
+    async def snapshot_chunk(
+        self, request: peer_pb2.SnapshotChunkRequest
+    ) -> peer_pb2.SnapshotChunk | None: ...
+
+    def light_block(self, request: peer_pb2.LightBlockRequest) -> peer_pb2.LightBlock | None: ...
+
 
 def validator_address_of_cert(cert_pem: bytes) -> bytes | None:
     """The validator address that the network CA bound into a node certificate, or None."""
@@ -240,6 +248,56 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
         self, request: peer_pb2.SyncStatusRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.SyncStatusResponse:
         return self._net.handler.sync_status()
+
+    async def _admit_sync_client(self, context: grpc.aio.ServicerContext) -> asyncio.Semaphore:
+        """The serving slots of a validator or admitted observer asking for sync data (aborts the
+        call for anyone else, or a banned peer)."""
+        net = self._net
+        if not net.tls:
+            return net._serving
+        pems = context.auth_context().get("x509_pem_cert") or []
+        address = validator_address_of_cert(pems[0]) if pems else None
+        name = net.name_of(address) if address is not None else None
+        if name is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "peer certificate binds no validator or observer"
+            )
+        assert name is not None
+        if net.is_banned(name):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "banned for sending invalid messages")
+        return net.serving_slots(name)
+
+    async def ListSnapshots(
+        self, request: peer_pb2.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ListSnapshotsResponse:
+        await self._admit_sync_client(context)
+        return self._net.handler.list_snapshots()
+
+    async def GetSnapshotChunk(
+        self, request: peer_pb2.SnapshotChunkRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.SnapshotChunk:
+        serving = await self._admit_sync_client(context)
+        if serving.locked():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "serving as many sync requests as it may")
+        async with serving:
+            chunk = await self._net.handler.snapshot_chunk(request)
+        if chunk is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no chunk {request.index} of a snapshot at height {request.height}",
+            )
+        assert chunk is not None
+        return chunk
+
+    async def GetLightBlock(
+        self, request: peer_pb2.LightBlockRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.LightBlock:
+        await self._admit_sync_client(context)
+        light = self._net.handler.light_block(request)
+        if light is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no block of height {request.height} here")
+        assert light is not None
+        return light
 
 
 class PeerNetwork:
@@ -485,6 +543,44 @@ class PeerNetwork:
             call.cancel()
 
     # --- block sync client ------------------------------------------------------------------------
+
+    # --- state sync (as a client: node/statesync.SnapshotSource) ------------------------------------
+
+    def snapshot_peers(self) -> list[str]:
+        return [p.name for p in self.cfg.p2p.peers]
+
+    def _stub(self, peer_name: str) -> peer_pb2_grpc.PeerStub:
+        peer = next((p for p in self.cfg.p2p.peers if p.name == peer_name), None)
+        if peer is None:
+            raise ConnectionError(f"{peer_name} is not a configured peer")
+        return peer_pb2_grpc.PeerStub(self._channel(peer))
+
+    async def list_snapshots(self, peer_name: str) -> peer_pb2.ListSnapshotsResponse:
+        try:
+            resp: peer_pb2.ListSnapshotsResponse = await self._stub(peer_name).ListSnapshots(
+                peer_pb2.ListSnapshotsRequest(), timeout=FETCH_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
+        return resp
+
+    async def snapshot_chunk(self, peer_name: str, height: int, index: int) -> peer_pb2.SnapshotChunk:
+        try:
+            chunk: peer_pb2.SnapshotChunk = await self._stub(peer_name).GetSnapshotChunk(
+                peer_pb2.SnapshotChunkRequest(height=height, index=index), timeout=FETCH_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
+        return chunk
+
+    async def light_block(self, peer_name: str, height: int) -> peer_pb2.LightBlock:
+        try:
+            light: peer_pb2.LightBlock = await self._stub(peer_name).GetLightBlock(
+                peer_pb2.LightBlockRequest(height=height), timeout=FETCH_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
+        return light
 
     async def fetch_blocks(
         self, peer_name: str, from_height: int, to_height: int, max_bytes: int

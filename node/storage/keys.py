@@ -45,6 +45,9 @@ META_SCHEMA = P_META + b"schema"  # encode_u32(SCHEMA_VERSION)
 META_CHAIN_ID = P_META + b"chain_id"  # utf-8 chain id; present iff genesis was saved
 META_GENESIS = P_META + b"genesis"  # genesis JSON bytes as given
 META_LATEST = P_META + b"latest_height"  # encode_height; written in the same batch as the block
+# encode_height: the lowest height whose block is kept with its receipts and indexes (absent: 1).
+# A state-synced store starts above its snapshot's height: it holds that block only as its anchor.
+META_BASE = P_META + b"base_height"
 
 MAX_HEIGHT = 2**64 - 1
 MAX_INDEX = 2**32 - 1

@@ -331,6 +331,52 @@ class NodeStore:
         self._chain_id = chain_id
         self._latest = 0
 
+    def save_state_sync(
+        self,
+        genesis_json: bytes,
+        chain_id: str,
+        state_writes: StateWrites,
+        block: block_pb2.Block,
+        block_hash: bytes,
+        commit: block_pb2.CommitCertificate,
+        validator_sets: dict[int, block_pb2.ValidatorSet],
+    ) -> None:
+        """Initialize an empty store from a verified snapshot (node/statesync.py) in one synced
+        batch: the genesis document and chain id, the snapshot's state, its block and certificate
+        (the anchor the chain continues from), the validator sets (genesis's at 1, then each that
+        signs from a height, ascending), latest height = the block's, base = the next height."""
+        db = self._live()
+        if self._chain_id is not None:
+            raise InvalidCommitError(
+                self._path, 0, f"the store is already initialized for chain {self._chain_id!r}"
+            )
+        height = block.header.height
+        if not chain_id or height < 1 or commit.height != height or commit.block_id != block_hash:
+            raise InvalidCommitError(self._path, height, "the snapshot's block and certificate do not match")
+        if 1 not in validator_sets or not all(vs.validators for vs in validator_sets.values()):
+            raise InvalidCommitError(self._path, height, "the state-synced validator sets are incomplete")
+        batch = db.write_batch(sync=True)
+        batch.put(keys.META_CHAIN_ID, chain_id.encode("utf-8"))
+        batch.put(keys.META_GENESIS, bytes(genesis_json))
+        _put_state(batch, state_writes)
+        batch.put(keys.block_key(height), block.SerializeToString(deterministic=True))
+        batch.put(keys.block_hash_key(height), block_hash)
+        batch.put(keys.hash_height_key(block_hash), keys.encode_height(height))
+        batch.put(keys.commit_key(height), commit.SerializeToString(deterministic=True))
+        pending: dict[int, bytes] = {}
+        for at_height, vs in sorted(validator_sets.items()):
+            self._put_valset_if_changed(db, batch, at_height, vs, pending)
+        batch.put(keys.META_BASE, keys.encode_height(height + 1))
+        batch.put(keys.META_LATEST, keys.encode_height(height))
+        batch.write()
+        self._chain_id = chain_id
+        self._latest = height
+
+    def base_height(self) -> int:
+        """The lowest height whose block is kept with its receipts (1 unless pruned or state-synced)."""
+        raw = self._live().get(keys.META_BASE)
+        return keys.decode_height(raw) if raw is not None else 1
+
     # ---- committing -------------------------------------------------------------------------------
 
     def commit_block(self, c: BlockCommit) -> None:
