@@ -128,6 +128,19 @@ def timeouts_of(c: ConsensusConfig) -> TimeoutConfig:
     )
 
 
+class _SittingOut:
+    """The signer of a height below the sign state's: no member's address, so the core never asks
+    it to sign (node/consensus/tendermint.py `_is_member`); if it did, the node stops."""
+
+    address: bytes = b""
+
+    def sign_vote(self, vote: Any) -> bytes:
+        raise InvariantBroken("asked to sign a vote below the sign state's height", vote.height)
+
+    def sign_proposal(self, proposal: Any) -> bytes:
+        raise InvariantBroken("asked to sign a proposal below the sign state's height", proposal.height)
+
+
 class ConsensusDriver:
     def __init__(
         self,
@@ -307,9 +320,21 @@ class ConsensusDriver:
         for b in (resume.locked_block, resume.valid_block):
             if b is not None:
                 self._executor.keep_block(b)
+        signer = self._signer
+        signed_up_to = resume.ahead_at
+        if signed_up_to > height:
+            # The sign state is ahead of the chain (a state-synced node, or one restored from an
+            # older backup, that kept its sign state): this validator signed at a later height
+            # already, so it sits the heights below out (follows, decides from others' votes,
+            # signs nothing) and signs again from that height, where the sign state's own guard
+            # keeps it from signing anything that conflicts with what it signed there.
+            log.info(
+                "height %d: sitting out (this validator has signed up to height %d)", height, signed_up_to
+            )
+            signer = _SittingOut()
         return Tendermint(
             validators=self._chain.core_set(height),
-            signer=self._signer,
+            signer=signer,
             app=self._app,
             timeouts=timeouts_of(self._cfg),
             height=height,

@@ -30,6 +30,7 @@ class Resume:
     valid_block: block_pb2.Block | None = None
     proposal: tuple[int, bytes, block_pb2.Block] | None = None  # (round, block id, block) signed
     votes: tuple[block_pb2.Vote, ...] = ()
+    ahead_at: int = 0  # the height the sign state is at, when it is above the height being started
 
 
 def load(sign_state: SignStateFile, height: int) -> Resume:
@@ -42,6 +43,8 @@ def load(sign_state: SignStateFile, height: int) -> Resume:
             stored.last_signed.height,
             height,
         )
+    if stored.last_signed.height > height:
+        return Resume(ahead_at=stored.last_signed.height)
     if stored.last_signed.height != height:
         return Resume()
     state = wire.sign_state_from_pb(stored.last_signed)

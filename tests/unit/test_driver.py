@@ -155,3 +155,33 @@ async def test_a_restarted_validator_sends_its_earlier_votes_of_the_height_again
         assert kept == resent  # and sent again to a peer that connects or when the height stalls
         assert node.driver.core is not None  # counted again, not only sent:
         assert node.signer.address in node.driver.core._votes.prevotes(0).votes
+
+
+async def test_a_validator_whose_sign_state_is_ahead_of_its_chain_sits_those_heights_out(
+    tmp_path: Path,
+) -> None:
+    """A node that lost its block store but kept its sign state (state-synced to an older height,
+    or restored from an older backup) has signed at heights its chain has not reached. It signs
+    nothing below the sign state's height (before, save() refused the lower position and the node
+    stopped), and follows the chain until it gets there."""
+    import shutil
+
+    net = init_network(tmp_path / "net", validators=1, tls=False)
+    home = Path(net.node(0).home)
+    async for node, _outbox, _committed in run_driver(home, 3.0):
+        stored = node.sign_state.load_state()
+        assert stored is not None
+        signed_at = stored.last_signed.height
+        assert signed_at >= 3
+    shutil.rmtree(home / "data" / "blockstore")  # the disk is gone but for the sign state
+    for wal in (home / "data").glob("consensus.wal*"):
+        if wal.is_dir():
+            shutil.rmtree(wal)
+        else:
+            wal.unlink()
+    async for node, outbox, committed in run_driver(home, 3.0):
+        assert node.chain is not None and node.chain.height == 0 and committed == []
+        signed = [m for m, _ in outbox.sent if m.WhichOneof("msg") in ("vote", "proposal")]
+        assert signed == [], [signed_as(m) for m in signed]
+        stored = node.sign_state.load_state()
+        assert stored is not None and stored.last_signed.height == signed_at  # untouched
