@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/clearline/v1/*.proto)
 GEN    := proto/clearline/v1/.generated
 PYTEST_ARGS ?=
 
-.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync chaos clean
+.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync bench-statesync chaos clean
 
 all: test
 
@@ -77,6 +77,11 @@ bench-restart: $(GEN)
 # Block sync against the live commit rate on the same chain (built at --max for 20 s).
 bench-sync: $(GEN)
 	$(PY) -m cluster.sync_bench --validators 4 --duration 20 --max $(ARGS)
+
+# A new node joining by state sync against one joining by block sync from genesis, on a chain of
+# 200,000 accounts and 20,000 blocks (about 15 minutes); prints one JSON object.
+bench-statesync: $(GEN)
+	$(PY) -m cluster.statesync_bench --accounts 200000 --blocks 20000 $(ARGS)
 
 # Ledger throughput and state-root cost; prints one JSON object.
 bench-ledger: $(GEN)

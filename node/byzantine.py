@@ -99,6 +99,7 @@ class ByzantineBehaviour:
         self._replayed_height = 0
         self._net: Transport | None = None
         self._listings = 0  # tamper-sync: snapshot listings served
+        self._light_blocks = 0  # tamper-sync: light blocks served
 
     @property
     def node(self) -> Node:
@@ -299,35 +300,38 @@ class ByzantineBehaviour:
             yield sb
 
     def serve_snapshots(self, honest: peer_pb2.ListSnapshotsResponse) -> peer_pb2.ListSnapshotsResponse:
-        """tamper-sync: every other listing's manifests carry a forged root node (the manifest no
-        longer matches the certified state root), the others forged chunk hashes."""
+        """tamper-sync: every third listing's manifests carry a forged root node (the manifest no
+        longer matches the certified state root), the others forged chunk hashes (and its chunks
+        are tampered: serve_chunk)."""
         if self.mode != "tamper-sync":
             return honest
         self._listings += 1
         for manifest in honest.snapshots:
-            if self._listings % 2:
+            if self._listings % 3 == 1:
                 manifest.root_node = os.urandom(len(manifest.root_node) or 66)
             for info in manifest.chunks:
                 info.hash = os.urandom(32)
         return honest
 
     def serve_light_block(self, honest: peer_pb2.LightBlock | None) -> peer_pb2.LightBlock | None:
-        """tamper-sync: every other light block claims another state root (its certificate no longer
-        signs it)."""
+        """tamper-sync: every third light block claims another state root (its certificate no
+        longer signs it)."""
         if honest is not None and self.mode == "tamper-sync":
-            self._listings += 1
-            if self._listings % 2:
+            self._light_blocks += 1
+            if self._light_blocks % 3 == 1:
                 honest.header.state_root = os.urandom(32)
         return honest
 
     async def serve_chunk(self, honest: peer_pb2.SnapshotChunk | None) -> peer_pb2.SnapshotChunk | None:
-        """A snapshot chunk: never sent (stall-sync, lying-status), one value changed (tamper-sync)."""
+        """A snapshot chunk: never sent (stall-sync, lying-status), an entry left out (tamper-sync)."""
         if self.mode in ("lying-status", "stall-sync"):
             await asyncio.Event().wait()
         if honest is not None and self.mode == "tamper-sync":
+            # Leave an entry out (an account that "does not exist"): every record still parses.
             entries = peer_pb2.SnapshotEntries.FromString(honest.data)
-            if entries.values:
-                entries.values[0] = entries.values[0] + b"\x00"
+            if entries.keys:
+                del entries.keys[-1]
+                del entries.values[-1]
             honest.data = entries.SerializeToString()
         return honest
 

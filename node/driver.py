@@ -176,6 +176,7 @@ class ConsensusDriver:
         self._later_bytes = 0
         self._own: list[peer_pb2.PeerMessage] = []
         self._restored_votes: list[block_pb2.Vote] = []
+        self._fence = 0  # the height a validator sitting out (see _new_core) signs again from
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._catching_up = False
         self.commit_listeners: list[Callable[[Committed], None]] = []
@@ -290,8 +291,16 @@ class ConsensusDriver:
         assert core is not None
         if height != self._chain.height + 1 or core.height == height:
             return
-        self._new_height(height)
-        await self._execute(core.step(StartHeight(height, self._chain.core_set(height))))
+        if self._fence and height >= self._fence:
+            # The height this validator last signed at before its store was lost: resume it as a
+            # restart would, from the sign state (its lock, its votes), and sign again from here.
+            self._fence = 0
+            self.core = self._new_core(height)
+            await self._execute(self.core.start())
+            await self._restore_own_votes()
+        else:
+            self._new_height(height)
+            await self._execute(core.step(StartHeight(height, self._chain.core_set(height))))
         later, self._later = self._later, []
         self._later_bytes = 0
         for ev in later:  # back in line: now within reach (or held again)
@@ -326,12 +335,13 @@ class ConsensusDriver:
             # The sign state is ahead of the chain (a state-synced node, or one restored from an
             # older backup, that kept its sign state): this validator signed at a later height
             # already, so it sits the heights below out (follows, decides from others' votes,
-            # signs nothing) and signs again from that height, where the sign state's own guard
-            # keeps it from signing anything that conflicts with what it signed there.
+            # signs nothing). At that height (`_start_height`) a new core resumes from the sign
+            # state as after a restart: its lock and votes there, nothing that conflicts with them.
             log.info(
                 "height %d: sitting out (this validator has signed up to height %d)", height, signed_up_to
             )
             signer = _SittingOut()
+            self._fence = signed_up_to
         return Tendermint(
             validators=self._chain.core_set(height),
             signer=signer,

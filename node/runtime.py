@@ -647,6 +647,14 @@ class Node:
             genesis_text = cfg.path(cfg.genesis).read_text()
         except FileNotFoundError:
             raise CannotStart(f"genesis file {cfg.path(cfg.genesis)} does not exist") from None
+        return await self.state_sync_with(key, genesis_text, source, attempts)
+
+    async def state_sync_with(
+        self, key: crypto.SigningKey, genesis_text: str, source: SnapshotSource | None, attempts: int = 5
+    ) -> bool:
+        """state_sync_if_empty with the key and genesis given (the node simulation's nodes have no
+        files for them)."""
+        cfg = self.cfg
         genesis = parse_genesis(genesis_text)
         data_dir = cfg.path(cfg.storage.data_dir)
         store = self.storage.open_store(data_dir / "blockstore", cfg.chain_id, key.address)
@@ -667,15 +675,7 @@ class Node:
                 bytes.fromhex(ss.trust_hash) if ss.trust_hash else b"",
             )
             for attempt in range(1, attempts + 1):
-                sync = StateSync(
-                    source,
-                    chain_id=cfg.chain_id,
-                    trust=trust,
-                    clock=self.clock,
-                    fetchers=ss.fetchers,
-                    chunk_timeout_s=ss.chunk_timeout_s,
-                    discovery_s=ss.discovery_s,
-                )
+                sync = self.make_state_sync(source, trust)
                 try:
                     synced = await sync.run()
                 except StateSyncFailed as exc:
@@ -701,6 +701,18 @@ class Node:
             store.close()
             if network is not None:
                 await network.stop()
+
+    def make_state_sync(self, source: SnapshotSource, trust: Trust) -> StateSync:
+        ss = self.cfg.statesync
+        return StateSync(
+            source,
+            chain_id=self.cfg.chain_id,
+            trust=trust,
+            clock=self.clock,
+            fetchers=ss.fetchers,
+            chunk_timeout_s=ss.chunk_timeout_s,
+            discovery_s=ss.discovery_s,
+        )
 
     def _supplies(self) -> dict[str, int]:
         """Each instrument's supply, from the committed state ("issuer hex:SYMBOL" -> minor units)."""

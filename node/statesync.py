@@ -253,7 +253,7 @@ class StateSync:
         reference = next(iter(manifests.values()))  # all verified manifests share the root node
         entries = await self._fetch_chunks(height, reference, manifests)
         block, block_hash = await self._anchor(height, header, list(manifests))
-        state_writes = snapshot.rebuild_state(entries.items(), header.state_root)
+        state_writes = self._rebuild(entries, header.state_root)
         sets = {height: trusted, height + 1: header_lb.next_validators}
         try:
             sets[height + 2] = sets_from_state(entries, header_lb.next_validators)
@@ -275,6 +275,13 @@ class StateSync:
             chunks=len(reference.chunks),
             entries=len(entries),
         )
+
+    def _rebuild(self, entries: dict[bytes, bytes], state_root: bytes) -> Writes:
+        """The store writes of the fetched state, checked once more against the state root."""
+        try:
+            return snapshot.rebuild_state(entries.items(), state_root)
+        except snapshot.SnapshotInvalid as exc:  # every chunk verified: this cannot be a peer's doing
+            raise StateSyncFailed(str(exc)) from None
 
     async def _verify_header(
         self, peer: str, height: int, changes: Iterable[int]

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
     p.add_argument("--no-faults", action="store_true", help="no crashes, partitions or bad links")
     p.add_argument(
+        "--state-sync", action="store_true",
+        help="the adversary also wipes honest nodes' disks (all but the sign state): they rejoin by state sync",
+    )  # fmt: skip
+    p.add_argument(
         "--trace", action="store_true",
         help="replay the first failing seed with every message recorded; print the events that led to "
         "its first violation to stderr",
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             faults=not args.no_faults,
             mutant=args.mutant or "",
             byzantine_mode=args.byzantine_mode or "",
+            state_sync=args.state_sync or dict(MUTANTS[args.mutant].settings).get("state_sync", False)
+            if args.mutant
+            else args.state_sync,
         )
         for seed in range(args.seed_start, args.seed_start + args.seeds)
     ]

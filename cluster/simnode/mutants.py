@@ -9,6 +9,8 @@ core). Each patches an opened node's parts (`apply(node)`); honest code has no s
     unchecked-sync   a synced block's body taken as the certificate says, without checking it
                      against its header: its transactions are executed as certified
     unbounded-cache  the verified-signature cache without its bounds, keeping rejected transactions
+    trusting-state-sync  state sync taking each chunk as a peer serves it, unverified, and the
+                     rebuilt state without checking its root (with Settings.state_sync)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class RuntimeMutant:
     adversary: str  # the Byzantine mode that exposes it (the Byzantine validators run it)
     budget: int  # seeds within which a test expects it caught
     expect: str  # what the violation that catches it says (caught for the right reason)
+    joining: Callable[[Node], None] | None = None  # patches a node about to join by state sync
+    settings: tuple[tuple[str, Any], ...] = ()  # the simulation settings that expose it
 
 
 def _trust_claims(node: Node) -> None:
@@ -103,6 +107,35 @@ def _unbounded_cache(node: Node) -> None:
     verifier.forget = lambda wire_hash: None  # type: ignore[method-assign]
 
 
+def _trusting_state_sync(node: Node) -> None:
+    make = node.make_state_sync
+
+    def patched(source: Any, trust: Any) -> Any:
+        sync = make(source, trust)
+
+        async def chunk(peer: str, height: int, index: int, manifest: Any) -> Any:
+            served = await sync._source.snapshot_chunk(peer, height, index)
+            entries = peer_pb2.SnapshotEntries.FromString(served.data)
+            return list(zip(entries.keys, entries.values, strict=False))
+
+        def rebuild(entries: dict[bytes, bytes], state_root: bytes) -> Any:
+            from node.ledger import merkle
+            from node.ledger.kv import MemoryKV
+            from node.ledger.ledger import compute_state_root
+
+            writes: dict[bytes, bytes | None] = dict(entries)
+            empty = MemoryKV()
+            _root, nodes = compute_state_root(empty, writes)
+            writes.update(merkle.stored_node_writes(nodes, merkle.ChunkedNodes(empty)))
+            return writes
+
+        sync._chunk = chunk  # type: ignore[method-assign]
+        sync._rebuild = rebuild  # type: ignore[method-assign]
+        return sync
+
+    node.make_state_sync = patched  # type: ignore[method-assign]
+
+
 MUTANTS: dict[str, RuntimeMutant] = {
     m.name: m
     for m in (
@@ -137,6 +170,16 @@ MUTANTS: dict[str, RuntimeMutant] = {
             "",
             5,
             "verified-signature cache bytes",
+        ),
+        RuntimeMutant(
+            "trusting-state-sync",
+            "state sync trusting the chunks peers serve",
+            lambda node: None,
+            "tamper-sync",
+            10,
+            "sum of balances",
+            joining=_trusting_state_sync,
+            settings=(("state_sync", True),),
         ),
     )
 }

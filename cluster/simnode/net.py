@@ -16,7 +16,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from clearline.v1 import peer_pb2
 from node import blocks
@@ -57,6 +57,14 @@ class Handler(Protocol):
     def on_peer_disconnected(self, peer: str) -> None: ...
 
     def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]: ...
+
+    def list_snapshots(self) -> peer_pb2.ListSnapshotsResponse: ...
+
+    async def snapshot_chunk(
+        self, request: peer_pb2.SnapshotChunkRequest
+    ) -> peer_pb2.SnapshotChunk | None: ...
+
+    def light_block(self, request: peer_pb2.LightBlockRequest) -> peer_pb2.LightBlock | None: ...
 
 
 @dataclass
@@ -198,8 +206,8 @@ class SimNet:
     async def fetch(
         self, dst: str, src: str, from_height: int, to_height: int, max_bytes: int
     ) -> AsyncIterator[peer_pb2.SyncBlock]:
-        """dst asks src for blocks."""
-        if not (self.reachable(dst, src) and self.reachable(src, dst)):
+        """dst asks src for blocks (dst may be a node joining by state sync, not up yet)."""
+        if not self._linked(dst, src):
             raise ConnectionError(f"{src} is unreachable")
         await asyncio.sleep(self._delay())
         handler = self.handlers.get(src)
@@ -208,14 +216,77 @@ class SimNet:
         request = peer_pb2.GetBlocksRequest(from_height=from_height, to_height=to_height, max_bytes=max_bytes)
         async for sb in handler.serve_blocks(request):
             await asyncio.sleep(self._delay() / 4)
-            if (
-                not (self.reachable(dst, src) and self.reachable(src, dst))
-                or self.handlers.get(src) is not handler
-            ):
+            if not self._linked(dst, src) or self.handlers.get(src) is not handler:
                 raise ConnectionError(f"lost {src} during block sync")
             data = sb.SerializeToString()
             self.bytes += len(data)
             yield peer_pb2.SyncBlock.FromString(data)
+
+    def _linked(self, asker: str, server: str) -> bool:
+        if asker not in self.handlers:
+            return self._can_ask(asker, server)
+        return self.reachable(asker, server) and self.reachable(server, asker)
+
+    def _can_ask(self, asker: str, server: str) -> bool:
+        """A call needs the server up and the link both ways; the asker may be a node that is not
+        up yet (joining by state sync, before it starts)."""
+        if server not in self.handlers or (asker, server) in self.cut or (server, asker) in self.cut:
+            return False
+        until = self.banned.get((server, asker))
+        return until is None or until <= self.loop.time()
+
+    async def ask(self, dst: str, src: str, what: str, request: Any) -> Any:
+        """dst makes one of state sync's unary calls to src (what: the handler's method): a request
+        and its answer, each delayed like a message; ConnectionError if src is down or unreachable,
+        or has nothing to answer (NOT_FOUND)."""
+        if not self._can_ask(dst, src):
+            raise ConnectionError(f"{src} is unreachable")
+        await asyncio.sleep(self._delay())
+        handler = self.handlers.get(src)
+        if handler is None:
+            raise ConnectionError(f"{src} is down")
+        method = getattr(handler, what)
+        answer = method(request) if request is not None else method()
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        await asyncio.sleep(self._delay())
+        if not self._can_ask(dst, src) or self.handlers.get(src) is not handler:
+            raise ConnectionError(f"lost {src} during {what}")
+        if answer is None:
+            raise ConnectionError(f"NOT_FOUND: {src} has no answer to {what}")
+        data = answer.SerializeToString()
+        self.bytes += len(data)
+        return type(answer).FromString(data)
+
+
+class SimSnapshotSource:
+    """One joining node's view of its peers for state sync (node/statesync.SnapshotSource)."""
+
+    def __init__(self, net: SimNet, name: str) -> None:
+        self._net = net
+        self._name = name
+
+    def snapshot_peers(self) -> list[str]:
+        return [n for n in self._net.names if n != self._name]
+
+    async def list_snapshots(self, peer: str) -> peer_pb2.ListSnapshotsResponse:
+        answer: peer_pb2.ListSnapshotsResponse = await self._net.ask(self._name, peer, "list_snapshots", None)
+        return answer
+
+    async def snapshot_chunk(self, peer: str, height: int, index: int) -> peer_pb2.SnapshotChunk:
+        request = peer_pb2.SnapshotChunkRequest(height=height, index=index)
+        answer: peer_pb2.SnapshotChunk = await self._net.ask(self._name, peer, "snapshot_chunk", request)
+        return answer
+
+    async def light_block(self, peer: str, height: int) -> peer_pb2.LightBlock:
+        request = peer_pb2.LightBlockRequest(height=height)
+        answer: peer_pb2.LightBlock = await self._net.ask(self._name, peer, "light_block", request)
+        return answer
+
+    def fetch_blocks(
+        self, peer: str, from_height: int, to_height: int, max_bytes: int
+    ) -> AsyncIterator[peer_pb2.SyncBlock]:
+        return self._net.fetch(self._name, peer, from_height, to_height, max_bytes)
 
 
 class SimTransport:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -35,12 +36,20 @@ from cluster.netgen import build_genesis
 from cluster.simnode.loop import SimClock, SimLoop
 from cluster.simnode.memdb import MemDB
 from cluster.simnode.mutants import MUTANTS
-from cluster.simnode.net import SimNet, SimTransport
+from cluster.simnode.net import SimNet, SimSnapshotSource, SimTransport
 from node import crypto, txs
 from node.byzantine import ByzantineBehaviour
-from node.config import BYZANTINE_MODES, ConsensusConfig, MempoolConfig, NodeConfig, StorageConfig
+from node.config import (
+    BYZANTINE_MODES,
+    ConsensusConfig,
+    MempoolConfig,
+    NodeConfig,
+    SnapshotsConfig,
+    StateSyncConfig,
+    StorageConfig,
+)
 from node.crypto import SigningKey
-from node.errors import ApiError
+from node.errors import ApiError, CannotStart
 from node.execution import Committed
 from node.runtime import Behaviour, Node
 from node.storage import WAL, NodeStore, SignStateFile
@@ -52,6 +61,7 @@ FUNDS = 10**12
 # The verified-signature cache of a simulated node (small, so a flood would overflow an unbounded one).
 SIM_CACHE_BYTES = 256 * 1024
 FLOOD_TXS = 2500
+SNAPSHOT_INTERVAL = 10
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -97,6 +107,9 @@ class Settings:
     mutant: str = ""
     trace: bool = False  # record every message delivered, commit and client call (slower)
     byzantine_mode: str = ""  # every Byzantine validator runs this mode (else drawn per seed)
+    # The adversary may also wipe an honest node's disk (all but its sign state): it rejoins by
+    # state sync from its peers' snapshots (taken every SNAPSHOT_INTERVAL heights).
+    state_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +230,7 @@ class World:
                 consensus=consensus,
                 mempool=MempoolConfig(cache_bytes=SIM_CACHE_BYTES),
                 storage=StorageConfig(),
+                snapshots=SnapshotsConfig(interval=SNAPSHOT_INTERVAL),
             )
             self.slots[name] = _Slot(name, validator_keys[i], cfg, mode)
         self.acked: dict[bytes, int] = {}  # tx hash -> height acknowledged
@@ -225,6 +239,7 @@ class World:
         self.max_gap = 0.0
         self.memory_violations: dict[str, Violation] = {}  # node -> its first memory violation
         self.peak: dict[str, float] = {}  # structure -> the highest share of its bound seen
+        self.state_synced: dict[str, list[int]] = {}  # node -> the heights it joined at by state sync
 
     def log(self, text: str, *nodes: str) -> None:
         """A fault, a restart, a failure: always in the trace."""
@@ -262,6 +277,49 @@ class World:
         self.log(
             f"{slot.name} up at height {node.height}{' (' + slot.mode + ')' if slot.mode else ''}", slot.name
         )
+
+    async def rejoin(self, slot: _Slot) -> None:
+        """Start a node whose disk is empty by state sync from its peers, then as usual."""
+        cfg = dataclasses.replace(
+            slot.cfg, statesync=StateSyncConfig(enable=True, discovery_s=5.0, chunk_timeout_s=2.0)
+        )
+        pool = InlineExecutor()
+        joining = Node(
+            cfg, clock=SimClock(self.loop, skew=slot.skew), storage=SimStorage(slot.db), pools=(pool, pool)
+        )
+        if self.mutant is not None and self.mutant.joining is not None:
+            self.mutant.joining(joining)
+        try:
+            joined = await joining.state_sync_with(
+                slot.key, self.genesis_text, SimSnapshotSource(self.net, slot.name)
+            )
+        except CannotStart as exc:
+            slot.failure = exc
+            self.log(f"{slot.name} FAILED to rejoin: {exc}", slot.name)
+            return
+        if joined:
+            with NodeStore.open_on(slot.db.reopen(), slot.cfg.home, chain_id=self.chain_id) as store:
+                height = store.latest_height()
+            self.state_synced.setdefault(slot.name, []).append(height)
+            self.log(f"{slot.name} state-synced at height {height}", slot.name)
+        else:
+            self.log(f"{slot.name} found no snapshot: starts from genesis", slot.name)
+        self.start(slot)
+
+    def wipe(self, slot: _Slot) -> None:
+        """The node's disk is lost but for its sign state (kept apart, as a validator's should be)."""
+        self.crash(slot, power_loss=False)
+        slot.db = MemDB()
+        data = slot.cfg.home / "data"
+        if data.exists():
+            for path in data.iterdir():
+                if path.name.startswith("sign_state"):
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        self.log(f"{slot.name} loses its disk (its sign state kept)", slot.name)
 
     def _committed(self, slot: _Slot, committed: Committed) -> None:
         slot.commits.append(self.loop.time())
@@ -363,10 +421,15 @@ class World:
         end = self.s.duration_s - self.s.liveness_bound_s - 5
         await asyncio.sleep(2.0)
         while self.loop.time() < end:
-            kind = self.rng.choice(("crash", "power", "partition", "links", "skew", "one-way", "flood"))
+            kinds = ("crash", "power", "partition", "links", "skew", "one-way", "flood")
+            kind = self.rng.choice((*kinds, "wipe", "wipe") if self.s.state_sync else kinds)
             hold = self.rng.uniform(0.5, 5.0)
             victim = self.rng.choice(honest)
-            if kind in ("crash", "power"):
+            if kind == "wipe":
+                self.wipe(victim)
+                await asyncio.sleep(hold)
+                await self.rejoin(victim)
+            elif kind in ("crash", "power"):
                 self.crash(victim, power_loss=kind == "power")
                 await asyncio.sleep(hold)
                 if victim.failure is None:
@@ -511,9 +574,11 @@ class World:
 
     # --- the properties ---------------------------------------------------------------------------
 
-    def _supply_problems(self, name: str, node: Node) -> list[Violation]:
-        store = node.store
-        receipts = (r for h in range(1, store.latest_height() + 1) for r in store.load_block_receipts(h))
+    def _supply_problems(self, name: str, node: Node, full: NodeStore) -> list[Violation]:
+        """full: a store with every block (a state-synced one lacks those below its snapshot), whose
+        receipts up to this node's height say what was minted and which accounts exist."""
+        store = full
+        receipts = (r for h in range(1, node.height + 1) for r in store.load_block_receipts(h))
         expected, accounts = expected_supply(self.genesis, receipts)
         balances: Counter[tuple[bytes, str]] = Counter()
         problems: list[str] = []
@@ -541,16 +606,18 @@ class World:
         stores = {s.name: s.node.store for s in up if s.node is not None}
         top = min((st.latest_height() for st in stores.values()), default=0)
         # Agreement: one block per height on every honest node.
+        # (A state-synced store starts at its base height: it has no blocks below its snapshot.)
+        bases = {name: st.base_height() for name, st in stores.items()}
         for h in range(1, top + 1):
-            hashes = {name: st.load_block_hash(h) for name, st in stores.items()}
-            if len(set(hashes.values())) != 1:
+            hashes = {name: st.load_block_hash(h) for name, st in stores.items() if bases[name] <= h}
+            if len(set(hashes.values())) > 1:
                 shown = {k: (v or b"").hex()[:12] for k, v in hashes.items()}
                 found.append(Violation(f"fork at height {h}: {shown}", height=h))
                 break
         # Acknowledged transactions are committed, once, everywhere.
         for name, st in stores.items():
             for tx_hash, height in self.acked.items():
-                if st.latest_height() >= height and st.tx_location(tx_hash) is None:
+                if bases[name] <= height <= st.latest_height() and st.tx_location(tx_hash) is None:
                     found.append(
                         Violation(
                             f"{name} lost acknowledged tx {tx_hash.hex()[:16]} (height {height})",
@@ -560,7 +627,7 @@ class World:
                     )
                     break
             seen: dict[bytes, int] = {}
-            for h in range(1, st.latest_height() + 1):
+            for h in range(bases[name], st.latest_height() + 1):
                 for r in st.load_block_receipts(h):
                     if r.tx_hash in seen:
                         found.append(
@@ -573,9 +640,12 @@ class World:
                     seen[r.tx_hash] = h
         # Supply conserved per instrument: genesis balances + minted - redeemed = the instrument's
         # supply = the sum of every balance (the accounts of genesis and of every committed receipt).
+        full = [st for name, st in stores.items() if bases[name] == 1]
         for s in up:
             assert s.node is not None
-            found += self._supply_problems(s.name, s.node)
+            if full and max(st.latest_height() for st in full) >= s.node.height:
+                reference = max(full, key=lambda st: st.latest_height())
+                found += self._supply_problems(s.name, s.node, reference)
         # Client money conserved: clients only pay each other.
         for s in up:
             assert s.node is not None
