@@ -12,7 +12,11 @@ until it has the height the validator had when it started, and its state root th
 with the validator's. Prints one JSON object:
 
     accounts, blocks, snapshot_height, statesync_s, blocksync_s, speedup (blocksync_s / statesync_s),
-    state_roots_match, build_s
+    state_roots_match, snapshot_cut_s (the longest snapshot cut), longest_height_during_snapshot_ms
+    and longest_height_otherwise_ms (block-time gaps while the chain was built), build_s
+
+Before the joins the validator is restarted with one empty block per second, so the chain the
+joining nodes chase barely moves; during the build it makes blocks as fast as it can.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, tx_pb2
 from cluster.client import builders
@@ -106,6 +114,73 @@ def _state_root(network: Network, name: str, height: int) -> bytes:
     return bytes(resp.block.header.state_root)
 
 
+class BlockTimes:
+    """Streams the validator's blocks and keeps each one's header time, to see what a snapshot
+    being cut (in its own thread) does to the heights committed meanwhile."""
+
+    def __init__(self, network: Network) -> None:
+        self.times: list[tuple[int, int]] = []  # (height, header time ms)
+        self._network = network
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        channel, stub = _stub(self._network, "node0")
+        with channel:
+            stream = stub.StreamBlocks(ledger_api_pb2.StreamBlocksRequest(from_height=1))
+            try:
+                for block in stream:
+                    self.times.append((block.block.header.height, block.block.header.time_ms))
+                    if self._stop.is_set():
+                        break
+            except grpc.RpcError:
+                pass
+            finally:
+                stream.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def longest(self, windows: list[tuple[float, float]]) -> dict[str, float]:
+        """The longest height (ms between consecutive block times) while a snapshot was being cut,
+        and otherwise."""
+        inside = outside = 0
+        for (_h0, t0), (_h1, t1) in itertools.pairwise(self.times):
+            gap = t1 - t0
+            if any(lo * 1000 <= t1 and t0 <= hi * 1000 for lo, hi in windows):
+                inside = max(inside, gap)
+            else:
+                outside = max(outside, gap)
+        return {"longest_height_during_snapshot_ms": inside, "longest_height_otherwise_ms": outside}
+
+
+def _snapshot_windows(network: Network) -> tuple[list[tuple[float, float]], float]:
+    """(start, end) wall times of each snapshot the validator cut, from its log; the longest cut."""
+    windows = []
+    longest = 0.0
+    for line in (Path(network.node("node0").home) / "node.log").read_text().splitlines():
+        if '"event": "snapshot"' not in line:
+            continue
+        doc = json.loads(line)
+        windows.append((doc["ts"] - doc["seconds"], doc["ts"]))
+        longest = max(longest, doc["seconds"])
+    return windows, longest
+
+
+def _slow_down(network: Network, launcher: Launcher) -> None:
+    """Restart the validator with an empty block per second, so the chain the joining nodes chase
+    stays put while they join (each is timed to the height of its own start)."""
+    home = Path(network.node("node0").home)
+    cfg = load_config(home)
+    calm = dataclasses.replace(cfg.consensus, create_empty_blocks_interval_ms=1000, timeout_commit_ms=50)
+    launcher.stop("node0")
+    (home / "config.toml").write_text(render_config(dataclasses.replace(cfg, consensus=calm)))
+    launcher.start("node0")
+    launcher.wait_until(lambda n: _height(network, n.name) >= 1, ["node0"], timeout=120, what="serving")
+
+
 def _join(
     network: Network, launcher: Launcher, name: str, state_sync: bool, timeout: float
 ) -> dict[str, Any]:
@@ -148,6 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             launcher.wait_until(
                 lambda n: _height(network, n.name) >= 1, ["node0"], timeout=60, what="committing"
             )
+            times = BlockTimes(network)
             with Progress("accounts", args.accounts) as bar:
                 create_accounts(network, args.accounts, bar)
             with Progress("blocks", args.blocks) as bar:
@@ -159,8 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             snapshot_height = (first // args.snapshot_interval + 1) * args.snapshot_interval
             while _height(network, "node0") < snapshot_height + 2:
                 time.sleep(0.2)
-            time.sleep(2.0)  # the snapshot is cut in its own thread
+            time.sleep(6.0)  # the snapshot is cut in its own thread
+            times.stop()
+            windows, cut_s = _snapshot_windows(network)
+            stalls = times.longest(windows)
             build_s = time.perf_counter() - built
+            _slow_down(network, launcher)
             by_state = _join(network, launcher, "obs0", True, args.timeout)
             by_blocks = _join(network, launcher, "obs1", False, args.timeout)
         finally:
@@ -173,6 +253,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "blocksync_s": by_blocks["seconds"],
         "speedup": round(by_blocks["seconds"] / max(by_state["seconds"], 1e-9), 1),
         "state_roots_match": by_state["state_root_matches"] and by_blocks["state_root_matches"],
+        "statesync_target_height": by_state["target"],
+        "snapshot_cut_s": round(cut_s, 2),
+        "snapshots_cut": len(windows),
+        **stalls,
         "build_s": round(build_s, 1),
     }
 
