@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 import threading
@@ -35,8 +34,6 @@ from cluster.netgen import Network, init_network
 from node import crypto
 
 STEP = "\033[1m==>\033[0m " if sys.stdout.isatty() else "==> "
-# An address in a node's message (a refusal's detail), shown by name where the network has one.
-ADDRESS = re.compile(r"\b(?:0x)?([0-9a-f]{40})\b")
 
 
 class Demo:
@@ -65,10 +62,6 @@ class Demo:
         """minor units of inst for people: `2500.00 USD (bank-a:USD)`."""
         return f"{show_amount(minor, self.decimals(inst), inst.symbol)} ({self.names.instrument(inst)})"
 
-    def named(self, text: str) -> str:
-        """text with the addresses in it replaced by the account names the network knows."""
-        return ADDRESS.sub(lambda m: self.names.account(bytes.fromhex(m.group(1))), text)
-
     def send(self, who: str, op: Any, *, cosigners: tuple[str, ...] = (), expect: str = "OK") -> Any:
         key = self.keys[who]
         events: list[Any] = []
@@ -85,7 +78,7 @@ class Demo:
         ok = reason == expect
         mark = "ok" if ok else "UNEXPECTED"
         where = f" at height {height}" if height else ""
-        detail = f": {self.named(message)}" if message and reason != "OK" else ""
+        detail = f": {self.names.humanize(message)}" if message and reason != "OK" else ""
         print(f"    {kind} by {who}: {reason}{detail}{where} [{mark}]")
         for event in events:  # what it did: amounts in units, accounts and instruments by name
             decimals = self.decimals(event.instrument) if event.amount and event.instrument.symbol else None
