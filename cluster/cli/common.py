@@ -313,6 +313,29 @@ def humanize(args: argparse.Namespace, text: str) -> str:
         return text
 
 
+def event_text(names: Names, event: Any, decimals: int | None) -> str:
+    """One ledger event (receipt_pb2.Event) for people: its kind, the amount in units of the
+    instrument's decimals (minor units when unknown) with the instrument as ISSUER:SYMBOL, and the
+    accounts it touched by name: payer -> payee for a movement (`transfer: 12.50 USD (bank-a:USD)
+    alice -> bob`)."""
+    accounts = [names.account(a) for a in event.accounts]
+    if event.amount and len(accounts) >= 2:
+        extra = accounts[2:]
+        if event.kind == "hold_created" and extra:  # [payer, payee, notary]
+            extra = [f"notary {extra[0]}", *extra[1:]]
+        who = ", ".join([f"{accounts[0]} -> {accounts[1]}", *extra])
+    else:
+        who = ", ".join(accounts)
+    what = event.kind
+    if event.HasField("instrument") and event.instrument.symbol:
+        inst = names.instrument(event.instrument)
+        if event.amount:
+            what += f": {show_amount(event.amount, decimals, event.instrument.symbol)} ({inst})"
+        else:
+            what += f" ({inst})"
+    return f"{what}  {who}" if who else what
+
+
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
     """rows under columns as a plain text table (rich, no colour, no width limit); columns whose index
     is in right are right-aligned (amounts)."""

@@ -1,9 +1,11 @@
-"""`clearline query account | tx | block | instrument | hold | validators`: read state from a node, an
-account optionally verified against the commit certificate (--prove).
+"""`clearline query account | tx | block | instrument | hold | validators | statement | instruments |
+pending | holds | accounts` and `clearline watch`: read state from a node, an account optionally
+verified against the commit certificate (--prove), and follow events as they commit.
 
 Text output is for people: accounts by their names in the network (hex when it has none), instruments
 as ISSUER:SYMBOL, amounts in units with the instrument's decimals and symbol (each instrument read once;
-one the caller may not read shows minor units). --json is the node's reply as it is, in minor units."""
+one the caller may not read shows minor units), block times in UTC, a block's proposer by validator
+name. --json (and a statement's --csv) is the node's reply as it is, in minor units and hex."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from clearline.v1 import state_pb2, tx_pb2
+from clearline.v1 import ledger_api_pb2, state_pb2, tx_pb2
 from cluster.cli.common import (
     CliError,
     Names,
@@ -23,6 +25,7 @@ from cluster.cli.common import (
     client,
     client_opts,
     emit,
+    event_text,
     instrument_id,
     msg_dict,
     show_amount,
@@ -33,8 +36,8 @@ from cluster.cli.common import (
 class Shown:
     """How text output names accounts and instruments and shows amounts, for one command."""
 
-    def __init__(self, args: argparse.Namespace, conn: Any) -> None:
-        self.names = Names.of(args)
+    def __init__(self, args: argparse.Namespace, conn: Any, names: Names | None = None) -> None:
+        self.names = names if names is not None else Names.of(args)
         self._conn = conn
         self._decimals: dict[tuple[bytes, str], int | None] = {}
 
@@ -51,6 +54,16 @@ class Shown:
 
     def amount(self, inst: tx_pb2.InstrumentId, minor: int) -> str:
         return show_amount(minor, self.decimals(inst), inst.symbol)
+
+    def signed(self, inst: tx_pb2.InstrumentId, minor: int) -> str:
+        """A signed amount (a statement's debit is negative) in units, with its sign."""
+        sign = "-" if minor < 0 else "+" if minor > 0 else ""
+        return sign + self.amount(inst, abs(minor))
+
+
+def utc(ms: int) -> str:
+    """A block time (unix milliseconds) as a UTC date-time to the second."""
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # What each query's REF is, for the usage error of a missing one (block's is optional: the latest).
@@ -127,10 +140,9 @@ def cmd_query(args: argparse.Namespace) -> int:
                 emit(args, msg_dict(resp), _tx_text(ref, resp))
             elif args.what == "block":
                 resp = conn.get_block(ref)
-                h = resp.block.header
+                # Only the text reads the validator set (for names): --json makes the calls it made before.
                 text = (
-                    f"block {h.height} {resp.block_hash.hex()}\n  time {h.time_ms}  txs {len(resp.block.body.txs)}"
-                    f"  proposer {h.proposer.hex()[:16]}\n  state root {h.state_root.hex()}"
+                    "" if args.json else _block_text(resp, _validator_names(conn, resp.block.header.height))
                 )
                 emit(args, msg_dict(resp), text)
             elif args.what == "instrument":
@@ -144,12 +156,8 @@ def cmd_query(args: argparse.Namespace) -> int:
             elif args.what == "instruments":
                 items = conn.list_instruments()
                 docs = [msg_dict(i) for i in items]
-                lines = [
-                    f"{i.id.issuer.hex()[:8]}:{i.id.symbol:<12} {i.name}  ({i.currency}, {i.decimals} decimals, "
-                    f"supply {i.supply}{', PAUSED' if i.paused else ''})"
-                    for i in items
-                ]
-                emit(args, {"instruments": docs}, "\n".join(lines) or "no instruments this identity may read")
+                text = "" if args.json else _instruments_text(Shown(args, conn), items)
+                emit(args, {"instruments": docs}, text)
             elif args.what == "pending":
                 resp = conn.list_pending(account_address(args, args.ref) if args.ref else b"")
                 lines = [
@@ -219,14 +227,88 @@ def _statement(args: argparse.Namespace, conn: Any) -> None:
         writer.writerows(entries)
         print(out.getvalue(), end="")
         return
-    lines = [f"statement of {address.hex()} in {args.instrument}, heights {st.from_height}..{st.to_height}"]
-    lines.append(f"  opening balance {st.opening:>20}")
-    for e in entries:
-        lines.append(
-            f"  {e['height']:>8}  {e['kind']:<18} {e['counterparty'][:16] or '-':<16} {e['amount']:>+20}  {e['tx_hash'][:16]}"
+    emit(args, doc, "" if args.json else _statement_text(Shown(args, conn), address, inst, st))
+
+
+def _statement_text(
+    shown: Shown, address: bytes, inst: tx_pb2.InstrumentId, st: ledger_api_pb2.GetStatementResponse
+) -> str:
+    """A statement for people: the account and counterparties by name, amounts in units with their
+    sign (a debit is negative), each entry's block time in UTC; opening and closing balances."""
+    lines = [
+        f"statement of {shown.names.account(address)} in {shown.names.instrument(inst)}, "
+        f"heights {st.from_height}..{st.to_height}",
+        f"opening balance  {shown.amount(inst, st.opening)}",
+    ]
+    rows = [
+        (
+            str(e.height),
+            utc(e.time_ms).removesuffix(" UTC"),
+            e.kind,
+            shown.names.account(e.counterparty) if e.counterparty else "-",
+            shown.signed(inst, -e.amount if e.debit else e.amount),
+            e.tx_hash.hex()[:16],
         )
-    lines.append(f"  closing balance {st.closing:>20}")
-    emit(args, doc, "\n".join(lines))
+        for e in st.entries
+    ]
+    if rows:
+        lines.append(
+            table(("height", "time (UTC)", "kind", "counterparty", "amount", "tx"), rows, right=(0, 4))
+        )
+    else:
+        lines.append("no entries in these heights")
+    lines.append(f"closing balance  {shown.amount(inst, st.closing)}")
+    return "\n".join(lines)
+
+
+def _instruments_text(shown: Shown, items: list[state_pb2.Instrument]) -> str:
+    """The instruments a caller may read: ISSUER:SYMBOL, name, currency, decimals, supply in units."""
+    if not items:
+        return "no instruments this identity may read"
+    rows = [
+        (
+            shown.names.instrument(i.id),
+            i.name,
+            i.currency,
+            str(i.decimals),
+            show_amount(i.supply, i.decimals, i.id.symbol),
+            "PAUSED" if i.paused else "-",
+        )
+        for i in items
+    ]
+    return table(("instrument", "name", "currency", "decimals", "supply", "paused"), rows, right=(3, 4))
+
+
+def _validator_names(conn: Any, height: int) -> dict[bytes, str]:
+    """The names of the validators of a height by address; none if the set cannot be read."""
+    from cluster.client import ClientError
+
+    try:
+        vs = conn.validators(height)
+    except ClientError:
+        return {}
+    return {bytes(v.address): v.name for v in vs.validators if v.name}
+
+
+def _block_text(resp: ledger_api_pb2.GetBlockResponse, validators: dict[bytes, str]) -> str:
+    """A block's header for people: its time in UTC and its proposer by validator name (hex when the
+    validator set names none)."""
+    h = resp.block.header
+    proposer = validators.get(bytes(h.proposer)) or h.proposer.hex()
+    return (
+        f"block {h.height} {resp.block_hash.hex()}\n"
+        f"  time {utc(h.time_ms)}  txs {len(resp.block.body.txs)}  proposer {proposer}\n"
+        f"  state root {h.state_root.hex()}"
+    )
+
+
+def _event_line(shown: Shown, env: ledger_api_pb2.EventEnvelope) -> str:
+    """One line of `clearline watch`: height, the event (amount in units, instrument and accounts by
+    name) and its transaction (a block's own events have none)."""
+    e = env.event
+    decimals = shown.decimals(e.instrument) if e.amount and e.instrument.symbol else None
+    tx = env.tx_hash.hex()[:16] if env.tx_hash else "block"
+    return f"{env.height:>8}  {event_text(shown.names, e, decimals)}  (tx {tx})"
 
 
 def _kyc_text(status: int, expires_at: int, now_s: float | None = None) -> str:
@@ -358,8 +440,6 @@ def _accounts_text(shown: Shown, issuer: bytes, accounts: list[state_pb2.Account
 
 def _tx_text(tx_hash: bytes, resp: Any) -> str:
     """One transaction's state for people; the decoded receipt follows a committed one."""
-    from clearline.v1 import ledger_api_pb2
-
     head = f"tx {tx_hash.hex()}"
     if resp.state == ledger_api_pb2.TX_STATE_DROPPED:
         text = f"{head} DROPPED ({resp.dropped_reason}): {resp.message}"
@@ -433,25 +513,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     inst = instrument_id(args, args.instrument) if args.instrument else None
     seen = 0
     with client(args) as conn:
+        shown = Shown(args, conn)
         start = args.from_height or conn.status().height + 1
         try:
             for env in conn.subscribe_events(start, account=account, instrument=inst, timeout_s=args.seconds):
-                e = env.event
                 if args.json:
-                    doc = {"height": env.height, "tx_hash": env.tx_hash.hex(), **msg_dict(e)}
+                    doc = {"height": env.height, "tx_hash": env.tx_hash.hex(), **msg_dict(env.event)}
                     print(json.dumps(doc), flush=True)
                 else:
-                    where = (
-                        f" {e.instrument.issuer.hex()[:8]}:{e.instrument.symbol}"
-                        if e.instrument.symbol
-                        else ""
-                    )
-                    amount = f" {e.amount}" if e.amount else ""
-                    parties = ",".join(a.hex()[:8] for a in e.accounts)
-                    print(
-                        f"{env.height:>8} {e.kind:<20}{where}{amount} [{parties}] {env.tx_hash.hex()[:16]}",
-                        flush=True,
-                    )
+                    print(_event_line(shown, env), flush=True)
                 seen += 1
                 if args.count and seen >= args.count:
                     break

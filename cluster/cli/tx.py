@@ -515,11 +515,7 @@ def _events_text(args: argparse.Namespace, units: common.Units, receipt: Any) ->
     for event in receipt.events:
         if not event.amount or not event.HasField("instrument"):
             continue
-        amount = common.show_amount(
-            event.amount, units.known_decimals(event.instrument), event.instrument.symbol
-        )
-        who = " -> ".join(names.account(a) for a in event.accounts)
-        lines.append(f"  {event.kind}: {amount} ({names.instrument(event.instrument)})  {who}")
+        lines.append("  " + common.event_text(names, event, units.known_decimals(event.instrument)))
     return "".join("\n" + line for line in lines)
 
 

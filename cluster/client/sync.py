@@ -307,15 +307,31 @@ class SyncClient:
         )
 
     def _iterate(self, stream: Any) -> Iterator[Any]:
+        reading: set[asyncio.Task[Any]] = set()  # the read of the next item while it runs on the loop
+
         async def next_item() -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            reading.add(task)
             try:
                 return await stream.__anext__()
             except StopAsyncIteration:
                 return _END
+            finally:
+                reading.discard(task)
+
+        async def close() -> None:
+            # A caller interrupted while waiting for an item (Ctrl-C) leaves its read running on the
+            # loop, and aclose() of a stream whose __anext__ runs raises RuntimeError: cancel it first.
+            running = list(reading)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await stream.aclose()
 
         try:
             while (item := self._run(next_item())) is not _END:
                 yield item
         finally:
             if not self._runner.loop.is_closed():
-                self._run(stream.aclose())
+                self._run(close())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -234,7 +235,19 @@ def test_make_run_with_a_bounded_run_time(tmp_path: Path) -> None:
     assert "proof VERIFIED" in out
     assert "[UNEXPECTED]" not in out
     assert "every step as expected" in out
-    assert "block " in out.split("Committed blocks")[1]
+    blocks = out.split("Committed blocks")[1]
+    assert "block " in blocks and "proposer node" in blocks  # validators by name
+    # Amounts in the instrument's units with its symbol, instruments and accounts by name: what moved,
+    # balances, the verified read.
+    assert "bank-a:USD: Bank A tokenized USD deposits (USD, 2 decimals)" in out
+    assert "transfer: 2500.00 USD (bank-a:USD)  alice -> carol" in out
+    assert "carol holds 2500.00 USD (bank-a:USD); bob holds 1200.00 USD (bank-b:USD)" in out
+    assert "alice now holds 10 BOND-2030 (bank-a:BOND-2030)" in out
+    assert re.search(r"alice: \d+\.\d\d USD \(bank-a:USD\), proof VERIFIED", out), out
+    assert "payer bob is frozen" in out  # the node's refusal, its address named
+    # No address in hex anywhere: the network names every account and validator the demo shows.
+    steps = out.split("1. Two banks")[1]
+    assert not re.search(r"(?<![0-9a-fA-F])(?:0x)?[0-9a-fA-F]{40}(?![0-9a-fA-F])", steps), steps
     net = Network.load(tmp_path / "run")
     assert all(Launcher(net).pid(n.name) is None for n in net.nodes)
 

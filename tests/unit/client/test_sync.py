@@ -5,6 +5,7 @@ The FAKE server runs on its own loop in another thread (FakeServerThread), since
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +93,27 @@ def test_sync_streams_iterate_and_stop(served: FakeServerThread) -> None:
         served.fake.keep_streams_open = False
         assert [e.height for e in client.subscribe_events(1)] == []
     for _ in range(500):  # up to 10 s: the server notices on its own loop, late under load
+        if served.fake.streams_cancelled:
+            break
+        time.sleep(0.02)
+    assert served.fake.streams_cancelled == 1
+
+
+def test_a_stream_interrupted_while_waiting_closes_cleanly(served: FakeServerThread) -> None:
+    # Ctrl-C during `clearline watch`: SIGINT reaches the main thread while it waits for the next item.
+    served.fake.keep_streams_open = True
+    with SyncClient.connect(served.target, timeout_s=5, insecure=True) as client:
+        stream = client.subscribe_events(1)
+        main = threading.main_thread().ident
+        assert main is not None and threading.get_ident() == main
+        timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):  # not RuntimeError from closing a running stream
+                next(stream)
+        finally:
+            timer.cancel()
+    for _ in range(500):  # up to 10 s: the server notices on its own loop
         if served.fake.streams_cancelled:
             break
         time.sleep(0.02)
