@@ -129,16 +129,17 @@ def timeouts_of(c: ConsensusConfig) -> TimeoutConfig:
 
 
 class _SittingOut:
-    """The signer of a height below the sign state's: no member's address, so the core never asks
-    it to sign (node/consensus/tendermint.py `_is_member`); if it did, the node stops."""
+    """The signer of a height this validator sits out (see `ConsensusDriver._sits_out`): no
+    member's address, so the core never asks it to sign (node/consensus/tendermint.py
+    `_is_member`); if it did, the node stops."""
 
     address: bytes = b""
 
     def sign_vote(self, vote: Any) -> bytes:
-        raise InvariantBroken("asked to sign a vote below the sign state's height", vote.height)
+        raise InvariantBroken("asked to sign a vote at a height it sits out", vote.height)
 
     def sign_proposal(self, proposal: Any) -> bytes:
-        raise InvariantBroken("asked to sign a proposal below the sign state's height", proposal.height)
+        raise InvariantBroken("asked to sign a proposal at a height it sits out", proposal.height)
 
 
 class ConsensusDriver:
@@ -176,7 +177,8 @@ class ConsensusDriver:
         self._later_bytes = 0
         self._own: list[peer_pb2.PeerMessage] = []
         self._restored_votes: list[block_pb2.Vote] = []
-        self._fence = 0  # the height a validator sitting out (see _new_core) signs again from
+        self._signed_up_to = 0  # the sign state's height when it was ahead of the chain at start
+        self._sitting_out = False  # the core's signer is _SittingOut
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._catching_up = False
         self.commit_listeners: list[Callable[[Committed], None]] = []
@@ -291,13 +293,16 @@ class ConsensusDriver:
         assert core is not None
         if height != self._chain.height + 1 or core.height == height:
             return
-        if self._fence and height >= self._fence:
-            # The height this validator last signed at before its store was lost: resume it as a
-            # restart would, from the sign state (its lock, its votes), and sign again from here.
-            self._fence = 0
-            self.core = self._new_core(height)
-            await self._execute(self.core.start())
+        if self._sitting_out and self._sits_out(height) is None:
+            # The first height this validator may sign at again: a core with its own signer,
+            # resumed from the sign state as after a restart (its lock and votes if it signed at
+            # this height before), given the messages of the height the old core held.
+            buffered = core.take_buffered()
+            self.core = core = self._new_core(height)
+            await self._execute(core.start())
             await self._restore_own_votes()
+            for held in buffered:
+                await self._execute(core.step(held))
         else:
             self._new_height(height)
             await self._execute(core.step(StartHeight(height, self._chain.core_set(height))))
@@ -329,19 +334,24 @@ class ConsensusDriver:
         for b in (resume.locked_block, resume.valid_block):
             if b is not None:
                 self._executor.keep_block(b)
-        signer = self._signer
-        signed_up_to = resume.ahead_at
-        if signed_up_to > height:
-            # The sign state is ahead of the chain (a state-synced node, or one restored from an
-            # older backup, that kept its sign state): this validator signed at a later height
-            # already, so it sits the heights below out (follows, decides from others' votes,
-            # signs nothing). At that height (`_start_height`) a new core resumes from the sign
-            # state as after a restart: its lock and votes there, nothing that conflicts with them.
+        signer: Signer = self._signer
+        self._signed_up_to = max(self._signed_up_to, resume.ahead_at)
+        reason = self._sits_out(height)
+        self._sitting_out = reason is not None
+        if reason is not None:
+            # It follows the heights it sits out (decides from others' votes, signs nothing) and
+            # gets a core with its own signer at the first height it may sign at (_start_height).
             log.info(
-                "height %d: sitting out (this validator has signed up to height %d)", height, signed_up_to
+                "height %d: sitting out (%s)",
+                height,
+                reason,
+                extra={"fields": {"event": "sitting_out", "from_height": height}},
             )
             signer = _SittingOut()
-            self._fence = signed_up_to
+        elif self._signed_up_to or self._sign_state.guard is not None:
+            log.info(
+                "height %d: signing", height, extra={"fields": {"event": "signing", "from_height": height}}
+            )
         return Tendermint(
             validators=self._chain.core_set(height),
             signer=signer,
@@ -352,6 +362,29 @@ class ConsensusDriver:
             locked_block=resume.locked_block,
             valid_block=resume.valid_block,
         )
+
+    def _sits_out(self, height: int) -> str | None:
+        """Why this validator signs nothing at `height`, the chain's next (None: it signs). Two
+        rules, both for a validator whose chain is behind what it may have signed:
+
+        - its sign state is ahead of the chain (a state-synced node, or one restored from an older
+          backup, that kept its sign state): it signed at a later height already, so it sits the
+          heights below out and signs again from that height, resumed from the sign state there
+          (nothing that conflicts with what it signed);
+        - it was restored without its own sign state (node/storage/signstate.py, the restore
+          guard): what it signed after the backup is unknown, so it signs nothing at a height whose
+          previous block is timed before the restore plus the guard's margin."""
+        if not self._signer.address:
+            return None  # an observer never signs anyway
+        if self._signed_up_to > height:
+            return f"this validator has signed up to height {self._signed_up_to}"
+        guard = self._sign_state.guard
+        if guard is not None and not guard.allows(self._chain.last_time_ms):
+            return (
+                f"restored from the backup of height {guard.backup_height} without its own sign state: "
+                f"it signs from the first height after a block timed past {guard.signs_after_ms} ms"
+            )
+        return None
 
     async def _restore_own_votes(self) -> None:
         """After a restart: count this validator's earlier votes of the height again and send them
@@ -428,7 +461,11 @@ class ConsensusDriver:
     def _persist(self, state: SignState, block: object | None) -> None:
         """Save the sign state before the message it guards leaves the node. On the event loop, not
         the io thread: the message waits for the save either way, and the two thread hand-offs cost
-        more CPU than the save itself (one pwrite and fdatasync of a slot file)."""
+        more CPU than the save itself (one pwrite and fdatasync of a slot file). A signature at a
+        height this validator sits out stops the node before it leaves (a second line of defense:
+        the core of such a height has no signer)."""
+        if state.height == self._chain.height + 1 and self._sits_out(state.height) is not None:
+            raise InvariantBroken("a signature at a height this validator sits out", state.height)
         if isinstance(block, block_pb2.Block):
             self._executor.keep_block(block)
         locked = self._executor.block(state.locked_block_id) if state.locked_block_id else None

@@ -10,6 +10,8 @@
     │   └── ApiError        a client's request; carries the gRPC code and reason the API answers with
     ├── CannotStart         the node cannot start as configured (no genesis, a genesis of another
     │                       chain, a store that lacks its own latest block)
+    ├── RestoreRefused      a restore that is not for this node or not safe now (another chain's or
+    │                       node's backup, the node running, its key missing): nothing was changed
     └── InvariantBroken     this node's own state contradicts itself (a store behind the ledger, a
                             decided block whose execution differs): the node stops, naming the
                             reason and the height, rather than go on from a wrong state
@@ -117,6 +119,15 @@ class BlockFromTheFuture(InvalidBlock):
 
 class CannotStart(NodeError):
     """The node refuses to start; the message says what to fix."""
+
+
+class RestoreRefused(NodeError):
+    """A restore was refused before it changed anything (node/backup.py); reason is a code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class InvariantBroken(NodeError):

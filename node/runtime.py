@@ -43,6 +43,7 @@ from node import execution as execution_mod
 from node import router as router_mod
 from node import snapshot as snapshot_mod
 from node.admission import MAX_OBSERVER_PEERS, PeerNames
+from node.backup import BackupService
 from node.blocksync import BlockSync
 from node.chain import Chain
 from node.clock import Clock, SystemClock, now_ms
@@ -426,6 +427,8 @@ class Node:
         )
         driver.commit_listeners += [self.service.on_commit, self.router.on_commit, self._on_commit]
         driver.decide_listeners.append(self._on_decide)
+        self.backups = BackupService(cfg, self.key.address, self.store, self.sign_state, clock)
+        self._closers.append(self.backups.close)  # closers run newest first: before the store closes
 
     def driver_host(self) -> _SyncHost:
         return _SyncHost(self)
@@ -476,6 +479,7 @@ class Node:
                 auth_failures_per_s=cfg.api.auth_failures_per_s,
             ),
             tls=self._api_tls(),
+            admin=self.backups,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,7 +18,7 @@ from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
 SOURCES = sorted((PROTO_ROOT / "clearline" / "v1").glob("*.proto"))
-SERVICES = ("peer.proto", "ledger_api.proto")
+SERVICES = ("peer.proto", "ledger_api.proto", "admin.proto")
 
 
 def generate(out_dir: Path) -> None:

@@ -1,5 +1,6 @@
 """`clearline init | up | down | status | logs | node | observer`: create a network directory, run its
-nodes as real processes, and add observers (non-voting nodes) to a running network."""
+nodes as real processes, back a node up and restore it (cluster/cli/backup.py), and add observers
+(non-voting nodes) to a running network."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cluster.cli import backup
 from cluster.cli.common import (
     CliError,
     client,
@@ -220,6 +222,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     runner = launcher(args)
     node = node_info(runner.network, args.node_id)
+    if args.action == "backup":
+        return backup.cmd_backup(args, runner, node)
+    if args.action == "restore":
+        return backup.cmd_restore(args, runner, node)
     action: Callable[..., Any] = getattr(runner, args.action)
     extra = {}
     if args.action in ("start", "restart") and args.byzantine:
@@ -340,13 +346,31 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sp.add_argument("-n", "--lines", type=int, default=20)
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("node", help="kill | stop | start | restart | pause | resume one node")
+    sp = sub.add_parser(
+        "node", help="kill | stop | start | restart | pause | resume | backup | restore one node"
+    )
     common_opts(sp)
-    sp.add_argument("action", choices=["kill", "stop", "start", "restart", "pause", "resume"])
+    sp.add_argument(
+        "action", choices=["kill", "stop", "start", "restart", "pause", "resume", "backup", "restore"]
+    )
     sp.add_argument("node_id")
     sp.add_argument("--byzantine", default="", help="test-only misbehaviour (networks made with --faults)")
     sp.add_argument(
         "--wait", type=float, default=30.0, help="start/restart: seconds to wait for the node to serve"
+    )
+    sp.add_argument("--out", default=None, metavar="FILE", help="backup: the file to write")
+    sp.add_argument("--force", action="store_true", help="backup: replace FILE if it exists")
+    sp.add_argument(
+        "--timeout", type=float, default=3600.0, help="backup of a running node: seconds for the whole stream"
+    )
+    sp.add_argument("--from", dest="from_file", default=None, metavar="FILE", help="restore: the backup file")
+    sp.add_argument(
+        "--guard-seconds",
+        type=float,
+        default=None,
+        help="restore without the node's own sign state: it signs nothing at a height whose previous "
+        "block is timed before the restore plus this (at least the proposal clock bound, 10 s, plus "
+        "the clocks' disagreement; default 30)",
     )
     sp.set_defaults(func=cmd_node)
 

@@ -267,6 +267,13 @@ class Tendermint:
         """Number of next-height messages waiting for StartHeight."""
         return len(self._buffer)
 
+    def take_buffered(self) -> list[Event]:
+        """The next-height messages waiting for StartHeight, handed over to the core that replaces
+        this one for that height (a runtime that starts the height with another signer)."""
+        buffered, self._buffer = self._buffer, []
+        self._buffered_per_sender = {}
+        return buffered
+
     # --- entry points -------------------------------------------------------------------------------
 
     def start(self) -> list[Action]:

@@ -1,4 +1,5 @@
-"""The client API: the `Ledger` gRPC service, health checking and reflection.
+"""The client API: the `Ledger` gRPC service, health checking and reflection, and the operator's
+`Admin` service (a backup of the node, streamed), answered for the node's own key only.
 
 Servicers only decode, validate and hand over to the node (`NodeApi`, implemented by the runtime);
 they never touch consensus state. A failure is a gRPC status with a machine-readable reason in the
@@ -21,16 +22,17 @@ input only through `node.errors.quote`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc
+from clearline.v1 import admin_pb2, admin_pb2_grpc, ledger_api_pb2, ledger_api_pb2_grpc
 from node import auth
 from node.auth import Authenticator, Identity
 from node.config import DEFAULT_API_MAX_REQUEST_BYTES
@@ -146,6 +148,34 @@ def _host_of(peer: str) -> str:
     return peer.rpartition(":")[0] or peer
 
 
+def caller(
+    context: grpc.aio.ServicerContext,
+    authenticator: Authenticator,
+    limits: ClientLimits,
+    method: str,
+    now_ms: int,
+    now: float,
+) -> Identity:
+    """The identity a call of method (its full name) is made as, within its host's failed-
+    authentication rate and its own request rate: the one check of every authenticated call.
+    Raises ApiError (UNAUTHENTICATED, or RESOURCE_EXHAUSTED when a limit is reached)."""
+    host = _host_of(context.peer() or "")
+    limits.check_host(host, now)
+    token = None
+    for key, value in context.invocation_metadata() or ():
+        if key == auth.METADATA_KEY:
+            token = value if isinstance(value, str) else None
+            break
+    try:
+        who = authenticator.authenticate(token, method, now_ms)
+    except ApiError as err:
+        if err.code == "UNAUTHENTICATED":
+            limits.auth_failed(host, now)
+        raise
+    limits.request(who.address, now)
+    return who
+
+
 class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
     def __init__(
         self,
@@ -164,22 +194,9 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
     def _who(self, context: grpc.aio.ServicerContext, method: str) -> Identity:
         """The caller's identity for method (the RPC's name), within its request rate; raises
         ApiError (UNAUTHENTICATED, or RESOURCE_EXHAUSTED when a limit is reached)."""
-        now = self._monotonic()
-        host = _host_of(context.peer() or "")
-        self._limits.check_host(host, now)
-        token = None
-        for key, value in context.invocation_metadata() or ():
-            if key == auth.METADATA_KEY:
-                token = value if isinstance(value, str) else None
-                break
-        try:
-            who = self._auth.authenticate(token, _METHOD_PREFIX + method, self._node.now_ms())
-        except ApiError as err:
-            if err.code == "UNAUTHENTICATED":
-                self._limits.auth_failed(host, now)
-            raise
-        self._limits.request(who.address, now)
-        return who
+        return caller(
+            context, self._auth, self._limits, _METHOD_PREFIX + method, self._node.now_ms(), self._monotonic()
+        )
 
     async def SubmitTx(
         self, request: ledger_api_pb2.SubmitTxRequest, context: grpc.aio.ServicerContext
@@ -395,8 +412,67 @@ class LedgerService(ledger_api_pb2_grpc.LedgerServicer):
             self._limits.close_stream(who.address)
 
 
+class NodeAdmin(Protocol):
+    """The operator's service of a node (node/backup.py BackupService)."""
+
+    @property
+    def address(self) -> bytes:
+        """The node's own address: the only caller answered."""
+        ...
+
+    def backup(self) -> AsyncGenerator[bytes, None]: ...
+
+
+_ADMIN_PREFIX = "/clearline.v1.Admin/"
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    """Admin on the client API port: authenticated and rate-limited like every call, and answered
+    only for the node's own key (the operator holds <home>/keys/validator.json); any other identity,
+    a validator's or an account's, gets PERMISSION_DENIED."""
+
+    def __init__(
+        self,
+        node: NodeApi,
+        admin: NodeAdmin,
+        limits: ClientLimits,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._node = node
+        self._admin = admin
+        self._limits = limits
+        self._monotonic = monotonic
+        self._auth = Authenticator(node.chain_id, node.identity_of)
+
+    def _operator(self, context: grpc.aio.ServicerContext, method: str) -> Identity:
+        who = caller(
+            context, self._auth, self._limits, _ADMIN_PREFIX + method, self._node.now_ms(), self._monotonic()
+        )
+        if who.address != self._admin.address:
+            raise ApiError("PERMISSION_DENIED", "PERMISSION_DENIED", "Admin answers this node's own key only")
+        return who
+
+    async def Backup(self, request: admin_pb2.BackupRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            who = self._operator(context, "Backup")
+            self._limits.open_stream(who.address)
+        except ApiError as err:
+            await _abort(context, err)
+            return
+        try:
+            # Closed at once when the caller goes away: the node's snapshot is released then.
+            async with contextlib.aclosing(self._admin.backup()) as chunks:
+                async for chunk in chunks:
+                    yield admin_pb2.BackupChunk(data=chunk)
+        except ApiError as err:
+            await _abort(context, err)
+        finally:
+            self._limits.close_stream(who.address)
+
+
 class ApiServer:
-    """The client-facing gRPC server: Ledger + health + reflection."""
+    """The client-facing gRPC server: Ledger + health + reflection, and Admin for the operator."""
 
     def __init__(
         self,
@@ -409,10 +485,12 @@ class ApiServer:
         max_concurrent_rpcs: int | None = None,
         limits: ClientLimits | None = None,
         tls: tuple[bytes, bytes] | None = None,
+        admin: NodeAdmin | None = None,
     ) -> None:
         """max_message_bytes bounds a response (sized for the largest block), max_request_bytes a
         request. tls: the node's (private key PEM, certificate chain PEM); None serves plaintext
-        (development only). Raises ApiListenError if listen cannot be bound."""
+        (development only). admin: the operator's Admin service (AdminService), for the
+        node's own key only. Raises ApiListenError if listen cannot be bound."""
         limits = limits or ClientLimits(
             requests_per_s=500, burst=1000, max_streams=16, auth_failures_per_s=20
         )
@@ -431,6 +509,10 @@ class ApiServer:
             LedgerService(node, max_batch, limits),
             self._server,
         )
+        if admin is not None:
+            add_tolerant(
+                admin_pb2_grpc.add_AdminServicer_to_server, AdminService(node, admin, limits), self._server
+            )
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = (

@@ -7,6 +7,8 @@ the last-signed state file. The only package that imports plyvel.
     bench                                 python -m node.storage.bench: storage throughput, fsync costs
     SignStateFile / SignState             node/storage/signstate.py   atomic last-signed state
     crash_point                           node/storage/crash.py   CLEARLINE_CRASH_POINT test hooks
+    backupfile                            node/storage/backupfile.py  the backup file: streamed, sha256
+    RestoreGuard                          node/storage/signstate.py   a restored validator's signing rule
     errors                                node/storage/errors.py  StorageError and its subclasses
 """
 

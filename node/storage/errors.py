@@ -4,7 +4,8 @@
     ├── StoreCorruptError         the LevelDB store is not a valid Clearline store for this node
     ├── WalCorruptError           a complete WAL frame is damaged (bad checksum, undecodable, bad header)
     ├── SignStateCorruptError     the last-signed state file is damaged
-    └── SignStateRegressionError  a save would move the last-signed (height, round, step) backwards
+    ├── SignStateRegressionError  a save would move the last-signed (height, round, step) backwards
+    └── BackupCorruptError        a backup file is truncated, damaged or not a backup file
 
 Corruption errors mean the node must stop: it may not vote or sign from a state it cannot trust.
 A torn WAL tail (an incomplete last frame after a crash) is not an error: it is truncated and reported.
@@ -41,3 +42,7 @@ class SignStateCorruptError(StorageError):
 
 class SignStateRegressionError(StorageError):
     """save() was asked to store a last-signed position lower than the one already stored."""
+
+
+class BackupCorruptError(StorageError):
+    """A backup file cannot be trusted (node/storage/backupfile.py); offset is where it goes wrong."""

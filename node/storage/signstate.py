@@ -39,6 +39,22 @@ state is never treated as "nothing signed yet".
 
 save() also refuses (SignStateRegressionError) to store a position lower than the stored one, or a
 different block id at the same (height, round, step): a second line of defense against double signs.
+
+The restore guard, `<path>.guard`, is written by a restore (node/backup.py) that could not keep the
+validator's own sign state (its disk was lost, or held an older state than the backup's): what the
+validator signed after the backup was taken is then unknown. The file records when the restore ran
+and a margin; the node signs nothing at a height whose previous block is timed at or before
+restored_at + margin (`RestoreGuard.allows`, enforced by node/driver.py). Why that suffices: the
+node was stopped when it was restored (restore refuses a running node), so it signed nothing after
+restored_at; it signed at a height h only after committing h - 1; and block h - 1 was committed with
+the prevotes of more than 2/3 of the voting power, honest validators among them, each of which
+refuses a proposal timed more than 10 s past its own clock (node/validation.py MAX_CLOCK_DRIFT_MS).
+So block h - 1 is timed at most restored_at + 10 s + the clocks' disagreement: a margin above that
+covers every height the lost state may have signed at. The rule needs no peer's word (block times
+are certified) and lapses by itself once the chain's time passes the mark; the file stays.
+
+    GUARD_MAGIC (9 bytes, b"CLGUARD\x00\x01") | restored_at_ms (8) | margin_ms (8) | backup height (8)
+    | crc32 of the three (4)
 """
 
 from __future__ import annotations
@@ -62,6 +78,75 @@ SLOT_MAGIC = b"CLSIGN\x00\x00\x02"
 _CRC = struct.Struct(">I")
 _FIELD = struct.Struct(">BI")
 _SLOT_HEADER = struct.Struct(">QII")  # save number, body length, crc32
+
+
+GUARD_MAGIC = b"CLGUARD\x00\x01"
+_GUARD = struct.Struct(">QQQ")  # restored at (ms), margin (ms), backup height
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreGuard:
+    """A restored validator whose own sign state was not kept signs nothing at a height whose
+    previous block is timed at or before restored_at_ms + margin_ms (the module docstring says why)."""
+
+    restored_at_ms: int  # the restore's wall-clock time: the node was stopped then
+    margin_ms: int  # at least the allowed proposal clock drift plus the clocks' disagreement
+    backup_height: int  # the height of the backup restored (for people)
+
+    @property
+    def signs_after_ms(self) -> int:
+        """Heights whose previous block is timed after this may be signed."""
+        return self.restored_at_ms + self.margin_ms
+
+    def allows(self, previous_block_time_ms: int) -> bool:
+        """Whether the validator may sign at a height whose previous block has this time."""
+        return previous_block_time_ms > self.signs_after_ms
+
+
+def guard_path(path: Path) -> Path:
+    """The restore guard beside the sign state at path."""
+    return path.with_name(path.name + ".guard")
+
+
+def encode_guard(guard: RestoreGuard) -> bytes:
+    body = _GUARD.pack(guard.restored_at_ms, guard.margin_ms, guard.backup_height)
+    return GUARD_MAGIC + body + _CRC.pack(zlib.crc32(body))
+
+
+def decode_guard(data: bytes, path: str) -> RestoreGuard:
+    """Inverse of encode_guard; SignStateCorruptError naming path for anything wrong."""
+    if not data.startswith(GUARD_MAGIC):
+        raise SignStateCorruptError(path, f"not a Clearline restore guard (starts with {data[:9]!r})", 0)
+    body = data[len(GUARD_MAGIC) : len(GUARD_MAGIC) + _GUARD.size]
+    if len(data) != len(GUARD_MAGIC) + _GUARD.size + _CRC.size:
+        raise SignStateCorruptError(path, f"a restore guard of {len(data)} bytes", len(GUARD_MAGIC))
+    (stored,) = _CRC.unpack_from(data, len(GUARD_MAGIC) + _GUARD.size)
+    if zlib.crc32(body) != stored:
+        raise SignStateCorruptError(path, f"checksum mismatch (stored {stored:08x})", len(GUARD_MAGIC))
+    return RestoreGuard(*_GUARD.unpack(body))
+
+
+def load_guard(path: Path) -> RestoreGuard | None:
+    """The restore guard beside the sign state at path, None if there is none. A damaged one raises
+    SignStateCorruptError: never taken for "no guard"."""
+    p = guard_path(path)
+    data = _read_file(p)
+    return None if data is None else decode_guard(data, os.fspath(p))
+
+
+def save_guard(path: Path, guard: RestoreGuard) -> None:
+    """Durably write the restore guard beside the sign state at path (temp file, fsync, rename)."""
+    p = guard_path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(encode_guard(guard))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        fsync_dir(p.parent)
+    except OSError as exc:
+        raise StorageError(p, f"cannot write the restore guard: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,29 +262,38 @@ class SignStateFile:
     """The last-signed state of one validator, in the two slot files beside `path` (see the module
     docstring). open() reads and checks them at once; close() closes the slots kept open."""
 
-    __slots__ = ("_current", "_fds", "_number", "_path")
+    __slots__ = ("_current", "_fds", "_guard", "_number", "_path")
 
-    def __init__(self, path: Path, current: SignState | None, number: int) -> None:
+    def __init__(
+        self, path: Path, current: SignState | None, number: int, guard: RestoreGuard | None = None
+    ) -> None:
         self._path = path
         self._current = current
         self._number = number  # of the last save (0: none in slots yet)
         self._fds: list[int | None] = [None, None]
+        self._guard = guard
 
     @classmethod
     def open(cls, path: str | Path) -> SignStateFile:
-        """Open the state (nothing need exist yet). Raises SignStateCorruptError if it cannot be
-        trusted. A leftover `<path>.tmp` of an earlier version's interrupted save is removed."""
+        """Open the state and its restore guard (nothing need exist yet). Raises
+        SignStateCorruptError if either cannot be trusted. A leftover `<path>.tmp` of an earlier
+        version's interrupted save is removed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         if tmp.exists():
             tmp.unlink()
         current, number = _read(path)
-        return cls(path, current, number)
+        return cls(path, current, number, load_guard(path))
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def guard(self) -> RestoreGuard | None:
+        """The restore guard read at open (None: the sign state is the validator's own, whole)."""
+        return self._guard
 
     def slot_path(self, slot: int) -> Path:
         """The file of slot 0 or 1."""
@@ -327,3 +421,17 @@ def _read(path: Path) -> tuple[SignState | None, int]:
     if data is None:
         return None, 0
     return decode_sign_state(data, os.fspath(path)), 0
+
+
+def read_state(path: Path) -> SignState | None:
+    """The sign state stored at path (its slots, or an earlier version's file), read without
+    opening it for saves. SignStateCorruptError if it cannot be trusted."""
+    return _read(Path(path))[0]
+
+
+def files_of(path: Path) -> list[Path]:
+    """The files that hold the sign state at path and exist: its slots, an earlier version's file,
+    the restore guard."""
+    path = Path(path)
+    candidates = [slot_path(path, 0), slot_path(path, 1), path, guard_path(path)]
+    return [p for p in candidates if p.exists()]
