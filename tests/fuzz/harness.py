@@ -103,7 +103,12 @@ class FuzzNode:
         self.root = root
         base = free_base_port(1 + PEERS)
         self.network = init_network(
-            root / "net", validators=1 + PEERS, base_port=base, consensus=FUZZ_CONSENSUS, funded=FUNDED
+            root / "net",
+            validators=1 + PEERS,
+            base_port=base,
+            consensus=FUZZ_CONSENSUS,
+            funded=FUNDED,
+            snapshot_interval=5,  # snapshots to serve: state sync's calls are fuzzed too
         )
         _reweigh_genesis(self.network)
         self.launcher = Launcher(self.network)
@@ -296,6 +301,7 @@ PEER_CODES = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.NOT_FOUND,  # state sync: no such snapshot chunk or block here
     }
 )
 # gRPC itself refuses a message above the receiver's limit, before any servicer runs.

@@ -11,6 +11,10 @@
   the hello, and the stream ends normally when the fuzzer closes it, or with a defined status.
 - GetBlocks and GetSyncStatus: generated and mutated requests; what they return is checked
   (consecutive heights within the requested range, base <= height).
+- ListSnapshots, GetSnapshotChunk, GetLightBlock (state sync): generated and mutated requests; a
+  manifest served is self-consistent, a chunk served is the one asked for and verifies against its
+  manifest, a light block is of the height asked with its certificate and validator set; anything
+  else is NOT_FOUND (or INVALID_ARGUMENT for bytes that are not a request).
 
 After every test: the node is healthy, has committed since the test began, and its state is the
 baseline's: no transaction, no evidence, nothing in the mempool.
@@ -34,7 +38,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clearline.v1 import peer_pb2, peer_pb2_grpc
-from node import crypto
+from node import blocks, crypto, snapshot
 from tests.fuzz.harness import (
     PEERS,
     Answer,
@@ -49,10 +53,20 @@ from tests.fuzz.harness import (
 from tests.fuzz.strategies import Blob, Known, messages, mutated, parses_as
 
 PEER = peer_pb2.DESCRIPTOR.services_by_name["Peer"]
-PEER_RPCS_FUZZED = {"Connect", "GetBlocks", "GetSyncStatus"}
+PEER_RPCS_FUZZED = {
+    "Connect",
+    "GetBlocks",
+    "GetSyncStatus",
+    "ListSnapshots",
+    "GetSnapshotChunk",
+    "GetLightBlock",
+}
 CONNECT = f"/{PEER.full_name}/Connect"
 GET_BLOCKS = f"/{PEER.full_name}/GetBlocks"
 GET_SYNC_STATUS = f"/{PEER.full_name}/GetSyncStatus"
+LIST_SNAPSHOTS = f"/{PEER.full_name}/ListSnapshots"
+GET_SNAPSHOT_CHUNK = f"/{PEER.full_name}/GetSnapshotChunk"
+GET_LIGHT_BLOCK = f"/{PEER.full_name}/GetLightBlock"
 CALL_TIMEOUT_S = 5.0
 SYNC_BATCH = 200  # node.blocksync.SYNC_BATCH: the most blocks one GetBlocks call returns
 STALL_WINDOW_S = 4.0
@@ -216,7 +230,9 @@ def check_hello_answer(node: FuzzNode, first: bytes, answer: Answer, cert_addres
 
 
 @pytest.mark.parametrize(
-    "path", [CONNECT, GET_BLOCKS, GET_SYNC_STATUS], ids=["Connect", "GetBlocks", "GetSyncStatus"]
+    "path",
+    [CONNECT, GET_BLOCKS, GET_SYNC_STATUS, GET_SNAPSHOT_CHUNK, GET_LIGHT_BLOCK],
+    ids=["Connect", "GetBlocks", "GetSyncStatus", "GetSnapshotChunk", "GetLightBlock"],
 )
 def test_an_unparseable_peer_request_is_invalid_argument(peer_channel: grpc.Channel, path: str) -> None:
     """As on the client API (test_ledger_fuzz): gRPC's deserializer failure is UNKNOWN "Unexpected
@@ -379,6 +395,81 @@ def _sync_status(node: FuzzNode, channel: grpc.Channel, seeds: PeerSeeds, data: 
         assert status.base_height <= status.height, status
 
 
+# --- state sync -------------------------------------------------------------------------------------
+
+
+def _manifests(channel: grpc.Channel) -> list[peer_pb2.SnapshotManifest]:
+    answer = call_unary(channel, LIST_SNAPSHOTS, b"", timeout=CALL_TIMEOUT_S)
+    assert answer.code == grpc.StatusCode.OK and answer.responses, answer
+    return list(peer_pb2.ListSnapshotsResponse.FromString(answer.responses[0]).snapshots)
+
+
+def _list_snapshots(node: FuzzNode, channel: grpc.Channel, seeds: PeerSeeds, data: st.DataObject) -> None:
+    payload = data.draw(mutated(b"").map(Blob) | st.just(Blob(b"")), label="request")
+    answer = call_unary(channel, LIST_SNAPSHOTS, payload, timeout=CALL_TIMEOUT_S)
+    node.assert_alive()
+    problem = peer_answer_problem(answer, malformed=not parses_as(payload, peer_pb2.ListSnapshotsRequest))
+    assert problem is None, f"{problem}\n  answer: {answer}\n  request: {payload!r}"
+    for raw in answer.responses:
+        listed = peer_pb2.ListSnapshotsResponse.FromString(raw)
+        for manifest in listed.snapshots:
+            snapshot.verify_manifest_root(manifest)  # what it serves verifies as a joiner checks it
+            assert manifest.height <= node.height()
+        assert list(listed.validator_set_changes)[:1] == [1], listed.validator_set_changes
+
+
+def _snapshot_chunk(node: FuzzNode, channel: grpc.Channel, seeds: PeerSeeds, data: st.DataObject) -> None:
+    manifests = _manifests(channel)
+    if manifests and data.draw(st.booleans(), label="real"):
+        manifest = data.draw(st.sampled_from(manifests), label="manifest")
+        index = data.draw(st.sampled_from([c.index for c in manifest.chunks]), label="index")
+        seed = peer_pb2.SnapshotChunkRequest(height=manifest.height, index=index).SerializeToString()
+        payload = data.draw(st.just(Blob(seed)) | mutated(seed).map(Blob), label="request")
+    else:
+        known = near(node, seeds.known)
+        payload = Blob(
+            data.draw(messages(peer_pb2.SnapshotChunkRequest.DESCRIPTOR, known)).SerializeToString()
+        )
+    answer = call_unary(channel, GET_SNAPSHOT_CHUNK, payload, timeout=CALL_TIMEOUT_S)
+    node.assert_alive()
+    malformed = not parses_as(payload, peer_pb2.SnapshotChunkRequest)
+    problem = peer_answer_problem(answer, malformed=malformed)
+    assert problem is None, f"{problem}\n  answer: {answer}\n  request: {payload!r}"
+    if malformed or not answer.responses:
+        return
+    request = peer_pb2.SnapshotChunkRequest.FromString(payload)
+    chunk = peer_pb2.SnapshotChunk.FromString(answer.responses[0])
+    assert (chunk.height, chunk.index) == (request.height, request.index), (request, chunk.height)
+    served = {m.height: m for m in _manifests(channel)}
+    if chunk.height in served:  # still kept: the chunk verifies against the manifest it belongs to
+        snapshot.verify_chunk(served[chunk.height], chunk.index, chunk.data)
+
+
+def _light_block(node: FuzzNode, channel: grpc.Channel, seeds: PeerSeeds, data: st.DataObject) -> None:
+    if data.draw(st.booleans(), label="mutated"):
+        seed = peer_pb2.LightBlockRequest(height=max(1, node.height() - 1)).SerializeToString()
+        payload = data.draw(mutated(seed).map(Blob), label="request")
+    else:
+        known = near(node, seeds.known)
+        payload = Blob(data.draw(messages(peer_pb2.LightBlockRequest.DESCRIPTOR, known)).SerializeToString())
+    answer = call_unary(channel, GET_LIGHT_BLOCK, payload, timeout=CALL_TIMEOUT_S)
+    node.assert_alive()
+    malformed = not parses_as(payload, peer_pb2.LightBlockRequest)
+    problem = peer_answer_problem(answer, malformed=malformed)
+    assert problem is None, f"{problem}\n  answer: {answer}\n  request: {payload!r}"
+    if malformed or not answer.responses:
+        return
+    request = peer_pb2.LightBlockRequest.FromString(payload)
+    light = peer_pb2.LightBlock.FromString(answer.responses[0])
+    assert light.header.height == request.height == light.commit.height, (request, light.header.height)
+    assert blocks.validator_set_hash(light.validators) == light.header.validator_set_hash
+    assert blocks.validator_set_hash(light.next_validators) == light.header.next_validator_set_hash
+    blocks.verify_commit(
+        node.chain_id, light.validators, light.commit, height=request.height,
+        block_hash=blocks.block_hash(light.header),
+    )  # fmt: skip
+
+
 # --- tests ------------------------------------------------------------------------------------------
 
 CI_EXAMPLES = 40
@@ -423,6 +514,30 @@ def test_get_sync_status_requests(
     fuzz_node: FuzzNode, peer_channel: grpc.Channel, peer_seeds: PeerSeeds, data: st.DataObject
 ) -> None:
     _sync_status(fuzz_node, peer_channel, peer_seeds, data)
+
+
+@fuzz_settings(10)
+@given(data=st.data())
+def test_list_snapshots_requests(
+    fuzz_node: FuzzNode, peer_channel: grpc.Channel, peer_seeds: PeerSeeds, data: st.DataObject
+) -> None:
+    _list_snapshots(fuzz_node, peer_channel, peer_seeds, data)
+
+
+@fuzz_settings(CI_EXAMPLES)
+@given(data=st.data())
+def test_snapshot_chunk_requests(
+    fuzz_node: FuzzNode, peer_channel: grpc.Channel, peer_seeds: PeerSeeds, data: st.DataObject
+) -> None:
+    _snapshot_chunk(fuzz_node, peer_channel, peer_seeds, data)
+
+
+@fuzz_settings(CI_EXAMPLES)
+@given(data=st.data())
+def test_light_block_requests(
+    fuzz_node: FuzzNode, peer_channel: grpc.Channel, peer_seeds: PeerSeeds, data: st.DataObject
+) -> None:
+    _light_block(fuzz_node, peer_channel, peer_seeds, data)
 
 
 def test_a_valid_hello_with_another_validators_certificate_is_refused(fuzz_node: FuzzNode) -> None:
