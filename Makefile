@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/clearline/v1/*.proto)
 GEN    := proto/clearline/v1/.generated
 PYTEST_ARGS ?=
 
-.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync chaos clean
+.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync bench-prune chaos clean
 
 all: test
 
@@ -77,6 +77,11 @@ bench-restart: $(GEN)
 # Block sync against the live commit rate on the same chain (built at --max for 20 s).
 bench-sync: $(GEN)
 	$(PY) -m cluster.sync_bench --validators 4 --duration 20 --max $(ARGS)
+
+# Disk use under a constant load (300 tx/s, 10 minutes each): nodes keeping the last 1,000 blocks
+# ([storage] retain_blocks), then nodes keeping every block; data directory sizes over time as JSON.
+bench-prune: $(GEN)
+	$(PY) -m cluster.prune_bench --minutes 10 --retain-blocks 1000 $(ARGS)
 
 # Ledger throughput and state-root cost; prints one JSON object.
 bench-ledger: $(GEN)

@@ -266,16 +266,18 @@ class ClientService:
         loc = self._store.tx_location(tx_hash)
         if loc is not None:
             try:
-                raw = self._store.load_tx(tx_hash) or b""
+                raw: bytes | None = self._store.load_tx(tx_hash) or b""
             except StoreCorruptError:
-                if loc[0] < self._store.base_height():  # pruned since its location was read
-                    raise BelowBase(self._store.base_height(), f"transaction {tx_hash.hex()}") from None
-                raise
+                if loc[0] >= self._store.base_height():
+                    raise
+                raw = None  # pruned since its location was read
             receipt = self._store.load_receipt(tx_hash)
-            if loc[0] < self._store.base_height():
+            if raw is None or loc[0] < self._store.base_height():
+                if not access.sees_everything(who):
+                    raise self._tx_denied()
                 raise BelowBase(self._store.base_height(), f"transaction {tx_hash.hex()}")
             if not access.tx_visible(who, access.tx_signers(raw), receipt):
-                raise access.denied("transaction")
+                raise self._tx_denied()
             return ledger_api_pb2.GetTxResponse(
                 state=ledger_api_pb2.TX_STATE_COMMITTED, receipt=receipt, height=loc[0], index=loc[1], tx=raw
             )
@@ -290,16 +292,9 @@ class ClientService:
                 message=gone.message,
                 replaced_by=gone.replaced_by,
             )
-        base = self._store.base_height()
         if not access.sees_everything(who):
-            if base > 1:  # the same answer whether it exists or not, and it names the base
-                raise ApiError(
-                    "PERMISSION_DENIED",
-                    "PERMISSION_DENIED",
-                    f"this identity may not read that transaction, or it is in a block below height {base}, "
-                    "the lowest this node keeps",
-                )
-            raise access.denied("transaction")
+            raise self._tx_denied()
+        base = self._store.base_height()
         if base > 1 and pending is None and gone is None:
             raise BelowBase(
                 base, f"transaction {tx_hash.hex()} is neither in a block this node keeps nor pending here"
@@ -307,6 +302,19 @@ class ClientService:
         raise ApiError(
             "NOT_FOUND", "UNKNOWN_TX", f"transaction {tx_hash.hex()} is neither committed nor pending here"
         )
+
+    def _tx_denied(self) -> ApiError:
+        """The one answer to a transaction the caller may not read, whether or not it exists; on a
+        pruning node it names the base, since the node cannot tell which its older ones were."""
+        base = self._store.base_height()
+        if base > 1:
+            return ApiError(
+                "PERMISSION_DENIED",
+                "PERMISSION_DENIED",
+                f"this identity may not read that transaction, or it is in a block below height {base}, "
+                "the lowest this node keeps",
+            )
+        return access.denied("transaction")
 
     def get_account(self, who: Identity, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
         chain = self._chain

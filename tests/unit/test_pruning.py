@@ -302,9 +302,14 @@ async def test_a_pruning_node_answers_below_its_base_and_serves_what_it_keeps(tm
             await _first(node.blocksync.serve(peer_pb2.GetBlocksRequest(from_height=1)))
         # An account sees the same answer for a transaction it may not read and for one the node no
         # longer has: it names the base, and says nothing of which it is.
-        with pytest.raises(ApiError, match=f"below height {base}") as info:
-            service.get_tx(holder, old_tx)
-        assert info.value.reason == "PERMISSION_DENIED"
+        stranger = Identity(b"\x07" * 20, b"\x07" * 32, frozenset({tx_pb2.ROLE_PARTICIPANT}))
+        answers = []
+        for tx_hash in (old_tx, new_tx, b"\x09" * 32):
+            with pytest.raises(ApiError) as info:
+                service.get_tx(stranger, tx_hash)
+            answers.append((info.value.code, info.value.reason, info.value.message))
+        assert answers[0] == answers[1] == answers[2]
+        assert answers[0][1] == "PERMISSION_DENIED" and f"below height {base}" in answers[0][2]
 
         # From the base on, reads answer as on an archive node.
         assert service.status().base_height == base == node.blocksync.sync_status().base_height
