@@ -9,7 +9,7 @@ PROTOS := $(wildcard proto/clearline/v1/*.proto)
 GEN    := proto/clearline/v1/.generated
 PYTEST_ARGS ?=
 
-.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync bench-statesync chaos clean
+.PHONY: all install proto test test-all lint fmt run sim sim-node bench bench-ledger bench-sync bench-statesync bench-prune chaos clean
 
 all: test
 
@@ -82,6 +82,11 @@ bench-sync: $(GEN)
 # 200,000 accounts and 20,000 blocks (about 15 minutes); prints one JSON object.
 bench-statesync: $(GEN)
 	$(PY) -m cluster.statesync_bench --accounts 200000 --blocks 20000 $(ARGS)
+
+# Disk use under a constant load (300 tx/s, 10 minutes each): nodes keeping the last 1,000 blocks
+# ([storage] retain_blocks), then nodes keeping every block; data directory sizes over time as JSON.
+bench-prune: $(GEN)
+	$(PY) -m cluster.prune_bench --minutes 10 --retain-blocks 1000 $(ARGS)
 
 # Ledger throughput and state-root cost; prints one JSON object.
 bench-ledger: $(GEN)

@@ -2,7 +2,7 @@
 then the checker.
 
     clearline chaos --duration 120 --seed 7 [--validators 4]
-                    [--faults kill,pause,partition,link,disk,byzantine,flood] [--json]
+                    [--faults kill,pause,partition,link,disk,byzantine,flood] [--retain-blocks K] [--json]
 
 The schedule is a pure function of the seed (printed with the result): a sequence of episodes, each
 one fault held for a few seconds and then healed. Never more than f validators are Byzantine at
@@ -16,6 +16,11 @@ during the run: while at most f validators were faulty the chain never went long
 liveness bound without a commit (`max_commit_gap_s`), and no node's RSS, sampled every second,
 exceeded its memory budget (`max_rss_mib`). Exit status 0 only if there is no violation and every
 recovery stayed within the bound.
+
+With --retain-blocks K every node prunes ([storage] retain_blocks = K, snapshots every K/2 heights so
+that the oldest one served does not hold the base back): the chain is recorded while it runs
+(cluster/recorder.py) for the checker, each node's blocks are compared from its base on, and the
+result names every node's base height (`base_heights`).
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ from cluster.launcher import Launcher, node_height, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
 from cluster.progress import Progress
+from cluster.recorder import ChainRecorder
 from cluster.workload import Workload, funded, workload_accounts
-from node.config import BYZANTINE_MODES, ConfigError, ConsensusConfig
+from node.config import BYZANTINE_MODES, MIN_RETAIN_BLOCKS, ConfigError, ConsensusConfig
 
 FAULT_KINDS = ("kill", "pause", "partition", "link", "disk", "byzantine", "flood")
 EQUIVOCATING = {"equivocate", "double-vote"}
@@ -301,7 +307,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         network = init_network(
             home, validators=args.validators, base_port=free_base_port(args.validators * 4, stride=10),
             demo_accounts=accounts + ATTACKERS, funded=funded(accounts + ATTACKERS), faults=True, force=True,
-            consensus=CHAOS_CONSENSUS, observers=args.observers,
+            consensus=CHAOS_CONSENSUS, observers=args.observers, retain_blocks=args.retain_blocks,
+            snapshot_interval=max(1, args.retain_blocks // 2) if args.retain_blocks else None,
         )  # fmt: skip
         # Observers are read too: the same chain, the same supply as every validator.
         everyone = [n.name for n in network.all_nodes]
@@ -313,6 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         sampler = RssSampler(names, launcher.pid, interval_s=RSS_INTERVAL_S)
         budgets = node_budgets(network)
+        recorder = ChainRecorder(network, everyone) if args.retain_blocks else None
         try:
             launcher.start_all()
             launcher.wait_until(
@@ -321,6 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 what="committing",
             )
             sampler.start()
+            if recorder is not None:
+                recorder.start()
             log(f"chaos: seed {args.seed}, {len(schedule)} episodes over {args.duration:.0f}s, "
                 f"{args.validators} validators, faults {','.join(kinds)}")  # fmt: skip
             workload = Workload(network, accounts, seed=args.seed, history=history, think_s=0.05)
@@ -355,9 +365,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Let every node reach the same height before reading them.
             time.sleep(2.0)
             sampler.stop()
+            if recorder is not None:
+                recorder.catch_up()
             report = check(
-                network, Workload.load_history(history), honest=everyone, equivocators=chaos.equivocators
-            )
+                network, Workload.load_history(history), honest=everyone, equivocators=chaos.equivocators,
+                recorded=recorder.blocks if recorder is not None else None,
+            )  # fmt: skip
+            if recorder is not None:
+                report.violations.extend(recorder.gaps)
             report.add_liveness(
                 compute_liveness(
                     (t / 1000 for t in report.block_times_ms), fault_windows(schedule, len(names)), f=f,
@@ -368,6 +383,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             stop.set()
             sampler.stop()
+            if recorder is not None:
+                recorder.stop()
             launcher.stop_all()
         recoveries = [ep.recovery_s for ep in schedule if ep.applied]
         not_recovered = sum(1 for ep in schedule if ep.applied and ep.recovery_s is None)
@@ -406,6 +423,14 @@ def summary(r: dict[str, Any]) -> str:
         f"  max recovery {r['max_recovery_s']}s; longest time without a commit with at most f faulty "
         f"{r['max_commit_gap_s']}s (bound {r['liveness_bound_s']}s)",
         f"  peak RSS MiB: {rss} (budget {budget:.0f}); {len(r['floods'])} floods",
+        *(
+            [
+                "  base heights (pruning): "
+                + ", ".join(f"{n} {b}" for n, b in sorted(r["base_heights"].items()))
+            ]
+            if any(b > 1 for b in r.get("base_heights", {}).values())
+            else []
+        ),
         "  RESULT: " + ("OK" if r["ok"] else "VIOLATIONS:\n    " + "\n    ".join(r["violations"])),
     ]
     return "\n".join(lines)
@@ -425,10 +450,19 @@ def main(argv: list[str] | None = None) -> int:
         help="non-voting nodes that follow the chain and are checked like the validators (no faults "
         "are injected on them or their links, so one may carry messages across a partition)",
     )
+    p.add_argument(
+        "--retain-blocks",
+        type=int,
+        default=0,
+        help="every node prunes, keeping this many blocks ([storage] retain_blocks; at least "
+        f"{MIN_RETAIN_BLOCKS}); 0 keeps every block",
+    )
     p.add_argument("--home", default="", help="network directory (default: a temporary one)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--schedule-only", action="store_true", help="print the schedule for the seed and exit")
     args = p.parse_args(argv)
+    if 0 < args.retain_blocks < MIN_RETAIN_BLOCKS:
+        p.error(f"--retain-blocks: at least {MIN_RETAIN_BLOCKS} (or 0: keep every block)")
     stop_nodes_on_sigterm()
     if args.schedule_only:
         names = [f"node{i}" for i in range(args.validators)]

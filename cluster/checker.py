@@ -8,6 +8,9 @@
     evidence_ok   every validator that was made to equivocate has evidence against it on chain
 
 The history comes from cluster/workload.py; the chain is read block by block from the honest nodes.
+Nodes that prune ([storage] retain_blocks) keep their last blocks only: the chain from genesis then
+comes from a record made while the network ran (cluster/recorder.py), and each node's blocks are
+compared with it from that node's base height on.
 Two more properties are computed from what a run observed (pure functions, given the data):
 
     liveness      while at most f validators are faulty, the chain never goes longer than a bound
@@ -56,6 +59,8 @@ class Report:
     supply_ok: bool = True
     evidence_ok: bool = True
     evidence_count: int = 0
+    # Each node's base height (the lowest whose block it keeps; 1 unless it prunes).
+    base_heights: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     # Header time of each block read (height 1 first), in ms: the commit times compute_liveness needs.
     block_times_ms: list[int] = field(default_factory=list, repr=False)
@@ -92,6 +97,7 @@ class Report:
             "supply_ok": self.supply_ok,
             "evidence_ok": self.evidence_ok,
             "evidence": self.evidence_count,
+            "base_heights": self.base_heights,
             "violations": self.violations,
         }
 
@@ -100,6 +106,14 @@ def _stub(network: Network, target: str) -> tuple[grpc.Channel, ledger_api_pb2_g
     """A channel reading as the network's auditor, who may read every block and account."""
     channel = network.channel(target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     return channel, ledger_api_pb2_grpc.LedgerStub(channel)
+
+
+def rpc_reason(exc: grpc.RpcError) -> str:
+    """The clearline-reason of a failed call ("" if it has none)."""
+    for key, value in getattr(exc, "trailing_metadata", lambda: ())() or ():
+        if key == "clearline-reason":
+            return str(value)
+    return ""
 
 
 def _ik(inst: tx_pb2.InstrumentId) -> tuple[bytes, str]:
@@ -112,7 +126,10 @@ def check(
     *,
     honest: list[str] | None = None,
     equivocators: set[bytes] | None = None,
+    recorded: list[ledger_api_pb2.GetBlockResponse] | None = None,
 ) -> Report:
+    """recorded: the chain from height 1 as recorded during the run (cluster/recorder.py), for
+    nodes that prune; without it the chain is read from the highest node."""
     report = Report()
     names = honest or [n.name for n in network.nodes]
     stubs = {name: _stub(network, network.node(name).api_target) for name in names}
@@ -120,9 +137,12 @@ def check(
         heights = {}
         for name, (_, stub) in stubs.items():
             try:
-                heights[name] = stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=10).height
+                st = stub.GetStatus(ledger_api_pb2.GetStatusRequest(), timeout=10)
             except grpc.RpcError as exc:
                 report.violations.append(f"{name} does not answer: {exc.code().name}")
+                continue
+            heights[name] = st.height
+            report.base_heights[name] = max(1, st.base_height)
         if not heights:
             return report
         reference = max(heights, key=lambda n: heights[n])
@@ -130,17 +150,29 @@ def check(
         report.heights_checked = top
         ref_stub = stubs[reference][1]
 
-        # 1. Read the reference chain; compare block hashes with every other honest node.
-        blocks: list[ledger_api_pb2.GetBlockResponse] = []
-        for h in range(1, top + 1):
+        # 1. The reference chain (recorded, then read from the highest node); compare block hashes
+        # with every honest node's, from its base on.
+        blocks: list[ledger_api_pb2.GetBlockResponse] = list(recorded or [])[:top]
+        if len(blocks) < top and report.base_heights[reference] > len(blocks) + 1:
+            report.violations.append(
+                f"the chain cannot be read from height {len(blocks) + 1}: {reference} keeps blocks from "
+                f"{report.base_heights[reference]} (record the chain while it runs: cluster/recorder.py)"
+            )
+            return report
+        for h in range(len(blocks) + 1, top + 1):
             blocks.append(ref_stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=30))
         report.block_times_ms = [b.block.header.time_ms for b in blocks]
         for name, height in heights.items():
-            if name == reference:
+            if name == reference and recorded is None:
                 continue
             stub = stubs[name][1]
-            for h in range(1, height + 1):
-                other = stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=30).block_hash
+            for h in range(report.base_heights[name], height + 1):
+                try:
+                    other = stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=h), timeout=30).block_hash
+                except grpc.RpcError as exc:
+                    if rpc_reason(exc) == "BELOW_BASE_HEIGHT":  # pruned since its status was read
+                        continue
+                    raise
                 if other != blocks[h - 1].block_hash:
                     report.forks += 1
                     report.violations.append(f"fork at height {h}: {reference} and {name} differ")

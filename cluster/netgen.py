@@ -53,6 +53,7 @@ from node.config import (
     P2PConfig,
     Peer,
     SnapshotsConfig,
+    StorageConfig,
     TlsConfig,
     load_config,
     max_block_response_bytes,
@@ -349,6 +350,7 @@ def init_network(
     proxy_base_port: int | None = None,
     observers: int = 0,
     snapshot_interval: int | None = None,
+    retain_blocks: int = 0,
 ) -> Network:
     """Create a network directory; refuses to overwrite an existing one unless force. Without
     chain_id the network gets a fresh one (new_chain_id).
@@ -358,7 +360,9 @@ def init_network(
     base_port + 10*n); multi-host networks get no proxies.
 
     observers: that many observer homes obs0..obs<N-1> (their node keys get ROLE_OBSERVER in the
-    genesis), on ports above every validator's and proxy's."""
+    genesis), on ports above every validator's and proxy's.
+
+    retain_blocks: [storage] retain_blocks of every node (0: archive nodes, keeping every block)."""
     chain_id = new_chain_id() if chain_id is None else check_chain_id(chain_id)
     root = Path(home).resolve()
     if (root / "network.json").exists() or (root / "nodes").exists():
@@ -449,6 +453,8 @@ def init_network(
         )
         if snapshot_interval is not None:
             cfg = dataclasses.replace(cfg, snapshots=SnapshotsConfig(interval=snapshot_interval))
+        if retain_blocks:
+            cfg = dataclasses.replace(cfg, storage=StorageConfig(retain_blocks=retain_blocks))
         if not tls:
             cfg = dataclasses.replace(
                 cfg, tls=TlsConfig(enabled=False), api=dataclasses.replace(cfg.api, plaintext=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from clearline.v1 import block_pb2, peer_pb2
+from node.errors import BelowBase
 
 
 def blocks_to_serve(
@@ -19,9 +20,13 @@ def blocks_to_serve(
     load_block: Callable[[int], block_pb2.Block | None],
     load_commit: Callable[[int], block_pb2.CommitCertificate | None],
     max_batch: int,
+    base_height: int = 1,
 ) -> Iterator[peer_pb2.SyncBlock]:
     """The blocks of request.from_height .. request.to_height (0 = up to latest_height), with their
     commit certificates, in order:
+
+    - a request from below base_height (the node pruned those blocks, or joined by state sync
+      above them) raises BelowBase, naming the base, before anything is sent;
 
     - never past latest_height, and at most max_batch of them;
     - request.max_bytes > 0 bounds their total size (SyncBlock.ByteSize()): the first block is always
@@ -32,6 +37,8 @@ def blocks_to_serve(
     if max_batch <= 0:
         raise ValueError(f"max_batch must be positive, got {max_batch}")
     first = max(1, request.from_height)
+    if first < base_height:
+        raise BelowBase(base_height, f"blocks from height {first}")
     last = latest_height if request.to_height == 0 else min(request.to_height, latest_height)
     last = min(last, first + max_batch - 1)
     sent_bytes = 0

@@ -14,6 +14,11 @@ Fetches have short timeouts: the first block must arrive within FIRST_BLOCK_TIME
 one within NEXT_BLOCK_TIMEOUT_S. Sync prefers the peers that delivered: fewest strikes first, then
 the most recent to deliver, then the highest claim. A tampered block is the peer's fault, never the
 node's: it is rejected before any of its transactions is taken as verified.
+
+A peer that prunes ([storage] retain_blocks) refuses heights below its base (`PeerPruned`, naming
+the base): that is no fault. It is not asked again while its base is above the height this node
+needs; if every peer ahead is such a peer, block sync cannot catch up and says so in the log (the
+node needs an archive peer, or to join afresh by state sync).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Protocol
 from clearline.v1 import block_pb2, peer_pb2
 from node.blockserve import blocks_to_serve
 from node.clock import Clock, SystemClock, wait_event
-from node.errors import PeerFault
+from node.errors import PeerFault, PeerPruned
 
 log = logging.getLogger("clearline.blocksync")
 
@@ -47,6 +52,8 @@ BACKOFF_MAX_S = 60.0
 # Behind by exactly one height for this long before fetching: the node may simply be finishing the
 # height itself (peers commit a few milliseconds apart).
 BEHIND_ONE_S = 0.3
+# While every peer ahead has pruned the height this node needs, say so at most this often.
+STRANDED_LOG_S = 30.0
 
 
 class SyncHost(Protocol):
@@ -74,8 +81,12 @@ class BlockSource(Protocol):
 
     def load_commit(self, height: int) -> block_pb2.CommitCertificate | None: ...
 
+    def base_height(self) -> int:
+        """The lowest height whose block is served (node/storage: pruned below it)."""
+        ...
 
-__all__ = ["SYNC_BATCH", "BlockSource", "BlockSync", "PeerFault", "SyncHost"]
+
+__all__ = ["SYNC_BATCH", "BlockSource", "BlockSync", "PeerFault", "PeerPruned", "SyncHost"]
 
 
 @dataclass
@@ -85,6 +96,7 @@ class SyncPeer:
     not_before: float = 0.0  # not asked again before this time (monotonic)
     delivered_at: float = 0.0  # when it last delivered a block
     delivered: int = 0  # blocks delivered in all
+    base: int = 0  # the lowest height it serves, once it refused a lower one (0: not known)
 
 
 class BlockSync:
@@ -111,6 +123,8 @@ class BlockSync:
         self.active = False  # fetching right now
         self.blocks_synced = 0
         self.faults: dict[str, int] = {}  # reason -> count (the metric reads it)
+        self.pruned_refusals = 0  # requests refused below a peer's base (not faults)
+        self._stranded_logged_at: float | None = None
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -126,6 +140,7 @@ class BlockSync:
         state = self.peers.get(peer)
         if state is not None:
             state.claimed = 0  # the claim is renewed by the next status after a reconnect
+            state.base = 0  # and it may come back with another store
 
     def poke(self) -> None:
         """Look again (the status loop calls this periodically)."""
@@ -136,7 +151,37 @@ class BlockSync:
 
     def _eligible(self, now: float) -> list[tuple[str, SyncPeer]]:
         height = self._host.height
-        return [(p, s) for p, s in self.peers.items() if s.claimed > height and s.not_before <= now]
+        return [
+            (p, s)
+            for p, s in self.peers.items()
+            if s.claimed > height and s.not_before <= now and s.base <= height + 1
+        ]
+
+    def stranded(self) -> dict[str, int]:
+        """Peers ahead of this node that have pruned the next height it needs, with their bases,
+        when no other peer ahead may be asked; else {}."""
+        height = self._host.height
+        ahead = {p: s for p, s in self.peers.items() if s.claimed > height}
+        pruned = {p: s.base for p, s in ahead.items() if s.base > height + 1}
+        return pruned if pruned and len(pruned) == len(ahead) else {}
+
+    def _log_if_stranded(self) -> None:
+        pruned = self.stranded()
+        if not pruned:
+            self._stranded_logged_at = None
+            return
+        now = self._clock()
+        if self._stranded_logged_at is not None and now - self._stranded_logged_at < STRANDED_LOG_S:
+            return
+        self._stranded_logged_at = now
+        bases = ", ".join(f"{p} from {b}" for p, b in sorted(pruned.items()))
+        log.error(
+            "block sync: every peer ahead has pruned height %d, which this node needs next (they keep "
+            "blocks %s): it cannot catch up by block sync; add a peer that keeps every block, or join "
+            "afresh by state sync (an empty data directory and [statesync] enable = true)",
+            self._host.height + 1,
+            bases,
+        )
 
     def best_claim(self) -> int:
         """The highest height claimed by a peer that is not serving a penalty."""
@@ -185,20 +230,26 @@ class BlockSync:
         """A peer's GetBlocks: committed blocks with their certificates (node/blockserve.py)."""
         if self._source is None:
             return
+        source = self._source
         for item in blocks_to_serve(
-            request, self._host.height, self._source.load_block, self._source.load_commit, SYNC_BATCH
-        ):
+            request, self._host.height, source.load_block, source.load_commit, SYNC_BATCH,
+            base_height=source.base_height(),
+        ):  # fmt: skip
             yield item
 
     def sync_status(self) -> peer_pb2.SyncStatusResponse:
         height = self._host.height
-        return peer_pb2.SyncStatusResponse(base_height=1 if height else 0, height=height)
+        if not height:
+            return peer_pb2.SyncStatusResponse(base_height=0, height=0)
+        base = self._source.base_height() if self._source is not None else 1
+        return peer_pb2.SyncStatusResponse(base_height=base, height=height)
 
     # --- the task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         while True:
             if not self.wanted():
+                self._log_if_stranded()
                 self._wake.clear()
                 # Wait for a status, or look again soon (a penalty may expire; one height behind
                 # becomes worth fetching after BEHIND_ONE_S).
@@ -243,6 +294,11 @@ class BlockSync:
                 state.strikes = 0
         except PeerFault as exc:
             self.strike(peer, exc.reason, f"served an invalid block: {exc.message}")
+            return applied > 0
+        except PeerPruned as exc:  # no fault: it keeps fewer blocks; not asked below its base again
+            state.base = exc.base
+            self.pruned_refusals += 1
+            log.info("block sync: %s keeps blocks from height %d only; asking another peer", peer, exc.base)
             return applied > 0
         except TimeoutError:
             self.strike(peer, "stalled", f"sent no block within {timeout:.0f} s (claimed {state.claimed})")

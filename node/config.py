@@ -191,9 +191,22 @@ class MempoolConfig:
     max_gap_per_sender: int = 16
 
 
+# [storage] retain_blocks: the fewest a pruning node may keep. Evidence may be carried by blocks up
+# to node.evidence.MAX_AGE_HEIGHTS heights after the votes it proves, and whether it was carried
+# already is read from those blocks (tests/unit/test_pruning.py checks the two agree).
+MIN_RETAIN_BLOCKS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     data_dir: Path = Path("data")
+    # Keep the last `retain_blocks` blocks with their receipts and indexes and delete older ones
+    # (node/pruning.py); 0 keeps every block (an archive node). At least MIN_RETAIN_BLOCKS. Blocks
+    # from the oldest snapshot served ([snapshots]) on are kept too.
+    retain_blocks: int = 0
+    # Keys one pruning batch deletes at most (one height at least): one batch runs after a commit,
+    # in the io thread, so a node that starts pruning a long chain catches up a batch per block.
+    prune_batch_keys: int = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +402,7 @@ def _check(cfg: NodeConfig) -> None:
         raise ConfigError(f"byzantine: {cfg.byzantine!r} is not one of {sorted(BYZANTINE_MODES)}")
     if cfg.observer and cfg.byzantine:
         raise ConfigError("byzantine: an observer signs nothing, so it has no misbehaviour to inject")
+    _check_storage(cfg.storage)
     if cfg.snapshots.interval < 0 or cfg.snapshots.keep < 1:
         raise ConfigError("[snapshots] interval: must be >= 0 (0: none), and keep >= 1")
     ss = cfg.statesync
@@ -404,6 +418,18 @@ def _check(cfg: NodeConfig) -> None:
             raise ConfigError(f"[statesync] trust_hash: {ss.trust_hash!r} is not 64 hex digits") from None
     if cfg.observer and not cfg.p2p.peers:
         raise ConfigError("[p2p] peers: an observer only dials, so it needs at least one validator to dial")
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    if 0 < storage.retain_blocks < MIN_RETAIN_BLOCKS:
+        raise ConfigError(
+            f"[storage] retain_blocks: {storage.retain_blocks} is too few: a pruning node keeps at least "
+            f"{MIN_RETAIN_BLOCKS} blocks (the evidence a block may carry is up to {MIN_RETAIN_BLOCKS} "
+            "heights old, and the blocks of those heights say whether it was carried already); "
+            "0 keeps every block"
+        )
+    if storage.prune_batch_keys < 1:
+        raise ConfigError("[storage] prune_batch_keys: must be > 0")
 
 
 def _check_api_limits(cfg: NodeConfig) -> None:

@@ -8,6 +8,8 @@
     │   │                   a proposal's or a synced block's peer, or, for a certified block this
     │   │                   node decided itself, a broken invariant)
     │   └── ApiError        a client's request; carries the gRPC code and reason the API answers with
+    │       └── BelowBase   a read of a height this node has pruned (OUT_OF_RANGE, BELOW_BASE_HEIGHT),
+    │                       naming the lowest height it keeps; a peer's GetBlocks gets it too
     ├── CannotStart         the node cannot start as configured (no genesis, a genesis of another
     │                       chain, a store that lacks its own latest block)
     ├── RestoreRefused      a restore that is not for this node or not safe now (another chain's or
@@ -22,6 +24,9 @@ unexpected exception anywhere in a task ends the node (runtime.py), it is not lo
 `ApiError` carries a gRPC status code name (e.g. "INVALID_ARGUMENT"), a machine-readable reason
 (e.g. "BAD_SIGNATURE", "UNKNOWN_ACCOUNT", "MEMPOOL_FULL") and a human message. node/network/api.py
 maps it to a gRPC status whose trailing metadata carries `clearline-reason`.
+
+A peer that refuses a block-sync request below its base is not a fault: the fetch raises
+`PeerPruned` (a ConnectionError, outside the tree: a transport outcome) with the peer's base.
 
 Client input is never echoed whole: a message quotes it with `quote` (a bounded prefix and its size),
 and `ApiError` cuts any message to `MAX_MESSAGE_CHARS` as a backstop, so no request, however large,
@@ -166,3 +171,30 @@ class ApiError(BadInput):
         else:
             code = "FAILED_PRECONDITION"
         return cls(code, reason, message)
+
+
+BELOW_BASE_REASON = "BELOW_BASE_HEIGHT"
+# Trailing metadata of a BELOW_BASE_HEIGHT answer (client API and peer GetBlocks): the base, in decimal.
+BASE_HEIGHT_KEY = "clearline-base-height"
+
+
+class BelowBase(ApiError):
+    """A read of a height below this node's base: it has pruned that block with its receipts and
+    indexes (or joined by state sync above it). `what` names what was asked for."""
+
+    def __init__(self, base: int, what: str) -> None:
+        super().__init__(
+            "OUT_OF_RANGE",
+            BELOW_BASE_REASON,
+            f"{what}: this node keeps blocks from height {base}; an archive node keeps older ones",
+        )
+        self.base = base
+
+
+class PeerPruned(ConnectionError):
+    """A peer refused a block-sync request below its base (it has pruned those heights)."""
+
+    def __init__(self, peer: str, base: int, detail: str) -> None:
+        super().__init__(f"{peer} keeps blocks from height {base} only: {detail}")
+        self.peer = peer
+        self.base = base

@@ -4,6 +4,12 @@ Evidence arrives from the consensus core (this node saw the double vote) and fro
 checked (both votes signed by a member of that height), kept until a proposal includes it, and
 forgotten once committed. Everything is bounded: a Byzantine validator can sign any number of
 conflicting votes, and one proof per validator is enough to hold it accountable.
+
+Evidence expires: a block of height H may carry evidence of votes at heights H - MAX_AGE_HEIGHTS and
+later only. So whether evidence was already committed is decided by the blocks of the last
+MAX_AGE_HEIGHTS heights alone, which every node keeps (a pruning node keeps at least that many:
+node.config.MIN_RETAIN_BLOCKS), and the same block is valid or invalid on every node, archive or
+pruned, however long ago it restarted.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ log = logging.getLogger("clearline.evidence")
 
 MAX_PENDING_EVIDENCE = 256
 MAX_PENDING_EVIDENCE_PER_VALIDATOR = 4
+# A block of height H carries evidence of votes at heights H - MAX_AGE_HEIGHTS .. H only (a
+# consensus rule). Equivocation is seen at the height in progress and proposed within a few heights.
+MAX_AGE_HEIGHTS = 100
 EvidenceKey = tuple[bytes, int, int, int]
+
+
+def is_expired(vote_height: int, block_height: int) -> bool:
+    """May a block of block_height no longer carry evidence of votes at vote_height?"""
+    return vote_height + MAX_AGE_HEIGHTS < block_height
 
 
 class EvidencePool:
@@ -32,8 +46,10 @@ class EvidencePool:
         self._committed: set[EvidenceKey] = set()
 
     def load_committed(self, store: NodeStore) -> None:
-        """Remember the evidence blocks already carry (it is not valid in a block again)."""
-        for _h, ev in store.load_evidence(0, 100_000):
+        """Remember the evidence blocks already carry (it is not valid in a block again): that of the
+        last MAX_AGE_HEIGHTS blocks, the only evidence the next block could carry again."""
+        since = max(0, store.latest_height() + 1 - MAX_AGE_HEIGHTS)
+        for _h, ev in store.load_evidence(since, 100_000):
             with contextlib.suppress(wire.WireError):
                 self._committed.add(wire.evidence_key(wire.evidence_from_pb(ev)))
 
@@ -57,6 +73,8 @@ class EvidencePool:
             return str(exc)
         if wire.evidence_key(ev) in self._committed:
             return "already committed"
+        if is_expired(ev.vote_a.height, self._chain.height + 1):
+            return "too old"
         if self._chain.known_validator_set(ev.vote_a.height) is None:
             return "unknown height"
         member_key = self._chain.validator_key(ev.vote_a.height, ev.validator)
@@ -75,6 +93,8 @@ class EvidencePool:
         key = wire.evidence_key(evidence)
         if key in self._committed or key in self._pending:
             return False
+        if is_expired(key[1], self._chain.height + 1):
+            return False
         if len(self._pending) >= MAX_PENDING_EVIDENCE:
             return False
         if sum(1 for k in self._pending if k[0] == key[0]) >= MAX_PENDING_EVIDENCE_PER_VALIDATOR:
@@ -84,12 +104,26 @@ class EvidencePool:
         return True
 
     def for_block(self, limit: int) -> list[block_pb2.Evidence]:
-        """The oldest pending evidence, for a proposal."""
-        return [wire.evidence_to_pb(e) for e in list(self._pending.values())[:limit]]
+        """The oldest pending evidence that the next block may carry, for a proposal."""
+        height = self._chain.height + 1
+        fresh = [e for k, e in self._pending.items() if not is_expired(k[1], height)]
+        return [wire.evidence_to_pb(e) for e in fresh[:limit]]
 
     def mark_committed(self, block: block_pb2.Block) -> None:
+        """Block `block` is committed: its evidence is not valid again, and what has expired for
+        the next block is forgotten (pending or committed)."""
         for ev in block.body.evidence:
             with contextlib.suppress(wire.WireError):
                 key = wire.evidence_key(wire.evidence_from_pb(ev))
                 self._committed.add(key)
                 self._pending.pop(key, None)
+        following = block.header.height + 1
+        for key in [k for k in self._pending if is_expired(k[1], following)]:
+            log.warning(
+                "evidence against %s at height %d expired before a block carried it",
+                key[0].hex()[:16],
+                key[1],
+            )
+            del self._pending[key]
+        if any(is_expired(k[1], following) for k in self._committed):
+            self._committed = {k for k in self._committed if not is_expired(k[1], following)}

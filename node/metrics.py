@@ -1,7 +1,7 @@
 """Prometheus metrics of one node, served on the configured metrics address.
 
 Height, round, block interval, transactions per block, mempool size and rejections by reason, peers,
-sync state, commit latency, signatures each validator missed in commit certificates, evidence
+sync state, base height and pruning time, commit latency, signatures each validator missed in commit certificates, evidence
 committed and each instrument's supply. Each node process has its own registry.
 
 Totals the node keeps itself (mempool rejections, peer faults) are exposed as counters by a
@@ -68,6 +68,15 @@ class NodeMetrics:
             "clearline_snapshot_seconds",
             "Time to cut a state snapshot for state sync (in its own thread)",
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.base_height = Gauge(
+            "clearline_base_height", "Lowest height whose block is kept (above 1 once pruned)", registry=r
+        )
+        self.prune_seconds = Histogram(
+            "clearline_prune_batch_seconds",
+            "Time to delete one batch of old blocks ([storage] retain_blocks; in the io thread)",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=r,
         )
         self.txs = Counter("clearline_committed_txs", "Committed transactions", registry=r)
@@ -151,6 +160,7 @@ class NodeMetrics:
         self.peers.set(len(node.network.connected))
         self.mempool.set(len(node.mempool))
         self.syncing.set(1 if node.blocksync.active else 0)
+        self.base_height.set(node.store.base_height())
         self.totals.rejections = dict(node.mempool.rejections)
         self.totals.drops = dict(node.mempool.drops)
         self.totals.peer_faults = dict(node.peer_fault_counts)

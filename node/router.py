@@ -275,7 +275,7 @@ class PeerRouter:
             problem = self._evidence.problem(msg.evidence)
             if problem is None:
                 self._evidence.add(wire.evidence_from_pb(msg.evidence))
-            elif problem not in ("already committed", "unknown height"):
+            elif problem not in ("already committed", "unknown height", "too old"):
                 raise PeerFault("invalid_evidence", problem)
         elif kind == "status":
             if self._names.is_validator(peer):

@@ -60,11 +60,12 @@ from node.mempool import Mempool
 from node.network.api import ApiServer, NodeApi
 from node.network.limits import ClientLimits
 from node.network.peers import PeerHandler, PeerNetwork
+from node.pruning import Pruner
 from node.router import PeerRouter, Transport
 from node.service import ClientService
 from node.snapshot import ENTRY_PREFIX, SnapshotService, SnapshotStore
 from node.statesync import SnapshotSource, StateSync, StateSyncFailed, Trust
-from node.storage import WAL, NodeStore, SignStateFile, staggered_write_buffer
+from node.storage import WAL, NodeStore, SignStateFile, keys, staggered_write_buffer
 from node.storage.wal import WalReplay
 from node.threadname import name_this_thread
 from node.txs import VerifiedTx
@@ -429,6 +430,16 @@ class Node:
         driver.decide_listeners.append(self._on_decide)
         self.backups = BackupService(cfg, self.key.address, self.store, self.sign_state, clock)
         self._closers.append(self.backups.close)  # closers run newest first: before the store closes
+        self.pruner = Pruner(
+            self.store,
+            retain_blocks=cfg.storage.retain_blocks,
+            batch_keys=cfg.storage.prune_batch_keys,
+            io=self.io_pool,
+            floor=self._prune_floor,
+        )
+        self.pruner.on_fatal = self._fail
+        self._closers.append(self.pruner.wait)  # closers run newest first: before the store closes
+        driver.commit_listeners.append(self.pruner.on_commit)  # after _on_commit: a snapshot starts first
 
     def driver_host(self) -> _SyncHost:
         return _SyncHost(self)
@@ -461,6 +472,7 @@ class Node:
         self.metrics = metrics.NodeMetrics(cfg.metrics.listen)
         self._closers.append(self.metrics.close)
         self.mempool.on_verified = lambda _n, seconds: self.metrics.verify_seconds.observe(seconds)
+        self.pruner.on_batch = lambda _pruned, seconds: self.metrics.prune_seconds.observe(seconds)
         self.metrics.on_supply(self._supplies())
         self.network = PeerNetwork(cfg, self.peer_handler(), self.peer_names)
         self.network.on_fatal = self._fail
@@ -717,6 +729,14 @@ class Node:
             chunk_timeout_s=ss.chunk_timeout_s,
             discovery_s=ss.discovery_s,
         )
+
+    def _prune_floor(self) -> int | None:
+        """The lowest height pruning keeps: the oldest snapshot's (its block anchors a joining node);
+        None while a snapshot is being cut (its block must stay too)."""
+        if self._snapshotting:
+            return None
+        heights = self.snapshots.heights()
+        return heights[0] if heights else keys.MAX_HEIGHT
 
     def _supplies(self) -> dict[str, int]:
         """Each instrument's supply, from the committed state ("issuer hex:SYMBOL" -> minor units)."""

@@ -7,6 +7,12 @@ receipts and streams wake up; the commit path never touches a client's future it
 from the committed ledger and the block store, never from a block in progress, and each is checked
 against node/access.py's rules for the caller's identity (node/auth.py) before anything is read
 out: a denied read and a read of something that does not exist answer alike.
+
+A pruning node (node/pruning.py) keeps blocks from its base height on: every read of a height below
+it (a block, a block stream or event subscription from there, a statement from there), or of a block
+hash or transaction it cannot find, answers `BelowBase` (OUT_OF_RANGE, BELOW_BASE_HEIGHT) naming the
+base. Pruning runs in another thread, so a read that finds something missing, or may have read half
+a block, looks at the base again before it answers.
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ from node.auth import Identity
 from node.chain import Chain
 from node.clock import Clock, now_ms
 from node.config import ApiConfig
-from node.errors import ApiError, quote
+from node.errors import ApiError, BelowBase, quote
 from node.execution import Committed
 from node.ledger import Ledger
 from node.ledger.state import ACCOUNT, HOLD, INSTR
 from node.mempool import CancelRefused, Dropped, Mempool, MempoolFull
-from node.storage import NodeStore
+from node.storage import NodeStore, StoreCorruptError
 from node.txs import TxRejected
 
 log = logging.getLogger("clearline.service")
@@ -259,10 +265,19 @@ class ClientService:
     def get_tx(self, who: Identity, tx_hash: bytes) -> ledger_api_pb2.GetTxResponse:
         loc = self._store.tx_location(tx_hash)
         if loc is not None:
-            raw = self._store.load_tx(tx_hash) or b""
+            try:
+                raw: bytes | None = self._store.load_tx(tx_hash) or b""
+            except StoreCorruptError:
+                if loc[0] >= self._store.base_height():
+                    raise
+                raw = None  # pruned since its location was read
             receipt = self._store.load_receipt(tx_hash)
+            if raw is None or loc[0] < self._store.base_height():
+                if not access.sees_everything(who):
+                    raise self._tx_denied()
+                raise BelowBase(self._store.base_height(), f"transaction {tx_hash.hex()}")
             if not access.tx_visible(who, access.tx_signers(raw), receipt):
-                raise access.denied("transaction")
+                raise self._tx_denied()
             return ledger_api_pb2.GetTxResponse(
                 state=ledger_api_pb2.TX_STATE_COMMITTED, receipt=receipt, height=loc[0], index=loc[1], tx=raw
             )
@@ -278,10 +293,28 @@ class ClientService:
                 replaced_by=gone.replaced_by,
             )
         if not access.sees_everything(who):
-            raise access.denied("transaction")
+            raise self._tx_denied()
+        base = self._store.base_height()
+        if base > 1 and pending is None and gone is None:
+            raise BelowBase(
+                base, f"transaction {tx_hash.hex()} is neither in a block this node keeps nor pending here"
+            )
         raise ApiError(
             "NOT_FOUND", "UNKNOWN_TX", f"transaction {tx_hash.hex()} is neither committed nor pending here"
         )
+
+    def _tx_denied(self) -> ApiError:
+        """The one answer to a transaction the caller may not read, whether or not it exists; on a
+        pruning node it names the base, since the node cannot tell which its older ones were."""
+        base = self._store.base_height()
+        if base > 1:
+            return ApiError(
+                "PERMISSION_DENIED",
+                "PERMISSION_DENIED",
+                f"this identity may not read that transaction, or it is in a block below height {base}, "
+                "the lowest this node keeps",
+            )
+        return access.denied("transaction")
 
     def get_account(self, who: Identity, address: bytes, prove: bool) -> ledger_api_pb2.GetAccountResponse:
         chain = self._chain
@@ -349,8 +382,11 @@ class ClientService:
         if account is None:
             raise ApiError("NOT_FOUND", "UNKNOWN_ACCOUNT", f"no account {req.account.hex()}")
         head = self._chain.height
-        first = req.from_height or 1
+        base = self._store.base_height()
+        first = req.from_height or base
         last = req.to_height or head
+        if first < base:
+            raise BelowBase(base, f"a statement from height {first}")
         if not 1 <= first <= last <= head:
             raise ApiError(
                 "INVALID_ARGUMENT", "BAD_RANGE", f"heights {first}..{last} are not within 1..{head} in order"
@@ -395,6 +431,8 @@ class ClientService:
                     counterparty=mv.counterparty, amount=mv.amount, debit=mv.debit,
                 )  # fmt: skip
                 last_key = (height, index, k)
+        if self._store.base_height() > first:  # pruned while this statement read its history
+            raise BelowBase(self._store.base_height(), f"a statement from height {first}")
         now = sum(b.amount for b in account.balances if b.instrument == req.instrument)
         closing, opening = now - later, now - later - within
         if opening < 0 or closing < 0:
@@ -525,17 +563,29 @@ class ClientService:
             raise ApiError("NOT_FOUND", "UNKNOWN_HEIGHT", f"no validator set for height {h}")
         return ledger_api_pb2.GetValidatorsResponse(height=h, validators=vs)
 
+    def _check_kept(self, height: int) -> None:
+        """BelowBase if the block of `height` is below the base (pruned, or before a state sync)."""
+        base = self._store.base_height()
+        if height < base:
+            raise BelowBase(base, f"block {height}")
+
     def _block_response(self, height: int) -> ledger_api_pb2.GetBlockResponse | None:
+        """The block with its certificate and receipts; None if it is not committed yet; BelowBase
+        if it is below the base, or was pruned while it was read."""
+        self._check_kept(height)
         block = self._store.load_block(height)
         if block is None:
+            self._check_kept(height)
             return None
-        return ledger_api_pb2.GetBlockResponse(
+        resp = ledger_api_pb2.GetBlockResponse(
             block=block,
             commit=self._store.load_commit(height),
             block_hash=self._store.load_block_hash(height) or blocks.block_hash(block.header),
             receipts=self._store.load_block_receipts(height),
             block_receipt=self._store.load_block_receipt(height),
         )
+        self._check_kept(height)
+        return resp
 
     def get_block(
         self, who: Identity, req: ledger_api_pb2.GetBlockRequest
@@ -544,6 +594,8 @@ class ClientService:
             raise access.denied("block")
         if req.WhichOneof("by") == "hash":
             found = self._store.height_of_hash(req.hash)
+            if found is None and self._store.base_height() > 1:
+                raise BelowBase(self._store.base_height(), f"no block {quote(req.hash)} among those kept")
             if found is None:
                 raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {quote(req.hash)}")
             height = found
@@ -574,6 +626,7 @@ class ClientService:
             node_address=self._address,
             version=VERSION,
             name=self._moniker,
+            base_height=self._store.base_height(),
         )
 
     # --- streams ----------------------------------------------------------------------------------
@@ -596,7 +649,9 @@ class ClientService:
         q: asyncio.Queue[int] = asyncio.Queue(maxsize=10_000)
         self._streams.add(q)
         try:
-            next_height = max(1, from_height or self._chain.height)
+            # From now (0): the latest block, or the first this node will keep after a state sync.
+            next_height = max(1, from_height or max(self._chain.height, self._store.base_height()))
+            self._check_kept(next_height)
             while True:
                 while next_height <= self._chain.height:
                     resp = self._block_response(next_height)

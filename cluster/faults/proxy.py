@@ -372,7 +372,8 @@ class LinkProxy:
 
     @staticmethod
     async def _abort_from(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> None:
-        await context.abort(exc.code(), exc.details() or "")
+        # The node's own trailing metadata goes through (a pruned peer's base height).
+        await context.abort(exc.code(), exc.details() or "", trailing_metadata=exc.trailing_metadata() or ())
 
     # --- Peer.Connect -----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from clearline.v1 import admin_pb2, admin_pb2_grpc, ledger_api_pb2, ledger_api_p
 from node import auth
 from node.auth import Authenticator, Identity
 from node.config import DEFAULT_API_MAX_REQUEST_BYTES
-from node.errors import MAX_MESSAGE_CHARS, ApiError, bound_message, quote
+from node.errors import BASE_HEIGHT_KEY, MAX_MESSAGE_CHARS, ApiError, BelowBase, bound_message, quote
 from node.ledger.ops import MAX_REF_LEN, MAX_SYMBOL_LEN
 from node.network.limits import ClientLimits
 from node.network.tolerant import add_tolerant
@@ -114,7 +114,10 @@ class NodeApi(Protocol):
 
 async def _abort(context: grpc.aio.ServicerContext, err: ApiError) -> Any:
     code = getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN)
-    await context.abort(code, err.message, trailing_metadata=((REASON_KEY, err.reason),))
+    metadata: tuple[tuple[str, str], ...] = ((REASON_KEY, err.reason),)
+    if isinstance(err, BelowBase):
+        metadata += ((BASE_HEIGHT_KEY, str(err.base)),)
+    await context.abort(code, err.message, trailing_metadata=metadata)
 
 
 def _address(value: bytes, what: str = "address") -> bytes:

@@ -31,7 +31,7 @@ from cryptography import x509
 from clearline.v1 import peer_pb2, peer_pb2_grpc
 from node.admission import MAX_OBSERVER_PEERS, OBSERVER_SEND_QUEUE_BYTES, PeerNames
 from node.config import NodeConfig, Peer
-from node.errors import BadInput
+from node.errors import BASE_HEIGHT_KEY, BadInput, BelowBase, PeerPruned
 from node.network import keepalive
 from node.network.tolerant import add_tolerant
 
@@ -241,8 +241,15 @@ class _PeerServicer(peer_pb2_grpc.PeerServicer):
                 "serving as many block-sync requests as it may; retry later",
             )
         async with serving:
-            async for block in net.handler.serve_blocks(request):
-                yield block
+            try:
+                async for block in net.handler.serve_blocks(request):
+                    yield block
+            except BelowBase as err:  # the peer asks below this node's base: it must ask another
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    err.message,
+                    trailing_metadata=(("clearline-reason", err.reason), (BASE_HEIGHT_KEY, str(err.base))),
+                )
 
     async def GetSyncStatus(
         self, request: peer_pb2.SyncStatusRequest, context: grpc.aio.ServicerContext
@@ -600,6 +607,19 @@ class PeerNetwork:
             async for block in call:
                 yield block
         except grpc.aio.AioRpcError as exc:
+            base = _base_height_of(exc)
+            if base is not None:
+                raise PeerPruned(peer_name, base, exc.details() or "") from None
             raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
         finally:
             call.cancel()
+
+
+def _base_height_of(exc: grpc.aio.AioRpcError) -> int | None:
+    """The base a peer names when it refuses heights it pruned (OUT_OF_RANGE), else None."""
+    if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key == BASE_HEIGHT_KEY and isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None

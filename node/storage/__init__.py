@@ -1,7 +1,8 @@
 """Node storage: the LevelDB store (blocks, indexes, receipts, state, history), the consensus WAL and
 the last-signed state file. The only package that imports plyvel.
 
-    NodeStore / BlockCommit / StateView   node/storage/store.py   one synced batch per committed block
+    NodeStore / BlockCommit / StateView   node/storage/store.py   one synced batch per committed block;
+    Pruned                                                        what one pruning batch deleted
     WAL / WalReplay                       node/storage/wal.py     checksummed append-only consensus log
     walcheck                              python -m node.storage.walcheck: operator check/truncate of a WAL
     bench                                 python -m node.storage.bench: storage throughput, fsync costs
@@ -25,6 +26,7 @@ from node.storage.store import (
     BlockCommit,
     InvalidCommitError,
     NodeStore,
+    Pruned,
     StateView,
     StateWrites,
     StoreSnapshot,
@@ -38,6 +40,7 @@ __all__ = [
     "BlockCommit",
     "InvalidCommitError",
     "NodeStore",
+    "Pruned",
     "SignState",
     "SignStateCorruptError",
     "SignStateFile",

@@ -10,12 +10,17 @@ the validator set that signs the next height): restart time does not depend on t
 
 The ledger reads state through `NodeStore.state` (a node.ledger.kv.KVReader) and never writes directly;
 its `Writes` arrive in `BlockCommit.state_writes` (or `save_genesis`).
+
+Pruning (`prune`, driven by node/pruning.py) deletes what old blocks left behind, oldest first, in
+bounded batches that each record the new base height with the deletions. The base is the lowest
+height whose block is kept with its receipts and indexes; validator sets and the state are never
+pruned, nor the latest block.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -119,6 +124,16 @@ class BlockCommit:
     block_events: Sequence[receipt_pb2.Event] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one `NodeStore.prune` batch did: the base after it, the heights it pruned and the keys
+    it deleted."""
+
+    base: int
+    heights: int
+    keys: int
+
+
 class StateView:
     """node.ledger.kv.KVReader over the state table of the live database (or of a snapshot)."""
 
@@ -208,13 +223,14 @@ def _parse(cls: type[_M], data: bytes, path: str, what: str) -> _M:
 class NodeStore:
     """One node's LevelDB store. Open with NodeStore.open(path); one writer (the runtime), any readers."""
 
-    __slots__ = ("_chain_id", "_closed", "_db", "_latest", "_path")
+    __slots__ = ("_base", "_chain_id", "_closed", "_db", "_latest", "_path")
 
-    def __init__(self, db: Any, path: Path, chain_id: str | None, latest: int) -> None:
+    def __init__(self, db: Any, path: Path, chain_id: str | None, latest: int, base: int = 1) -> None:
         self._db = db
         self._path = path
         self._chain_id = chain_id
         self._latest = latest
+        self._base = base
         self._closed = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -247,19 +263,19 @@ class NodeStore:
             )
             raise StorageError(path, f"cannot open LevelDB{hint}: {exc}") from exc
         try:
-            stored_chain, latest = _validate_opened(db, path, chain_id)
+            stored_chain, latest, base = _validate_opened(db, path, chain_id)
         except BaseException:
             db.close()
             raise
-        return cls(db, path, stored_chain, latest)
+        return cls(db, path, stored_chain, latest, base)
 
     @classmethod
     def open_on(cls, db: Any, path: str | Path, *, chain_id: str | None = None) -> NodeStore:
         """The store on an already open database with plyvel's interface (the node simulation's
         in-memory one), validated as `open` does; `path` only names it in errors."""
         path = Path(path)
-        stored_chain, latest = _validate_opened(db, path, chain_id)
-        return cls(db, path, stored_chain, latest)
+        stored_chain, latest, base = _validate_opened(db, path, chain_id)
+        return cls(db, path, stored_chain, latest, base)
 
     def close(self) -> None:
         """Close the database. Idempotent; any later call raises StorageError."""
@@ -377,11 +393,88 @@ class NodeStore:
         batch.write()
         self._chain_id = chain_id
         self._latest = height
+        self._base = height + 1
 
     def base_height(self) -> int:
-        """The lowest height whose block is kept with its receipts (1 unless pruned or state-synced)."""
-        raw = self._live().get(keys.META_BASE)
-        return keys.decode_height(raw) if raw is not None else 1
+        """The lowest height whose block is kept with its receipts and indexes (1 unless pruned or
+        state-synced). Below it, a block may still be kept without them (a state-synced store's
+        anchor, the headers `prune` was told to keep), but no read of a height below it is answered."""
+        return self._base
+
+    # ---- pruning ----------------------------------------------------------------------------------
+
+    def prune(self, target_base: int, *, max_keys: int, keep_headers: Collection[int] = ()) -> Pruned:
+        """Delete what the blocks below target_base left, oldest first: block, block hash and its
+        index, certificate, receipts, tx index entries, block events, account history and evidence.
+        ONE write batch deletes the heights from the base on and records the new base, and it ends
+        after the height whose deletions reach max_keys (one height at least): call again until
+        `base_height()` reaches the target. The latest block is never deleted (the target is capped
+        at the latest height), nor validator sets or the state.
+
+        keep_headers: heights whose block and certificate stay (their receipts and indexes go), for
+        the light blocks a joining node verifies (node/pruning.py). The account-history entries
+        deleted are those `account_touches_of` derives from the stored receipts (what the node's
+        commits write).
+
+        The batch is not synced: it is atomic, so a crash loses all of it or none, and the next
+        call deletes again what was lost. The new base is visible to readers before the keys go,
+        so a reader that finds a key missing and then reads the base sees the deletion's cause."""
+        if max_keys <= 0:
+            raise ValueError(f"max_keys must be positive, got {max_keys}")
+        db = self._live()
+        base = self._base
+        target = min(target_base, self._latest)
+        if target <= base:
+            return Pruned(base=base, heights=0, keys=0)
+        path = str(self._path)
+        batch = db.write_batch(sync=False)
+        deleted = 0
+
+        def delete_block(height: int) -> None:
+            nonlocal deleted
+            block_hash = db.get(keys.block_hash_key(height))
+            if block_hash is not None:
+                batch.delete(keys.hash_height_key(block_hash))
+            for key in (keys.block_key(height), keys.block_hash_key(height), keys.commit_key(height)):
+                batch.delete(key)
+            deleted += 4
+
+        anchor = base - 1  # a state-synced store's anchor block: no receipts, below the base
+        if anchor >= 1 and anchor not in keep_headers and db.get(keys.block_key(anchor)) is not None:
+            delete_block(anchor)
+        height = base
+        while height < target and (height == base or deleted < max_keys):
+            receipts: list[receipt_pb2.Receipt] = []
+            with db.iterator(prefix=keys.P_RECEIPT + keys.encode_height(height)) as it:
+                for key, raw in it:
+                    batch.delete(key)
+                    receipts.append(_parse(receipt_pb2.Receipt, raw, path, f"receipt at {height}"))
+            for receipt in receipts:
+                located = db.get(keys.tx_key(receipt.tx_hash))
+                if located is not None and keys.decode_location(located)[0] == height:
+                    batch.delete(keys.tx_key(receipt.tx_hash))
+                    deleted += 1
+            for address, index in account_touches_of(receipts):
+                if 0 < len(address) <= keys.MAX_ADDRESS_LEN:
+                    batch.delete(keys.account_key(address, height, index))
+                    deleted += 1
+            with db.iterator(prefix=keys.P_EVIDENCE + keys.encode_height(height), include_value=False) as it:
+                for key in it:
+                    batch.delete(key)
+                    deleted += 1
+            batch.delete(keys.block_events_key(height))
+            deleted += len(receipts) + 1
+            if height not in keep_headers:
+                delete_block(height)
+            height += 1
+        batch.put(keys.META_BASE, keys.encode_height(height))
+        self._base = height
+        try:
+            batch.write()
+        except BaseException:
+            self._base = base
+            raise
+        return Pruned(base=height, heights=height - base, keys=deleted)
 
     # ---- committing -------------------------------------------------------------------------------
 
@@ -632,7 +725,7 @@ class NodeStore:
             return [keys.decode_height(key[1:]) for key in it]
 
 
-def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[str | None, int]:
+def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[str | None, int, int]:
     schema = db.get(keys.META_SCHEMA)
     if schema is None:
         with db.iterator(include_value=False) as it:
@@ -643,7 +736,7 @@ def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[s
                 f"no schema version key but the database holds keys (first {first!r}): not a Clearline store",
             )
         db.put(keys.META_SCHEMA, keys.encode_u32(keys.SCHEMA_VERSION), sync=True)
-        return None, 0
+        return None, 0, 1
     try:
         version = keys.decode_u32(schema)
     except ValueError as exc:
@@ -657,7 +750,7 @@ def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[s
     if raw_chain is None:
         if raw_latest is not None:
             raise StoreCorruptError(path, "latest height is recorded but no chain id (genesis) is")
-        return None, 0
+        return None, 0, 1
     try:
         stored_chain = raw_chain.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -681,7 +774,14 @@ def _validate_opened(db: Any, path: Path, expected_chain: str | None) -> tuple[s
         raise StoreCorruptError(path, f"a block above the latest height {latest} is stored")
     if _find_valset(db, latest + 1) is None:
         raise StoreCorruptError(path, f"no validator set is stored for height {latest + 1}")
-    return stored_chain, latest
+    raw_base = db.get(keys.META_BASE)
+    try:
+        base = keys.decode_height(raw_base) if raw_base is not None else 1
+    except ValueError as exc:
+        raise StoreCorruptError(path, f"base height key is malformed: {raw_base!r}") from exc
+    if not 1 <= base <= latest + 1:
+        raise StoreCorruptError(path, f"base height {base} is not within 1..{latest + 1}")
+    return stored_chain, latest, base
 
 
 def _check_commit(db: Any, path: Path, chain_id: str | None, latest: int, c: BlockCommit) -> None:

@@ -62,6 +62,24 @@ def test_short_mixed_chaos_run_is_clean(tmp_path: Path) -> None:
     assert proc.returncode == 0, result["violations"]
 
 
+def test_short_chaos_run_with_every_node_pruning_is_clean(tmp_path: Path) -> None:
+    # Seed 11 draws lossy links, two validators paused, a partition, an equivocating validator and a
+    # kill, while every node keeps its last 100 blocks: the checker reads the chain recorded during
+    # the run and each node's blocks from its base on.
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.chaos", "--duration", "35", "--seed", "11", "--json",
+         "--retain-blocks", "100", "--home", str(tmp_path / "net")],
+        capture_output=True, text=True, timeout=400, cwd=ROOT,
+    )  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["episodes"] >= 4 and result["acknowledged"] > 0
+    assert (result["lost"], result["duplicated"], result["forks"]) == (0, 0, 0), result["violations"]
+    assert result["supply_ok"] and result["evidence_ok"] and result["evidence"] >= 1
+    assert set(result["base_heights"]) == set(NAMES)
+    assert all(base > 1 for base in result["base_heights"].values()), result["base_heights"]
+    assert proc.returncode == 0, result["violations"]
+
+
 def test_schedule_is_a_pure_function_of_the_seed() -> None:
     kinds = list(FAULT_KINDS)
     assert make_schedule(7, 120, NAMES, kinds) == make_schedule(7, 120, NAMES, kinds)

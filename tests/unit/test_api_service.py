@@ -16,7 +16,7 @@ from clearline.v1 import ledger_api_pb2, ledger_api_pb2_grpc, receipt_pb2, tx_pb
 from cluster.client import channels
 from node.auth import Identity
 from node.crypto import SigningKey
-from node.errors import MAX_MESSAGE_CHARS, ApiError
+from node.errors import BASE_HEIGHT_KEY, MAX_MESSAGE_CHARS, ApiError, BelowBase
 from node.network.api import REASON_KEY, ApiListenError, ApiServer
 
 CHAIN = "test-chain"
@@ -34,6 +34,7 @@ class StandInNode:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.block = ledger_api_pb2.GetBlockResponse()
+        self.base = 1  # the lowest height it keeps
 
     def now_ms(self) -> int:
         import time
@@ -70,6 +71,8 @@ class StandInNode:
         self.calls.append("get_block")
         if req.WhichOneof("by") == "hash":
             raise ApiError("NOT_FOUND", "UNKNOWN_BLOCK", f"no block {req.hash.hex()}")
+        if req.height and req.height < self.base:
+            raise BelowBase(self.base, f"block {req.height}")
         return self.block
 
     def get_tx(self, who: Identity, tx_hash: bytes) -> Any:
@@ -79,6 +82,8 @@ class StandInNode:
     async def stream_blocks(
         self, who: Identity, from_height: int
     ) -> AsyncIterator[ledger_api_pb2.GetBlockResponse]:
+        if from_height and from_height < self.base:
+            raise BelowBase(self.base, f"blocks from height {from_height}")
         yield self.block
 
 
@@ -101,11 +106,30 @@ async def served() -> AsyncIterator[tuple[StandInNode, ledger_api_pb2_grpc.Ledge
         await server.stop(0)
 
 
-def reason_of(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == REASON_KEY:
+def reason_of(err: grpc.aio.AioRpcError, key: str = REASON_KEY) -> str:
+    for name, value in err.trailing_metadata() or ():
+        if name == key:
             return str(value)
     return ""
+
+
+async def test_a_read_below_the_base_is_out_of_range_naming_the_base(
+    served: tuple[StandInNode, ledger_api_pb2_grpc.LedgerStub, ApiServer],
+) -> None:
+    node, stub, _server = served
+    node.base = 501
+    calls = (
+        stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=500), timeout=10),
+        stub.StreamBlocks(ledger_api_pb2.StreamBlocksRequest(from_height=3), timeout=10).read(),
+    )
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        err = info.value
+        assert (err.code(), reason_of(err)) == (grpc.StatusCode.OUT_OF_RANGE, "BELOW_BASE_HEIGHT")
+        assert reason_of(err, BASE_HEIGHT_KEY) == "501"
+        assert "this node keeps blocks from height 501" in (err.details() or "")
+    assert (await stub.GetBlock(ledger_api_pb2.GetBlockRequest(height=501), timeout=10)) == node.block
 
 
 OVERSIZED = [

@@ -94,3 +94,17 @@ def test_blocks_are_read_lazily_so_a_stopped_stream_reads_no_more() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         list(blocks_to_serve(peer_pb2.GetBlocksRequest(from_height=1), LATEST, BLOCKS.get, COMMITS.get, 0))
+
+
+def test_a_request_below_the_base_is_refused_naming_it() -> None:
+    from node.errors import BelowBase
+
+    request = peer_pb2.GetBlocksRequest(from_height=2, to_height=5)
+    with pytest.raises(BelowBase) as info:
+        list(blocks_to_serve(request, LATEST, BLOCKS.get, COMMITS.get, 200, base_height=3))
+    assert (info.value.code, info.value.reason, info.value.base) == ("OUT_OF_RANGE", "BELOW_BASE_HEIGHT", 3)
+    assert "keeps blocks from height 3" in info.value.message
+    served = blocks_to_serve(
+        peer_pb2.GetBlocksRequest(from_height=3), LATEST, BLOCKS.get, COMMITS.get, 200, base_height=3
+    )
+    assert [b.block.header.height for b in served] == [3, 4, 5, 6]

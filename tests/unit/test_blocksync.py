@@ -10,7 +10,7 @@ import pytest
 
 from clearline.v1 import block_pb2, peer_pb2
 from node import blocksync
-from node.blocksync import BlockSync, PeerFault
+from node.blocksync import BlockSync, PeerFault, PeerPruned
 from node.clock import SystemClock
 
 
@@ -18,10 +18,13 @@ def _block(height: int) -> peer_pb2.SyncBlock:
     return peer_pb2.SyncBlock(block=block_pb2.Block(header=block_pb2.Header(height=height)))
 
 
+PRUNED_BASE = 50
+
+
 class Host:
     """A node at `height` whose peers behave as scripted: 'good' serves what it is asked, 'silent'
     never sends a block, 'empty' ends the stream at once, 'tamper' serves blocks that fail
-    verification, 'down' cannot be reached."""
+    verification, 'down' cannot be reached, 'pruned' keeps blocks from PRUNED_BASE on only."""
 
     def __init__(self, behaviour: dict[str, str]) -> None:
         self.height = 10
@@ -39,8 +42,10 @@ class Host:
             await asyncio.Event().wait()
         if kind == "empty":
             return
+        if kind == "pruned" and from_height < PRUNED_BASE:
+            raise PeerPruned(peer, PRUNED_BASE, f"blocks from height {from_height}")
         for h in range(from_height, to_height + 1):
-            yield _block(h) if kind == "good" else peer_pb2.SyncBlock()
+            yield _block(h) if kind in ("good", "pruned") else peer_pb2.SyncBlock()
 
     async def apply_synced(self, peer: str, sb: peer_pb2.SyncBlock) -> bool:
         if not sb.HasField("block"):
@@ -153,3 +158,45 @@ async def test_the_reactor_catches_up_in_the_background_past_a_liar() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_pruned_peer_is_no_liar_and_is_not_asked_below_its_base_again() -> None:
+    host, now = Host({"pruned": "pruned", "archive": "good"}), [0.0]
+    sync = _sync(host, now)
+    sync.on_status("pruned", 80)
+    sync.on_status("archive", 30)
+    assert sync.candidates() == ["pruned", "archive"]  # its base is not known yet
+    assert not await sync._sync_from("pruned")
+    assert sync.faults == {} and sync.faults_seen == [] and sync.pruned_refusals == 1  # type: ignore[attr-defined]
+    assert sync.peers["pruned"].strikes == 0 and sync.peers["pruned"].base == PRUNED_BASE
+    assert sync.candidates() == ["archive"]
+    assert sync.stranded() == {}  # the archive peer may be asked
+    assert await sync._sync_from("archive")
+    assert host.height == 30
+    # Once this node reaches the pruned peer's base, that peer serves it again.
+    host.height = PRUNED_BASE - 1
+    assert sync.candidates() == ["pruned"]
+    assert await sync._sync_from("pruned")
+    assert host.height == 80
+
+
+async def test_when_every_peer_ahead_pruned_the_next_height_block_sync_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host, now = Host({"a": "pruned", "b": "pruned"}), [0.0]
+    sync = _sync(host, now)
+    for peer in ("a", "b"):
+        sync.on_status(peer, 90)
+        assert not await sync._sync_from(peer)
+    assert sync.stranded() == {"a": PRUNED_BASE, "b": PRUNED_BASE}
+    assert not sync.wanted() and sync.faults == {}
+    with caplog.at_level("ERROR", logger="clearline.blocksync"):
+        sync._log_if_stranded()
+        sync._log_if_stranded()  # not again within STRANDED_LOG_S
+    (record,) = caplog.records
+    assert "every peer ahead has pruned height 11" in record.getMessage()
+    assert "state sync" in record.getMessage() and f"a from {PRUNED_BASE}" in record.getMessage()
+    # A peer that reconnects may come back with another store: it is asked again.
+    sync.on_disconnected("a")
+    sync.on_status("a", 90)
+    assert sync.candidates() == ["a"] and sync.stranded() == {}

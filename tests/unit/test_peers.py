@@ -166,3 +166,48 @@ def test_the_fault_proxy_allows_the_same_ping_rate() -> None:
 
     cfg = NodeConfig(home=Path("/nonexistent"), chain_id="test", tls=TlsConfig(enabled=False))
     _check_server_allows_channel(server, _opts(_grpc_options(cfg)))
+
+
+# --- block sync below a pruned peer's base ---------------------------------------------------------
+
+
+class PrunedServer(Recorder):
+    """Serves blocks from BASE on only (it pruned the rest)."""
+
+    BASE = 501
+
+    async def serve_blocks(self, request: peer_pb2.GetBlocksRequest) -> AsyncIterator[peer_pb2.SyncBlock]:
+        from node.errors import BelowBase
+
+        if request.from_height < self.BASE:
+            raise BelowBase(self.BASE, f"blocks from height {request.from_height}")
+        yield peer_pb2.SyncBlock(block=block_pb2.Block(header=block_pb2.Header(height=request.from_height)))
+
+
+@pytest.mark.asyncio
+async def test_a_request_below_a_peers_base_is_refused_with_the_base_not_as_a_broken_link() -> None:
+    from node.config import P2PConfig, Peer
+    from node.errors import PeerPruned
+
+    server = PeerNetwork(
+        NodeConfig(home=Path("/nonexistent"), chain_id="test", moniker="b", tls=TlsConfig(enabled=False),
+                   p2p=P2PConfig(listen="127.0.0.1:0")),
+        PrunedServer(), PeerNames({}),
+    )  # fmt: skip
+    await server.start()
+    client_cfg = NodeConfig(
+        home=Path("/nonexistent"), chain_id="test", moniker="a", tls=TlsConfig(enabled=False),
+        p2p=P2PConfig(listen="127.0.0.1:0", peers=(Peer("b", "127.0.0.1", server.port),)),
+    )  # fmt: skip
+    client = PeerNetwork(client_cfg, Recorder(), PeerNames({}))
+    try:
+        with pytest.raises(PeerPruned) as info:
+            async for _ in client.fetch_blocks("b", 7, 20, 1 << 20):
+                pass
+        assert (info.value.peer, info.value.base) == ("b", PrunedServer.BASE)
+        assert isinstance(info.value, ConnectionError)  # callers that only know transport failures
+        served = [sb.block.header.height async for sb in client.fetch_blocks("b", 501, 501, 1 << 20)]
+        assert served == [501]
+    finally:
+        await client.stop()
+        await server.stop()

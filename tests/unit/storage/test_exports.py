@@ -7,7 +7,7 @@ import node.storage
 
 def test_public_surface() -> None:
     expected = {
-        "WAL", "WalReplay", "NodeStore", "BlockCommit", "StateView", "StateWrites", "StoreSnapshot", "SignStateFile",
+        "WAL", "WalReplay", "NodeStore", "BlockCommit", "Pruned", "StateView", "StateWrites", "StoreSnapshot", "SignStateFile",
         "SignState", "StorageError", "StoreCorruptError", "WalCorruptError", "SignStateCorruptError",
         "SignStateRegressionError", "InvalidCommitError", "account_touches_of", "crash_point", "staggered_write_buffer",
     }  # fmt: skip
