@@ -1,7 +1,8 @@
 """Disk use of pruning nodes under a constant load, next to archive nodes under the same load.
 
     python -m cluster.prune_bench [--minutes 10] [--retain-blocks 1000] [--rate 300] [--validators 4]
-                                  [--modes pruned,archive] [--sample-s 10] [--warmup-minutes M] [--json]
+                                  [--modes pruned,archive] [--no-client-refs] [--sample-s 10]
+                                  [--warmup-minutes M] [--json]
 
 For each mode, a fresh network (every node pruning with [storage] retain_blocks, or every node keeping
 every block) takes pre-signed transfers at a constant rate (open loop, as `clearline bench --rate`)
@@ -10,10 +11,13 @@ WAL, sign state, snapshots) is read from the file system with the chain's height
 height. After the run the nodes are stopped and each store's live bytes (keys and values, by table)
 are counted, which LevelDB's files hold plus what compaction has not yet dropped.
 
-Prints one JSON object: per mode the samples, the first and last size, and the growth per minute
-after the warm-up (a least-squares slope over the samples after --warmup-minutes, by default a third
-of the run): flat for a pruning node once its chain is longer than it keeps, the chain's write rate
-for an archive node.
+Prints one JSON object: per mode the samples (the first node's also split into block store,
+snapshots and the rest), the first and last size, and the growth per minute after the warm-up (a
+least-squares slope over the samples after --warmup-minutes, by default a third of the run). The
+blocks' share of a pruning node's disk is flat once its chain is longer than it keeps; what still
+grows is the ledger state, which pruning does not touch: every transaction's client reference is
+kept in it for good (replay protection), and each snapshot holds the state again. --no-client-refs
+sends transfers without one, to measure the blocks' share alone.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.bench import _warm, presign, run_load
+from clearline.v1 import tx_pb2
+from cluster.bench import Plan, _warm, presign, run_load
+from cluster.client import builders
 from cluster.launcher import Launcher, node_status, stop_nodes_on_sigterm
 from cluster.netgen import Network, init_network
 from cluster.ports import free_base_port
+from node import crypto, txs
 from node.config import MIN_RETAIN_BLOCKS, ConsensusConfig
 from node.storage import NodeStore
 
@@ -109,7 +116,9 @@ class SizeSampler:
 
     def sample(self) -> None:
         sizes = {n.name: dir_bytes(Path(n.home) / "data") for n in self._network.nodes}
-        status = node_status(self._network.nodes[0].api_target, tls=self._network.client_tls())
+        first = self._network.nodes[0]
+        status = node_status(first.api_target, tls=self._network.client_tls())
+        data = Path(first.home) / "data"
         self.samples.append(
             {
                 "t_s": round(time.monotonic() - self._t0, 1),
@@ -117,8 +126,37 @@ class SizeSampler:
                 "base": status.base_height if status is not None else None,
                 "bytes": sum(sizes.values()) // len(sizes),
                 "node_bytes": sizes,
+                # The first node's data directory by part: LevelDB, snapshots, the rest (WAL, sign state).
+                "parts": {
+                    "blockstore": dir_bytes(data / "blockstore"),
+                    "snapshots": dir_bytes(data / "snapshots"),
+                    "other": sizes[first.name]
+                    - dir_bytes(data / "blockstore")
+                    - dir_bytes(data / "snapshots"),
+                },
             }
         )
+
+
+def presign_without_refs(network: Network, args: argparse.Namespace, total: int) -> Plan:
+    """As cluster.bench.presign, but with no client reference: the ledger keeps a record of every
+    reference used (replay protection, in the state, never pruned), so without them the state does
+    not grow with the transactions and what is left is the blocks' share."""
+    keys = [crypto.load_key_file(Path(network.accounts[f"u{i}"])) for i in range(args.accounts)]
+    usd = tx_pb2.InstrumentId(
+        issuer=crypto.load_key_file(Path(network.accounts["bank-a"])).address, symbol="USD"
+    )
+    raws: list[bytes] = []
+    senders: list[int] = []
+    for nonce in range((total + args.accounts - 1) // args.accounts):
+        for i, key in enumerate(keys):
+            if len(raws) >= total:
+                break
+            body = tx_pb2.TxBody(chain_id=network.chain_id, signer=key.address, nonce=nonce)
+            body.transfer.CopyFrom(builders.transfer(usd, keys[(i + 1 + nonce) % args.accounts].address, 1))
+            raws.append(txs.sign_tx(body, [key]))
+            senders.append(i)
+    return Plan(raws=raws, hashes=[txs.tx_hash(r) for r in raws], senders=senders)
 
 
 def run_mode(args: argparse.Namespace, mode: str, home: Path, progress: bool) -> dict[str, Any]:
@@ -141,7 +179,11 @@ def run_mode(args: argparse.Namespace, mode: str, home: Path, progress: bool) ->
     total = max(1, int(args.rate * seconds))
     if progress:
         print(f"prune bench ({mode}): pre-signing {total} transfers...", file=sys.stderr)
-    plan = presign(network, args.accounts, total)
+    plan = (
+        presign(network, args.accounts, total)
+        if args.client_refs
+        else presign_without_refs(network, args, total)
+    )
     launcher = Launcher(network)
     sampler = SizeSampler(network, args.sample_s)
     try:
@@ -162,6 +204,7 @@ def run_mode(args: argparse.Namespace, mode: str, home: Path, progress: bool) ->
     return {
         "mode": mode,
         "retain_blocks": retain,
+        "client_refs": args.client_refs,
         "validators": args.validators,
         "offered_tx_per_s": args.rate,
         "committed_tx_per_s": load["committed_tx_per_s"],
@@ -225,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=400)
     p.add_argument("--timeout-commit-ms", type=int, default=50)
     p.add_argument("--modes", default=",".join(MODES), help="pruned, archive or both (in that order)")
+    p.add_argument(
+        "--no-client-refs",
+        dest="client_refs",
+        action="store_false",
+        help="transfers without a client reference: the state does not grow with them (its record of "
+        "used references is never pruned), leaving the blocks' share of the disk",
+    )
     p.add_argument("--sample-s", type=float, default=10)
     p.add_argument("--warmup-minutes", type=float, default=None, help="default: a third of the run")
     p.add_argument("--home", default="", help="directory for the networks (default: a temporary one)")

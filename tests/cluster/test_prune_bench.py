@@ -16,8 +16,9 @@ SNAPSHOT_INTERVAL = RETAIN // 2  # the bench's: the oldest snapshot served keeps
 
 def test_pruned_nodes_keep_their_window_and_less_than_archive_nodes(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.prune_bench", "--minutes", "0.3", "--retain-blocks", str(RETAIN),
-         "--rate", "150", "--accounts", "40", "--sample-s", "2", "--json", "--home", str(tmp_path)],
+        [sys.executable, "-m", "cluster.prune_bench", "--minutes", "0.2", "--retain-blocks", str(RETAIN),
+         "--rate", "150", "--accounts", "300", "--timeout-commit-ms", "10", "--sample-s", "2", "--json",
+         "--home", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
